@@ -1,0 +1,42 @@
+"""onnxbc: post-training quantization of ONNX models with closed-form bias compensation.
+
+Python API (the CLI does the same)::
+
+    import onnxbc
+    result = onnxbc.compress("model.onnx", data=onnxbc.DataOptions(path="calib.npz"),
+                             options=onnxbc.CompressOptions(weights=onnxbc.WeightType.INT4))
+    print(result.output, result.report.outputs)
+"""
+
+__version__ = "0.1.0"
+
+from onnxbc.errors import OnnxbcError, UsageError
+from onnxbc.options import (
+    ActivationType,
+    BiasCorrection,
+    BiasShape,
+    CompressOptions,
+    DataOptions,
+    Device,
+    RangeMethod,
+    Target,
+    WeightType,
+)
+from onnxbc.pipeline import CompressResult, compress
+
+__all__ = [
+    "ActivationType",
+    "BiasCorrection",
+    "BiasShape",
+    "CompressOptions",
+    "CompressResult",
+    "DataOptions",
+    "Device",
+    "OnnxbcError",
+    "RangeMethod",
+    "Target",
+    "UsageError",
+    "WeightType",
+    "__version__",
+    "compress",
+]

@@ -1,0 +1,3 @@
+from onnxbc.cli import main
+
+main()

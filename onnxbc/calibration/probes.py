@@ -1,0 +1,130 @@
+"""The statistics compress collects, as probes for the collector.
+
+- ``RangeProbe``: a streaming ``|x|`` histogram of one activation (pass 1: activation ranges).
+- ``LayerErrorProbe``: beside each layer, a *shadow* copy that reads the quantized input and the
+  dequantized weight; in-graph reductions give per-channel sums of ``d = y_float - y_shadow``, of ``d^2``
+  and of ``y_float^2`` (pass 2). The shadow sees the float model's input, fake-quantized, as in the Bias
+  Compensation paper's code ("independent" mode). Only vectors leave the device. Zero padding, strides,
+  groups and Gemm's alpha/beta are handled exactly because the shadow is the same op with the same
+  attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxbc.passes.graph_utils import GraphBuilder
+from onnxbc.passes.qdq import activation_qdq, weight_dequantize
+from onnxbc.plan import QuantPlan
+from onnxbc.solvers.bias import ErrorMoments
+from onnxbc.solvers.ranges import AbsHistogram
+from onnxbc.targets import Target
+
+
+class RangeProbe:
+    """Histogram of ``|x|`` for one activation, plus the dtype it was seen with."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self.hist = AbsHistogram()
+        self.dtype: np.dtype | None = None
+
+    def attach(self, builder: GraphBuilder) -> list[ir.Value]:
+        return [builder.values[self.value]]
+
+    def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        self.dtype = arrays[0].dtype
+        if np.issubdtype(self.dtype, np.floating):
+            self.hist.update(arrays[0])
+
+
+class LayerErrorProbe:
+    """Output error moments of one layer's quantized shadow, kept apart per data split."""
+
+    def __init__(self, target: Target, plan: QuantPlan, *, per_position: bool = False) -> None:
+        self.target = target
+        self.plan = plan
+        self.per_position = per_position
+        self.moments = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
+
+    def attach(self, b: GraphBuilder) -> list[ir.Value]:
+        t = self.target
+        node = b.nodes[t.name]
+        inputs = list(node.inputs)
+        for i in t.activation_inputs:
+            aq = self.plan.activations.get(inputs[i].name)
+            if aq is not None:
+                initializers, nodes, inputs[i] = activation_qdq(b.namer, inputs[i], aq, _float_type(aq.float_dtype))
+                self._append(b, initializers, nodes)
+        if t.weight is not None and t.weight.source.name in self.plan.weights:
+            wq = self.plan.weights[t.weight.source.name]
+            initializers, dq = weight_dequantize(b.namer, wq, t.weight.source.const_value.dtype)
+            self._append(b, initializers, [dq])
+            w = dq.outputs[0]
+            for original in t.weight.chain:  # replay Transpose/Reshape/... on the dequantized weight
+                step = b.nodes[original.name]
+                w = b.add(ir.Node(step.domain, step.op_type, [w, *step.inputs[1:]], step.attributes.values()), "w")
+            inputs[t.weight.input_index] = w
+        y = node.outputs[0]
+        shadow = b.add(
+            ir.Node(node.domain, node.op_type, inputs, node.attributes.values(), num_outputs=1),
+            f"{t.name}_shadow",
+        )
+        if y.dtype not in (None, ir.DataType.FLOAT):
+            y = b.op("Cast", [y], {"to": ir.DataType.FLOAT})
+            shadow = b.op("Cast", [shadow], {"to": ir.DataType.FLOAT})
+        d = b.op("Sub", [y, shadow], hint=f"{t.name}_error")
+        return [
+            self._reduce(b, d),
+            self._reduce(b, b.op("Mul", [d, d])),
+            self._reduce(b, b.op("Mul", [y, y])),
+            b.op("Size", [d]),
+        ]
+
+    def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        sum_d, sum_d2, sum_y2, size = arrays
+        moments = self.moments[split]
+        if moments.sum_d is not None and moments.sum_d.shape != sum_d.shape:
+            raise ValueError(f"layer '{self.target.name}': output shape changes between batches")
+        moments.update(sum_d, sum_d2, sum_y2, int(size) // max(sum_d.size, 1))
+
+    def _reduce(self, b: GraphBuilder, x: ir.Value) -> ir.Value:
+        """Sum over every axis but the output channel (or only over the batch axis, per position)."""
+        if self.per_position:
+            return b.op("ReduceSum", [x, b.const(np.array([0], np.int64), "axes")], {"keepdims": 0})
+        t = self.target
+        if t.weight is None:  # activation x activation: one total
+            return b.op("ReduceSum", [x], {"keepdims": 0})
+        axis = t.output_channel_axis
+        rank = _rank(b.nodes[t.name].outputs[0])
+        if rank is None and t.op == "Gemm":
+            rank = 2
+        elif rank is None and t.op in ("Conv", "ConvTranspose") and not t.weight.chain:
+            rank = len(t.weight.source.const_value.shape)
+        channels = t.weight.source.const_value.shape[t.weight.channel_axis]
+        if rank is not None:
+            axes = [i for i in range(rank) if i != axis % rank]
+            return b.op("ReduceSum", [x, b.const(np.array(axes, np.int64), "axes")], {"keepdims": 0})
+        if axis not in (-1, -2):
+            raise ValueError(f"layer '{t.name}': unknown output rank for channel axis {axis}")
+        if axis == -2:  # y = W @ x with unknown rank: fold the last axis first
+            x = b.op("ReduceSum", [x, b.const(np.array([-1], np.int64), "axes")], {"keepdims": 0})
+        flat = b.op("Reshape", [x, b.const(np.array([-1, channels], np.int64), "shape")])
+        return b.op("ReduceSum", [flat, b.const(np.array([0], np.int64), "axes")], {"keepdims": 0})
+
+    @staticmethod
+    def _append(b: GraphBuilder, initializers: list[ir.Value], nodes: list[ir.Node]) -> None:
+        for init in initializers:
+            b.graph.register_initializer(init)
+        b.graph.extend(nodes)
+
+
+def _rank(value: ir.Value) -> int | None:
+    return len(value.shape) if value.shape is not None else None
+
+
+def _float_type(dtype: np.dtype) -> ir.DataType:
+    return ir.DataType.from_numpy(np.dtype(dtype))

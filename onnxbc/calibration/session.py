@@ -1,0 +1,106 @@
+"""ONNX Runtime sessions on the device the user asked for, and a record of the device that really ran.
+
+ONNX Runtime falls back to the CPU silently when the CUDA execution provider cannot start (missing
+CUDA/cuDNN libraries, no GPU, the CPU-only wheel). So the factory checks ``session.get_providers()``
+after creating each session: ``--device cuda`` without a working CUDA provider is an error, and with
+``--device auto`` the provider that really ran is logged and reported.
+
+Sessions are *exact* by default: they compute what the graph says. ONNX Runtime's default session
+rewrites QDQ patterns into its own integer kernels, which compute something else:
+
+- ``DequantizeLinear -> MatMul`` becomes ``MatMulNBits`` with int8 activations (accuracy level 4);
+- ``DQ -> Conv -> Q`` becomes ``QLinearConv``, whose u8s8 kernel on x86 CPUs without VNNI sums pairs of
+  products in saturating int16 (measured here: 185x the graph's error on the bundled CNN).
+
+Statistics, compensation and decisions use exact sessions; ``exact=False`` gives the session a user
+would run, so the report can also say what ONNX Runtime's default kernels do with the output.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxbc import model_io
+from onnxbc.errors import OnnxbcError
+from onnxbc.options import Device
+
+logger = logging.getLogger(__name__)
+# ONNX Runtime logs provider start-up failures to stderr itself; the factory reports them in one line.
+ort.set_default_logger_severity(4)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class SessionFactory:
+    """Creates sessions for ``device`` and remembers which provider really ran (``self.provider``)."""
+
+    def __init__(self, device: Device = Device.AUTO) -> None:
+        self.device = device
+        self.provider: str | None = None
+        if device is Device.CUDA and CUDA not in ort.get_available_providers():
+            raise OnnxbcError(
+                "--device cuda: this onnxruntime build has no CUDA execution provider "
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+            )
+
+    @property
+    def device_name(self) -> str:
+        return {CUDA: "cuda", CPU: "cpu"}.get(self.provider or "", self.provider or "none")
+
+    def create(self, model: ir.Model, *, exact: bool = True) -> ort.InferenceSession:
+        with model_io.ort_source(model) as source:
+            return self.create_from(source, exact=exact)
+
+    def create_from(self, source: bytes | str, *, exact: bool = True) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if exact:
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+        try:
+            session = ort.InferenceSession(source, options, providers=self._providers())
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise OnnxbcError(f"ONNX Runtime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from e
+        used = session.get_providers()[0]
+        if self.device is Device.CUDA and used != CUDA:
+            raise OnnxbcError(
+                "--device cuda: the CUDA execution provider did not start (ONNX Runtime fell back to "
+                f"{used}); check the CUDA and cuDNN libraries, or use --device auto/cpu"
+            )
+        if self.provider is None and self.device is Device.AUTO and CUDA in ort.get_available_providers():
+            if used != CUDA:
+                logger.warning(
+                    "the CUDA execution provider did not start (no GPU or CUDA/cuDNN libraries); running on the CPU"
+                )
+        self.provider = used
+        return session
+
+    def _providers(self) -> list[str]:
+        if self.device is Device.CPU:
+            return [CPU]
+        if self.provider == CPU and self.device is Device.AUTO:
+            return [CPU]  # CUDA already failed once: do not pay its start-up cost again
+        if CUDA in ort.get_available_providers():
+            return [CUDA, CPU]
+        return [CPU]
+
+
+def cuda_works() -> bool:
+    """True when a CUDA session really starts here (used to skip GPU tests)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    x = ir.val("x", ir.DataType.FLOAT, ir.Shape([1]))
+    node = ir.node("Identity", [x], name="probe")
+    node.outputs[0].name = "y"
+    node.outputs[0].dtype, node.outputs[0].shape = ir.DataType.FLOAT, ir.Shape([1])
+    model = ir.Model(ir.Graph([x], node.outputs, nodes=[node], opset_imports={"": 13}), ir_version=7)
+    try:
+        with model_io.ort_source(model) as source:
+            session = ort.InferenceSession(source, providers=[CUDA, CPU])
+    except Exception:
+        return False
+    return session.get_providers()[0] == CUDA

@@ -1,0 +1,128 @@
+"""Typed options of every command: enums and frozen dataclasses, validated once on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+
+from onnxbc.errors import UsageError
+
+
+class WeightType(str, enum.Enum):
+    INT8 = "int8"
+    INT4 = "int4"
+    NONE = "none"
+
+    @property
+    def bits(self) -> int:
+        return {"int8": 8, "int4": 4, "none": 32}[self.value]
+
+
+class ActivationType(str, enum.Enum):
+    INT8 = "int8"
+    NONE = "none"
+
+
+class RangeMethod(str, enum.Enum):
+    """How a quantization range is chosen from the observed values."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    MSE = "mse"
+
+
+class BiasCorrection(str, enum.Enum):
+    NONE = "none"
+    INDEPENDENT = "independent"
+    SEQUENTIAL = "sequential"
+
+
+class BiasShape(str, enum.Enum):
+    CHANNEL = "channel"
+    POSITION = "position"
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CUDA = "cuda"
+    CPU = "cpu"
+
+
+class Target(str, enum.Enum):
+    """The runtime whose rules the output follows (see README, "Targets")."""
+
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """Where calibration samples come from and how they are batched."""
+
+    path: Path | None = None
+    samples: int = 256
+    batch_size: int = 16
+    random: bool = False
+    holdout_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.path is None and not self.random:
+            raise UsageError("calibration data is needed: pass --data PATH (or --random-data to use noise)")
+        if self.path is not None and self.random:
+            raise UsageError("--data and --random-data exclude each other")
+        if self.samples < 1:
+            raise UsageError(f"--samples must be at least 1, got {self.samples}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise UsageError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressOptions:
+    """Everything ``compress`` needs besides the model and the data."""
+
+    weights: WeightType = WeightType.INT8
+    activations: ActivationType = ActivationType.INT8
+    block_size: int = 0
+    per_tensor_weights: bool = False
+    reduce_range: bool = False
+    weight_range: RangeMethod = RangeMethod.MSE
+    activation_range: RangeMethod = RangeMethod.MSE
+    percentile: float = 99.99
+    bias_correction: BiasCorrection = BiasCorrection.INDEPENDENT
+    bias_shape: BiasShape = BiasShape.CHANNEL
+    quantize_attention: bool = True
+    device: Device = Device.AUTO
+    target: Target = Target.ONNXRUNTIME
+    opset: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size < 0 or (self.block_size and self.block_size % 16):
+            raise UsageError(
+                f"--block-size must be 0 (per channel) or a positive multiple of 16, got {self.block_size}"
+            )
+        if self.reduce_range and self.weights is not WeightType.INT8:
+            raise UsageError("--reduce-range applies to int8 weights only")
+        if self.block_size and self.per_tensor_weights:
+            raise UsageError("--block-size and --per-tensor-weights exclude each other")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UsageError(f"--percentile must be in (50, 100], got {self.percentile}")
+        if self.weights is WeightType.NONE and self.activations is ActivationType.NONE:
+            raise UsageError("--weights none with --activations none leaves nothing to quantize")
+        if self.target is Target.TENSORRT and self.weights is WeightType.INT4:
+            if self.block_size not in (64, 128):
+                raise UsageError("TensorRT runs int4 weights only in blocks: add --block-size 64 or 128")
+            if self.activations is not ActivationType.NONE:
+                raise UsageError("TensorRT runs int4 weights only weight-only: add --activations none")
+        if self.opset is not None and not 13 <= self.opset <= 25:
+            raise UsageError(f"--opset must be between 13 and 25, got {self.opset}")
+
+    @property
+    def required_opset(self) -> int:
+        """The lowest ai.onnx opset that can express the chosen quantization."""
+        if self.weights is WeightType.INT4 or self.block_size:
+            return 21
+        return 13

@@ -1,0 +1,468 @@
+"""``compress``: the whole flow, in one direction.
+
+load -> prepare -> find targets -> quantize weights -> pass 1: activation ranges -> pass 2: per-layer
+output error of each quantized shadow -> solve compensation biases -> rewrite (QDQ + bias folds, all at
+once) -> measure the output against FP32 on held-out samples, with and without compensation, and keep
+compensation only if it helps -> check -> save atomically + report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+import onnxbc
+from onnxbc import model_io
+from onnxbc.calibration.collector import collect
+from onnxbc.calibration.data import CalibrationData, input_specs, open_data
+from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
+from onnxbc.calibration.session import SessionFactory
+from onnxbc.compare import OutputAgreement, compare_sessions
+from onnxbc.errors import OnnxbcError, UsageError
+from onnxbc.options import (
+    ActivationType,
+    BiasCorrection,
+    BiasShape,
+    CompressOptions,
+    DataOptions,
+    Target,
+    WeightType,
+)
+from onnxbc.passes.fold_bias import FoldBiasPass
+from onnxbc.passes.prepare import prepare_passes, quantized_nodes
+from onnxbc.passes.qdq import InsertQDQPass
+from onnxbc.plan import ActivationQuant, BiasFold, QuantPlan, WeightQuant
+from onnxbc.progress import Stages
+from onnxbc.report import LayerRecord, Report
+from onnxbc.solvers.bias import solve_bias
+from onnxbc.solvers.quant import INT4, INT7, INT8, Granularity, quantize, weight_scale
+from onnxbc.solvers.ranges import choose_range
+from onnxbc.targets import Target as Layer
+from onnxbc.targets import Targets, WeightGroup, find_targets, weight_array
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressResult:
+    output: Path
+    report_path: Path
+    report: Report
+
+
+def default_output(model_path: Path, options: CompressOptions) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` (W8A8), ``model.w4a8.onnx``, ``model.w4.onnx`` (weight-only), ..."""
+    w = {WeightType.INT8: "w8", WeightType.INT4: "w4", WeightType.NONE: ""}[options.weights]
+    a = {ActivationType.INT8: "a8", ActivationType.NONE: ""}[options.activations]
+    tag = "int8" if (w, a) == ("w8", "a8") else w + a
+    return model_path.with_name(f"{model_path.stem}.{tag}.onnx")
+
+
+def default_report(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.report.json")
+
+
+def compress(
+    model: str | Path,
+    output: str | Path | None = None,
+    *,
+    data: DataOptions,
+    options: CompressOptions | None = None,
+    report: str | Path | None = None,
+    force: bool = False,
+    stages: Stages | None = None,
+) -> CompressResult:
+    """Quantize ``model`` and write the result and its report; see the module docstring for the flow."""
+    options = options or CompressOptions()
+    stages = stages or Stages(enabled=False)
+    model_path = Path(model)
+    out = model_io.check_output_path(model_path, output or default_output(model_path, options), force=force)
+    report_path = model_io.check_output_path(model_path, report or default_report(out), force=force)
+    timer = _Timer()
+    rep = Report(tool_version=onnxbc.__version__, input={"path": str(model_path)})
+    rep.options = {**dataclasses.asdict(options), "data": dataclasses.asdict(data)}
+
+    with timer("load"):
+        working = model_io.load(model_path)
+        rep.input["bytes"] = model_io.file_bytes(model_path)
+    refuse_quantized(working, model_path)
+    rep.opset["before"] = working.opset_imports.get("", 0)
+    with timer("prepare"):
+        min_opset = max(options.required_opset, options.opset or 0, 19 if _has_half_floats(working) else 0)
+        working = prepare_passes(min_opset)(working).model
+    rep.opset["after"] = working.opset_imports.get("", 0)
+    targets = find_targets(working, quantize_attention=options.quantize_attention)
+    if not targets.targets:
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in targets.skipped[:3])
+        raise OnnxbcError(
+            f"{model_path}: nothing to quantize (no Conv/ConvTranspose/Gemm/MatMul with a constant weight)"
+            + (f": {reasons}" if reasons else "")
+        )
+    calib = open_data(data, input_specs(working))
+    rep.data = {
+        "source": calib.description,
+        "fit_samples": calib.n_fit,
+        "holdout_samples": calib.n_holdout,
+        "batch_size": calib.batch_size,
+        "random": data.random,
+        "ignored_arrays": calib.ignored,
+    }
+    if data.random:
+        rep.warnings.append("calibrated on random data: ranges and compensation may not match real inputs")
+    if calib.n_holdout == 0:
+        rep.warnings.append("no held-out samples: errors and the compensation decision use the calibration samples")
+    sessions = SessionFactory(options.device)
+
+    plan = QuantPlan()
+    notes: dict[str, list[str]] = {t.name: list(t.notes) for t in targets.targets}
+    with timer("quantize_weights"), stages.step("Quantizing weights", len(targets.weights)) as advance:
+        for group in targets.weights.values() if options.weights is not WeightType.NONE else ():
+            plan.weights[group.name] = _quantize_weights(group, options, notes)
+            advance()
+
+    if options.activations is not ActivationType.NONE:
+        with timer("ranges"):
+            _calibrate_activations(working, targets, plan, calib, sessions, options, stages, notes, rep)
+            rep.passes_over_data += 1
+    else:
+        for t in targets.targets:
+            if t.weight is None:
+                notes[t.name].append("weight-only mode: activation x activation MatMul left float")
+    probes = [
+        LayerErrorProbe(t, plan, per_position=options.bias_shape is BiasShape.POSITION)
+        for t in targets.targets
+        if not t.in_subgraph and _is_quantized(t, plan)
+    ]
+    with timer("layer_errors"), stages.step("Measuring layer errors", calib.count_batches("all")) as advance:
+        collect(working, probes, calib, sessions, splits=("fit", "holdout"), advance=advance)
+        rep.passes_over_data += 1
+    rep.device = sessions.device_name
+    bias_skips = _solve_biases(probes, plan, options, working)
+
+    names = {t.name: _LayerNames.of(t) for t in targets.targets}  # before the rewrite rewires them
+    with timer("rewrite"):
+        float_model = working.clone()
+        quantized = InsertQDQPass(plan)(working).model
+        fold = FoldBiasPass(plan.biases)
+        compensated = fold(quantized.clone()).model if plan.biases else None
+
+    with timer("verify"):
+        chosen, keep_bias = _evaluate(float_model, quantized, compensated, calib, sessions, stages, rep)
+        _check_structure(chosen)
+
+    with timer("save"):
+        files = model_io.save(chosen, out, external_data=bool(model_io.external_data_files(model_path)) or None)
+    rep.output = {"path": str(out), "files": [str(f) for f in files], "bytes": model_io.file_bytes(out)}
+    rep.timings_s = timer.durations
+    rep.layers = _layer_records(targets, names, plan, probes, notes, bias_skips, fold.sites, keep_bias)
+    rep.write(report_path)
+    return CompressResult(out, report_path, rep)
+
+
+def refuse_quantized(model: ir.Model, path: Path) -> None:
+    found = quantized_nodes(model)
+    if found:
+        first = found[0]
+        more = f" and {len(found) - 1} more quantized nodes" if len(found) > 1 else ""
+        raise OnnxbcError(
+            f"{path}: already quantized (node '{first.name}' is {first.op_type}{more}); onnxbc needs the float model"
+        )
+
+
+def _has_half_floats(model: ir.Model) -> bool:
+    """Float16/bfloat16 tensors need opset 19 QuantizeLinear/DequantizeLinear."""
+    half = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    values = [*model.graph.inputs, *model.graph.initializers.values()]
+    return any(v.dtype in half for v in values)
+
+
+def _quantize_weights(group: WeightGroup, options: CompressOptions, notes: dict[str, list[str]]) -> WeightQuant:
+    w = weight_array(group)
+    fmt = INT4 if options.weights is WeightType.INT4 else INT7 if options.reduce_range else INT8
+    if options.per_tensor_weights:
+        gran = Granularity(None)
+    elif options.block_size and group.input_axis is not None:
+        gran = Granularity(group.input_axis, options.block_size)
+    else:
+        if options.block_size:
+            for t in group.targets:
+                notes[t.name].append("input axis not traceable through the weight's Reshape: per channel, not blocks")
+        gran = Granularity(group.channel_axis)
+    scale = weight_scale(w, fmt, gran, options.weight_range.value, options.percentile)
+    scale = _representable_scale(scale, group.source.const_value.dtype)
+    return WeightQuant(group.name, quantize(w, scale, fmt, gran), scale, gran, fmt.bits, options.weight_range.value)
+
+
+def _representable_scale(scale: np.ndarray, dtype: ir.DataType) -> np.ndarray:
+    """Round scales to the float type they will be stored in (fp16 models keep fp16 scales)."""
+    np_type = dtype.numpy()
+    tiny = float(np.finfo(np_type).tiny) if np.issubdtype(np_type, np.floating) else 1e-30
+    return np.maximum(scale, tiny).astype(np_type).astype(np.float32)
+
+
+def _calibrate_activations(
+    model: ir.Model,
+    targets: Targets,
+    plan: QuantPlan,
+    calib: CalibrationData,
+    sessions: SessionFactory,
+    options: CompressOptions,
+    stages: Stages,
+    notes: dict[str, list[str]],
+    rep: Report,
+) -> None:
+    """Pass 1: one streaming histogram per quantized activation, then a range per activation."""
+    uses = targets.activation_uses()
+    probes = {name: RangeProbe(name) for name in uses}
+    with stages.step("Calibrating activation ranges", calib.count_batches("fit")) as advance:
+        collect(model, list(probes.values()), calib, sessions, splits=("fit",), advance=advance)
+    for name, probe in probes.items():
+        if probe.dtype is None or not np.issubdtype(probe.dtype, np.floating):
+            for t, _ in uses[name]:
+                notes[t.name].append(f"input '{name}' is {probe.dtype}: left unquantized")
+            continue
+        if probe.hist.nonfinite:
+            rep.warnings.append(f"activation '{name}' had {probe.hist.nonfinite} non-finite values during calibration")
+        unsigned = options.target is Target.ONNXRUNTIME and probe.hist.nonnegative
+        qmax = 255 if unsigned else 127
+        amax = choose_range(probe.hist, options.activation_range.value, qmax, options.percentile)
+        scale = float(_representable_scale(np.array(amax / qmax), ir.DataType.from_numpy(probe.dtype)))
+        plan.activations[name] = ActivationQuant(
+            name,
+            scale,
+            0,
+            np.dtype(np.uint8 if unsigned else np.int8),
+            amax,
+            options.activation_range.value,
+            probe.dtype,
+        )
+        plan.activation_uses[name] = [(t.name, i) for t, i in uses[name]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _LayerNames:
+    """A layer's weight and activation names, taken before the rewrite renames and rewires them."""
+
+    weight: str | None
+    activations: tuple[str, ...]
+
+    @classmethod
+    def of(cls, t: Layer) -> _LayerNames:
+        weight = t.weight.source.name if t.weight is not None else None
+        return cls(weight, tuple(t.node.inputs[i].name for i in t.activation_inputs))
+
+    def quantized(self, plan: QuantPlan) -> bool:
+        return self.weight in plan.weights or any(a in plan.activations for a in self.activations)
+
+
+def _is_quantized(t: Layer, plan: QuantPlan) -> bool:
+    return _LayerNames.of(t).quantized(plan)
+
+
+def _solve_biases(
+    probes: list[LayerErrorProbe], plan: QuantPlan, options: CompressOptions, model: ir.Model
+) -> dict[str, str]:
+    """Fill ``plan.biases``; return the reason for each quantized layer that gets no bias."""
+    skips: dict[str, str] = {}
+    if options.bias_correction is BiasCorrection.NONE:
+        return {p.target.name: "compensation off (--bias-correction none)" for p in probes}
+    if options.bias_correction is BiasCorrection.SEQUENTIAL:
+        raise UsageError("--bias-correction sequential is not available yet; use independent")
+    for probe in probes:
+        t = probe.target
+        fit = probe.moments["fit"]
+        if t.weight is None:
+            skips[t.name] = "activation x activation MatMul: no bias to fold"
+        elif fit.empty:
+            skips[t.name] = "no calibration statistics"
+        elif (reason := _attention_key(t)) is not None:
+            skips[t.name] = reason
+        else:
+            plan.biases[t.name] = BiasFold(
+                t.name, solve_bias(fit), t.output_channel_axis, options.bias_shape is BiasShape.POSITION
+            )
+    return skips
+
+
+def _attention_key(t: Layer) -> str | None:
+    """A reason to skip the layer if it projects attention keys: softmax ignores a per-row constant."""
+    value = t.node.outputs[0]
+    for _ in range(8):
+        uses = value.uses()
+        if len(uses) != 1:
+            return None
+        node, idx = uses[0]
+        if node.op_type == "MatMul" and idx == 1 and not node.inputs[0].is_initializer():
+            scores = node.outputs[0]
+            for _ in range(4):
+                consumers = scores.uses()
+                if len(consumers) != 1:
+                    return None
+                nxt = consumers[0].node
+                if nxt.op_type == "Softmax":
+                    return "attention key projection: softmax ignores a per-channel bias on K (no effect)"
+                if nxt.op_type not in ("Mul", "Div", "Add", "Where"):
+                    return None
+                scores = nxt.outputs[0]
+            return None
+        if node.op_type not in ("Add", "Reshape", "Transpose", "Mul", "Div", "Cast"):
+            return None
+        value = node.outputs[0]
+    return None
+
+
+def _evaluate(
+    float_model: ir.Model,
+    quantized: ir.Model,
+    compensated: ir.Model | None,
+    calib: CalibrationData,
+    sessions: SessionFactory,
+    stages: Stages,
+    rep: Report,
+) -> tuple[ir.Model, bool]:
+    """Compare outputs with FP32 on held-out samples; keep compensation only if it lowers the error."""
+    split = "holdout" if calib.n_holdout else "fit"
+    reference = sessions.create(float_model)
+    candidates = {"without_compensation": quantized}
+    if compensated is not None:
+        candidates["with_compensation"] = compensated
+    results: dict[str, dict[str, OutputAgreement]] = {}
+    with stages.step("Checking outputs against FP32", calib.count_batches(split) * len(candidates)) as advance:
+        for label, candidate in candidates.items():
+            session = sessions.create(candidate)
+            results[label] = compare_sessions(reference, session, calib.batches(split), advance)
+    rep.outputs = {label: {n: a.as_dict() for n, a in r.items()} for label, r in results.items()}
+    rep.outputs["evaluated_on"] = split
+    keep = False
+    if compensated is not None:
+        before, after = (_mean_rel_mse(results[k]) for k in ("without_compensation", "with_compensation"))
+        keep = after <= before
+        rep.compensation = {
+            "applied": keep,
+            "output_rel_mse_without": before,
+            "output_rel_mse_with": after,
+            "decided_on": split,
+        }
+        if not keep:
+            rep.warnings.append(
+                f"compensation raised the {split} output error ({before:.3e} -> {after:.3e}); saved without it"
+            )
+    else:
+        rep.compensation = {"applied": False}
+    chosen = compensated if keep else quantized
+    # What ONNX Runtime's default session (fused integer kernels) makes of the chosen graph here.
+    deployed = compare_sessions(reference, sessions.create(chosen, exact=False), calib.batches(split))
+    rep.outputs["onnxruntime_default_session"] = {n: a.as_dict() for n, a in deployed.items()}
+    exact_err = _mean_rel_mse(results["with_compensation" if keep else "without_compensation"])
+    fused_err = _mean_rel_mse(deployed)
+    if fused_err > 3 * exact_err and fused_err > 1e-4:
+        rep.warnings.append(
+            f"ONNX Runtime's default {sessions.device_name} kernels give {fused_err:.2e} output error where the graph "
+            f"gives {exact_err:.2e}; on x86 CPUs without VNNI its u8s8 integer kernels saturate: "
+            "if you deploy on such CPUs, compress with --reduce-range (7-bit weights)"
+        )
+    return chosen, keep
+
+
+def _mean_rel_mse(agreements: dict[str, OutputAgreement]) -> float:
+    values = [a.as_dict()["rel_mse"] for a in agreements.values()]
+    return float(np.mean(values)) if values else 0.0
+
+
+def _check_structure(model: ir.Model) -> None:
+    if model_io.initializer_bytes(model) >= model_io.PROTO_LIMIT_BYTES or model_io.has_external_tensors(model):
+        return  # too big for an in-memory check; the ONNX Runtime sessions above loaded and ran it
+    try:
+        onnx.checker.check_model(model_io.to_proto(model))
+    except onnx.checker.ValidationError as e:
+        raise OnnxbcError(f"internal error: the quantized graph fails onnx.checker ({str(e).splitlines()[0]})") from e
+
+
+def _layer_records(
+    targets: Targets,
+    names: dict[str, _LayerNames],
+    plan: QuantPlan,
+    probes: list[LayerErrorProbe],
+    notes: dict[str, list[str]],
+    bias_skips: dict[str, str],
+    fold_sites: dict[str, str],
+    keep_bias: bool,
+) -> list[LayerRecord]:
+    by_name = {p.target.name: p for p in probes}
+    records = []
+    for t in targets.targets:
+        probe = by_name.get(t.name)
+        wq = plan.weights.get(names[t.name].weight)
+        fold = plan.biases.get(t.name)
+        rec = LayerRecord(
+            t.name,
+            t.op,
+            t.kind,
+            "quantized" if names[t.name].quantized(plan) else "skipped",
+            notes=notes[t.name],
+        )
+        if rec.status == "skipped":
+            rec.reason = "; ".join(notes[t.name]) or "nothing quantized"
+        if wq is not None:
+            rec.weight = {
+                "name": wq.source,
+                "bits": wq.bits,
+                "stored_bits": wq.stored_bits,
+                "granularity": wq.granularity.describe(),
+                "axis": wq.granularity.axis,
+                "block_size": wq.granularity.block_size,
+                "scale_method": wq.method,
+                "params": int(wq.codes.size),
+            }
+        for name in names[t.name].activations:
+            aq = plan.activations.get(name)
+            if aq is not None:
+                rec.activations.append(
+                    {
+                        "name": aq.value,
+                        "dtype": aq.dtype.name,
+                        "scale": aq.scale,
+                        "amax": aq.amax,
+                        "range_method": aq.method,
+                    }
+                )
+        if probe is not None:
+            rec.error = {}
+            for split, m in probe.moments.items():
+                if not m.empty:
+                    after = m.rel_mse(fold.delta) if fold is not None else None
+                    rec.error[split] = {"rel_mse_before": m.rel_mse(), "rel_mse_after": after}
+        if fold is not None:
+            rec.bias = {
+                "applied": keep_bias,
+                "site": fold_sites.get(t.name),
+                "delta_norm": float(np.linalg.norm(fold.delta)),
+                "delta_max_abs": float(np.abs(fold.delta).max()),
+                "reason": None if keep_bias else "compensation as a whole did not lower the held-out output error",
+            }
+        elif t.name in bias_skips:
+            rec.bias = {"applied": False, "reason": bias_skips[t.name]}
+        records.append(rec)
+    records.extend(LayerRecord(s.name, s.op, "other", "skipped", reason=s.reason) for s in targets.skipped)
+    return records
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.durations: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.durations[name] = round(time.perf_counter() - start, 3)

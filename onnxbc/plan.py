@@ -1,0 +1,61 @@
+"""The quantization plan: every graph edit ``compress`` will make, as plain data keyed by names.
+
+Solvers fill it; the rewrite passes apply all of it at once; calibration probes read it to build the
+quantized shadow of each layer. It holds no graph objects, so it can be inspected, tested and reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from onnxbc.solvers.quant import Granularity
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightQuant:
+    """An initializer replaced by integer codes and a DequantizeLinear."""
+
+    source: str
+    codes: np.ndarray  # in the storage dtype (int8, int4, ...)
+    scale: np.ndarray  # float32, DequantizeLinear layout
+    granularity: Granularity
+    bits: int  # logical bits (codes may use fewer levels than the container)
+    method: str
+
+    @property
+    def stored_bits(self) -> int:
+        return self.codes.dtype.itemsize * 8 if self.codes.dtype.itemsize > 1 or self.bits > 4 else 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationQuant:
+    """A float tensor passed through QuantizeLinear -> DequantizeLinear before the layers that read it."""
+
+    value: str
+    scale: float
+    zero_point: int
+    dtype: np.dtype  # int8 or uint8 codes
+    amax: float
+    method: str
+    float_dtype: np.dtype = np.dtype(np.float32)  # type of the tensor being quantized (scale type)
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasFold:
+    """A compensation bias added to a layer's output (per output channel, or per position)."""
+
+    target: str
+    delta: np.ndarray
+    output_channel_axis: int
+    per_position: bool = False
+
+
+@dataclasses.dataclass
+class QuantPlan:
+    weights: dict[str, WeightQuant] = dataclasses.field(default_factory=dict)
+    activations: dict[str, ActivationQuant] = dataclasses.field(default_factory=dict)
+    # value name -> (node name, input index) of each layer input that reads the quantized tensor
+    activation_uses: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=dict)
+    biases: dict[str, BiasFold] = dataclasses.field(default_factory=dict)

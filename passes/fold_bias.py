@@ -1,0 +1,166 @@
+"""Fold compensation biases into the layers they correct, so the graph gains no work where it can.
+
+Rewrite rules, for a layer ``y = f(x)`` and a bias ``delta`` to add to ``y``:
+
+1. ``Conv``/``ConvTranspose`` with a constant ``B``: ``B += delta``. Without ``B``: a new ``B = delta``.
+2. ``Gemm`` (``y = alpha A B + beta C``) with a constant ``C``: ``C += delta / beta`` (``C`` broadcast to
+   ``[N]`` first when it is a scalar). Without ``C`` (or with ``beta = 0``): ``C = delta``, ``beta = 1``.
+3. ``MatMul`` whose only reader is an ``Add`` of a constant that broadcasts along the output: that
+   constant ``+= delta`` (exporters write Linear layers this way).
+4. Anything else (a bias-less MatMul, a per-position bias, a computed bias): a new ``Add(y, delta)``
+   right after the layer, which takes over the layer output's name when it is a graph output.
+
+A bias initializer read by other nodes too is copied before it changes. ``delta`` is laid out along the
+layer's output channel axis (or over all axes but the batch, per position).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxbc.passes.graph_utils import Namer, const, nodes_by_name
+from onnxbc.plan import BiasFold
+
+logger = logging.getLogger(__name__)
+
+
+class FoldBiasPass(ir.passes.InPlacePass):
+    """Add each ``BiasFold`` of the plan to its layer (rules in the module docstring).
+
+    Attributes:
+        biases: layer name -> bias to fold.
+    """
+
+    def __init__(self, biases: dict[str, BiasFold]) -> None:
+        super().__init__()
+        self.biases = biases
+        self.sites: dict[str, str] = {}  # layer name -> where its bias went (for the report)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        namer = Namer(model)
+        nodes = nodes_by_name(model)
+        for name, fold in self.biases.items():
+            self.sites[name] = self._fold(nodes[name], fold, namer)
+            logger.debug("folded bias of %s into %s", name, self.sites[name])
+        return ir.passes.PassResult(model, modified=bool(self.biases))
+
+    def _fold(self, node: ir.Node, fold: BiasFold, namer: Namer) -> str:
+        dtype = node.outputs[0].dtype or _const_dtype(node)
+        delta = np.asarray(fold.delta, np.float64)
+        if not fold.per_position:
+            if node.op_type in ("Conv", "ConvTranspose"):
+                return self._fold_conv(node, delta, dtype, namer)
+            if node.op_type == "Gemm":
+                return self._fold_gemm(node, delta, dtype, namer)
+            if node.op_type == "MatMul" and fold.output_channel_axis == -1:
+                add = _single_bias_add(node)
+                if add is not None:
+                    index = 1 if add.inputs[0] is node.outputs[0] else 0
+                    _add_into(add, index, delta, namer)
+                    return f"Add '{add.name}' constant"
+            shape = [1] * (-fold.output_channel_axis)
+            shape[0] = delta.size
+            delta = delta.reshape(shape)
+        return self._append_add(node, delta, dtype, namer)
+
+    def _fold_conv(self, node: ir.Node, delta: np.ndarray, dtype: ir.DataType, namer: Namer) -> str:
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            if not _is_constant(node.inputs[2]):
+                return self._append_add(node, delta.reshape(-1, *[1] * _spatial_rank(node)), dtype, namer)
+            _add_into(node, 2, delta, namer)
+            return "Conv B" if node.op_type == "Conv" else "ConvTranspose B"
+        bias = const(namer, f"{node.name}_bias", delta.astype(dtype.numpy()))
+        node.graph.register_initializer(bias)
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, bias)
+        return "new Conv B" if node.op_type == "Conv" else "new ConvTranspose B"
+
+    def _fold_gemm(self, node: ir.Node, delta: np.ndarray, dtype: ir.DataType, namer: Namer) -> str:
+        beta = node.attributes.get_float("beta", 1.0)
+        has_c = len(node.inputs) > 2 and node.inputs[2] is not None
+        if has_c and beta != 0.0 and _is_constant(node.inputs[2]):
+            _add_into(node, 2, delta / beta, namer)
+            return "Gemm C"
+        if has_c and beta != 0.0:
+            return self._append_add(node, delta, dtype, namer)
+        bias = const(namer, f"{node.name}_bias", delta.astype(dtype.numpy()))
+        node.graph.register_initializer(bias)
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, bias)
+        node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        return "new Gemm C"
+
+    def _append_add(self, node: ir.Node, delta: np.ndarray, dtype: ir.DataType, namer: Namer) -> str:
+        y = node.outputs[0]
+        bias = const(namer, f"{node.name}_bias", delta.astype(dtype.numpy()))
+        node.graph.register_initializer(bias)
+        add = ir.node("Add", [y, bias], name=namer(f"{node.name}_bias_Add"))
+        out = add.outputs[0]
+        out.name = namer(f"{y.name}_biased")
+        out.dtype, out.shape = y.dtype, y.shape
+        node.graph.insert_after(node, [add])
+        was_output = y.is_graph_output()
+        y.replace_all_uses_with(out, replace_graph_outputs=True)
+        add.replace_input_with(0, y)
+        if was_output:  # keep the model's output names
+            out_name, y.name = y.name, namer(f"{y.name}_unbiased")
+            out.name = out_name
+        return "new Add"
+
+
+def _single_bias_add(node: ir.Node) -> ir.Node | None:
+    """The Add of a constant right after a MatMul, when the MatMul output has no other reader."""
+    y = node.outputs[0]
+    uses = y.uses()
+    if len(uses) != 1 or y.is_graph_output():
+        return None
+    add = uses[0].node
+    if add.op_type != "Add" or len(add.inputs) != 2:
+        return None
+    other = add.inputs[1 - uses[0].idx]
+    if other is None or not _is_constant(other):
+        return None
+    # A per-channel bias: a scalar, [C], or [1, ..., 1, C].
+    shape = tuple(other.const_value.shape)
+    return add if all(d == 1 for d in shape[:-1]) else None
+
+
+def _add_into(node: ir.Node, index: int, delta: np.ndarray, namer: Namer) -> None:
+    """``node.inputs[index] += delta`` for a constant input, copying it first when it is shared."""
+    value = node.inputs[index]
+    old = value.const_value.numpy()
+    new = (old.astype(np.float64) + delta.reshape(_broadcast_shape(old.shape, delta.size))).astype(old.dtype)
+    if len(value.uses()) == 1 and not value.is_graph_output() and not value.is_graph_input():
+        value.const_value = ir.tensor(new, name=value.name)
+        value.shape = ir.Shape(new.shape)
+        return
+    copy = const(namer, f"{value.name}_compensated", new)
+    node.graph.register_initializer(copy)
+    node.replace_input_with(index, copy)
+
+
+def _broadcast_shape(shape: tuple[int, ...], channels: int) -> tuple[int, ...]:
+    """Shape of a per-channel delta added to a last-axis bias of ``shape`` (scalars grow to [C])."""
+    if len(shape) == 0 or shape == (1,):
+        return (channels,)
+    return (1,) * (len(shape) - 1) + (channels,)
+
+
+def _is_constant(value: ir.Value) -> bool:
+    return value.is_initializer() and value.const_value is not None
+
+
+def _spatial_rank(node: ir.Node) -> int:
+    return len(node.inputs[1].shape) - 2 if node.inputs[1].shape is not None else 2
+
+
+def _const_dtype(node: ir.Node) -> ir.DataType:
+    for v in node.inputs:
+        if v is not None and v.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+            return v.dtype
+    return ir.DataType.FLOAT

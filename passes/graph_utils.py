@@ -1,0 +1,92 @@
+"""Small graph helpers shared by the rewrite passes and the calibration probes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+
+class Namer:
+    """Fresh value and node names that collide with nothing already in the model."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.used: set[str] = set()
+        for graph in model.graphs():
+            self.used.update(v.name for v in graph.inputs)
+            self.used.update(graph.initializers)
+            for node in graph:
+                self.used.add(node.name)
+                self.used.update(v.name for v in node.outputs)
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used:
+            name, i = f"{base}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+
+def const(namer: Namer, base: str, array: np.ndarray) -> ir.Value:
+    """A new initializer value (not yet registered in a graph)."""
+    tensor = ir.tensor(np.asarray(array), name=namer(base))
+    return ir.Value(name=tensor.name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
+
+
+def main_values(graph: ir.Graph) -> Iterator[ir.Value]:
+    """Graph inputs, initializers and node outputs of one graph (not its subgraphs)."""
+    yield from graph.inputs
+    yield from graph.initializers.values()
+    for node in graph:
+        yield from node.outputs
+
+
+def nodes_by_name(model: ir.Model) -> dict[str, ir.Node]:
+    return {node.name: node for node in ir.traversal.RecursiveGraphIterator(model.graph)}
+
+
+def find_value(model: ir.Model, name: str) -> ir.Value:
+    for graph in model.graphs():
+        for v in main_values(graph):
+            if v.name == name:
+                return v
+    raise KeyError(f"no value named '{name}' in the model")
+
+
+class GraphBuilder:
+    """Appends nodes and initializers to the end of a model's main graph, with fresh names.
+
+    Nodes appended at the end read only values computed earlier, so the graph stays topologically sorted.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.namer = Namer(model)
+        self.values = {v.name: v for v in main_values(model.graph)}
+        self.nodes = nodes_by_name(model)
+
+    def const(self, array: np.ndarray, hint: str = "const") -> ir.Value:
+        value = const(self.namer, hint, array)
+        self.graph.register_initializer(value)
+        return value
+
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[ir.Value | None],
+        attributes: Mapping[str, Any] | Sequence[ir.Attr] | None = None,
+        *,
+        hint: str = "",
+        domain: str = "",
+    ) -> ir.Value:
+        return self.add(ir.node(op_type, inputs, attributes=attributes, domain=domain), hint or op_type)
+
+    def add(self, node: ir.Node, hint: str) -> ir.Value:
+        node.name = self.namer(f"{hint}_{node.op_type}")
+        for out in node.outputs:
+            out.name = self.namer(hint)
+        self.graph.append(node)
+        return node.outputs[0]

@@ -1,0 +1,131 @@
+"""Insert QuantizeLinear/DequantizeLinear nodes as a ``QuantPlan`` says.
+
+Rewrite rules:
+
+1. A quantized weight initializer ``W`` becomes integer codes ``W_quantized`` plus ``DequantizeLinear``
+   whose output takes over the name ``W``, so every reader (layers, a Transpose on the way to a tied
+   lm-head, an embedding Gather) now reads the dequantized tensor. The float initializer is removed.
+   Zero points are omitted (symmetric: 0). Scales have the float type of the weight.
+2. A quantized activation ``x`` gets ``x -> QuantizeLinear -> DequantizeLinear`` right after its producer
+   (or at the top of the graph for a graph input). Only the layer inputs listed in the plan read the
+   dequantized tensor; other readers keep the float one (TensorRT: quantize op *inputs*).
+
+The pass decides nothing: it applies the plan and fails loudly if the plan names something missing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxbc.passes.graph_utils import Namer, const, find_value, main_values, nodes_by_name
+from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
+
+logger = logging.getLogger(__name__)
+
+
+def float_array(array: np.ndarray, dtype: ir.DataType) -> np.ndarray:
+    return np.asarray(array, dtype=np.float32).astype(dtype.numpy())
+
+
+def weight_dequantize(namer: Namer, wq: WeightQuant, dtype: ir.DataType) -> tuple[list[ir.Value], ir.Node]:
+    """Initializers (codes, scale) and the DequantizeLinear node that rebuilds weight ``wq.source``."""
+    codes = const(namer, f"{wq.source}_quantized", wq.codes)
+    scale = const(namer, f"{wq.source}_scale", float_array(wq.scale, dtype))
+    attrs: dict[str, int] = {}
+    if wq.granularity.axis is not None:
+        attrs["axis"] = wq.granularity.axis
+    if wq.granularity.block_size:
+        attrs["block_size"] = wq.granularity.block_size
+    node = ir.node(
+        "DequantizeLinear",
+        [codes, scale],
+        attributes=attrs,
+        name=namer(f"{wq.source}_DequantizeLinear"),
+    )
+    node.outputs[0].name = namer(f"{wq.source}_dequantized")
+    node.outputs[0].dtype = dtype
+    node.outputs[0].shape = ir.Shape(wq.codes.shape)
+    return [codes, scale], node
+
+
+def activation_qdq(
+    namer: Namer, x: ir.Value, aq: ActivationQuant, dtype: ir.DataType
+) -> tuple[list[ir.Value], list[ir.Node], ir.Value]:
+    """Initializers, the Q and DQ nodes for ``x``, and the dequantized output value."""
+    scale = const(namer, f"{x.name}_scale", float_array(np.array(aq.scale), dtype))
+    zero = const(namer, f"{x.name}_zero_point", np.array(aq.zero_point, dtype=aq.dtype))
+    q = ir.node("QuantizeLinear", [x, scale, zero], name=namer(f"{x.name}_QuantizeLinear"))
+    q.outputs[0].name = namer(f"{x.name}_quantized")
+    q.outputs[0].dtype = ir.DataType.from_numpy(aq.dtype)
+    q.outputs[0].shape = x.shape
+    dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero], name=namer(f"{x.name}_DequantizeLinear"))
+    dq.outputs[0].name = namer(f"{x.name}_dequantized")
+    dq.outputs[0].dtype = dtype
+    dq.outputs[0].shape = x.shape
+    return [scale, zero], [q, dq], dq.outputs[0]
+
+
+class InsertQDQPass(ir.passes.InPlacePass):
+    """Apply the weight and activation quantization of a plan (rules in the module docstring).
+
+    Attributes:
+        plan: the quantization plan to apply.
+    """
+
+    def __init__(self, plan: QuantPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        namer = Namer(model)
+        count = 0
+        for wq in self.plan.weights.values():
+            self._quantize_weight(model, wq, namer)
+            count += 1
+        nodes = nodes_by_name(model)
+        values = {v.name: v for v in main_values(model.graph)}
+        for name, aq in self.plan.activations.items():
+            self._quantize_activation(model.graph, values[name], aq, self.plan.activation_uses[name], nodes, namer)
+            count += 1
+        logger.debug("inserted %d quantizers", count)
+        return ir.passes.PassResult(model, modified=count > 0)
+
+    def _quantize_weight(self, model: ir.Model, wq: WeightQuant, namer: Namer) -> None:
+        source = find_value(model, wq.source)
+        graph = source.graph
+        initializers, dq = weight_dequantize(namer, wq, source.const_value.dtype)
+        for init in initializers:
+            graph.register_initializer(init)
+        graph.insert_before(graph[0], [dq])
+        graph.initializers.pop(source.name)
+        original = source.name
+        source.name = namer(f"{original}_float")
+        source.replace_all_uses_with(dq.outputs[0])
+        namer.used.discard(dq.outputs[0].name)
+        dq.outputs[0].name = original
+        logger.debug("quantized weight %s to %d bits", original, wq.bits)
+
+    def _quantize_activation(
+        self,
+        graph: ir.Graph,
+        x: ir.Value,
+        aq: ActivationQuant,
+        uses: list[tuple[str, int]],
+        nodes: dict[str, ir.Node],
+        namer: Namer,
+    ) -> None:
+        dtype = ir.DataType.from_numpy(aq.float_dtype)
+        initializers, new_nodes, out = activation_qdq(namer, x, aq, dtype)
+        for init in initializers:
+            graph.register_initializer(init)
+        producer = x.producer()
+        if producer is None:
+            graph.insert_before(graph[0], new_nodes)
+        else:
+            producer.graph.insert_after(producer, new_nodes)
+        for node_name, index in uses:
+            nodes[node_name].replace_input_with(index, out)
+        logger.debug("quantized activation %s (scale %g)", x.name, aq.scale)

@@ -1,0 +1,148 @@
+"""Solvers against hand-computed values and their defining properties."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from onnxbc.solvers.bias import ErrorMoments, solve_bias
+from onnxbc.solvers.quant import INT4, INT8, Granularity, dequantize, expand_scale, quantize, weight_scale
+from onnxbc.solvers.ranges import AbsHistogram, choose_range
+
+
+def test_minmax_per_channel_by_hand():
+    w = np.array([[1.0, -2.0], [0.5, 0.25], [-4.0, 1.0]], np.float32)  # channels on axis 1
+    s = weight_scale(w, INT8, Granularity(axis=1), "minmax")
+    np.testing.assert_allclose(s, [4.0 / 127, 2.0 / 127])
+    q = quantize(w, s, INT8, Granularity(axis=1))
+    assert q.dtype == np.int8
+    np.testing.assert_array_equal(q[:, 0], np.rint(np.array([1.0, 0.5, -4.0]) / (4.0 / 127)))
+    assert q[2, 0] == -127 and q[0, 1] == -127
+
+
+def test_int4_codes_stay_symmetric_and_in_container():
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    s = weight_scale(w, INT4, Granularity(axis=0), "minmax")
+    q = quantize(w, s, INT4, Granularity(axis=0))
+    assert q.dtype == np.dtype(ml_dtypes.int4)
+    codes = q.astype(np.int8)
+    assert codes.min() >= -7 and codes.max() <= 7
+    assert np.abs(codes).max(axis=1).min() == 7  # each channel's largest weight maps to 7
+
+
+@pytest.mark.parametrize("shape,axis,block", [((64, 10), 0, 16), ((70, 10), 0, 32), ((6, 48, 3, 3), 1, 16)])
+def test_block_scale_layout_follows_onnx(shape, axis, block):
+    w = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    gran = Granularity(axis, block)
+    s = weight_scale(w, INT4, gran, "minmax")
+    expected = list(shape)
+    expected[axis] = -(-shape[axis] // block)
+    assert s.shape == tuple(expected)
+    # Each scale covers exactly its block: the block's max maps to qmax.
+    full = expand_scale(s, w.shape, gran)
+    first = np.take(w, range(min(block, shape[axis])), axis=axis)
+    np.testing.assert_allclose(
+        np.take(full, [0], axis=axis), np.abs(first).max(axis=axis, keepdims=True) / 7, rtol=1e-6
+    )
+
+
+def test_per_tensor_scale_is_scalar():
+    w = np.array([[3.0, -1.0]], np.float32)
+    s = weight_scale(w, INT8, Granularity(None), "minmax")
+    assert s.shape == () and s == pytest.approx(3.0 / 127)
+
+
+def test_mse_scale_never_worse_than_minmax():
+    rng = np.random.default_rng(2)
+    w = rng.standard_t(3, size=(32, 64)).astype(np.float32)  # heavy tails: clipping pays off
+    for fmt in (INT8, INT4):
+        errs = {}
+        for method in ("minmax", "mse"):
+            gran = Granularity(0)
+            s = weight_scale(w, fmt, gran, method)
+            errs[method] = np.square(dequantize(quantize(w, s, fmt, gran), s, gran) - w).sum(axis=1)
+        assert np.all(errs["mse"] <= errs["minmax"] + 1e-9)
+    assert errs["mse"].sum() < 0.9 * errs["minmax"].sum()  # and clearly better at 4 bits
+
+
+def test_percentile_scale_clips():
+    w = np.concatenate([np.linspace(-1, 1, 999), [50.0]]).astype(np.float32).reshape(1, -1)
+    s = weight_scale(w, INT8, Granularity(None), "percentile", percentile=99.0)
+    assert float(s) * 127 < 2.0
+
+
+def test_histogram_growth_is_exact():
+    rng = np.random.default_rng(3)
+    batches = [rng.standard_normal(1000) * scale for scale in (0.1, 1.0, 10.0, 3.0)]
+    hist = AbsHistogram(bins=256)
+    for b in batches:
+        hist.update(b)
+    a = np.abs(np.concatenate(batches))
+    assert hist.total == a.size and hist.max == pytest.approx(a.max())
+    # Counts above the first batch's range were binned at the final resolution: compare coarsely.
+    assert hist.top >= a.max()
+    edges = hist.edges()
+    coarse = np.histogram(a, bins=edges)[0]
+    # Only the first batches (binned at a finer resolution, then merged) may straddle bin borders.
+    assert np.abs(coarse - hist.counts).sum() <= 2 * len(batches[0]) + 2 * len(batches[1])
+
+
+def test_histogram_tracks_sign_and_nonfinite():
+    hist = AbsHistogram()
+    hist.update(np.array([0.0, 1.0, 2.0, np.inf, np.nan], np.float32))
+    assert hist.nonnegative and hist.nonfinite == 2 and hist.total == 3
+    hist.update(np.array([-0.5], np.float32))
+    assert not hist.nonnegative
+
+
+def test_ranges_by_method():
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.standard_normal(100_000), [40.0]])  # one outlier
+    hist = AbsHistogram()
+    hist.update(x)
+    assert choose_range(hist, "minmax", 127) == pytest.approx(40.0)
+    p = choose_range(hist, "percentile", 127, percentile=99.0)
+    assert 2.3 < p < 2.8  # |N(0,1)| 99th percentile is 2.576
+    mse = choose_range(hist, "mse", 127)
+    assert p < mse < 40.0  # trades the lone outlier's clipping error against rounding error of the body
+    assert choose_range(AbsHistogram(), "mse", 127) == 1.0  # never observed: a harmless scale
+
+
+def test_mse_range_matches_brute_force():
+    rng = np.random.default_rng(5)
+    x = rng.laplace(size=50_000).astype(np.float32)
+    hist = AbsHistogram(bins=512)
+    hist.update(x)
+    c = choose_range(hist, "mse", 7)
+
+    def err(clip):
+        s = clip / 7
+        return np.square(np.clip(np.rint(x / s), -7, 7) * s - x).mean()
+
+    grid = np.linspace(0.5, np.abs(x).max(), 400)
+    best = min(err(g) for g in grid)
+    assert err(c) <= 1.05 * best
+
+
+def test_bias_closed_form_by_hand():
+    # d over 2 batches, 2 channels: channel 0 errors {1, 3, 2}, channel 1 errors {0, -2, 2}
+    m = ErrorMoments()
+    m.update(sum_d=[4.0, -2.0], sum_d2=[10.0, 4.0], sum_y2=[1.0, 1.0], count=2)
+    m.update(sum_d=[2.0, 2.0], sum_d2=[4.0, 4.0], sum_y2=[1.0, 1.0], count=1)
+    b = solve_bias(m)
+    np.testing.assert_allclose(b, [2.0, 0.0])
+    assert m.mse() == pytest.approx((14.0 + 8.0) / 6)
+    # after: channel 0 residuals {-1, 1, 0} -> 2; channel 1 unchanged -> 8
+    assert m.mse(b) == pytest.approx((2.0 + 8.0) / 6)
+    assert m.rel_mse() == pytest.approx(m.mse() / (4.0 / 6))
+
+
+def test_bias_never_raises_error_on_fitted_data():
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        d = rng.standard_normal((rng.integers(1, 40), 5)) + rng.standard_normal(5)
+        y = rng.standard_normal(d.shape)
+        m = ErrorMoments()
+        m.update(d.sum(0), (d * d).sum(0), (y * y).sum(0), len(d))
+        b = solve_bias(m)
+        assert m.mse(b) <= m.mse() + 1e-12
+        np.testing.assert_allclose(m.mse(b), np.square(d - b).mean(), rtol=1e-9)
