@@ -13,3 +13,9 @@ class UsageError(OnnxbcError):
     """Bad options, or files that cannot be read (exit code 2)."""
 
     exit_code = 2
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message folded onto one line (checker and runtime messages span several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

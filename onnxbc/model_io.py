@@ -19,7 +19,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxbc.errors import OnnxbcError, UsageError
+from onnxbc.errors import OnnxbcError, UsageError, one_line
 
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it.
 PROTO_LIMIT_BYTES = 1_800_000_000
@@ -35,7 +35,7 @@ def load(path: str | os.PathLike) -> ir.Model:
     try:
         proto = onnx.load(path, load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable ONNX model ({_first_line(e)})") from e
+        raise UsageError(f"{path}: not a readable ONNX model ({one_line(e)})") from e
     if not proto.graph.node and not proto.graph.output:
         raise UsageError(f"{path}: not an ONNX model (no graph found; is the file truncated or of another format?)")
     for location in sorted(_external_locations(proto)):
@@ -44,7 +44,7 @@ def load(path: str | os.PathLike) -> ir.Model:
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
-        raise OnnxbcError(f"{path}: fails onnx.checker: {_first_line(e)}") from e
+        raise OnnxbcError(f"{path}: fails onnx.checker: {one_line(e)}") from e
     model = ir.serde.deserialize_model(proto)
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     return model
@@ -53,7 +53,10 @@ def load(path: str | os.PathLike) -> ir.Model:
 def external_data_files(path: str | os.PathLike) -> list[Path]:
     """External data files a model file refers to (resolved next to the model)."""
     path = Path(path)
-    proto = onnx.load(path, load_external_data=False)
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except (DecodeError, OSError, RuntimeError, ValueError):
+        return []  # not a readable model: load() says so when it is read
     return [path.parent / location for location in sorted(_external_locations(proto))]
 
 
@@ -127,7 +130,7 @@ def read_tensor_pb(path: str | os.PathLike) -> tuple[str, np.ndarray]:
         tensor.ParseFromString(Path(path).read_bytes())
         return tensor.name, onnx.numpy_helper.to_array(tensor)
     except (DecodeError, ValueError, TypeError) as e:
-        raise UsageError(f"{path}: not a readable TensorProto ({_first_line(e)})") from e
+        raise UsageError(f"{path}: not a readable TensorProto ({one_line(e)})") from e
 
 
 def file_bytes(path: str | os.PathLike) -> int:
@@ -186,7 +189,3 @@ def has_external_tensors(model: ir.Model) -> bool:
 def _data_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".data")
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

@@ -26,7 +26,7 @@ from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.compare import OutputAgreement, compare_sessions
-from onnxbc.errors import OnnxbcError, UsageError
+from onnxbc.errors import OnnxbcError, UsageError, one_line
 from onnxbc.options import (
     ActivationType,
     BiasCorrection,
@@ -383,7 +383,7 @@ def _check_structure(model: ir.Model) -> None:
     try:
         onnx.checker.check_model(model_io.to_proto(model))
     except onnx.checker.ValidationError as e:
-        raise OnnxbcError(f"internal error: the quantized graph fails onnx.checker ({str(e).splitlines()[0]})") from e
+        raise OnnxbcError(f"internal error: the quantized graph fails onnx.checker ({one_line(e)})") from e
 
 
 def _layer_records(

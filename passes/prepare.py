@@ -19,7 +19,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.version_converter import ConvertVersionPass
 
-from onnxbc.errors import OnnxbcError
+from onnxbc.errors import OnnxbcError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class RaiseOpsetPass(ir.passes.InPlacePass):
         except Exception as e:  # the converters raise many exception types
             raise OnnxbcError(
                 f"cannot convert the model from opset {current} to {self.min_opset}, which the chosen "
-                f"quantization needs ({str(e).splitlines()[0][:200]}); re-export it at opset >= {self.min_opset}"
+                f"quantization needs ({one_line(e, 200)}); re-export it at opset >= {self.min_opset}"
             ) from e
         reached = model.opset_imports.get("", current)
         if reached < self.min_opset:

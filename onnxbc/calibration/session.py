@@ -24,7 +24,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxbc import model_io
-from onnxbc.errors import OnnxbcError
+from onnxbc.errors import OnnxbcError, one_line
 from onnxbc.options import Device
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class SessionFactory:
         try:
             session = ort.InferenceSession(source, options, providers=self._providers())
         except Exception as e:  # onnxruntime raises its own exception types
-            raise OnnxbcError(f"ONNX Runtime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from e
+            raise OnnxbcError(f"ONNX Runtime cannot load the model: {one_line(e)}") from e
         used = session.get_providers()[0]
         if self.device is Device.CUDA and used != CUDA:
             raise OnnxbcError(

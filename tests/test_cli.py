@@ -1,0 +1,131 @@
+"""The command line as a user meets it: one-line errors with exit codes 1/2, nothing written on failure,
+the input never touched."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from models import test_graphs
+from onnxbc.calibration.session import cuda_works
+
+
+def onnxbc(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "120"}
+    return subprocess.run(
+        [sys.executable, "-m", "onnxbc", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = test_graphs.save(test_graphs.build("conv"), tmp_path / "conv.onnx")
+    np.savez(tmp_path / "calib.npz", **test_graphs.build("conv").feeds(20, 0))
+    return path
+
+
+def files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_compress_prints_result_and_writes_report(model, tmp_path):
+    r = onnxbc("compress", model, "--data", tmp_path / "calib.npz")
+    assert r.returncode == 0, r.stderr
+    assert "Wrote" in r.stdout and "conv.int8.onnx" in r.stdout and "Report:" in r.stdout
+    report = json.loads((tmp_path / "conv.int8.report.json").read_text())
+    assert report["device"] == "cpu" and report["passes_over_data"] == 2
+    again = onnxbc("compress", model, "--data", tmp_path / "calib.npz")
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert (
+        onnxbc("compress", model, "--data", tmp_path / "calib.npz", "--force", "--quiet")
+        .stdout.strip()
+        .endswith("conv.int8.onnx")
+    )
+
+
+def bad_inputs(tmp_path, model):
+    """(description, arguments, expected exit code, expected text in the error line)."""
+    calib = tmp_path / "calib.npz"
+    feeds = test_graphs.build("conv").feeds(8, 0)
+    (tmp_path / "text.onnx").write_text("hello")
+    (tmp_path / "truncated.onnx").write_bytes(model.read_bytes()[:300])
+    broken = onnx.load(model)
+    broken.graph.node[0].input[1] = "missing_weight"
+    onnx.save(broken, tmp_path / "unchecked.onnx")
+    test_graphs.save(test_graphs.build("quantized_qdq"), tmp_path / "qdq.onnx")
+    np.savez(tmp_path / "noname.npz", image=feeds["x"])
+    np.savez(tmp_path / "shape.npz", x=feeds["x"][:, :, :8])
+    np.savez(tmp_path / "dtype.npz", x=feeds["x"].astype(np.float64))
+    nan = feeds["x"].copy()
+    nan[1, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=nan)
+    cases = [
+        ("missing file", ["compress", tmp_path / "none.onnx", "--data", calib], 2, "no such file"),
+        ("not ONNX", ["compress", tmp_path / "text.onnx", "--data", calib], 2, "not"),
+        ("truncated", ["compress", tmp_path / "truncated.onnx", "--data", calib], 2, "truncated.onnx"),
+        ("fails checker", ["compress", tmp_path / "unchecked.onnx", "--data", calib], 1, "fails onnx.checker"),
+        ("already quantized", ["compress", tmp_path / "qdq.onnx", "--data", calib], 1, "already quantized"),
+        (
+            "missing input name",
+            ["compress", model, "--data", tmp_path / "noname.npz"],
+            2,
+            "no array for model input 'x'",
+        ),
+        ("wrong shape", ["compress", model, "--data", tmp_path / "shape.npz"], 2, "dimension 2 must be 16"),
+        (
+            "wrong dtype",
+            ["compress", model, "--data", tmp_path / "dtype.npz"],
+            2,
+            "expects float32, the data has float64",
+        ),
+        ("NaN values", ["compress", model, "--data", tmp_path / "nan.npz"], 2, "NaN or Inf"),
+        ("output is input", ["compress", model, "--data", calib, "-o", model], 2, "is the input model"),
+        ("missing folder", ["compress", model, "--data", calib, "-o", tmp_path / "no" / "o.onnx"], 2, "does not exist"),
+        ("no data", ["compress", model], 2, "--data PATH"),
+        ("bad option value", ["compress", model, "--data", calib, "--weights", "int5"], 2, "int5"),
+        (
+            "bad combination",
+            ["compress", model, "--data", calib, "--target", "tensorrt", "--weights", "int4"],
+            2,
+            "blocks",
+        ),
+    ]
+    if not cuda_works():
+        cases.append(
+            ("cuda without CUDA", ["compress", model, "--data", calib, "--device", "cuda"], 1, "--device cuda")
+        )
+    return cases
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(model, tmp_path):
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    for description, args, code, text in bad_inputs(tmp_path, model):
+        before = files(tmp_path)
+        r = onnxbc(*args)
+        assert r.returncode == code, (description, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr, description
+        assert text in r.stderr, (description, r.stderr)
+        ours = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        if "option" not in description:  # typer formats its own usage errors (Usage/Try/Error lines)
+            assert len(ours) == 1 and r.stderr.strip().splitlines()[-1] == ours[0].strip(), (description, r.stderr)
+        assert files(tmp_path) == before, description
+        assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+
+
+def test_verbose_adds_the_traceback(model, tmp_path):
+    r = onnxbc("compress", tmp_path / "none.onnx", "--data", tmp_path / "calib.npz", "--verbose")
+    assert r.returncode == 2 and "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_help_and_version():
+    r = onnxbc("--help")
+    assert r.returncode == 0 and "compress" in r.stdout
+    r = onnxbc("compress", "--help")
+    for option in ("--weights", "--activations", "--block-size", "--bias-correction", "--data", "--device", "--target"):
+        assert option in r.stdout
+    assert onnxbc("version").stdout.strip() == __import__("onnxbc").__version__
