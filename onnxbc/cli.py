@@ -89,7 +89,8 @@ def compress(
         ),
     ] = None,
     weights: Annotated[
-        WeightType, typer.Option(help="Weight precision (symmetric, per output channel by default).")
+        WeightType,
+        typer.Option(help="Weight precision (zero point 0, per output channel by default); int3 is stored as int4."),
     ] = WeightType.INT8,
     activations: Annotated[
         ActivationType, typer.Option(help="Activation precision; 'none' = weight-only.")

@@ -188,4 +188,3 @@ def has_external_tensors(model: ir.Model) -> bool:
 
 def _data_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".data")
-

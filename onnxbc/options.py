@@ -12,11 +12,12 @@ from onnxbc.errors import UsageError
 class WeightType(str, enum.Enum):
     INT8 = "int8"
     INT4 = "int4"
+    INT3 = "int3"  # stored in an int4 container with codes [-4, 3]
     NONE = "none"
 
     @property
     def bits(self) -> int:
-        return {"int8": 8, "int4": 4, "none": 32}[self.value]
+        return {"int8": 8, "int4": 4, "int3": 3, "none": 32}[self.value]
 
 
 class ActivationType(str, enum.Enum):
@@ -112,7 +113,7 @@ class CompressOptions:
             raise UsageError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.weights is WeightType.NONE and self.activations is ActivationType.NONE:
             raise UsageError("--weights none with --activations none leaves nothing to quantize")
-        if self.target is Target.TENSORRT and self.weights is WeightType.INT4:
+        if self.target is Target.TENSORRT and self.weights in (WeightType.INT4, WeightType.INT3):
             if self.block_size not in (64, 128):
                 raise UsageError("TensorRT runs int4 weights only in blocks: add --block-size 64 or 128")
             if self.activations is not ActivationType.NONE:
@@ -123,6 +124,6 @@ class CompressOptions:
     @property
     def required_opset(self) -> int:
         """The lowest ai.onnx opset that can express the chosen quantization."""
-        if self.weights is WeightType.INT4 or self.block_size:
+        if self.weights in (WeightType.INT4, WeightType.INT3) or self.block_size:
             return 21
         return 13

@@ -3,7 +3,8 @@
 load -> prepare -> find targets -> quantize weights -> pass 1: activation ranges -> pass 2: per-layer
 output error of each quantized shadow -> solve compensation biases -> rewrite (QDQ + bias folds, all at
 once) -> measure the output against FP32 on held-out samples, with and without compensation, and keep
-compensation only if it helps -> check -> save atomically + report.
+compensation only if it helps -> check -> save atomically + report. With ``--bias-correction sequential``
+pass 2 is replaced by one pass per wave of layers (see ``compensation``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import onnxbc
 from onnxbc import model_io
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
-from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
+from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.compare import OutputAgreement, compare_sessions
-from onnxbc.errors import OnnxbcError, UsageError, one_line
+from onnxbc.compensation import bias_skip_reason, fold_for, sequential
+from onnxbc.errors import OnnxbcError, one_line
 from onnxbc.options import (
     ActivationType,
     BiasCorrection,
@@ -39,11 +41,10 @@ from onnxbc.options import (
 from onnxbc.passes.fold_bias import FoldBiasPass
 from onnxbc.passes.prepare import prepare_passes, quantized_nodes
 from onnxbc.passes.qdq import InsertQDQPass
-from onnxbc.plan import ActivationQuant, BiasFold, QuantPlan, WeightQuant
+from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
 from onnxbc.progress import Stages
 from onnxbc.report import LayerRecord, Report
-from onnxbc.solvers.bias import solve_bias
-from onnxbc.solvers.quant import INT4, INT7, INT8, Granularity, quantize, weight_scale
+from onnxbc.solvers.quant import INT3, INT4, INT7, INT8, Granularity, quantize, weight_scale
 from onnxbc.solvers.ranges import choose_range
 from onnxbc.targets import Target as Layer
 from onnxbc.targets import Targets, WeightGroup, find_targets, weight_array
@@ -60,7 +61,7 @@ class CompressResult:
 
 def default_output(model_path: Path, options: CompressOptions) -> Path:
     """``model.onnx`` -> ``model.int8.onnx`` (W8A8), ``model.w4a8.onnx``, ``model.w4.onnx`` (weight-only), ..."""
-    w = {WeightType.INT8: "w8", WeightType.INT4: "w4", WeightType.NONE: ""}[options.weights]
+    w = "" if options.weights is WeightType.NONE else f"w{options.weights.bits}"
     a = {ActivationType.INT8: "a8", ActivationType.NONE: ""}[options.activations]
     tag = "int8" if (w, a) == ("w8", "a8") else w + a
     return model_path.with_name(f"{model_path.stem}.{tag}.onnx")
@@ -136,16 +137,23 @@ def compress(
         for t in targets.targets:
             if t.weight is None:
                 notes[t.name].append("weight-only mode: activation x activation MatMul left float")
-    probes = [
-        LayerErrorProbe(t, plan, per_position=options.bias_shape is BiasShape.POSITION)
-        for t in targets.targets
-        if not t.in_subgraph and _is_quantized(t, plan)
-    ]
-    with timer("layer_errors"), stages.step("Measuring layer errors", calib.count_batches("all")) as advance:
-        collect(working, probes, calib, sessions, splits=("fit", "holdout"), advance=advance)
+    per_position = options.bias_shape is BiasShape.POSITION
+    mode = options.bias_correction
+    observed = [t for t in targets.targets if not t.in_subgraph and _is_quantized(t, plan)]
+    bias_skips = {t.name: reason for t in observed if (reason := bias_skip_reason(t))}
+    if mode is BiasCorrection.NONE:
+        bias_skips = {t.name: "compensation off (--bias-correction none)" for t in observed}
+    compensate = {t.name for t in observed} - set(bias_skips)
+    probes: dict[str, ErrorProbe] = {}
+    if mode is not BiasCorrection.SEQUENTIAL:  # pass 2: every layer's error (and bias) at once
+        shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
+        with timer("layer_errors"), stages.step("Measuring layer errors", calib.count_batches("all")) as advance:
+            collect(working, shadows, calib, sessions, splits=("fit", "holdout"), advance=advance)
         rep.passes_over_data += 1
-    rep.device = sessions.device_name
-    bias_skips = _solve_biases(probes, plan, options, working)
+        probes = {p.target.name: p for p in shadows}
+        for name in compensate:
+            if not probes[name].moments["fit"].empty:
+                plan.biases[name] = fold_for(probes[name].target, probes[name].moments["fit"], per_position)
 
     names = {t.name: _LayerNames.of(t) for t in targets.targets}  # before the rewrite rewires them
     with timer("rewrite"):
@@ -153,6 +161,14 @@ def compress(
         quantized = InsertQDQPass(plan)(working).model
         fold = FoldBiasPass(plan.biases)
         compensated = fold(quantized.clone()).model if plan.biases else None
+        sites = fold.sites
+    if mode is BiasCorrection.SEQUENTIAL:
+        with timer("sequential_compensation"):
+            compensated, probes, plan.biases, sites, passes = sequential(
+                float_model, quantized, observed, compensate, calib, sessions, stages, per_position=per_position
+            )
+        rep.passes_over_data += passes
+    rep.device = sessions.device_name
 
     with timer("verify"):
         chosen, keep_bias = _evaluate(float_model, quantized, compensated, calib, sessions, stages, rep)
@@ -162,7 +178,7 @@ def compress(
         files = model_io.save(chosen, out, external_data=bool(model_io.external_data_files(model_path)) or None)
     rep.output = {"path": str(out), "files": [str(f) for f in files], "bytes": model_io.file_bytes(out)}
     rep.timings_s = timer.durations
-    rep.layers = _layer_records(targets, names, plan, probes, notes, bias_skips, fold.sites, keep_bias)
+    rep.layers = _layer_records(targets, names, plan, probes, notes, bias_skips, sites, keep_bias)
     rep.write(report_path)
     return CompressResult(out, report_path, rep)
 
@@ -186,7 +202,7 @@ def _has_half_floats(model: ir.Model) -> bool:
 
 def _quantize_weights(group: WeightGroup, options: CompressOptions, notes: dict[str, list[str]]) -> WeightQuant:
     w = weight_array(group)
-    fmt = INT4 if options.weights is WeightType.INT4 else INT7 if options.reduce_range else INT8
+    fmt = {WeightType.INT4: INT4, WeightType.INT3: INT3}.get(options.weights, INT7 if options.reduce_range else INT8)
     if options.per_tensor_weights:
         gran = Granularity(None)
     elif options.block_size and group.input_axis is not None:
@@ -267,58 +283,6 @@ def _is_quantized(t: Layer, plan: QuantPlan) -> bool:
     return _LayerNames.of(t).quantized(plan)
 
 
-def _solve_biases(
-    probes: list[LayerErrorProbe], plan: QuantPlan, options: CompressOptions, model: ir.Model
-) -> dict[str, str]:
-    """Fill ``plan.biases``; return the reason for each quantized layer that gets no bias."""
-    skips: dict[str, str] = {}
-    if options.bias_correction is BiasCorrection.NONE:
-        return {p.target.name: "compensation off (--bias-correction none)" for p in probes}
-    if options.bias_correction is BiasCorrection.SEQUENTIAL:
-        raise UsageError("--bias-correction sequential is not available yet; use independent")
-    for probe in probes:
-        t = probe.target
-        fit = probe.moments["fit"]
-        if t.weight is None:
-            skips[t.name] = "activation x activation MatMul: no bias to fold"
-        elif fit.empty:
-            skips[t.name] = "no calibration statistics"
-        elif (reason := _attention_key(t)) is not None:
-            skips[t.name] = reason
-        else:
-            plan.biases[t.name] = BiasFold(
-                t.name, solve_bias(fit), t.output_channel_axis, options.bias_shape is BiasShape.POSITION
-            )
-    return skips
-
-
-def _attention_key(t: Layer) -> str | None:
-    """A reason to skip the layer if it projects attention keys: softmax ignores a per-row constant."""
-    value = t.node.outputs[0]
-    for _ in range(8):
-        uses = value.uses()
-        if len(uses) != 1:
-            return None
-        node, idx = uses[0]
-        if node.op_type == "MatMul" and idx == 1 and not node.inputs[0].is_initializer():
-            scores = node.outputs[0]
-            for _ in range(4):
-                consumers = scores.uses()
-                if len(consumers) != 1:
-                    return None
-                nxt = consumers[0].node
-                if nxt.op_type == "Softmax":
-                    return "attention key projection: softmax ignores a per-channel bias on K (no effect)"
-                if nxt.op_type not in ("Mul", "Div", "Add", "Where"):
-                    return None
-                scores = nxt.outputs[0]
-            return None
-        if node.op_type not in ("Add", "Reshape", "Transpose", "Mul", "Div", "Cast"):
-            return None
-        value = node.outputs[0]
-    return None
-
-
 def _evaluate(
     float_model: ir.Model,
     quantized: ir.Model,
@@ -390,16 +354,15 @@ def _layer_records(
     targets: Targets,
     names: dict[str, _LayerNames],
     plan: QuantPlan,
-    probes: list[LayerErrorProbe],
+    probes: dict[str, ErrorProbe],
     notes: dict[str, list[str]],
     bias_skips: dict[str, str],
     fold_sites: dict[str, str],
     keep_bias: bool,
 ) -> list[LayerRecord]:
-    by_name = {p.target.name: p for p in probes}
     records = []
     for t in targets.targets:
-        probe = by_name.get(t.name)
+        probe = probes.get(t.name)
         wq = plan.weights.get(names[t.name].weight)
         fold = plan.biases.get(t.name)
         rec = LayerRecord(

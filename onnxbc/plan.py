@@ -26,7 +26,8 @@ class WeightQuant:
 
     @property
     def stored_bits(self) -> int:
-        return self.codes.dtype.itemsize * 8 if self.codes.dtype.itemsize > 1 or self.bits > 4 else 4
+        """Bits per weight in the file: the container's width (int4 holds 4- and 3-bit codes)."""
+        return 4 if self.codes.dtype.name == "int4" else self.codes.dtype.itemsize * 8
 
 
 @dataclasses.dataclass(frozen=True)

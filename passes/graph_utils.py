@@ -90,3 +90,32 @@ class GraphBuilder:
             out.name = self.namer(hint)
         self.graph.append(node)
         return node.outputs[0]
+
+
+def pair_models(reference: ir.Model, other: ir.Model, prefix: str) -> ir.Model:
+    """One model computing ``reference`` and ``other`` side by side on the same inputs.
+
+    Both are cloned (weights are shared, not copied). Every value, initializer and node of ``other``
+    gets ``prefix`` before its name; its graph inputs are replaced by the reference's inputs of the same
+    name. The paired model's outputs are the reference's. Both models must use the same opsets.
+    """
+    if reference.opset_imports != other.opset_imports:
+        raise ValueError(f"opsets differ: {reference.opset_imports} vs {other.opset_imports}")
+    paired, copy = reference.clone(), other.clone()
+    inputs = {v.name: v for v in paired.graph.inputs}
+    for graph in copy.graphs():
+        for v in list(main_values(graph)):  # renaming an initializer re-keys graph.initializers
+            if graph is copy.graph and v in copy.graph.inputs:
+                continue
+            v.name = prefix + v.name
+        for node in graph:
+            node.name = prefix + node.name
+    for v in list(copy.graph.inputs):
+        v.replace_all_uses_with(inputs[v.name])
+    copy.graph.outputs.clear()
+    nodes = list(copy.graph)
+    copy.graph.remove(nodes)
+    paired.graph.extend(nodes)
+    for name in list(copy.graph.initializers):
+        paired.graph.register_initializer(copy.graph.initializers.pop(name))
+    return paired

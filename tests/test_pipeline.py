@@ -71,12 +71,13 @@ def test_compress_every_float_graph(zoo, tmp_path, name):
     [
         CompressOptions(weights=WeightType.INT4),
         CompressOptions(weights=WeightType.INT4, block_size=16, activations=ActivationType.NONE),
+        CompressOptions(weights=WeightType.INT3, activations=ActivationType.NONE),
         CompressOptions(activations=ActivationType.NONE),
         CompressOptions(weights=WeightType.NONE),
         CompressOptions(per_tensor_weights=True, bias_correction=BiasCorrection.NONE),
         CompressOptions(reduce_range=True),
     ],
-    ids=["w4a8", "w4-block16", "w8", "a8", "per-tensor", "reduce-range"],
+    ids=["w4a8", "w4-block16", "w3", "w8", "a8", "per-tensor", "reduce-range"],
 )
 @pytest.mark.parametrize("name", ["matmul_add", "conv", "tied_embedding"])
 def test_compress_settings(zoo, tmp_path, name, options):
@@ -85,18 +86,17 @@ def test_compress_settings(zoo, tmp_path, name, options):
     feeds = graph.feeds(8, 99)
     for r, o in zip(run(path, feeds), run(result.output, feeds, exact=True)):
         if np.issubdtype(r.dtype, np.floating):
-            assert rel_mse(r, o) < (0.05 if options.weights is WeightType.INT4 else 5e-3)
+            assert rel_mse(r, o) < {WeightType.INT4: 0.05, WeightType.INT3: 0.15}.get(options.weights, 5e-3)
     quantized = [layer for layer in result.report.layers if layer.status == "quantized"]
     assert quantized
     for layer in quantized:
         if options.weights is WeightType.NONE:
             assert layer.weight is None
         else:
-            assert (
-                layer.weight["bits"]
-                == {WeightType.INT4: 4, WeightType.INT8: 7 if options.reduce_range else 8}[options.weights]
-            )
-    if options.weights is WeightType.INT4:
+            expected = {WeightType.INT4: 4, WeightType.INT3: 3, WeightType.INT8: 7 if options.reduce_range else 8}
+            assert layer.weight["bits"] == expected[options.weights]
+            assert layer.weight["stored_bits"] == (8 if options.weights is WeightType.INT8 else 4)
+    if options.weights in (WeightType.INT4, WeightType.INT3):
         assert onnx.load(result.output).opset_import[0].version >= 21
 
 

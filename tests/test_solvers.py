@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from onnxbc.solvers.bias import ErrorMoments, solve_bias
-from onnxbc.solvers.quant import INT4, INT8, Granularity, dequantize, expand_scale, quantize, weight_scale
+from onnxbc.solvers.quant import INT3, INT4, INT8, Granularity, dequantize, expand_scale, quantize, weight_scale
 from onnxbc.solvers.ranges import AbsHistogram, choose_range
 
 
@@ -25,8 +25,21 @@ def test_int4_codes_stay_symmetric_and_in_container():
     q = quantize(w, s, INT4, Granularity(axis=0))
     assert q.dtype == np.dtype(ml_dtypes.int4)
     codes = q.astype(np.int8)
-    assert codes.min() >= -7 and codes.max() <= 7
-    assert np.abs(codes).max(axis=1).min() == 7  # each channel's largest weight maps to 7
+    assert codes.min() >= -8 and codes.max() <= 7
+    assert np.abs(codes).max(axis=1).min() >= 7  # each channel's largest weight maps to +-7 (or -8)
+
+
+def test_three_bits_use_codes_minus4_to_3_in_an_int4_container():
+    w = np.random.default_rng(7).standard_normal((64, 16)).astype(np.float32)
+    gran = Granularity(1)
+    s = weight_scale(w, INT3, gran, "mse")
+    q = quantize(w, s, INT3, gran)
+    assert q.dtype == np.dtype(ml_dtypes.int4)
+    assert set(np.unique(q.astype(np.int8))) <= set(range(-4, 4)) and q.astype(np.int8).min() == -4
+    err3 = np.square(dequantize(q, s, gran) - w).mean()
+    s4 = weight_scale(w, INT4, gran, "mse")
+    err4 = np.square(dequantize(quantize(w, s4, INT4, gran), s4, gran) - w).mean()
+    assert err4 < err3 < 0.1 * np.square(w).mean()
 
 
 @pytest.mark.parametrize("shape,axis,block", [((64, 10), 0, 16), ((70, 10), 0, 32), ((6, 48, 3, 3), 1, 16)])

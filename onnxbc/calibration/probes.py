@@ -7,6 +7,8 @@
   Compensation paper's code ("independent" mode). Only vectors leave the device. Zero padding, strides,
   groups and Gemm's alpha/beta are handled exactly because the shadow is the same op with the same
   attributes.
+- ``PairedErrorProbe``: the same moments for a graph holding the float model beside the current
+  quantized model ("sequential" mode: the layer reads the already compensated quantized upstream).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxbc.errors import OnnxbcError
 from onnxbc.passes.graph_utils import GraphBuilder
 from onnxbc.passes.qdq import activation_qdq, weight_dequantize
 from onnxbc.plan import QuantPlan
@@ -41,55 +44,36 @@ class RangeProbe:
             self.hist.update(arrays[0])
 
 
-class LayerErrorProbe:
-    """Output error moments of one layer's quantized shadow, kept apart per data split."""
+class ErrorProbe:
+    """Per-channel (or per-position) error moments of one layer, kept apart per data split."""
 
-    def __init__(self, target: Target, plan: QuantPlan, *, per_position: bool = False) -> None:
+    def __init__(self, target: Target, *, per_position: bool = False) -> None:
         self.target = target
-        self.plan = plan
         self.per_position = per_position
         self.moments = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
 
-    def attach(self, b: GraphBuilder) -> list[ir.Value]:
-        t = self.target
-        node = b.nodes[t.name]
-        inputs = list(node.inputs)
-        for i in t.activation_inputs:
-            aq = self.plan.activations.get(inputs[i].name)
-            if aq is not None:
-                initializers, nodes, inputs[i] = activation_qdq(b.namer, inputs[i], aq, _float_type(aq.float_dtype))
-                self._append(b, initializers, nodes)
-        if t.weight is not None and t.weight.source.name in self.plan.weights:
-            wq = self.plan.weights[t.weight.source.name]
-            initializers, dq = weight_dequantize(b.namer, wq, t.weight.source.const_value.dtype)
-            self._append(b, initializers, [dq])
-            w = dq.outputs[0]
-            for original in t.weight.chain:  # replay Transpose/Reshape/... on the dequantized weight
-                step = b.nodes[original.name]
-                w = b.add(ir.Node(step.domain, step.op_type, [w, *step.inputs[1:]], step.attributes.values()), "w")
-            inputs[t.weight.input_index] = w
-        y = node.outputs[0]
-        shadow = b.add(
-            ir.Node(node.domain, node.op_type, inputs, node.attributes.values(), num_outputs=1),
-            f"{t.name}_shadow",
-        )
+    def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        sum_d, sum_d2, sum_y2, size = arrays
+        moments = self.moments[split]
+        if moments.sum_d is not None and moments.sum_d.shape != sum_d.shape:
+            raise OnnxbcError(
+                f"layer '{self.target.name}': its output shape changes between batches "
+                f"({moments.sum_d.shape} vs {sum_d.shape}); --bias-shape position needs fixed shapes"
+            )
+        moments.update(sum_d, sum_d2, sum_y2, int(size) // max(sum_d.size, 1))
+
+    def _error_outputs(self, b: GraphBuilder, y: ir.Value, y_quant: ir.Value) -> list[ir.Value]:
+        """In-graph sums of d = y - y_quant, d^2 and y^2 (in float32), and the element count."""
         if y.dtype not in (None, ir.DataType.FLOAT):
             y = b.op("Cast", [y], {"to": ir.DataType.FLOAT})
-            shadow = b.op("Cast", [shadow], {"to": ir.DataType.FLOAT})
-        d = b.op("Sub", [y, shadow], hint=f"{t.name}_error")
+            y_quant = b.op("Cast", [y_quant], {"to": ir.DataType.FLOAT})
+        d = b.op("Sub", [y, y_quant], hint=f"{self.target.name}_error")
         return [
             self._reduce(b, d),
             self._reduce(b, b.op("Mul", [d, d])),
             self._reduce(b, b.op("Mul", [y, y])),
             b.op("Size", [d]),
         ]
-
-    def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
-        sum_d, sum_d2, sum_y2, size = arrays
-        moments = self.moments[split]
-        if moments.sum_d is not None and moments.sum_d.shape != sum_d.shape:
-            raise ValueError(f"layer '{self.target.name}': output shape changes between batches")
-        moments.update(sum_d, sum_d2, sum_y2, int(size) // max(sum_d.size, 1))
 
     def _reduce(self, b: GraphBuilder, x: ir.Value) -> ir.Value:
         """Sum over every axis but the output channel (or only over the batch axis, per position)."""
@@ -115,11 +99,56 @@ class LayerErrorProbe:
         flat = b.op("Reshape", [x, b.const(np.array([-1, channels], np.int64), "shape")])
         return b.op("ReduceSum", [flat, b.const(np.array([0], np.int64), "axes")], {"keepdims": 0})
 
-    @staticmethod
-    def _append(b: GraphBuilder, initializers: list[ir.Value], nodes: list[ir.Node]) -> None:
-        for init in initializers:
-            b.graph.register_initializer(init)
-        b.graph.extend(nodes)
+
+class LayerErrorProbe(ErrorProbe):
+    """Independent mode: a shadow of the layer reads the float model's input, fake-quantized."""
+
+    def __init__(self, target: Target, plan: QuantPlan, *, per_position: bool = False) -> None:
+        super().__init__(target, per_position=per_position)
+        self.plan = plan
+
+    def attach(self, b: GraphBuilder) -> list[ir.Value]:
+        t = self.target
+        node = b.nodes[t.name]
+        inputs = list(node.inputs)
+        for i in t.activation_inputs:
+            aq = self.plan.activations.get(inputs[i].name)
+            if aq is not None:
+                initializers, nodes, inputs[i] = activation_qdq(b.namer, inputs[i], aq, _float_type(aq.float_dtype))
+                _append(b, initializers, nodes)
+        if t.weight is not None and t.weight.source.name in self.plan.weights:
+            wq = self.plan.weights[t.weight.source.name]
+            initializers, dq = weight_dequantize(b.namer, wq, t.weight.source.const_value.dtype)
+            _append(b, initializers, [dq])
+            w = dq.outputs[0]
+            for original in t.weight.chain:  # replay Transpose/Reshape/... on the dequantized weight
+                step = b.nodes[original.name]
+                w = b.add(ir.Node(step.domain, step.op_type, [w, *step.inputs[1:]], step.attributes.values()), "w")
+            inputs[t.weight.input_index] = w
+        shadow = b.add(
+            ir.Node(node.domain, node.op_type, inputs, node.attributes.values(), num_outputs=1),
+            f"{t.name}_shadow",
+        )
+        return self._error_outputs(b, node.outputs[0], shadow)
+
+
+class PairedErrorProbe(ErrorProbe):
+    """Sequential mode: in a graph holding the float model beside the current quantized one (whose
+    values carry ``prefix``), the error of the quantized copy's layer output against the float one."""
+
+    def __init__(self, target: Target, prefix: str, *, per_position: bool = False) -> None:
+        super().__init__(target, per_position=per_position)
+        self.prefix = prefix
+
+    def attach(self, b: GraphBuilder) -> list[ir.Value]:
+        y = b.nodes[self.target.name].outputs[0]
+        return self._error_outputs(b, y, b.values[self.prefix + y.name])
+
+
+def _append(b: GraphBuilder, initializers: list[ir.Value], nodes: list[ir.Node]) -> None:
+    for init in initializers:
+        b.graph.register_initializer(init)
+    b.graph.extend(nodes)
 
 
 def _rank(value: ir.Value) -> int | None:

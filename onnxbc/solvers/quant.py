@@ -24,7 +24,13 @@ MSE_GRID = np.linspace(0.30, 1.0, 36)
 
 @dataclasses.dataclass(frozen=True)
 class IntFormat:
-    """A symmetric integer code range stored in a container type (int8, int4, ...)."""
+    """Integer codes of ``bits`` bits, zero point 0, stored in a container type (int8, int4).
+
+    The scale maps ``max|w|`` to ``qmax = 2^(bits-1) - 1``. At 8 and 7 bits the codes are symmetric
+    ``[-qmax, qmax]`` (negating a weight never saturates; ONNX Runtime's int8 kernels expect it). At 4 bits
+    and below, where every level counts, the extra negative code is used too: int4 ``[-8, 7]``, 3 bits
+    ``[-4, 3]`` (an int4 container with restricted codes).
+    """
 
     bits: int
     storage: np.dtype
@@ -35,13 +41,13 @@ class IntFormat:
 
     @property
     def qmin(self) -> int:
-        # Symmetric: -qmax, not -qmax-1, so that negating a weight never saturates.
-        return -self.qmax
+        return -self.qmax if self.bits > 4 else -(2 ** (self.bits - 1))
 
 
 INT8 = IntFormat(8, np.dtype(np.int8))
 INT7 = IntFormat(7, np.dtype(np.int8))  # int8 container, codes [-63, 63]: ONNX Runtime's "reduce_range"
 INT4 = IntFormat(4, np.dtype(ml_dtypes.int4))
+INT3 = IntFormat(3, np.dtype(ml_dtypes.int4))  # int4 container, codes [-4, 3]
 
 
 @dataclasses.dataclass(frozen=True)
