@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -56,9 +57,11 @@ def find_value(model: ir.Model, name: str) -> ir.Value:
 
 
 class GraphBuilder:
-    """Appends nodes and initializers to the end of a model's main graph, with fresh names.
+    """Adds nodes and initializers to a model's main graph, with fresh names.
 
-    Nodes appended at the end read only values computed earlier, so the graph stays topologically sorted.
+    Nodes go to the end of the graph, or, inside ``with builder.after(node):``, right after ``node`` (in
+    the order they are added). Placing the nodes that read a layer's tensors right after that layer lets
+    ONNX Runtime free those tensors early instead of keeping them all alive until the end of the graph.
     """
 
     def __init__(self, model: ir.Model) -> None:
@@ -67,6 +70,15 @@ class GraphBuilder:
         self.namer = Namer(model)
         self.values = {v.name: v for v in main_values(model.graph)}
         self.nodes = nodes_by_name(model)
+        self._cursor: ir.Node | None = None
+
+    @contextlib.contextmanager
+    def after(self, node: ir.Node) -> Iterator[None]:
+        previous, self._cursor = self._cursor, node
+        try:
+            yield
+        finally:
+            self._cursor = previous
 
     def const(self, array: np.ndarray, hint: str = "const") -> ir.Value:
         value = const(self.namer, hint, array)
@@ -88,8 +100,16 @@ class GraphBuilder:
         node.name = self.namer(f"{hint}_{node.op_type}")
         for out in node.outputs:
             out.name = self.namer(hint)
-        self.graph.append(node)
+        self.insert([node])
         return node.outputs[0]
+
+    def insert(self, nodes: Sequence[ir.Node]) -> None:
+        """Place already named nodes (at the cursor, or at the end of the graph)."""
+        if self._cursor is None:
+            self.graph.extend(nodes)
+        else:
+            self.graph.insert_after(self._cursor, nodes)
+            self._cursor = nodes[-1]
 
 
 def pair_models(reference: ir.Model, other: ir.Model, prefix: str) -> ir.Model:

@@ -5,6 +5,9 @@ in-graph reductions so that only vectors leave the device) and folds each batch 
 All probes share one session and one pass over the data, and nothing grows with the number of
 samples. The augmented model lives in memory (or the system temp folder when it is too large for one
 protobuf), never in the working directory.
+
+Fetched tensors (whole activations, for histograms) can be large: the collector runs one sample first,
+and splits batches so that one run fetches at most ``FETCH_BUDGET_BYTES``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import onnx_ir as ir
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.passes.graph_utils import GraphBuilder
+
+FETCH_BUDGET_BYTES = 512 * 2**20
 
 
 class Probe(Protocol):
@@ -53,9 +58,29 @@ def collect(
     session = sessions.create(calib)
     names = list(fetch)
     index = [[fetch[v.name] for v in values] for values in wanted]
+    step = None
     for split in splits:
         for feeds in data.batches(split):
-            arrays = session.run(names, feeds)
-            for probe, idx in zip(probes, index):
-                probe.update([arrays[i] for i in idx], split)
+            if step is None:
+                step = _samples_per_run(session, names, feeds) if data.batched else 0
+            for part in _split(feeds, step):
+                arrays = session.run(names, part)
+                for probe, idx in zip(probes, index):
+                    probe.update([arrays[i] for i in idx], split)
             advance()
+
+
+def _samples_per_run(session, names: list[str], feeds: dict[str, np.ndarray]) -> int:
+    """How many samples one run may take so that the fetched tensors stay within the budget."""
+    one = {k: v[:1] for k, v in feeds.items()}
+    fetched = sum(a.nbytes for a in session.run(names, one))
+    return max(1, FETCH_BUDGET_BYTES // max(fetched, 1))
+
+
+def _split(feeds: dict[str, np.ndarray], step: int):
+    n = len(next(iter(feeds.values()))) if feeds else 0
+    if step <= 0 or n <= step:
+        yield feeds
+        return
+    for start in range(0, n, step):
+        yield {k: v[start : start + step] for k, v in feeds.items()}

@@ -92,6 +92,11 @@ class CalibrationData:
             self.batch_size = fixed.pop()
         self._chunks = chunks
 
+    @property
+    def batched(self) -> bool:
+        """True when feeds are batches along axis 0 (they may be split); False for whole feeds."""
+        return not any(c.whole_feeds for c in self._chunks)
+
     def count_batches(self, split: str) -> int:
         return sum(1 for _ in self._ranges(split))
 

@@ -108,6 +108,10 @@ class LayerErrorProbe(ErrorProbe):
         self.plan = plan
 
     def attach(self, b: GraphBuilder) -> list[ir.Value]:
+        with b.after(b.nodes[self.target.name]):
+            return self._attach(b)
+
+    def _attach(self, b: GraphBuilder) -> list[ir.Value]:
         t = self.target
         node = b.nodes[t.name]
         inputs = list(node.inputs)
@@ -142,13 +146,15 @@ class PairedErrorProbe(ErrorProbe):
 
     def attach(self, b: GraphBuilder) -> list[ir.Value]:
         y = b.nodes[self.target.name].outputs[0]
-        return self._error_outputs(b, y, b.values[self.prefix + y.name])
+        y_quant = b.values[self.prefix + y.name]
+        with b.after(y_quant.producer()):  # both outputs exist once the quantized copy's layer has run
+            return self._error_outputs(b, y, y_quant)
 
 
 def _append(b: GraphBuilder, initializers: list[ir.Value], nodes: list[ir.Node]) -> None:
     for init in initializers:
         b.graph.register_initializer(init)
-    b.graph.extend(nodes)
+    b.insert(nodes)
 
 
 def _rank(value: ir.Value) -> int | None:
