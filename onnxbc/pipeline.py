@@ -300,9 +300,8 @@ def _evaluate(
         candidates["with_compensation"] = compensated
     results: dict[str, dict[str, OutputAgreement]] = {}
     with stages.step("Checking outputs against FP32", calib.count_batches(split) * len(candidates)) as advance:
-        for label, candidate in candidates.items():
-            session = sessions.create(candidate)
-            results[label] = compare_sessions(reference, session, calib.batches(split), advance)
+        for label, candidate in candidates.items():  # one candidate session alive at a time (big models)
+            results[label] = compare_sessions(reference, sessions.create(candidate), calib.batches(split), advance)
     rep.outputs = {label: {n: a.as_dict() for n, a in r.items()} for label, r in results.items()}
     rep.outputs["evaluated_on"] = split
     keep = False

@@ -358,4 +358,4 @@ def _rank(value: ir.Value) -> int | None:
 
 def weight_array(site_or_group: WeightSite | WeightGroup) -> np.ndarray:
     """The source initializer's values as a float32 numpy array."""
-    return site_or_group.source.const_value.numpy().astype(np.float32)
+    return np.asarray(site_or_group.source.const_value.numpy(), dtype=np.float32)

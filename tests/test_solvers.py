@@ -58,6 +58,32 @@ def test_block_scale_layout_follows_onnx(shape, axis, block):
     )
 
 
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+@pytest.mark.parametrize(
+    "shape,gran",
+    [
+        ((40, 24), Granularity(1)),
+        ((40, 24), Granularity(0)),
+        ((48, 24), Granularity(0, 16)),
+        ((20, 48, 3), Granularity(1, 16)),
+        ((96,), Granularity(0, 16)),
+        ((40, 24), Granularity(None)),
+    ],
+    ids=["channel-last", "channel-first", "block-rows", "block-middle", "block-1d", "tensor"],
+)
+def test_chunked_results_equal_whole_tensor_results(monkeypatch, shape, gran, method):
+    w = np.random.default_rng(8).standard_t(4, size=shape).astype(np.float32)
+    whole_scale = weight_scale(w, INT4, gran, method)
+    whole_codes = quantize(w, whole_scale, INT4, gran)
+    monkeypatch.setattr("onnxbc.solvers.quant.CHUNK_ELEMENTS", 64)  # many chunks
+    chunked_scale = weight_scale(w, INT4, gran, method)
+    if method == "percentile" and gran.axis is None:  # histogram-based when chunked: equal within a bin
+        np.testing.assert_allclose(chunked_scale, whole_scale, rtol=0.02)
+        return
+    np.testing.assert_array_equal(chunked_scale, whole_scale)
+    np.testing.assert_array_equal(quantize(w, chunked_scale, INT4, gran), whole_codes)
+
+
 def test_per_tensor_scale_is_scalar():
     w = np.array([[3.0, -1.0]], np.float32)
     s = weight_scale(w, INT8, Granularity(None), "minmax")

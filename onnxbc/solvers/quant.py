@@ -9,7 +9,8 @@ ONNX DequantizeLinear reads them:
   ``ceil(dim / block_size)`` entries, every other axis its full size (ONNX opset 21 ``block_size``).
 
 Scale choice: ``minmax`` (``max|w| / qmax``), ``percentile`` (that percentile of ``|w|``), or ``mse``: a
-grid search over clipping ratios per scale group that minimizes ``||w - w_hat||^2``.
+grid search over clipping ratios per scale group that minimizes ``||w - w_hat||^2``. Large weights are
+processed in chunks of whole scale groups, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import dataclasses
 
 import ml_dtypes
 import numpy as np
-
-MSE_GRID = np.linspace(0.30, 1.0, 36)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,27 +62,59 @@ class Granularity:
         return f"block{self.block_size}" if self.block_size else "channel"
 
 
+def mse_grid(fmt: IntFormat) -> np.ndarray:
+    """Clipping ratios tried by the MSE search. Measured on chargpt, MiniLM and PP-OCR weights per channel:
+    at 8 bits the best ratio was >= 0.98 for every non-zero channel; at 4 bits it reached 0.3 (MiniLM)."""
+    return np.linspace(0.8, 1.0, 11) if fmt.bits > 4 else np.linspace(0.15, 1.0, 35)
+
+
 def weight_scale(
     w: np.ndarray, fmt: IntFormat, gran: Granularity, method: str = "mse", percentile: float = 99.99
 ) -> np.ndarray:
-    """The float32 scale(s) for ``w``, laid out for DequantizeLinear (see module docstring)."""
-    groups = _to_groups(w, gran)  # [G, n]: one row per scale
-    amax = np.abs(groups).max(axis=1)
-    if method == "percentile":
-        amax = np.minimum(amax, np.percentile(np.abs(groups), percentile, axis=1))
-    elif method == "mse":
-        amax = _mse_clip(groups, amax, fmt)
-    elif method != "minmax":
+    """The float32 scale(s) for ``w``, laid out for DequantizeLinear (see module docstring).
+
+    Works through ``w`` in chunks of whole scale groups, so temporaries stay small for huge weights.
+    """
+    if method not in ("minmax", "percentile", "mse"):
         raise ValueError(f"unknown scale method {method!r}")
-    scale = np.where(amax > 0, amax / fmt.qmax, 1.0).astype(np.float32)
-    return _from_groups_scale(scale, w.shape, gran)
+    if gran.axis is None:
+        amax = _tensor_clip(w, fmt, method, percentile)
+        return np.asarray(amax / fmt.qmax if amax > 0 else 1.0, dtype=np.float32)
+    axis = _chunk_axis(w.ndim, gran)
+    parts = []
+    for sub in _chunks(w, axis, gran.block_size if gran.block_size and axis == gran.axis else 1):
+        groups = _to_groups(sub, gran)  # [G, n]: one row per scale
+        amax = np.abs(groups).max(axis=1)
+        if method == "percentile":
+            amax = np.minimum(amax, np.percentile(np.abs(groups), percentile, axis=1))
+        elif method == "mse":
+            amax = _mse_clip(groups, amax, fmt)
+        scale = np.where(amax > 0, amax / fmt.qmax, 1.0).astype(np.float32)
+        parts.append(_from_groups_scale(scale, sub.shape, gran))
+    return np.concatenate(parts, axis=0 if not gran.block_size else axis) if len(parts) > 1 else parts[0]
 
 
 def quantize(w: np.ndarray, scale: np.ndarray, fmt: IntFormat, gran: Granularity) -> np.ndarray:
-    """Integer codes of ``w`` in ``fmt.storage``."""
-    s = expand_scale(scale, w.shape, gran)
-    q = np.clip(np.rint(w / s), fmt.qmin, fmt.qmax)
-    return q.astype(np.int8).astype(fmt.storage)
+    """Integer codes of ``w`` in ``fmt.storage`` (computed chunk by chunk)."""
+    codes = np.empty(w.shape, dtype=np.int8)
+    axis = 0 if gran.axis is None else _chunk_axis(w.ndim, gran)
+    along_blocks = bool(gran.block_size) and axis == gran.axis
+    start = 0
+    for sub in _chunks(w, axis, gran.block_size if along_blocks else 1):
+        stop = start + (sub.shape[axis] if sub.ndim else 1)
+        index = (slice(None),) * axis + (slice(start, stop),)
+        if gran.axis is None:
+            s_sub = scale
+        elif along_blocks:  # chunks start on block boundaries
+            s_sub = scale[(slice(None),) * axis + (slice(start // gran.block_size, -(-stop // gran.block_size)),)]
+        elif not gran.block_size:
+            s_sub = scale[start:stop]
+        else:
+            s_sub = scale[index]
+        s_full = expand_scale(s_sub, sub.shape, gran)
+        codes[index] = np.clip(np.rint(sub.astype(np.float32) / s_full), fmt.qmin, fmt.qmax)
+        start = stop
+    return codes.astype(fmt.storage)
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, gran: Granularity) -> np.ndarray:
@@ -91,14 +122,59 @@ def dequantize(q: np.ndarray, scale: np.ndarray, gran: Granularity) -> np.ndarra
 
 
 def expand_scale(scale: np.ndarray, shape: tuple[int, ...], gran: Granularity) -> np.ndarray:
-    """Broadcast a DequantizeLinear-layout scale to the full weight shape."""
+    """Broadcast a DequantizeLinear-layout scale to the weight shape (a view where it can be)."""
     if gran.axis is None:
         return np.asarray(scale, dtype=np.float32).reshape(())
     if not gran.block_size:
         view = [1] * len(shape)
         view[gran.axis] = shape[gran.axis]
         return scale.reshape(view)
-    return np.repeat(scale, gran.block_size, axis=gran.axis).take(range(shape[gran.axis]), axis=gran.axis)
+    index = np.arange(shape[gran.axis]) // gran.block_size
+    return np.take(scale, index, axis=gran.axis)
+
+
+CHUNK_ELEMENTS = 1 << 22  # 4 Mi values (16 MB as float32) per temporary
+
+
+def _chunk_axis(ndim: int, gran: Granularity) -> int:
+    """The axis to cut ``w`` along so that every chunk holds whole scale groups."""
+    if gran.axis is None or not gran.block_size:
+        return gran.axis or 0
+    others = [d for d in range(ndim) if d != gran.axis]
+    return others[0] if others else gran.axis  # a 1-D weight in blocks: cut along the blocks themselves
+
+
+def _chunks(w: np.ndarray, axis: int, multiple: int = 1):
+    """Views of ``w`` along ``axis`` of about ``CHUNK_ELEMENTS`` values (whole multiples of ``multiple``)."""
+    if w.ndim == 0:
+        yield w
+        return
+    per_slice = max(1, w.size // max(w.shape[axis], 1))
+    step = max(1, CHUNK_ELEMENTS // per_slice // multiple) * multiple
+    for start in range(0, w.shape[axis], step):
+        yield w[(slice(None),) * axis + (slice(start, start + step),)]
+
+
+def _tensor_clip(w: np.ndarray, fmt: IntFormat, method: str, percentile: float) -> float:
+    """Clipping value of a per-tensor scale, accumulated over chunks."""
+    amax = max((float(np.abs(sub).max(initial=0.0)) for sub in _chunks(w, 0)), default=0.0)
+    if amax == 0.0 or method == "minmax":
+        return amax
+    if method == "percentile":
+        from onnxbc.solvers.ranges import AbsHistogram, choose_range
+
+        hist = AbsHistogram()
+        for sub in _chunks(w, 0):
+            hist.update(sub)
+        return choose_range(hist, "percentile", fmt.qmax, percentile)
+    grid = mse_grid(fmt)
+    err = np.zeros(len(grid))
+    for sub in _chunks(w, 0):
+        x = sub.astype(np.float32).ravel()
+        for i, ratio in enumerate(grid):
+            step = amax * ratio / fmt.qmax
+            err[i] += float(np.square(np.clip(np.rint(x / step), fmt.qmin, fmt.qmax) * step - x).sum())
+    return float(amax * grid[int(np.argmin(err))])
 
 
 def _to_groups(w: np.ndarray, gran: Granularity) -> np.ndarray:
@@ -122,17 +198,16 @@ def _from_groups_scale(scale: np.ndarray, shape: tuple[int, ...], gran: Granular
         return scale.reshape(())
     if not gran.block_size:
         return scale.reshape(-1)
-    moved_shape = list(np.moveaxis(np.empty(shape, dtype=np.uint8), gran.axis, -1).shape)
-    moved_shape[-1] = -(-shape[gran.axis] // gran.block_size)
+    moved_shape = [d for i, d in enumerate(shape) if i != gran.axis] + [-(-shape[gran.axis] // gran.block_size)]
     return np.moveaxis(scale.reshape(moved_shape), -1, gran.axis)
 
 
 def _mse_clip(groups: np.ndarray, amax: np.ndarray, fmt: IntFormat) -> np.ndarray:
-    """Per row, the clipping value from MSE_GRID * amax with the least squared error."""
+    """Per row, the clipping value from ``mse_grid(fmt) * amax`` with the least squared error."""
     best_err = np.full(len(groups), np.inf)
     best = amax.copy()
     safe = np.where(amax > 0, amax, 1.0)
-    for ratio in MSE_GRID:
+    for ratio in mse_grid(fmt):
         s = (safe * ratio / fmt.qmax)[:, None]
         err = np.square(np.clip(np.rint(groups / s), fmt.qmin, fmt.qmax) * s - groups).sum(axis=1)
         better = err < best_err
