@@ -16,14 +16,19 @@ import typer
 from rich.console import Console
 
 import onnxbc
-from onnxbc.errors import OnnxbcError
+from onnxbc import inspection, validate
+from onnxbc.compare import compare_models
+from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.options import (
     ActivationType,
     BiasCorrection,
     BiasShape,
+    CheckOptions,
     CompressOptions,
     DataOptions,
     Device,
+    ErrorMetric,
+    OutputFormat,
     RangeMethod,
     Target,
     WeightType,
@@ -63,7 +68,7 @@ def _errors(verbose: bool) -> Iterator[None]:
     except OnnxbcError as e:
         if verbose:
             err.print_exception()
-        err.print(f"error: {e}")
+        err.print(f"error: {e}", markup=False)  # messages hold brackets: shapes, extras
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted; nothing was written")
@@ -217,6 +222,110 @@ def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+@app.command()
+def check(
+    model: Annotated[Path | None, typer.Argument(help="The (quantized) ONNX model to check.")] = None,
+    target: Annotated[Target, typer.Option(help="Also check this runtime's rules.")] = Target.ONNXRUNTIME,
+    reference: Annotated[
+        Path | None, typer.Option(help="Float model: compare the outputs on --data (needs --max-error).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Samples (.npz/.npy, folder, test_data_set_*) for --reference and ort.session.")
+    ] = None,
+    max_error: Annotated[float | None, typer.Option(help="Largest --metric error allowed per output.")] = None,
+    metric: Annotated[
+        ErrorMetric, typer.Option(help="cosine: 1 - cosine; rel-mse: relative MSE; max-abs: max absolute error.")
+    ] = ErrorMetric.REL_MSE,
+    exact: Annotated[
+        bool, typer.Option(help="Compute MODEL with ONNX Runtime's QDQ fusions off (the graph as written).")
+    ] = False,
+    samples: Annotated[int, typer.Option(help="Use at most this many samples of --data.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Samples per ONNX Runtime run.")] = 16,
+    device: Annotated[Device, typer.Option(help="Execution provider for the runtime rules.")] = Device.AUTO,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Report format.")] = OutputFormat.TEXT,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report here (overwritten); stdout otherwise.")
+    ] = None,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(metavar="RULE_ID", help="Rule to skip (repeat the option, or separate IDs with commas)."),
+    ] = None,
+    list_rules: Annotated[bool, typer.Option("--list-rules", help="List the rules and exit.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars; with --output, print only the verdict.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check MODEL against the ONNX, QDQ and target rules (and the float model's outputs): exit 0 if all pass,
+    1 if any fails."""
+    with _errors(verbose):
+        if list_rules:
+            typer.echo(validate.list_rules())
+            return
+        if model is None:
+            raise UsageError("missing MODEL (or pass --list-rules)")
+        if output is not None and not output.resolve().parent.is_dir():
+            raise UsageError(f"{output}: folder {output.resolve().parent} does not exist")
+        options = CheckOptions(
+            target=target,
+            device=device,
+            reference=reference,
+            data=None if data is None else DataOptions(data, samples, batch_size, holdout_fraction=0.0),
+            max_error=max_error,
+            metric=metric,
+            exact=exact,
+            ignore=frozenset(i.strip() for value in ignore or () for i in value.split(",") if i.strip()),
+        )
+        result = validate.check(model, options, stages=Stages(not quiet, err))
+        if output is None:
+            typer.echo(result.render(fmt))
+        else:
+            output.write_text(result.render(fmt) + "\n")
+            typer.echo(result.summary() if quiet else result.to_text())
+        raise typer.Exit(0 if result.passed else 1)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A compress report (.json) or a quantized ONNX model.")],
+    plot: Annotated[
+        Path | None, typer.Option(help="Draw per-layer bits and error to this PNG (needs onnxbc[plot]).")
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Per-layer precision, scheme, bias deltas and errors of a compress report, or the QDQ layout of a model."""
+    with _errors(verbose):
+        result = inspection.inspect(path)
+        result.print(out if out.is_terminal else Console(highlight=False, width=160))  # files: no folding
+        if plot is not None:
+            inspection.plot(result, plot)
+            out.print(f"Wrote {plot}")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="The reference model (usually the float one).")],
+    b: Annotated[Path, typer.Argument(help="The model to compare with A.")],
+    data: Annotated[Path, typer.Option(help="Samples: .npz/.npy, a folder of them, or test_data_set_* folders.")],
+    exact: Annotated[
+        bool, typer.Option(help="Also compute both with ONNX Runtime's QDQ fusions off (the graphs as written).")
+    ] = False,
+    samples: Annotated[int, typer.Option(help="Use at most this many samples.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Samples per ONNX Runtime run.")] = 16,
+    device: Annotated[Device, typer.Option(help="Execution provider; 'auto' uses CUDA when it really works.")] = (
+        Device.AUTO
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Output agreement of B with A on the same samples: cosine, relative MSE, max abs error, top-1 agreement."""
+    with _errors(verbose):
+        options = DataOptions(data, samples, batch_size, holdout_fraction=0.0)
+        result = compare_models(a, b, options, device=device, exact=exact, stages=Stages(not quiet, err))
+        out.print(f"B = {b} against A = {a} on {result.data}, {result.device}", soft_wrap=True, markup=False)
+        result.print(out)
 
 
 @app.command()

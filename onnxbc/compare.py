@@ -3,16 +3,27 @@
 Per output: relative MSE ``sum (a - b)^2 / sum a^2`` (a = reference), mean per-sample cosine, max
 absolute error, and for outputs of rank >= 2 the top-1 agreement of the argmax over the last axis
 (meaningful for classifier logits and token predictions). Only sums are kept: memory does not depend on
-the number of samples.
+the number of samples. ``onnxbc compare`` and ``onnxbc check --reference`` use the same numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from onnxbc import model_io
+from onnxbc.calibration.data import InputSpec, input_specs, open_data
+from onnxbc.calibration.session import SessionFactory
+from onnxbc.errors import UsageError
+from onnxbc.options import DataOptions, Device, ErrorMetric
+from onnxbc.progress import Stages
 
 
 @dataclasses.dataclass
@@ -53,6 +64,16 @@ class OutputAgreement:
             "top1_agreement": self.top1_same / self.top1_total if self.top1_total else None,
         }
 
+    def error(self, metric: ErrorMetric) -> float:
+        """The distance ``--metric`` names: 1 - cosine, relative MSE or max absolute error (NaN: unknown)."""
+        values = self.as_dict()
+        value = {
+            ErrorMetric.COSINE: None if values["cosine"] is None else 1.0 - values["cosine"],
+            ErrorMetric.REL_MSE: values["rel_mse"],
+            ErrorMetric.MAX_ABS: values["max_abs_error"],
+        }[metric]
+        return float("nan") if value is None else float(value)
+
 
 def compare_sessions(
     reference: ort.InferenceSession,
@@ -71,3 +92,58 @@ def compare_sessions(
                 stats[name].update(np.asarray(a), np.asarray(b))
         advance()
     return {n: s for n, s in stats.items() if s.rows}
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """``onnxbc compare``: B against A (the reference) on the same samples, per session kind and output."""
+
+    data: str
+    device: str
+    sessions: dict[str, dict[str, OutputAgreement]]  # "default" and, when asked, "exact"
+
+    def print(self, console: Console) -> None:
+        titles = {"default": "ONNX Runtime default session", "exact": "exact (QDQ fusions off)"}
+        for kind, agreements in self.sessions.items():
+            table = Table(title=titles[kind], title_justify="left", box=box.SIMPLE)
+            for col in ("output", "cosine", "rel. MSE", "max abs error", "top-1 agreement"):
+                table.add_column(col, justify="left" if col == "output" else "right")
+            for name, agreement in agreements.items():
+                m = agreement.as_dict()
+                top1 = "-" if m["top1_agreement"] is None else f"{m['top1_agreement']:.1%}"
+                cosine = "-" if m["cosine"] is None else f"{m['cosine']:.6f}"
+                table.add_row(name, cosine, f"{m['rel_mse']:.3e}", f"{m['max_abs_error']:.4g}", top1)
+            console.print(table)
+
+
+def compare_models(
+    a: str | Path,
+    b: str | Path,
+    data: DataOptions,
+    *,
+    device: Device = Device.AUTO,
+    exact: bool = False,
+    stages: Stages | None = None,
+) -> Comparison:
+    """Run A and B in ONNX Runtime's default session and, with ``exact``, with its QDQ fusions off too."""
+    stages = stages or Stages(enabled=False)
+    first, second = model_io.load(a), model_io.load(b)
+    specs = input_specs(first)
+    if list(map(_signature, specs)) != list(map(_signature, input_specs(second))):
+        described = [", ".join(f"'{s.name}' {s.describe()}" for s in input_specs(m)) for m in (first, second)]
+        raise UsageError(f"{a} and {b} take different inputs: {described[0]} vs {described[1]}")
+    samples = open_data(data, specs)
+    sessions = SessionFactory(device)
+    results = {}
+    for kind in ("default", "exact") if exact else ("default",):
+        reference = sessions.create(first, exact=kind == "exact")
+        test = sessions.create(second, exact=kind == "exact")
+        with stages.step(f"Comparing ({kind} session)", samples.count_batches("all")) as advance:
+            results[kind] = compare_sessions(reference, test, samples.batches("all"), advance)
+    return Comparison(f"{data.path} ({samples.total} samples)", sessions.device_name, results)
+
+
+def _signature(spec: InputSpec) -> tuple:
+    """Name, type and fixed dimensions (named dimensions may differ between exports)."""
+    dims = None if spec.shape is None else tuple(d if isinstance(d, int) else None for d in spec.shape)
+    return spec.name, spec.dtype, dims

@@ -96,6 +96,7 @@ class CompressOptions:
     bias_correction: BiasCorrection = BiasCorrection.INDEPENDENT
     bias_shape: BiasShape = BiasShape.CHANNEL
     quantize_attention: bool = True
+    smoothing: bool = True
     device: Device = Device.AUTO
     target: Target = Target.ONNXRUNTIME
     opset: int | None = None
@@ -113,6 +114,12 @@ class CompressOptions:
             raise UsageError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.weights is WeightType.NONE and self.activations is ActivationType.NONE:
             raise UsageError("--weights none with --activations none leaves nothing to quantize")
+        if (
+            self.target is Target.TENSORRT
+            and self.block_size
+            and self.weights not in (WeightType.INT4, WeightType.INT3)
+        ):
+            raise UsageError("TensorRT takes weight blocks only for int4: drop --block-size or use --weights int4")
         if self.target is Target.TENSORRT and self.weights in (WeightType.INT4, WeightType.INT3):
             if self.block_size not in (64, 128):
                 raise UsageError("TensorRT runs int4 weights only in blocks: add --block-size 64 or 128")
@@ -127,3 +134,44 @@ class CompressOptions:
         if self.weights in (WeightType.INT4, WeightType.INT3) or self.block_size:
             return 21
         return 13
+
+
+class ErrorMetric(str, enum.Enum):
+    """How far a model's output is from a reference output (``onnxbc check --metric``).
+
+    ``cosine``: 1 - mean per-sample cosine similarity; ``rel-mse``: sum of squared errors over the sum of
+    squared reference values; ``max-abs``: the largest absolute difference.
+    """
+
+    COSINE = "cosine"
+    REL_MSE = "rel-mse"
+    MAX_ABS = "max-abs"
+
+
+class OutputFormat(str, enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+    JUNIT = "junit"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckOptions:
+    """What ``onnxbc check`` checks besides the graph itself: the target's rules, and the numerics
+    against a float reference on ``data`` (``reference``, ``data`` and ``max_error`` go together)."""
+
+    target: Target = Target.ONNXRUNTIME
+    device: Device = Device.AUTO
+    reference: Path | None = None
+    data: DataOptions | None = None
+    max_error: float | None = None
+    metric: ErrorMetric = ErrorMetric.REL_MSE
+    exact: bool = False  # numerics with ONNX Runtime's QDQ fusions off (the graph as written)
+    ignore: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.reference is not None and (self.data is None or self.max_error is None):
+            raise UsageError("--reference needs --data PATH and --max-error X")
+        if self.max_error is not None and self.reference is None:
+            raise UsageError("--max-error needs --reference FLOAT.onnx (and --data PATH)")
+        if self.max_error is not None and not self.max_error >= 0:
+            raise UsageError(f"--max-error must be >= 0, got {self.max_error}")

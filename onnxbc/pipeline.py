@@ -17,39 +17,45 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 import onnxbc
-from onnxbc import model_io
+from onnxbc import model_io, validate
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.compare import OutputAgreement, compare_sessions
 from onnxbc.compensation import bias_skip_reason, fold_for, sequential
-from onnxbc.errors import OnnxbcError, one_line
+from onnxbc.errors import OnnxbcError
 from onnxbc.options import (
     ActivationType,
     BiasCorrection,
     BiasShape,
     CompressOptions,
     DataOptions,
-    Target,
     WeightType,
 )
 from onnxbc.passes.fold_bias import FoldBiasPass
+from onnxbc.passes.graph_utils import main_values
 from onnxbc.passes.prepare import prepare_passes, quantized_nodes
 from onnxbc.passes.qdq import InsertQDQPass
-from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
+from onnxbc.passes.smooth import SmoothPass, fold_site
+from onnxbc.plan import QuantPlan
 from onnxbc.progress import Stages
+from onnxbc.quantizers import activation_quant, unsupported_weight, weight_granularity, weight_quant
 from onnxbc.report import LayerRecord, Report
-from onnxbc.solvers.quant import INT3, INT4, INT7, INT8, Granularity, quantize, weight_scale
-from onnxbc.solvers.ranges import choose_range
+from onnxbc.smoothing import Candidate, smoothable
+from onnxbc.smoothing import candidates as smoothing_candidates
+from onnxbc.smoothing import score as smoothing_score
 from onnxbc.targets import Target as Layer
-from onnxbc.targets import Targets, WeightGroup, find_targets, weight_array
+from onnxbc.targets import Targets, find_targets, weight_array
 
 logger = logging.getLogger(__name__)
+
+
+# A smoothing that needs an extra Mul is kept only if it cuts its readers' error by at least 10 %.
+MUL_GAIN = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,17 +132,29 @@ def compress(
     notes: dict[str, list[str]] = {t.name: list(t.notes) for t in targets.targets}
     with timer("quantize_weights"), stages.step("Quantizing weights", len(targets.weights)) as advance:
         for group in targets.weights.values() if options.weights is not WeightType.NONE else ():
-            plan.weights[group.name] = _quantize_weights(group, options, notes)
             advance()
+            unsupported = unsupported_weight(group, options)
+            note = unsupported or weight_granularity(group, options)[1]
+            for t in group.targets if note else ():
+                notes[t.name].append(note)
+            if not unsupported:
+                plan.weights[group.name] = weight_quant(group, weight_array(group), options)
 
+    candidates: list[Candidate] = []
     if options.activations is not ActivationType.NONE:
         with timer("ranges"):
-            _calibrate_activations(working, targets, plan, calib, sessions, options, stages, notes, rep)
+            candidates = _calibrate_activations(working, targets, plan, calib, sessions, options, stages, notes, rep)
             rep.passes_over_data += 1
     else:
         for t in targets.targets:
             if t.weight is None:
                 notes[t.name].append("weight-only mode: activation x activation MatMul left float")
+    if not plan.weights and not plan.activations:
+        reasons = sorted({n for t in targets.targets for n in notes[t.name]})
+        raise OnnxbcError(
+            f"{model_path}: nothing to quantize with these options"
+            + (f" ({'; '.join(reasons[:2])})" if reasons else "")
+        )
     per_position = options.bias_shape is BiasShape.POSITION
     mode = options.bias_correction
     observed = [t for t in targets.targets if not t.in_subgraph and _is_quantized(t, plan)]
@@ -145,20 +163,34 @@ def compress(
         bias_skips = {t.name: "compensation off (--bias-correction none)" for t in observed}
     compensate = {t.name for t in observed} - set(bias_skips)
     probes: dict[str, ErrorProbe] = {}
-    if mode is not BiasCorrection.SEQUENTIAL:  # pass 2: every layer's error (and bias) at once
+    if mode is not BiasCorrection.SEQUENTIAL or candidates:  # pass 2: every layer's error at once
         shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
+        by_layer = {t.name: t for t in observed}
+        trials: dict[tuple[str, float], list[LayerErrorProbe]] = {}
+        for c in candidates:  # smoothing candidates: each reader of the activation under each alpha
+            readers = [n for n, _ in c.plan.activation_uses[c.value]]
+            if all(n in by_layer for n in readers):
+                trials[(c.value, c.alpha)] = [
+                    LayerErrorProbe(by_layer[n], c.plan, per_position=per_position) for n in readers
+                ]
+        every = shadows + [p for trial in trials.values() for p in trial]
         with timer("layer_errors"), stages.step("Measuring layer errors", calib.count_batches("all")) as advance:
-            collect(working, shadows, calib, sessions, splits=("fit", "holdout"), advance=advance)
+            collect(working, every, calib, sessions, splits=("fit", "holdout"), advance=advance)
         rep.passes_over_data += 1
         probes = {p.target.name: p for p in shadows}
-        for name in compensate:
-            if not probes[name].moments["fit"].empty:
-                plan.biases[name] = fold_for(probes[name].target, probes[name].moments["fit"], per_position)
+        rep.smoothing = _choose_smoothing(working, candidates, trials, probes, plan, compensate, notes)
+        if mode is not BiasCorrection.SEQUENTIAL:
+            for name in compensate:
+                if not probes[name].moments["fit"].empty:
+                    plan.biases[name] = fold_for(probes[name].target, probes[name].moments["fit"], per_position)
 
     names = {t.name: _LayerNames.of(t) for t in targets.targets}  # before the rewrite rewires them
     with timer("rewrite"):
         float_model = working.clone()
-        quantized = InsertQDQPass(plan)(working).model
+        smooth = SmoothPass(plan.smoothing, plan.activation_uses)
+        quantized = InsertQDQPass(plan)(smooth(working).model).model
+        for name, site in smooth.sites.items():
+            rep.smoothing[name]["site"] = site
         fold = FoldBiasPass(plan.biases)
         compensated = fold(quantized.clone()).model if plan.biases else None
         sites = fold.sites
@@ -172,7 +204,7 @@ def compress(
 
     with timer("verify"):
         chosen, keep_bias = _evaluate(float_model, quantized, compensated, calib, sessions, stages, rep)
-        _check_structure(chosen)
+        validate.require(chosen, options.target)
 
     with timer("save"):
         files = model_io.save(chosen, out, external_data=bool(model_io.external_data_files(model_path)) or None)
@@ -200,30 +232,6 @@ def _has_half_floats(model: ir.Model) -> bool:
     return any(v.dtype in half for v in values)
 
 
-def _quantize_weights(group: WeightGroup, options: CompressOptions, notes: dict[str, list[str]]) -> WeightQuant:
-    w = weight_array(group)
-    fmt = {WeightType.INT4: INT4, WeightType.INT3: INT3}.get(options.weights, INT7 if options.reduce_range else INT8)
-    if options.per_tensor_weights:
-        gran = Granularity(None)
-    elif options.block_size and group.input_axis is not None:
-        gran = Granularity(group.input_axis, options.block_size)
-    else:
-        if options.block_size:
-            for t in group.targets:
-                notes[t.name].append("input axis not traceable through the weight's Reshape: per channel, not blocks")
-        gran = Granularity(group.channel_axis)
-    scale = weight_scale(w, fmt, gran, options.weight_range.value, options.percentile)
-    scale = _representable_scale(scale, group.source.const_value.dtype)
-    return WeightQuant(group.name, quantize(w, scale, fmt, gran), scale, gran, fmt.bits, options.weight_range.value)
-
-
-def _representable_scale(scale: np.ndarray, dtype: ir.DataType) -> np.ndarray:
-    """Round scales to the float type they will be stored in (fp16 models keep fp16 scales)."""
-    np_type = dtype.numpy()
-    tiny = float(np.finfo(np_type).tiny) if np.issubdtype(np_type, np.floating) else 1e-30
-    return np.maximum(scale, tiny).astype(np_type).astype(np.float32)
-
-
 def _calibrate_activations(
     model: ir.Model,
     targets: Targets,
@@ -234,12 +242,15 @@ def _calibrate_activations(
     stages: Stages,
     notes: dict[str, list[str]],
     rep: Report,
-) -> None:
-    """Pass 1: one streaming histogram per quantized activation, then a range per activation."""
+) -> list[Candidate]:
+    """Pass 1: one streaming histogram per quantized activation, then a range per activation; per-channel
+    histograms too for activations that may be smoothed, and their smoothing candidates."""
     uses = targets.activation_uses()
-    probes = {name: RangeProbe(name) for name in uses}
+    axes = smoothable(targets, uses) if options.smoothing else {}
+    probes = {name: RangeProbe(name, axes.get(name)) for name in uses}
     with stages.step("Calibrating activation ranges", calib.count_batches("fit")) as advance:
         collect(model, list(probes.values()), calib, sessions, splits=("fit",), advance=advance)
+    found = []
     for name, probe in probes.items():
         if probe.dtype is None or not np.issubdtype(probe.dtype, np.floating):
             for t, _ in uses[name]:
@@ -247,20 +258,50 @@ def _calibrate_activations(
             continue
         if probe.hist.nonfinite:
             rep.warnings.append(f"activation '{name}' had {probe.hist.nonfinite} non-finite values during calibration")
-        unsigned = options.target is Target.ONNXRUNTIME and probe.hist.nonnegative
-        qmax = 255 if unsigned else 127
-        amax = choose_range(probe.hist, options.activation_range.value, qmax, options.percentile)
-        scale = float(_representable_scale(np.array(amax / qmax), ir.DataType.from_numpy(probe.dtype)))
-        plan.activations[name] = ActivationQuant(
-            name,
-            scale,
-            0,
-            np.dtype(np.uint8 if unsigned else np.int8),
-            amax,
-            options.activation_range.value,
-            probe.dtype,
-        )
+        plan.activations[name] = activation_quant(name, probe.hist, probe.dtype, options)
         plan.activation_uses[name] = [(t.name, i) for t, i in uses[name]]
+        if name in axes:
+            found += smoothing_candidates(name, axes[name], uses[name], probe, targets, plan, options)
+    return found
+
+
+def _choose_smoothing(
+    model: ir.Model,
+    candidates: list[Candidate],
+    trials: dict[tuple[str, float], list[LayerErrorProbe]],
+    probes: dict[str, ErrorProbe],
+    plan: QuantPlan,
+    compensate: set[str],
+    notes: dict[str, list[str]],
+) -> dict[str, dict]:
+    """Per smoothable activation, keep the candidate (or none) whose readers have the least error. Where the
+    division cannot be folded into the producer, the added Mul must earn its place: at least
+    ``MUL_GAIN`` less error."""
+    report: dict[str, dict] = {}
+    values = {v.name: v for v in main_values(model.graph)}
+    for name in dict.fromkeys(c.value for c in candidates):
+        options = [c for c in candidates if c.value == name and (c.value, c.alpha) in trials]
+        if not options:
+            continue
+        readers = [n for n, _ in plan.activation_uses[name]]
+        biased = all(n in compensate for n in readers)
+        scores = {"none": smoothing_score([probes[n] for n in readers], biased)}
+        for c in options:
+            scores[str(c.alpha)] = smoothing_score(trials[(name, c.alpha)], biased)
+        best = min(options, key=lambda c: scores[str(c.alpha)])
+        sm = best.plan.smoothing[name]
+        folds = fold_site(values[name], sm.channel_axis, len(sm.factors), len(readers)) is not None
+        chosen = best if scores[str(best.alpha)] < scores["none"] * (1.0 if folds else MUL_GAIN) else None
+        report[name] = {"alpha": chosen.alpha if chosen else None, "rel_mse": scores, "site": None}
+        if chosen is None:
+            continue
+        plan.activations[name] = chosen.plan.activations[name]
+        plan.weights.update(chosen.plan.weights)
+        plan.smoothing[name] = chosen.plan.smoothing[name]
+        for probe in trials[(name, chosen.alpha)]:
+            probes[probe.target.name] = probe
+            notes[probe.target.name].append(f"input smoothed per channel (alpha {chosen.alpha})")
+    return report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,15 +379,6 @@ def _evaluate(
 def _mean_rel_mse(agreements: dict[str, OutputAgreement]) -> float:
     values = [a.as_dict()["rel_mse"] for a in agreements.values()]
     return float(np.mean(values)) if values else 0.0
-
-
-def _check_structure(model: ir.Model) -> None:
-    if model_io.initializer_bytes(model) >= model_io.PROTO_LIMIT_BYTES or model_io.has_external_tensors(model):
-        return  # too big for an in-memory check; the ONNX Runtime sessions above loaded and ran it
-    try:
-        onnx.checker.check_model(model_io.to_proto(model))
-    except onnx.checker.ValidationError as e:
-        raise OnnxbcError(f"internal error: the quantized graph fails onnx.checker ({one_line(e)})") from e
 
 
 def _layer_records(

@@ -44,6 +44,24 @@ class ActivationQuant:
 
 
 @dataclasses.dataclass(frozen=True)
+class Smoothing:
+    """Activation ``value`` divided per channel by ``factors`` before the layers that read it (whose weights
+    were multiplied by the same factors along their input channels, see ``solvers.smooth``)."""
+
+    value: str
+    factors: np.ndarray
+    channel_axis: int  # of the activation (negative: counted from the last axis)
+    alpha: float
+    rank: int | None = None  # of the activation, when the channel axis is counted from the front
+
+    def divisor_shape(self) -> tuple[int, ...]:
+        """Shape of ``1 / factors`` broadcasting along the channel axis of the activation."""
+        if self.channel_axis < 0:
+            return (-1,) + (1,) * (-self.channel_axis - 1)
+        return (-1,) + (1,) * (self.rank - self.channel_axis - 1)
+
+
+@dataclasses.dataclass(frozen=True)
 class BiasFold:
     """A compensation bias added to a layer's output (per output channel, or per position)."""
 
@@ -60,3 +78,4 @@ class QuantPlan:
     # value name -> (node name, input index) of each layer input that reads the quantized tensor
     activation_uses: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=dict)
     biases: dict[str, BiasFold] = dataclasses.field(default_factory=dict)
+    smoothing: dict[str, Smoothing] = dataclasses.field(default_factory=dict)

@@ -45,6 +45,7 @@ class Report:
     layers: list[LayerRecord] = dataclasses.field(default_factory=list)
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     compensation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    smoothing: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     schema: str = SCHEMA
 

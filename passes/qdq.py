@@ -8,7 +8,9 @@ Rewrite rules:
    Zero points are omitted (symmetric: 0). Scales have the float type of the weight.
 2. A quantized activation ``x`` gets ``x -> QuantizeLinear -> DequantizeLinear`` right after its producer
    (or at the top of the graph for a graph input). Only the layer inputs listed in the plan read the
-   dequantized tensor; other readers keep the float one (TensorRT: quantize op *inputs*).
+   dequantized tensor; other readers keep the float one (TensorRT: quantize op *inputs*). The tensor is
+   found through those layer inputs, so a smoothed activation (``x / s``, see ``passes.smooth``) is the
+   one quantized.
 
 The pass decides nothing: it applies the plan and fails loudly if the plan names something missing.
 """
@@ -20,7 +22,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.passes.graph_utils import Namer, const, find_value, main_values, nodes_by_name
+from onnxbc.passes.graph_utils import Namer, const, find_value, nodes_by_name
 from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
 
 logger = logging.getLogger(__name__)
@@ -86,9 +88,13 @@ class InsertQDQPass(ir.passes.InPlacePass):
             self._quantize_weight(model, wq, namer)
             count += 1
         nodes = nodes_by_name(model)
-        values = {v.name: v for v in main_values(model.graph)}
         for name, aq in self.plan.activations.items():
-            self._quantize_activation(model.graph, values[name], aq, self.plan.activation_uses[name], nodes, namer)
+            uses = self.plan.activation_uses[name]
+            # The layers' inputs now, which an earlier pass (smoothing) may have rewired.
+            readers = {nodes[node].inputs[index] for node, index in uses}
+            if len(readers) != 1:
+                raise ValueError(f"the layers that read '{name}' no longer read one tensor")
+            self._quantize_activation(model.graph, readers.pop(), aq, uses, nodes, namer)
             count += 1
         logger.debug("inserted %d quantizers", count)
         return ir.passes.PassResult(model, modified=count > 0)

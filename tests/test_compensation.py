@@ -1,5 +1,7 @@
 """Sequential compensation: waves, the paired float/quantized graph, and what the mode reports."""
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
@@ -57,11 +59,16 @@ def test_paired_model_computes_both_models(tmp_path):
 
 def test_sequential_mode_end_to_end(zoo, tmp_path):
     path, data, _ = zoo("gelu_mlp", samples=64)
-    options = CompressOptions(weights=WeightType.INT4, bias_correction=BiasCorrection.SEQUENTIAL)
+    options = CompressOptions(weights=WeightType.INT4, bias_correction=BiasCorrection.SEQUENTIAL, smoothing=False)
     result = onnxbc.compress(path, tmp_path / "o.onnx", data=DataOptions(path=data), options=options)
     rep = result.report
     assert rep.passes_over_data == 1 + 2  # ranges, then one pass per wave (two chained layers)
     assert "sequential_compensation" in rep.timings_s and "layer_errors" not in rep.timings_s
+    with_smoothing = dataclasses.replace(options, smoothing=True)
+    rep = onnxbc.compress(
+        path, tmp_path / "o.onnx", data=DataOptions(path=data), options=with_smoothing, force=True
+    ).report
+    assert rep.passes_over_data == 1 + 1 + 2  # smoothing candidates are measured in one pass before the waves
     layers = [r for r in rep.layers if r.status == "quantized"]
     assert all(r.bias["site"] for r in layers if r.bias["applied"])
     for r in layers:  # never worse on the data it was fitted on

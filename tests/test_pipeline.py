@@ -215,3 +215,29 @@ def test_cuda_calibration_reports_cuda(zoo, tmp_path):
         options=CompressOptions(device=onnxbc.Device.CUDA),
     )
     assert result.report.device == "cuda"
+
+
+@pytest.mark.parametrize("name", ["conv", "reshape_weight", "matmul_add", "gemm"])
+def test_tensorrt_int4_only_where_tensorrt_runs_it(zoo, tmp_path, name):
+    """TensorRT runs int4 weight-only MatMul/Gemm in blocks along one of the weight's last two axes; other
+    weights stay float with a reason, and the output passes the TensorRT profile (compress checks it)."""
+    path, data, _ = zoo(name)
+    options = CompressOptions(
+        weights=WeightType.INT4, block_size=64, activations=ActivationType.NONE, target=onnxbc.Target.TENSORRT
+    )
+    if name in ("conv", "reshape_weight"):  # no weight TensorRT can take in int4: nothing to do, and it says why
+        with pytest.raises(onnxbc.OnnxbcError, match="nothing to quantize with these options .*TensorRT"):
+            onnxbc.compress(path, tmp_path / "o.onnx", data=DataOptions(path=data), options=options)
+        assert not (tmp_path / "o.onnx").exists()
+        return
+    result = onnxbc.compress(path, tmp_path / "o.onnx", data=DataOptions(path=data), options=options)
+    for layer in result.report.layers:
+        if layer.op in ("Conv", "ConvTranspose") or name == "reshape_weight":
+            assert layer.status == "skipped" and "TensorRT" in layer.reason
+        elif layer.kind == "weighted":
+            assert layer.weight["granularity"] == "block64"
+
+
+def test_tensorrt_refuses_int8_blocks():
+    with pytest.raises(onnxbc.UsageError, match="blocks only for int4"):
+        CompressOptions(block_size=64, target=onnxbc.Target.TENSORRT)

@@ -23,16 +23,18 @@ from onnxbc.passes.graph_utils import GraphBuilder
 from onnxbc.passes.qdq import activation_qdq, weight_dequantize
 from onnxbc.plan import QuantPlan
 from onnxbc.solvers.bias import ErrorMoments
-from onnxbc.solvers.ranges import AbsHistogram
+from onnxbc.solvers.ranges import AbsHistogram, ChannelHistograms
 from onnxbc.targets import Target
 
 
 class RangeProbe:
-    """Histogram of ``|x|`` for one activation, plus the dtype it was seen with."""
+    """Histogram of ``|x|`` for one activation, plus the dtype it was seen with, and per-channel
+    histograms along ``channel_axis`` when the activation may be smoothed."""
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, channel_axis: int | None = None) -> None:
         self.value = value
         self.hist = AbsHistogram()
+        self.channels = ChannelHistograms(channel_axis) if channel_axis is not None else None
         self.dtype: np.dtype | None = None
 
     def attach(self, builder: GraphBuilder) -> list[ir.Value]:
@@ -42,6 +44,8 @@ class RangeProbe:
         self.dtype = arrays[0].dtype
         if np.issubdtype(self.dtype, np.floating):
             self.hist.update(arrays[0])
+            if self.channels is not None:
+                self.channels.update(arrays[0])
 
 
 class ErrorProbe:
@@ -116,7 +120,13 @@ class LayerErrorProbe(ErrorProbe):
         node = b.nodes[t.name]
         inputs = list(node.inputs)
         for i in t.activation_inputs:
-            aq = self.plan.activations.get(inputs[i].name)
+            name = inputs[i].name
+            smoothing = self.plan.smoothing.get(name)
+            if smoothing is not None:
+                inverse = (1.0 / smoothing.factors).reshape(smoothing.divisor_shape())
+                dtype = inputs[i].dtype or ir.DataType.FLOAT
+                inputs[i] = b.op("Mul", [inputs[i], b.const(inverse.astype(dtype.numpy()), "smoothing")])
+            aq = self.plan.activations.get(name)
             if aq is not None:
                 initializers, nodes, inputs[i] = activation_qdq(b.namer, inputs[i], aq, _float_type(aq.float_dtype))
                 _append(b, initializers, nodes)

@@ -106,3 +106,58 @@ def _mse_range(hist: AbsHistogram, qmax: int) -> float:
     lo = int(np.searchsorted(np.cumsum(n) / n.sum(), 0.5))
     k = lo + int(np.argmin(err[lo:]))
     return float(c[k])
+
+
+class ChannelHistograms:
+    """One streaming ``|x|`` histogram per channel (axis ``channel_axis``), with exact range doubling.
+
+    Kept for activations that may be *smoothed* (divided per channel by ``s`` before quantization): the
+    per-tensor histogram of ``x / s`` for any ``s`` is then the sum of the channel histograms rescaled by
+    ``1 / s_c`` (``rescaled``), so candidate smoothings are priced without another pass over the data.
+    """
+
+    def __init__(self, channel_axis: int, bins: int = 256) -> None:
+        self.channel_axis = channel_axis
+        self.bins = bins
+        self.counts: np.ndarray | None = None  # [C, bins]
+        self.top: np.ndarray | None = None  # [C]
+        self.max: np.ndarray | None = None  # [C]
+
+    def update(self, x: np.ndarray) -> None:
+        a = np.abs(np.moveaxis(np.asarray(x, dtype=np.float32), self.channel_axis, -1))
+        a = a.reshape(-1, a.shape[-1])
+        a = np.where(np.isfinite(a), a, 0.0)
+        channels = a.shape[1]
+        batch_max = a.max(axis=0) if len(a) else np.zeros(channels, np.float32)
+        if self.counts is None:
+            self.counts = np.zeros((channels, self.bins), np.int64)
+            self.top = np.where(batch_max > 0, batch_max * (1 + 1e-6), 1e-30).astype(np.float64)
+            self.max = np.zeros(channels, np.float64)
+        self.max = np.maximum(self.max, batch_max)
+        doublings = np.maximum(np.ceil(np.log2(np.maximum(batch_max, 1e-30) / self.top) + 1e-12), 0).astype(int)
+        for d in np.unique(doublings[doublings > 0]):
+            rows = doublings == d
+            counts = self.counts[rows]
+            for _ in range(int(d)):
+                counts = np.concatenate(
+                    [counts.reshape(len(counts), -1, 2).sum(axis=2), np.zeros_like(counts[:, : self.bins // 2])], axis=1
+                )
+            self.counts[rows] = counts
+            self.top[rows] *= 2.0**d
+        idx = np.minimum((a * (self.bins / self.top)).astype(np.int64), self.bins - 1)
+        flat = idx + np.arange(channels) * self.bins
+        self.counts += np.bincount(flat.ravel(), minlength=channels * self.bins).reshape(channels, self.bins)
+
+    def rescaled(self, divisor: np.ndarray, min_value: float, bins: int = BINS) -> AbsHistogram:
+        """The histogram of ``|x / divisor|`` (per channel divisor > 0), at bin-centre resolution;
+        ``min_value`` is the smallest value of ``x`` (its sign survives the division)."""
+        top = self.top / divisor
+        centres = (np.arange(self.bins) + 0.5)[None, :] * (top / self.bins)[:, None]
+        out = AbsHistogram(bins)
+        out.max = float((self.max / divisor).max())
+        out.top = out.max * (1 + 1e-6) if out.max > 0 else 0.0
+        if out.max > 0:
+            idx = np.minimum((centres * (bins / out.top)).astype(np.int64), bins - 1)
+            out.counts = np.bincount(idx.ravel(), weights=self.counts.ravel(), minlength=bins).astype(np.int64)
+        out.min_value = min_value / float(divisor.max()) if min_value < 0 else min_value
+        return out
