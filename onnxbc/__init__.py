@@ -15,28 +15,36 @@ from onnxbc.options import (
     ActivationType,
     BiasCorrection,
     BiasShape,
+    CheckOptions,
     CompressOptions,
     DataOptions,
     Device,
+    ErrorMetric,
+    OutputFormat,
     RangeMethod,
     Target,
     WeightType,
 )
 from onnxbc.pipeline import CompressResult, compress
+from onnxbc.validate import check
 
 __all__ = [
     "ActivationType",
     "BiasCorrection",
     "BiasShape",
+    "CheckOptions",
     "CompressOptions",
     "CompressResult",
     "DataOptions",
     "Device",
+    "ErrorMetric",
     "OnnxbcError",
+    "OutputFormat",
     "RangeMethod",
     "Target",
     "UsageError",
     "WeightType",
     "__version__",
+    "check",
     "compress",
 ]

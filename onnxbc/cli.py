@@ -135,6 +135,13 @@ def compress(
     quantize_attention: Annotated[
         bool, typer.Option(help="Quantize activation x activation MatMuls (attention).")
     ] = True,
+    smoothing: Annotated[
+        bool,
+        typer.Option(
+            help="Try dividing each layer input per channel by factors moved into its weights (SmoothQuant-style); "
+            "kept per activation only where it lowers the held-out layer error."
+        ),
+    ] = True,
     data: Annotated[
         Path | None,
         typer.Option(help="Calibration data: .npz/.npy, a folder of them, or ONNX test_data_set_* folders."),
@@ -176,6 +183,7 @@ def compress(
             bias_correction=bias_correction,
             bias_shape=bias_shape,
             quantize_attention=quantize_attention,
+            smoothing=smoothing,
             device=device,
             target=target,
             opset=opset,

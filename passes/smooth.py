@@ -67,7 +67,7 @@ class SmoothPass(ir.passes.InPlacePass):
         graph.register_initializer(factor)
         mul = ir.node("Mul", [x, factor], name=namer(f"{x.name}_smoothing_Mul"))
         out = mul.outputs[0]
-        out.name, out.dtype, out.shape = namer(f"{x.name}_smoothed"), x.dtype, x.shape
+        out.name, out.dtype, out.shape = namer(f"{x.name}_smoothed"), dtype, x.shape
         producer = x.producer()
         if producer is None:
             graph.insert_before(graph[0], [mul])
