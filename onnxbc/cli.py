@@ -114,7 +114,13 @@ def compress(
             "(its u8s8 kernels saturate otherwise)."
         ),
     ] = False,
-    weight_range: Annotated[RangeMethod, typer.Option(help="How weight scales are chosen.")] = RangeMethod.MSE,
+    weight_range: Annotated[
+        RangeMethod,
+        typer.Option(
+            help="How weight scales are chosen; auto measures input-weighted mse and minmax per layer "
+            "and keeps the better."
+        ),
+    ] = RangeMethod.AUTO,
     activation_range: Annotated[
         RangeMethod, typer.Option(help="How activation ranges are chosen from the calibration histograms.")
     ] = RangeMethod.MSE,

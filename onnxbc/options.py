@@ -31,6 +31,7 @@ class RangeMethod(str, enum.Enum):
     MINMAX = "minmax"
     PERCENTILE = "percentile"
     MSE = "mse"
+    AUTO = "auto"  # weights: measure mse and minmax scales per layer, keep the better
 
 
 class BiasCorrection(str, enum.Enum):
@@ -90,7 +91,7 @@ class CompressOptions:
     block_size: int = 0
     per_tensor_weights: bool = False
     reduce_range: bool = False
-    weight_range: RangeMethod = RangeMethod.MSE
+    weight_range: RangeMethod = RangeMethod.AUTO
     activation_range: RangeMethod = RangeMethod.MSE
     percentile: float = 99.99
     bias_correction: BiasCorrection = BiasCorrection.INDEPENDENT
@@ -110,6 +111,8 @@ class CompressOptions:
             raise UsageError("--reduce-range applies to int8 weights only")
         if self.block_size and self.per_tensor_weights:
             raise UsageError("--block-size and --per-tensor-weights exclude each other")
+        if self.activation_range is RangeMethod.AUTO:
+            raise UsageError("--activation-range auto is not available; use mse, minmax or percentile")
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.weights is WeightType.NONE and self.activations is ActivationType.NONE:

@@ -37,25 +37,19 @@ from onnxbc.options import (
     WeightType,
 )
 from onnxbc.passes.fold_bias import FoldBiasPass
-from onnxbc.passes.graph_utils import main_values
 from onnxbc.passes.prepare import prepare_passes, quantized_nodes
 from onnxbc.passes.qdq import InsertQDQPass
-from onnxbc.passes.smooth import SmoothPass, fold_site
+from onnxbc.passes.smooth import SmoothPass
 from onnxbc.plan import QuantPlan
 from onnxbc.progress import Stages
 from onnxbc.quantizers import activation_quant, unsupported_weight, weight_granularity, weight_quant
 from onnxbc.report import LayerRecord, Report
-from onnxbc.smoothing import Candidate, smoothable
-from onnxbc.smoothing import candidates as smoothing_candidates
-from onnxbc.smoothing import score as smoothing_score
+from onnxbc.smoothing import channel_axis, smoothable
 from onnxbc.targets import Target as Layer
 from onnxbc.targets import Targets, find_targets, weight_array
+from onnxbc.variants import choose, power_importance, smoothing_variants, trial_probes, weight_range_variants
 
 logger = logging.getLogger(__name__)
-
-
-# A smoothing that needs an extra Mul is kept only if it cuts its readers' error by at least 10 %.
-MUL_GAIN = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +124,16 @@ def compress(
 
     plan = QuantPlan()
     notes: dict[str, list[str]] = {t.name: list(t.notes) for t in targets.targets}
+    quantize_activations = options.activations is not ActivationType.NONE
+    uses = targets.activation_uses()
+    smooth_axes = smoothable(targets, uses) if options.smoothing and quantize_activations else {}
+    ranges: dict[str, RangeProbe] = {}
+    if uses:  # pass 1: activation histograms, and the input statistics that weight scales use
+        with timer("ranges"):
+            ranges = _first_pass(working, uses, smooth_axes, calib, sessions, stages)
+        rep.passes_over_data += 1
+
+    importance = power_importance(targets, ranges)
     with timer("quantize_weights"), stages.step("Quantizing weights", len(targets.weights)) as advance:
         for group in targets.weights.values() if options.weights is not WeightType.NONE else ():
             advance()
@@ -138,13 +142,9 @@ def compress(
             for t in group.targets if note else ():
                 notes[t.name].append(note)
             if not unsupported:
-                plan.weights[group.name] = weight_quant(group, weight_array(group), options)
-
-    candidates: list[Candidate] = []
-    if options.activations is not ActivationType.NONE:
-        with timer("ranges"):
-            candidates = _calibrate_activations(working, targets, plan, calib, sessions, options, stages, notes, rep)
-            rep.passes_over_data += 1
+                plan.weights[group.name] = weight_quant(group, weight_array(group), options, importance.get(group.name))
+    if quantize_activations:
+        _plan_activations(ranges, uses, plan, options, notes, rep)
     else:
         for t in targets.targets:
             if t.weight is None:
@@ -163,22 +163,19 @@ def compress(
         bias_skips = {t.name: "compensation off (--bias-correction none)" for t in observed}
     compensate = {t.name for t in observed} - set(bias_skips)
     probes: dict[str, ErrorProbe] = {}
-    if mode is not BiasCorrection.SEQUENTIAL or candidates:  # pass 2: every layer's error at once
+    by_name = {t.name: t for t in observed}
+    variants = weight_range_variants(targets, plan, set(by_name), options)
+    variants += smoothing_variants(targets, plan, set(by_name), ranges, smooth_axes, options)
+    if mode is not BiasCorrection.SEQUENTIAL or variants:  # pass 2: every layer's error at once
         shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
-        by_layer = {t.name: t for t in observed}
-        trials: dict[tuple[str, float], list[LayerErrorProbe]] = {}
-        for c in candidates:  # smoothing candidates: each reader of the activation under each alpha
-            readers = [n for n, _ in c.plan.activation_uses[c.value]]
-            if all(n in by_layer for n in readers):
-                trials[(c.value, c.alpha)] = [
-                    LayerErrorProbe(by_layer[n], c.plan, per_position=per_position) for n in readers
-                ]
+        trials = trial_probes(variants, by_name, per_position)
         every = shadows + [p for trial in trials.values() for p in trial]
         with timer("layer_errors"), stages.step("Measuring layer errors", calib.count_batches("all")) as advance:
             collect(working, every, calib, sessions, splits=("fit", "holdout"), advance=advance)
         rep.passes_over_data += 1
         probes = {p.target.name: p for p in shadows}
-        rep.smoothing = _choose_smoothing(working, candidates, trials, probes, plan, compensate, notes)
+        choices = choose(working, variants, trials, probes, plan, compensate, notes)
+        rep.weight_ranges, rep.smoothing = choices["weight_range"], choices["smoothing"]
         if mode is not BiasCorrection.SEQUENTIAL:
             for name in compensate:
                 if not probes[name].moments["fit"].empty:
@@ -232,26 +229,36 @@ def _has_half_floats(model: ir.Model) -> bool:
     return any(v.dtype in half for v in values)
 
 
-def _calibrate_activations(
+def _first_pass(
     model: ir.Model,
-    targets: Targets,
-    plan: QuantPlan,
+    uses: dict[str, list[tuple[Layer, int]]],
+    smooth_axes: dict[str, int],
     calib: CalibrationData,
     sessions: SessionFactory,
-    options: CompressOptions,
     stages: Stages,
-    notes: dict[str, list[str]],
-    rep: Report,
-) -> list[Candidate]:
-    """Pass 1: one streaming histogram per quantized activation, then a range per activation; per-channel
-    histograms too for activations that may be smoothed, and their smoothing candidates."""
-    uses = targets.activation_uses()
-    axes = smoothable(targets, uses) if options.smoothing else {}
-    probes = {name: RangeProbe(name, axes.get(name)) for name in uses}
+) -> dict[str, RangeProbe]:
+    """Pass 1: per layer input, a histogram of ``|x|`` and (for weighted layers) its per-channel mean
+    square; per-channel histograms too for inputs that may be smoothed."""
+    probes = {}
+    for name, readers in uses.items():
+        axes = {channel_axis(t) for t, _ in readers if t.weight is not None}
+        axis = axes.pop() if len(axes) == 1 else None
+        probes[name] = RangeProbe(name, axis, channel_histograms=name in smooth_axes)
     with stages.step("Calibrating activation ranges", calib.count_batches("fit")) as advance:
         collect(model, list(probes.values()), calib, sessions, splits=("fit",), advance=advance)
-    found = []
-    for name, probe in probes.items():
+    return probes
+
+
+def _plan_activations(
+    ranges: dict[str, RangeProbe],
+    uses: dict[str, list[tuple[Layer, int]]],
+    plan: QuantPlan,
+    options: CompressOptions,
+    notes: dict[str, list[str]],
+    rep: Report,
+) -> None:
+    """A per-tensor quantizer for every float layer input, from its pass-1 histogram."""
+    for name, probe in ranges.items():
         if probe.dtype is None or not np.issubdtype(probe.dtype, np.floating):
             for t, _ in uses[name]:
                 notes[t.name].append(f"input '{name}' is {probe.dtype}: left unquantized")
@@ -260,48 +267,6 @@ def _calibrate_activations(
             rep.warnings.append(f"activation '{name}' had {probe.hist.nonfinite} non-finite values during calibration")
         plan.activations[name] = activation_quant(name, probe.hist, probe.dtype, options)
         plan.activation_uses[name] = [(t.name, i) for t, i in uses[name]]
-        if name in axes:
-            found += smoothing_candidates(name, axes[name], uses[name], probe, targets, plan, options)
-    return found
-
-
-def _choose_smoothing(
-    model: ir.Model,
-    candidates: list[Candidate],
-    trials: dict[tuple[str, float], list[LayerErrorProbe]],
-    probes: dict[str, ErrorProbe],
-    plan: QuantPlan,
-    compensate: set[str],
-    notes: dict[str, list[str]],
-) -> dict[str, dict]:
-    """Per smoothable activation, keep the candidate (or none) whose readers have the least error. Where the
-    division cannot be folded into the producer, the added Mul must earn its place: at least
-    ``MUL_GAIN`` less error."""
-    report: dict[str, dict] = {}
-    values = {v.name: v for v in main_values(model.graph)}
-    for name in dict.fromkeys(c.value for c in candidates):
-        options = [c for c in candidates if c.value == name and (c.value, c.alpha) in trials]
-        if not options:
-            continue
-        readers = [n for n, _ in plan.activation_uses[name]]
-        biased = all(n in compensate for n in readers)
-        scores = {"none": smoothing_score([probes[n] for n in readers], biased)}
-        for c in options:
-            scores[str(c.alpha)] = smoothing_score(trials[(name, c.alpha)], biased)
-        best = min(options, key=lambda c: scores[str(c.alpha)])
-        sm = best.plan.smoothing[name]
-        folds = fold_site(values[name], sm.channel_axis, len(sm.factors), len(readers)) is not None
-        chosen = best if scores[str(best.alpha)] < scores["none"] * (1.0 if folds else MUL_GAIN) else None
-        report[name] = {"alpha": chosen.alpha if chosen else None, "rel_mse": scores, "site": None}
-        if chosen is None:
-            continue
-        plan.activations[name] = chosen.plan.activations[name]
-        plan.weights.update(chosen.plan.weights)
-        plan.smoothing[name] = chosen.plan.smoothing[name]
-        for probe in trials[(name, chosen.alpha)]:
-            probes[probe.target.name] = probe
-            notes[probe.target.name].append(f"input smoothed per channel (alpha {chosen.alpha})")
-    return report
 
 
 @dataclasses.dataclass(frozen=True)

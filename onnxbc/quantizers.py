@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.options import CompressOptions, Target, WeightType
+from onnxbc.options import CompressOptions, RangeMethod, Target, WeightType
 from onnxbc.plan import ActivationQuant, WeightQuant
 from onnxbc.solvers.quant import INT3, INT4, INT7, INT8, Granularity, IntFormat, quantize, weight_scale
 from onnxbc.solvers.ranges import AbsHistogram, choose_range
@@ -40,13 +40,27 @@ def unsupported_weight(group: WeightGroup, options: CompressOptions) -> str | No
     return None
 
 
-def weight_quant(group: WeightGroup, w: np.ndarray, options: CompressOptions) -> WeightQuant:
-    """Quantize ``w`` (the group's weight, or a rescaled copy of it) as the options say."""
+def weight_quant(
+    group: WeightGroup,
+    w: np.ndarray,
+    options: CompressOptions,
+    importance: np.ndarray | None = None,
+    method: RangeMethod | None = None,
+) -> WeightQuant:
+    """Quantize ``w`` (the group's weight, or a rescaled copy of it) as the options say (``method`` overrides
+    ``--weight-range``; ``auto`` starts from mse). ``importance`` (broadcastable to ``w``): the mean square of
+    the input each weight multiplies, which turns the mse search into an output-error search."""
     fmt = weight_format(options)
     gran, _ = weight_granularity(group, options)
-    scale = weight_scale(w, fmt, gran, options.weight_range.value, options.percentile)
+    method = method or options.weight_range
+    if method is RangeMethod.AUTO:
+        method = RangeMethod.MSE
+    scale = weight_scale(
+        w, fmt, gran, method.value, options.percentile, importance if method is RangeMethod.MSE else None
+    )
     scale = representable_scale(scale, group.source.const_value.dtype)
-    return WeightQuant(group.name, quantize(w, scale, fmt, gran), scale, gran, fmt.bits, options.weight_range.value)
+    label = "mse (input-weighted)" if method is RangeMethod.MSE and importance is not None else method.value
+    return WeightQuant(group.name, quantize(w, scale, fmt, gran), scale, gran, fmt.bits, label)
 
 
 def activation_quant(name: str, hist: AbsHistogram, dtype: np.dtype, options: CompressOptions) -> ActivationQuant:

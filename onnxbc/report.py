@@ -46,6 +46,7 @@ class Report:
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     compensation: dict[str, Any] = dataclasses.field(default_factory=dict)
     smoothing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    weight_ranges: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     schema: str = SCHEMA
 

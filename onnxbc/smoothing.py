@@ -5,13 +5,11 @@ input axis is traceable and whose weight is read only by layers reading this sam
 embedding). For each such activation, pass 1 keeps per-channel histograms; each candidate alpha gives factors
 ``s``, the histogram of ``x / s`` (rescaled channel histograms, no extra pass), a range for it, and the readers'
 weights ``W * s`` quantized. Pass 2 measures every reader's output error under each candidate and under no
-smoothing, and the activation keeps whichever gives the least held-out error summed over its readers (after
-bias compensation when it is on). So smoothing is used only where it measurably helps.
+smoothing, and the activation keeps whichever gives the least held-out error summed over its readers (see
+``variants``). So smoothing is used only where it measurably helps.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 
@@ -19,15 +17,14 @@ from onnxbc.calibration.probes import RangeProbe
 from onnxbc.options import CompressOptions
 from onnxbc.plan import QuantPlan, Smoothing
 from onnxbc.quantizers import activation_quant, weight_quant
-from onnxbc.solvers.smooth import ALPHAS, input_channel_max, scale_input_channels, smoothing_factors
+from onnxbc.solvers.smooth import (
+    ALPHAS,
+    input_channel_max,
+    per_input_channel,
+    scale_input_channels,
+    smoothing_factors,
+)
 from onnxbc.targets import Target, Targets, weight_array
-
-
-@dataclasses.dataclass
-class Candidate:
-    value: str
-    alpha: float
-    plan: QuantPlan  # this activation's readers quantized under the candidate
 
 
 def channel_axis(t: Target) -> int:
@@ -73,7 +70,7 @@ def smoothable(targets: Targets, uses: dict[str, list[tuple[Target, int]]]) -> d
     return result
 
 
-def candidates(
+def candidate_plans(
     name: str,
     axis: int,
     readers: list[tuple[Target, int]],
@@ -81,21 +78,19 @@ def candidates(
     targets: Targets,
     base: QuantPlan,
     options: CompressOptions,
-) -> list[Candidate]:
-    """One candidate per alpha in ``ALPHAS`` (none when the statistics do not fit the weights)."""
-    hists = probe.channels
+) -> dict[float, QuantPlan]:
+    """alpha -> the readers quantized with ``name`` smoothed (empty when the statistics do not fit)."""
+    hists, power = probe.channels, probe.channel_power()
     if hists is None or hists.max is None:
-        return []
-    groups_of = {t.weight.source.name: targets.weights[t.weight.source.name] for t, _ in readers}
+        return {}
+    sources = {t.weight.source.name: t for t, _ in readers}
     weight_max = np.zeros_like(hists.max)
-    layer_of = {t.weight.source.name: t for t, _ in readers}
-    for source, group in groups_of.items():
-        t = layer_of[source]
-        per_channel = input_channel_max(weight_array(group), t.weight.input_axis, groups(t))
+    for source, t in sources.items():
+        per_channel = input_channel_max(weight_array(targets.weights[source]), t.weight.input_axis, groups(t))
         if per_channel.shape != weight_max.shape:
-            return []
+            return {}
         weight_max = np.maximum(weight_max, per_channel)
-    result = []
+    plans = {}
     for alpha in ALPHAS:
         s = smoothing_factors(hists.max, weight_max, alpha)
         plan = QuantPlan(
@@ -103,23 +98,14 @@ def candidates(
             activation_uses={name: base.activation_uses[name]},
             smoothing={name: Smoothing(name, s, axis, alpha, input_rank(readers[0][0]))},
         )
-        for source, group in groups_of.items():
-            t = layer_of[source]
-            scaled = scale_input_channels(weight_array(group), s, t.weight.input_axis, groups(t))
-            plan.weights[source] = weight_quant(group, scaled, options)
-        result.append(Candidate(name, alpha, plan))
-    return result
-
-
-def score(probes: list, biased: bool) -> float:
-    """Summed relative output error of an activation's readers on held-out samples (on the fitted ones when
-    there are none), after their compensation bias (fitted on the fit samples) if ``biased``.
-
-    Held out, because smoothing factors and ranges come from the fit samples: with few of them, equalizing
-    every channel to its observed maximum can clip new data (measured on small graphs with 19 samples)."""
-    total = 0.0
-    for probe in probes:
-        fit, held = probe.moments["fit"], probe.moments["holdout"]
-        bias = fit.mean_error() if biased and not fit.empty else None
-        total += (fit if held.empty else held).rel_mse(bias)
-    return float(total)
+        for source, t in sources.items():
+            group = targets.weights[source]
+            w = weight_array(group)
+            importance = (
+                None if power is None else per_input_channel(power / s**2, w.shape, t.weight.input_axis, groups(t))
+            )
+            plan.weights[source] = weight_quant(
+                group, scale_input_channels(w, s, t.weight.input_axis, groups(t)), options, importance
+            )
+        plans[alpha] = plan
+    return plans

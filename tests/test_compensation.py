@@ -10,7 +10,7 @@ import onnxbc
 from models import test_graphs
 from onnxbc import model_io
 from onnxbc.compensation import QUANTIZED_PREFIX, waves
-from onnxbc.options import BiasCorrection, CompressOptions, DataOptions, WeightType
+from onnxbc.options import BiasCorrection, CompressOptions, DataOptions, RangeMethod, WeightType
 from onnxbc.passes.graph_utils import pair_models
 from onnxbc.passes.prepare import prepare_passes
 from onnxbc.targets import find_targets
@@ -59,7 +59,12 @@ def test_paired_model_computes_both_models(tmp_path):
 
 def test_sequential_mode_end_to_end(zoo, tmp_path):
     path, data, _ = zoo("gelu_mlp", samples=64)
-    options = CompressOptions(weights=WeightType.INT4, bias_correction=BiasCorrection.SEQUENTIAL, smoothing=False)
+    options = CompressOptions(
+        weights=WeightType.INT4,
+        bias_correction=BiasCorrection.SEQUENTIAL,
+        smoothing=False,
+        weight_range=RangeMethod.MSE,  # nothing to choose between: no pass for choices
+    )
     result = onnxbc.compress(path, tmp_path / "o.onnx", data=DataOptions(path=data), options=options)
     rep = result.report
     assert rep.passes_over_data == 1 + 2  # ranges, then one pass per wave (two chained layers)
@@ -69,6 +74,12 @@ def test_sequential_mode_end_to_end(zoo, tmp_path):
         path, tmp_path / "o.onnx", data=DataOptions(path=data), options=with_smoothing, force=True
     ).report
     assert rep.passes_over_data == 1 + 1 + 2  # smoothing candidates are measured in one pass before the waves
+    auto = dataclasses.replace(options, weight_range=RangeMethod.AUTO)
+    rep_auto = onnxbc.compress(path, tmp_path / "o.onnx", data=DataOptions(path=data), options=auto, force=True).report
+    assert rep_auto.passes_over_data == 1 + 1 + 2  # so are the min-max weight scale candidates
+    assert set(rep_auto.weight_ranges) == {r.weight["name"] for r in rep_auto.layers if r.weight}
+    for record in rep_auto.weight_ranges.values():  # the least held-out error wins; ties keep the mse scales
+        assert record["chosen"] == min(record["rel_mse"], key=record["rel_mse"].get)
     layers = [r for r in rep.layers if r.status == "quantized"]
     assert all(r.bias["site"] for r in layers if r.bias["applied"])
     for r in layers:  # never worse on the data it was fitted on

@@ -34,7 +34,9 @@ def test_inspect_report(compressed):
     assert [r.name for r in found.rows] == [layer["name"] for layer in report["layers"]]
     assert found.error_split == "holdout"
     weighted = [r for r in found.rows if r.bits is not None]
-    assert weighted and all(r.bits == 8 and r.weight == "int8 channel" and r.scale_method == "mse" for r in weighted)
+    assert weighted and all(r.bits == 8 and r.weight == "int8 channel" for r in weighted)
+    methods = {layer["name"]: layer["weight"]["scale_method"] for layer in report["layers"] if layer.get("weight")}
+    assert all(r.scale_method == methods[r.name] in ("mse (input-weighted)", "minmax") for r in weighted)
     scores = next(r for r in found.rows if r.weight == "-")  # the Q x K^T MatMul: no weight
     assert scores.inputs == ("int8", "int8") and scores.error_before > 0
     applied = report["compensation"]["applied"]

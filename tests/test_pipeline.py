@@ -13,7 +13,7 @@ from models import test_graphs
 from onnxbc import model_io
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
-from onnxbc.calibration.probes import LayerErrorProbe
+from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.options import ActivationType, BiasCorrection, CompressOptions, DataOptions, WeightType
 from onnxbc.passes.prepare import prepare_passes
@@ -241,3 +241,49 @@ def test_tensorrt_int4_only_where_tensorrt_runs_it(zoo, tmp_path, name):
 def test_tensorrt_refuses_int8_blocks():
     with pytest.raises(onnxbc.UsageError, match="blocks only for int4"):
         CompressOptions(block_size=64, target=onnxbc.Target.TENSORRT)
+
+
+def test_range_probe_channel_power_and_error_after_activation(tmp_path):
+    """Pass-1 per-channel input power equals numpy's; a layer feeding one ReLU gets its error moments after
+    the ReLU too, equal to numpy's on the same data."""
+    path = test_graphs.save(test_graphs.build("conv_nobias"), tmp_path / "m.onnx")
+    model = prepare_passes(21)(model_io.load(path)).model
+    targets = find_targets(model)
+    first = next(t for t in targets.targets if t.name == "conv1")
+    x = test_graphs.build("conv_nobias").feeds(6, 3)["x"]
+    np.savez(tmp_path / "d.npz", x=x)
+    data = open_data(DataOptions(path=tmp_path / "d.npz", holdout_fraction=0.0, batch_size=4), input_specs(model))
+    w = first.weight.source.const_value.numpy()
+    gran = Granularity(0)
+    s = weight_scale(w, INT4, gran, "minmax")
+    plan = QuantPlan(
+        weights={
+            first.weight.source.name: WeightQuant(
+                first.weight.source.name, quantize(w, s, INT4, gran), s, gran, 4, "minmax"
+            )
+        }
+    )
+    ranges = RangeProbe("x", channel_axis=1)
+    errors = LayerErrorProbe(first, plan)
+    collect(model, [ranges, errors], data, SessionFactory())
+    np.testing.assert_allclose(
+        ranges.channel_power(), np.mean(np.square(x.astype(np.float64)), axis=(0, 2, 3)), rtol=1e-6
+    )
+    assert first.node.outputs[0].uses()[0].node.op_type == "Relu" and errors.after is not None
+
+    quant_w = dequantize(quantize(w, s, INT4, gran), s, gran)
+    after = np.maximum(_conv2d(x, w, pad=1), 0) - np.maximum(_conv2d(x, quant_w, pad=1), 0)
+    np.testing.assert_allclose(errors.after["fit"].mean_error(), after.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(errors.after["fit"].mse(), np.mean(after**2), rtol=1e-4)
+    assert errors.after["fit"].mse() <= errors.moments["fit"].mse()  # the ReLU drops errors of negative outputs
+
+
+def _conv2d(inp, weight, pad):
+    inp = np.pad(inp.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    k = weight.shape[-1]
+    out_hw = inp.shape[-1] - k + 1
+    out = np.zeros((inp.shape[0], weight.shape[0], out_hw, out_hw))
+    for i in range(out_hw):
+        for j in range(out_hw):
+            out[:, :, i, j] = np.einsum("nchw,ochw->no", inp[:, :, i : i + k, j : j + k], weight)
+    return out

@@ -185,3 +185,23 @@ def test_bias_never_raises_error_on_fitted_data():
         b = solve_bias(m)
         assert m.mse(b) <= m.mse() + 1e-12
         np.testing.assert_allclose(m.mse(b), np.square(d - b).mean(), rtol=1e-9)
+
+
+def test_input_weighted_mse_search_minimizes_the_weighted_error():
+    """With the input power per weight column, the search prices errors by what they cost at the output:
+    a large weight that only ever meets near-zero inputs is clipped, and the weighted error is lowest."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((16, 32)).astype(np.float32)
+    w[:, 0] *= 8.0  # the widest column ...
+    power = np.ones((1, 32), np.float32)
+    power[0, 0] = 1e-4  # ... multiplies an input that is almost always ~0
+    gran = Granularity(0)
+    plain = weight_scale(w, INT4, gran, "mse")
+    weighted = weight_scale(w, INT4, gran, "mse", importance=power)
+
+    def cost(s, weights):
+        return (np.square(dequantize(quantize(w, s, INT4, gran), s, gran) - w) * weights).sum()
+
+    assert cost(weighted, power) < 0.5 * cost(plain, power)
+    assert np.all(weighted <= plain) and np.any(weighted < 0.8 * plain)  # the wide column is clipped
+    np.testing.assert_array_equal(weight_scale(w, INT4, gran, "mse", importance=np.ones_like(w)), plain)

@@ -28,37 +28,68 @@ from onnxbc.targets import Target
 
 
 class RangeProbe:
-    """Histogram of ``|x|`` for one activation, plus the dtype it was seen with, and per-channel
-    histograms along ``channel_axis`` when the activation may be smoothed."""
+    """Statistics of one layer input: the histogram of ``|x|`` and the dtype it was seen with; along
+    ``channel_axis``, the mean square per channel (to weigh weight errors by the input they multiply) and,
+    with ``channel_histograms``, per-channel histograms (to price smoothing)."""
 
-    def __init__(self, value: str, channel_axis: int | None = None) -> None:
+    def __init__(self, value: str, channel_axis: int | None = None, *, channel_histograms: bool = False) -> None:
         self.value = value
+        self.channel_axis = channel_axis
         self.hist = AbsHistogram()
-        self.channels = ChannelHistograms(channel_axis) if channel_axis is not None else None
+        self.channels = ChannelHistograms(channel_axis) if channel_histograms else None
         self.dtype: np.dtype | None = None
+        self._square_sum: np.ndarray | None = None
+        self._count = 0
 
     def attach(self, builder: GraphBuilder) -> list[ir.Value]:
         return [builder.values[self.value]]
 
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
-        self.dtype = arrays[0].dtype
-        if np.issubdtype(self.dtype, np.floating):
-            self.hist.update(arrays[0])
-            if self.channels is not None:
-                self.channels.update(arrays[0])
+        x = arrays[0]
+        self.dtype = x.dtype
+        if not np.issubdtype(self.dtype, np.floating):
+            return
+        self.hist.update(x)
+        if self.channels is not None:
+            self.channels.update(x)
+        if self.channel_axis is not None:
+            rows = np.moveaxis(x, self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis]).astype(np.float64)
+            squares = np.square(np.where(np.isfinite(rows), rows, 0.0)).sum(axis=0)
+            self._square_sum = squares if self._square_sum is None else self._square_sum + squares
+            self._count += len(rows)
+
+    def channel_power(self) -> np.ndarray | None:
+        """Mean of ``x^2`` per channel (None when not collected)."""
+        return None if self._square_sum is None else self._square_sum / max(self._count, 1)
+
+
+# Pointwise activations a layer's output may flow into: its error after them is what the next layer sees.
+POINTWISE = frozenset(
+    {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Softplus", "Clip", "Gelu"}
+)
 
 
 class ErrorProbe:
-    """Per-channel (or per-position) error moments of one layer, kept apart per data split."""
+    """Per-channel (or per-position) error moments of one layer, kept apart per data split.
+
+    ``moments`` are of the layer output, where a compensation bias is folded. When the output flows into
+    exactly one pointwise activation (ReLU, Clip, HardSwish, ...), ``after`` holds the moments after it too:
+    errors that a ReLU discards do not reach the next layer, so choices are scored on those.
+    """
 
     def __init__(self, target: Target, *, per_position: bool = False) -> None:
         self.target = target
         self.per_position = per_position
         self.moments = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
+        self.after: dict[str, ErrorMoments] | None = None
 
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        self._fold(self.moments[split], arrays[:4])
+        if self.after is not None:
+            self._fold(self.after[split], arrays[4:])
+
+    def _fold(self, moments: ErrorMoments, arrays: Sequence[np.ndarray]) -> None:
         sum_d, sum_d2, sum_y2, size = arrays
-        moments = self.moments[split]
         if moments.sum_d is not None and moments.sum_d.shape != sum_d.shape:
             raise OnnxbcError(
                 f"layer '{self.target.name}': its output shape changes between batches "
@@ -67,7 +98,21 @@ class ErrorProbe:
         moments.update(sum_d, sum_d2, sum_y2, int(size) // max(sum_d.size, 1))
 
     def _error_outputs(self, b: GraphBuilder, y: ir.Value, y_quant: ir.Value) -> list[ir.Value]:
-        """In-graph sums of d = y - y_quant, d^2 and y^2 (in float32), and the element count."""
+        """In-graph sums of d = y - y_quant, d^2 and y^2 (in float32) and the element count; again after
+        the pointwise activation ``y`` flows into, if it flows into exactly one."""
+        outputs = self._sums(b, y, y_quant)
+        uses = self.target.node.outputs[0].uses()  # in the model itself: probes add readers to the copy
+        if len(uses) == 1 and uses[0].node.op_type in POINTWISE and uses[0].idx == 0:
+            act = b.nodes[uses[0].node.name]
+            after = [
+                b.add(ir.Node(act.domain, act.op_type, [v, *act.inputs[1:]], act.attributes.values()), "act")
+                for v in (y, y_quant)
+            ]
+            self.after = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
+            outputs += self._sums(b, *after)
+        return outputs
+
+    def _sums(self, b: GraphBuilder, y: ir.Value, y_quant: ir.Value) -> list[ir.Value]:
         if y.dtype not in (None, ir.DataType.FLOAT):
             y = b.op("Cast", [y], {"to": ir.DataType.FLOAT})
             y_quant = b.op("Cast", [y_quant], {"to": ir.DataType.FLOAT})

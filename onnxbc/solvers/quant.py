@@ -69,11 +69,19 @@ def mse_grid(fmt: IntFormat) -> np.ndarray:
 
 
 def weight_scale(
-    w: np.ndarray, fmt: IntFormat, gran: Granularity, method: str = "mse", percentile: float = 99.99
+    w: np.ndarray,
+    fmt: IntFormat,
+    gran: Granularity,
+    method: str = "mse",
+    percentile: float = 99.99,
+    importance: np.ndarray | None = None,
 ) -> np.ndarray:
     """The float32 scale(s) for ``w``, laid out for DequantizeLinear (see module docstring).
 
-    Works through ``w`` in chunks of whole scale groups, so temporaries stay small for huge weights.
+    ``importance`` (broadcastable to ``w``; with ``mse``) weighs each element's squared error: with the mean
+    square of the input each weight multiplies, the search minimizes the layer's output error under a
+    diagonal approximation (``E||x (W - W_hat)||^2 ~ sum_j E[x_j^2] ||W_j - W_hat_j||^2``) instead of the
+    weight's own error. Works through ``w`` in chunks of whole scale groups, so temporaries stay small.
     """
     if method not in ("minmax", "percentile", "mse"):
         raise ValueError(f"unknown scale method {method!r}")
@@ -82,13 +90,15 @@ def weight_scale(
         return np.asarray(amax / fmt.qmax if amax > 0 else 1.0, dtype=np.float32)
     axis = _chunk_axis(w.ndim, gran)
     parts = []
-    for sub in _chunks(w, axis, gran.block_size if gran.block_size and axis == gran.axis else 1):
+    multiple = gran.block_size if gran.block_size and axis == gran.axis else 1
+    weights = _chunks(np.broadcast_to(importance, w.shape), axis, multiple) if importance is not None else None
+    for sub in _chunks(w, axis, multiple):
         groups = _to_groups(sub, gran)  # [G, n]: one row per scale
         amax = np.abs(groups).max(axis=1)
         if method == "percentile":
             amax = np.minimum(amax, np.percentile(np.abs(groups), percentile, axis=1))
         elif method == "mse":
-            amax = _mse_clip(groups, amax, fmt)
+            amax = _mse_clip(groups, amax, fmt, _to_groups(next(weights), gran) if weights is not None else None)
         scale = np.where(amax > 0, amax / fmt.qmax, 1.0).astype(np.float32)
         parts.append(_from_groups_scale(scale, sub.shape, gran))
     return np.concatenate(parts, axis=0 if not gran.block_size else axis) if len(parts) > 1 else parts[0]
@@ -202,14 +212,15 @@ def _from_groups_scale(scale: np.ndarray, shape: tuple[int, ...], gran: Granular
     return np.moveaxis(scale.reshape(moved_shape), -1, gran.axis)
 
 
-def _mse_clip(groups: np.ndarray, amax: np.ndarray, fmt: IntFormat) -> np.ndarray:
-    """Per row, the clipping value from ``mse_grid(fmt) * amax`` with the least squared error."""
+def _mse_clip(groups: np.ndarray, amax: np.ndarray, fmt: IntFormat, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per row, the clipping value from ``mse_grid(fmt) * amax`` with the least (weighted) squared error."""
     best_err = np.full(len(groups), np.inf)
     best = amax.copy()
     safe = np.where(amax > 0, amax, 1.0)
     for ratio in mse_grid(fmt):
         s = (safe * ratio / fmt.qmax)[:, None]
-        err = np.square(np.clip(np.rint(groups / s), fmt.qmin, fmt.qmax) * s - groups).sum(axis=1)
+        sq = np.square(np.clip(np.rint(groups / s), fmt.qmin, fmt.qmax) * s - groups)
+        err = (sq if weights is None else sq * weights).sum(axis=1)
         better = err < best_err
         best_err[better] = err[better]
         best[better] = amax[better] * ratio

@@ -27,16 +27,22 @@ def input_channel_max(w: np.ndarray, input_axis: int, groups: int = 1) -> np.nda
     return a.reshape(groups, out_ch // groups, per_group, -1).max(axis=(1, 3)).reshape(-1)
 
 
+def per_input_channel(v: np.ndarray, shape: tuple[int, ...], input_axis: int, groups: int = 1) -> np.ndarray:
+    """A per-input-channel vector laid out to broadcast against a weight of ``shape``."""
+    v = np.asarray(v, dtype=np.float32)
+    if groups == 1:
+        view = [1] * len(shape)
+        view[input_axis] = -1
+        return v.reshape(view)
+    out_ch, per_group = shape[0], shape[1]
+    index = (np.arange(out_ch)[:, None] // (out_ch // groups)) * per_group + np.arange(per_group)[None, :]
+    return v[index].reshape(out_ch, per_group, *([1] * (len(shape) - 2)))
+
+
 def scale_input_channels(w: np.ndarray, s: np.ndarray, input_axis: int, groups: int = 1) -> np.ndarray:
     """``W`` with input channel ``j`` multiplied by ``s_j``."""
     w = np.asarray(w, dtype=np.float32)
-    if groups == 1:
-        shape = [1] * w.ndim
-        shape[input_axis] = -1
-        return w * s.reshape(shape)
-    out_ch, per_group = w.shape[0], w.shape[1]
-    index = (np.arange(out_ch)[:, None] // (out_ch // groups)) * per_group + np.arange(per_group)[None, :]
-    return w * s[index].reshape(out_ch, per_group, *([1] * (w.ndim - 2)))
+    return w * per_input_channel(s, w.shape, input_axis, groups)
 
 
 def smoothing_factors(act_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:

@@ -1,0 +1,183 @@
+"""Quantization choices that onnxbc measures instead of guessing.
+
+A *variant* quantizes a few layers differently from the base plan:
+
+- ``weight_range``: a weight's scales by min-max instead of the (input-weighted) MSE search
+  (``--weight-range auto``). Neither wins everywhere: measured at int4 on the bundled CNN min-max did
+  better, on MiniLM and the char-GPT the MSE search did.
+- ``smoothing``: an activation divided per channel before the layers that read it (``smoothing``).
+
+Pass 2 runs every variant's shadows beside the base shadows. Each choice keeps the variant with the least
+error summed over the layers it changes, on held-out samples (on the fit samples when none are held out),
+after their compensation bias fitted on the fit samples: the factors, ranges and biases all come from the
+fit samples, so only held-out data shows whether a choice generalizes. For a layer that feeds one pointwise
+activation the error is taken after it (a ReLU discards the errors of negative outputs; measured on the
+bundled CNN, scoring before it picked the scales that were worse end to end). A smoothing that needs an extra Mul
+(not foldable into its producer) must cut that error by ``MUL_GAIN`` to be kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, RangeProbe
+from onnxbc.options import CompressOptions, RangeMethod
+from onnxbc.passes.graph_utils import main_values
+from onnxbc.passes.smooth import fold_site
+from onnxbc.plan import QuantPlan
+from onnxbc.quantizers import weight_quant
+from onnxbc.smoothing import candidate_plans, groups
+from onnxbc.solvers.smooth import per_input_channel
+from onnxbc.targets import Target, Targets, weight_array
+
+MUL_GAIN = 0.9  # a smoothing that adds a Mul must cut its readers' error by at least 10 %
+
+
+@dataclasses.dataclass
+class Variant:
+    kind: str  # "weight_range" | "smoothing"
+    key: str  # the weight group or the activation it is about
+    label: str  # "minmax", or the smoothing alpha
+    plan: QuantPlan  # the changed layers, fully quantized
+    layers: tuple[str, ...]
+
+
+def weight_range_variants(
+    targets: Targets, plan: QuantPlan, observed: set[str], options: CompressOptions
+) -> list[Variant]:
+    """With ``--weight-range auto``: min-max scales for each weight whose readers are all measured."""
+    if options.weight_range is not RangeMethod.AUTO:
+        return []
+    result = []
+    for name, group in targets.weights.items():
+        layers = tuple(t.name for t in group.targets)
+        if name not in plan.weights or not set(layers) <= observed:
+            continue
+        variant = QuantPlan(
+            weights={name: weight_quant(group, weight_array(group), options, method=RangeMethod.MINMAX)}
+        )
+        for t in group.targets:
+            for i in t.activation_inputs:
+                value = t.node.inputs[i].name
+                if value in plan.activations:
+                    variant.activations[value] = plan.activations[value]
+                    variant.smoothing.update({value: plan.smoothing[value]} if value in plan.smoothing else {})
+        result.append(Variant("weight_range", name, "minmax", variant, layers))
+    return result
+
+
+def smoothing_variants(
+    targets: Targets,
+    plan: QuantPlan,
+    observed: set[str],
+    probes: dict[str, RangeProbe],
+    axes: dict[str, int],
+    options: CompressOptions,
+) -> list[Variant]:
+    """One variant per alpha for each smoothable activation whose readers are all measured."""
+    uses = targets.activation_uses()
+    result = []
+    for name, axis in axes.items():
+        layers = tuple(t.name for t, _ in uses[name])
+        if name not in plan.activations or not set(layers) <= observed:
+            continue
+        for alpha, variant in candidate_plans(name, axis, uses[name], probes[name], targets, plan, options).items():
+            result.append(Variant("smoothing", name, str(alpha), variant, layers))
+    return result
+
+
+def trial_probes(
+    variants: list[Variant], by_name: dict[str, Target], per_position: bool
+) -> dict[int, list[LayerErrorProbe]]:
+    """The pass-2 probes of each variant (keyed by its index)."""
+    return {
+        i: [LayerErrorProbe(by_name[layer], v.plan, per_position=per_position) for layer in v.layers]
+        for i, v in enumerate(variants)
+    }
+
+
+def score(probes: list[ErrorProbe], biased: set[str]) -> float:
+    """Summed relative error of layers on held-out samples (fit samples when none are held out), after the
+    pointwise activation a layer feeds when it feeds one (what the next layer sees), less the mean error
+    fitted on the fit samples for the layers in ``biased`` (those that get a compensation bias)."""
+    total = 0.0
+    for probe in probes:
+        # After an activation, the mean error fitted there stands in for what the folded bias corrects.
+        moments = probe.after if probe.after is not None else probe.moments
+        fit, held = moments["fit"], moments["holdout"]
+        bias = fit.mean_error() if probe.target.name in biased and not fit.empty else None
+        total += (fit if held.empty else held).rel_mse(bias)
+    return float(total)
+
+
+def choose(
+    model: ir.Model,
+    variants: list[Variant],
+    trials: dict[int, list[LayerErrorProbe]],
+    probes: dict[str, ErrorProbe],
+    plan: QuantPlan,
+    biased: set[str],
+    notes: dict[str, list[str]],
+) -> dict[str, dict[str, dict]]:
+    """Apply the winning variants to ``plan`` and ``probes``; return what was measured, for the report.
+
+    Weight ranges are chosen first; smoothing is then weighed against the base with the chosen ranges.
+    """
+    values = {v.name: v for v in main_values(model.graph)}
+    report: dict[str, dict[str, dict]] = {"weight_range": {}, "smoothing": {}}
+    for kind in ("weight_range", "smoothing"):
+        keys = dict.fromkeys(v.key for v in variants if v.kind == kind)
+        for key in keys:
+            options = [i for i, v in enumerate(variants) if v.kind == kind and v.key == key]
+            layers = variants[options[0]].layers
+            scores = {"base": score([probes[n] for n in layers], biased)}
+            scores.update({variants[i].label: score(trials[i], biased) for i in options})
+            best = min(options, key=lambda i: scores[variants[i].label])
+            gain = 1.0
+            if kind == "smoothing":
+                sm = variants[best].plan.smoothing[key]
+                gain = 1.0 if fold_site(values[key], sm.channel_axis, len(sm.factors), len(layers)) else MUL_GAIN
+            chosen = best if scores[variants[best].label] < scores["base"] * gain else None
+            base_label = plan.weights[key].method if kind == "weight_range" else "none"
+            report[kind][key] = {
+                "chosen": variants[chosen].label if chosen is not None else base_label,
+                "rel_mse": {(base_label if k == "base" else k): v for k, v in scores.items()},
+                **({"site": None} if kind == "smoothing" else {}),
+            }
+            if chosen is None:
+                continue
+            v = variants[chosen]
+            plan.weights.update(v.plan.weights)
+            if kind == "smoothing":
+                plan.activations[key] = v.plan.activations[key]
+                plan.smoothing[key] = v.plan.smoothing[key]
+            for probe in trials[chosen]:
+                probes[probe.target.name] = probe
+                note = (
+                    f"input smoothed per channel (alpha {v.label})"
+                    if kind == "smoothing"
+                    else "weight scales by min-max (measured better than mse)"
+                )
+                notes[probe.target.name].append(note)
+    return report
+
+
+def power_importance(targets: Targets, probes: dict[str, RangeProbe]) -> dict[str, np.ndarray]:
+    """Per weight group read by exactly one measured activation: the mean square of the input each weight
+    element multiplies, laid out to broadcast against the weight (for the input-weighted mse search)."""
+    result = {}
+    for name, group in targets.weights.items():
+        reads = {t.node.inputs[i].name for t in group.targets for i in t.activation_inputs}
+        t = group.targets[0]
+        probe = probes.get(next(iter(reads))) if len(reads) == 1 else None
+        power = probe.channel_power() if probe is not None else None
+        if power is None or group.gathers or t.weight.input_axis is None:
+            continue
+        shape = tuple(group.source.const_value.shape)
+        channels = shape[t.weight.input_axis] * groups(t)
+        if power.shape == (channels,):
+            result[name] = per_input_channel(power, shape, t.weight.input_axis, groups(t))
+    return result
