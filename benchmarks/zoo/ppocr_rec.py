@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import shutil
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -212,14 +213,26 @@ def prepare(cache_dir: Path) -> BenchModel:
     return bench
 
 
-def predict(onnx_path: Path, bench: BenchModel, providers=common.DEFAULT_PROVIDERS) -> list[str]:
+def predict(
+    onnx_path: Path,
+    bench: BenchModel,
+    providers=common.DEFAULT_PROVIDERS,
+    session_config: Mapping[str, str] | None = None,
+    output_tap: common.OutputTap | None = None,
+) -> list[str]:
     data = common.load_npz(bench.eval_path)
     charset = load_charset(bench.onnx_path.parent / "ppocr_keys.txt")
-    sess = common.ort_session(onnx_path, providers)
+    sess = common.ort_session(onnx_path, providers, session_config, output_tap)
     probs = common.run_batched(sess, {"x": data["x"]}, batch_size=16)[0]
     return ctc_greedy_decode(probs, charset)
 
 
-def evaluate(onnx_path: Path, bench: BenchModel, providers=common.DEFAULT_PROVIDERS) -> dict[str, float]:
+def evaluate(
+    onnx_path: Path,
+    bench: BenchModel,
+    providers=common.DEFAULT_PROVIDERS,
+    session_config: Mapping[str, str] | None = None,
+    output_tap: common.OutputTap | None = None,
+) -> dict[str, float]:
     labels = [str(s) for s in common.load_npz(bench.eval_path)["labels"]]
-    return text_metrics(predict(onnx_path, bench, providers), labels)
+    return text_metrics(predict(onnx_path, bench, providers, session_config, output_tap), labels)

@@ -1,0 +1,106 @@
+"""NNCF on the ONNX model: ``nncf.quantize`` for W8A8, ``nncf.compress_weights`` for weight-only int4.
+
+nncf.quantize: default settings (preset PERFORMANCE: symmetric int8 weights per channel and activations per
+tensor; fast bias correction on; MinMax-type range estimators), the shared calibration samples one by one as
+``nncf.Dataset`` items (its documented usage), ``subset_size`` = all of them. ``model_type`` is
+``nncf.ModelType.TRANSFORMER`` for the transformer rows: NNCF then runs SmoothQuant first (ONNX backend
+included), uses preset MIXED (asymmetric activations) and leaves Add/Sub/Div/Pow/ReduceMean/... inputs float.
+Its ONNX backend quantizes weights to 8 bits only (asking for 4 bits through the advanced parameters fails
+its hardware-config check) and has no blocks.
+
+nncf.compress_weights: mode INT4_SYM, group_size 128, ratio 1.0, data-free (its default: AWQ, scale estimation
+and GPTQ are off unless asked for, and with ratio 1.0 there is no mixed-precision choice to make). NNCF keeps
+embeddings and the last layer in int8 (per channel, asymmetric) by default; its ONNX backend writes MatMulNBits.
+It has no 3-bit mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from benchmarks.settings import Setting, calibration_arrays, sample_count
+from benchmarks.tools import NotApplicable, Result, at_least_opset
+from benchmarks.zoo.common import BenchModel
+
+log = logging.getLogger("benchmarks.tools.nncf")
+
+
+def quantize(
+    bench: BenchModel, setting: Setting, out_path: Path, *, model_type: str | None = None
+) -> Result | NotApplicable:
+    if setting.weight_only:
+        return _compress_weights(bench, setting, out_path)
+    return _quantize(bench, setting, out_path, model_type)
+
+
+def _quantize(bench: BenchModel, setting: Setting, out_path: Path, model_type: str | None) -> Result | NotApplicable:
+    import nncf
+    import onnx
+
+    if setting.weight_bits != 8:
+        return NotApplicable(
+            "nncf.quantize (ONNX) quantizes weights to 8 bits only: 4-bit weight parameters fail its "
+            "hardware-config check; int4 is weight-only (compress_weights)"
+        )
+    arrays = calibration_arrays(bench)
+    n = sample_count(arrays)
+    items = [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(n)]
+    kwargs = {}
+    if model_type == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    model = onnx.load(str(bench.onnx_path))
+    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=n, **kwargs)
+    _save(quantized, out_path)
+    return Result(out_path, (), {"calibration_samples": n, "model_type": model_type or "default"})
+
+
+def _compress_weights(bench: BenchModel, setting: Setting, out_path: Path) -> Result | NotApplicable:
+    import nncf
+    import onnx
+
+    if setting.weight_bits != 4:
+        return NotApplicable(f"compress_weights has no {setting.weight_bits}-bit mode (int4, int8, fp formats only)")
+    if not setting.block_size:
+        return NotApplicable("no per-channel weight-only setting at 4 bits in this matrix")
+    source, notes = at_least_opset(bench.onnx_path, out_path, 13)
+    model = onnx.load(str(source))
+    try:
+        compressed = nncf.compress_weights(
+            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=setting.block_size, ratio=1.0
+        )
+    except nncf.InvalidGroupSizeError as e:  # an input dim that is not a multiple of the group size
+        return NotApplicable(f"compress_weights refuses group size {setting.block_size} here: {str(e).splitlines()[0]}")
+    _save(compressed, out_path)
+    ops = [n.op_type for n in compressed.graph.node]
+    notes.append("data-free; embeddings and last layer kept int8 by NNCF's default")
+    doubled = _biases_added_twice(compressed)
+    if doubled:
+        notes.append(
+            f"NNCF defect: {doubled} MatMulNBits take the bias as an input while the original bias Add stays, "
+            "so those biases are added twice"
+        )
+    info = {"matmulnbits_nodes": ops.count("MatMulNBits"), "dequantize_nodes": ops.count("DequantizeLinear")}
+    return Result(out_path, tuple(notes), {**info, "biases_added_twice": doubled})
+
+
+def _biases_added_twice(model) -> int:
+    """MatMulNBits nodes with a bias input whose output also feeds an Add of that same bias."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or len(node.input) < 6 or not node.input[5]:
+            continue
+        bias = node.input[5]
+        count += any(c.op_type == "Add" and bias in c.input for c in consumers.get(node.output[0], []))
+    return count
+
+
+def _save(model, out_path: Path) -> None:
+    import onnx
+
+    large = model.ByteSize() > 2**31 - 2**26 if hasattr(model, "ByteSize") else False
+    onnx.save(model, str(out_path), save_as_external_data=large, location=out_path.name + ".data")

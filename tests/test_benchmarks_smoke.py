@@ -1,0 +1,78 @@
+"""The benchmark runner end to end on the bundled Fashion-MNIST CNN, small enough for the default suite.
+
+One setting (W8A8) and three rows (FP32, onnxbc's default, ONNX Runtime quantize_static), each compression and
+evaluation in its own worker process as in the full benchmark; the cache and results go to a temporary folder.
+The full matrix is ``python -m benchmarks run`` (benchmarks/README.md); this test only keeps its code alive.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks import render, runner
+from benchmarks.methods import METHODS
+
+METHODS_RUN = ("fp32", "onnxbc_independent", "ort_static")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    config = runner.RunConfig(
+        name="smoke",
+        models=("fashion",),
+        settings=("w8a8",),
+        methods=METHODS_RUN,
+        cache=root / "cache",
+        results_dir=root / "results",
+        timeout_s=300,
+        latency_runs=2,
+        command="pytest tests/test_benchmarks_smoke.py",
+    )
+    runner.run(config, log=lambda line: None)
+    return config, json.loads(config.results_path.read_text())
+
+
+def test_rows_and_metrics(smoke):
+    config, results = smoke
+    rows = {r["method"]: r for r in results["rows"]}
+    assert set(rows) == set(METHODS_RUN)
+    assert all(r["status"] == "ok" for r in rows.values()), [(r["method"], r.get("reason")) for r in rows.values()]
+    fp32, bc, ort = rows["fp32"], rows["onnxbc_independent"], rows["ort_static"]
+    assert fp32["metrics_exact"]["top1"] == pytest.approx(0.91)  # models/README.md
+    assert fp32["rel_mse"] == 0.0
+    # onnxbc's W8A8 keeps the CNN's accuracy when the graph is computed exactly (README: 91.0 %)
+    assert bc["metrics_exact"]["top1"] >= 0.90
+    assert 0 < bc["rel_mse"] < 1e-3
+    assert 0 < ort["rel_mse"] < 1e-2
+    for row in (bc, ort):
+        assert 0 <= row["metrics_default"]["top1"] <= 1
+        assert row["size_bytes"] < 0.3 * fp32["size_bytes"]  # int8 weights: about 4x smaller
+        assert row["compress"]["process_s"] >= row["compress"]["call_s"] > 0
+        assert row["compress"]["peak_rss_mb"] > 50  # a Python process with onnxruntime loaded
+        assert row["latency_ms"] > 0
+    assert bc["ratios"]["baseline"] == "ort_static"
+    assert ort["ratios"]["time_vs_baseline"] == 1.0
+    assert bc["info"]["passes_over_data"] == 2  # design.md: at most 2 passes in the default mode
+    assert results["machine"]["cores"] >= 1 and "onnxbc" in results["packages"]
+    assert not (config.results_dir / "tmp" / "smoke").exists()  # quantized models are not left behind
+
+
+def test_render_tables(smoke, tmp_path):
+    config, _ = smoke
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# bench\n\n{render.BEGIN}\nold\n{render.END}\nkept\n")
+    render.render(config.results_dir, readme, [config.results_path])
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("kept\n")
+    assert "| w8a8 | `onnxbc_independent` |" in text and "| w8a8 | `ort_static` |" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is not None, reason="nncf is installed here")
+def test_missing_tool_is_skipped_with_a_note(tmp_path):
+    row = runner.compress("fashion", "w8a8", "nncf", tmp_path / "cell", cache=tmp_path, timeout_s=60)
+    assert row["status"] == "skipped" and "nncf" in row["reason"]
+    assert METHODS["nncf"].missing_package() == "nncf"
