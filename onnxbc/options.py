@@ -13,11 +13,16 @@ class WeightType(str, enum.Enum):
     INT8 = "int8"
     INT4 = "int4"
     INT3 = "int3"  # stored in an int4 container with codes [-4, 3]
+    INT2 = "int2"  # stored in an int4 container with codes [-2, 1]
     NONE = "none"
 
     @property
     def bits(self) -> int:
-        return {"int8": 8, "int4": 4, "int3": 3, "none": 32}[self.value]
+        return {"int8": 8, "int4": 4, "int3": 3, "int2": 2, "none": 32}[self.value]
+
+    @property
+    def int4_container(self) -> bool:
+        return self in (WeightType.INT4, WeightType.INT3, WeightType.INT2)
 
 
 class ActivationType(str, enum.Enum):
@@ -101,8 +106,12 @@ class CompressOptions:
     device: Device = Device.AUTO
     target: Target = Target.ONNXRUNTIME
     opset: int | None = None
+    data_free: bool = False  # DF-MPC + data-free bias correction, no calibration data (onnxbc.datafree)
+    next_weights: WeightType = WeightType.INT8  # --data-free: the layer after each compensated low-bit layer
 
     def __post_init__(self) -> None:
+        if self.data_free and self.weights is WeightType.NONE:
+            raise UsageError("--data-free needs quantized weights: --weights int2|int3|int4|int8")
         if self.block_size < 0 or (self.block_size and self.block_size % 16):
             raise UsageError(
                 f"--block-size must be 0 (per channel) or a positive multiple of 16, got {self.block_size}"
@@ -117,13 +126,9 @@ class CompressOptions:
             raise UsageError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.weights is WeightType.NONE and self.activations is ActivationType.NONE:
             raise UsageError("--weights none with --activations none leaves nothing to quantize")
-        if (
-            self.target is Target.TENSORRT
-            and self.block_size
-            and self.weights not in (WeightType.INT4, WeightType.INT3)
-        ):
+        if self.target is Target.TENSORRT and self.block_size and not self.weights.int4_container:
             raise UsageError("TensorRT takes weight blocks only for int4: drop --block-size or use --weights int4")
-        if self.target is Target.TENSORRT and self.weights in (WeightType.INT4, WeightType.INT3):
+        if self.target is Target.TENSORRT and self.weights.int4_container:
             if self.block_size not in (64, 128):
                 raise UsageError("TensorRT runs int4 weights only in blocks: add --block-size 64 or 128")
             if self.activations is not ActivationType.NONE:
@@ -134,7 +139,7 @@ class CompressOptions:
     @property
     def required_opset(self) -> int:
         """The lowest ai.onnx opset that can express the chosen quantization."""
-        if self.weights in (WeightType.INT4, WeightType.INT3) or self.block_size:
+        if self.weights.int4_container or self.block_size or (self.data_free and self.next_weights.int4_container):
             return 21
         return 13
 

@@ -7,13 +7,14 @@ import onnx_ir as ir
 
 from onnxbc.options import CompressOptions, RangeMethod, Target, WeightType
 from onnxbc.plan import ActivationQuant, WeightQuant
-from onnxbc.solvers.quant import INT3, INT4, INT7, INT8, Granularity, IntFormat, quantize, weight_scale
+from onnxbc.solvers.quant import INT2, INT3, INT4, INT7, INT8, Granularity, IntFormat, quantize, weight_scale
 from onnxbc.solvers.ranges import AbsHistogram, choose_range
 from onnxbc.targets import WeightGroup
 
 
 def weight_format(options: CompressOptions) -> IntFormat:
-    return {WeightType.INT4: INT4, WeightType.INT3: INT3}.get(options.weights, INT7 if options.reduce_range else INT8)
+    low = {WeightType.INT4: INT4, WeightType.INT3: INT3, WeightType.INT2: INT2}
+    return low.get(options.weights, INT7 if options.reduce_range else INT8)
 
 
 def weight_granularity(group: WeightGroup, options: CompressOptions) -> tuple[Granularity, str | None]:
@@ -30,7 +31,7 @@ def weight_granularity(group: WeightGroup, options: CompressOptions) -> tuple[Gr
 
 def unsupported_weight(group: WeightGroup, options: CompressOptions) -> str | None:
     """Why the target runtime cannot take this weight at the chosen precision (None: it can)."""
-    if options.target is not Target.TENSORRT or options.weights not in (WeightType.INT4, WeightType.INT3):
+    if options.target is not Target.TENSORRT or not options.weights.int4_container:
         return None
     rank = len(group.source.const_value.shape)
     if any(t.op not in ("MatMul", "Gemm") for t in group.targets):

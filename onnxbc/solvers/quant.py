@@ -28,7 +28,7 @@ class IntFormat:
     The scale maps ``max|w|`` to ``qmax = 2^(bits-1) - 1``. At 8 and 7 bits the codes are symmetric
     ``[-qmax, qmax]`` (negating a weight never saturates; ONNX Runtime's int8 kernels expect it). At 4 bits
     and below, where every level counts, the extra negative code is used too: int4 ``[-8, 7]``, 3 bits
-    ``[-4, 3]`` (an int4 container with restricted codes).
+    ``[-4, 3]``, 2 bits ``[-2, 1]`` (int4 containers with restricted codes).
     """
 
     bits: int
@@ -47,6 +47,7 @@ INT8 = IntFormat(8, np.dtype(np.int8))
 INT7 = IntFormat(7, np.dtype(np.int8))  # int8 container, codes [-63, 63]: ONNX Runtime's "reduce_range"
 INT4 = IntFormat(4, np.dtype(ml_dtypes.int4))
 INT3 = IntFormat(3, np.dtype(ml_dtypes.int4))  # int4 container, codes [-4, 3]
+INT2 = IntFormat(2, np.dtype(ml_dtypes.int4))  # int4 container, codes [-2, 1]
 
 
 @dataclasses.dataclass(frozen=True)
