@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 import onnxbc
-from onnxbc import inspection, validate
+from onnxbc import datafree, inspection, validate
 from onnxbc.compare import compare_models
 from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.options import (
@@ -95,7 +95,9 @@ def compress(
     ] = None,
     weights: Annotated[
         WeightType,
-        typer.Option(help="Weight precision (zero point 0, per output channel by default); int3 is stored as int4."),
+        typer.Option(
+            help="Weight precision (zero point 0, per output channel by default); int3 and int2 are stored as int4."
+        ),
     ] = WeightType.INT8,
     activations: Annotated[
         ActivationType, typer.Option(help="Activation precision; 'none' = weight-only.")
@@ -161,6 +163,19 @@ def compress(
         bool, typer.Option(help="Calibrate on random inputs (a warning goes into the report).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed for --random-data.")] = 0,
+    data_free: Annotated[
+        bool,
+        typer.Option(
+            help="No calibration data, no model run: DF-MPC pairs (low-bit Conv/Gemm -> BN -> ReLU -> next layer), "
+            "factors folded into the next layer, data-free bias correction from BN statistics; weight-only. "
+            "--weights sets the compensated low-bit layers, --next-weights the rest; "
+            "--bias-correction none gives plain data-free rounding."
+        ),
+    ] = False,
+    next_weights: Annotated[
+        WeightType,
+        typer.Option(help="With --data-free: precision of the layer after each low-bit layer and of unpaired layers."),
+    ] = WeightType.INT8,
     device: Annotated[
         Device, typer.Option(help="Where calibration runs; 'auto' uses CUDA when it really works.")
     ] = Device.AUTO,
@@ -193,8 +208,14 @@ def compress(
             device=device,
             target=target,
             opset=opset,
+            data_free=data_free,
+            next_weights=next_weights,
         )
-        data_options = DataOptions(data, samples, batch_size, random_data, holdout_fraction, seed)
+        if data_free and (data is not None or random_data):
+            raise UsageError("--data-free uses no calibration data: drop --data / --random-data")
+        data_options = (
+            None if data_free else DataOptions(data, samples, batch_size, random_data, holdout_fraction, seed)
+        )
         result = onnxbc.compress(
             model,
             output,
@@ -213,6 +234,9 @@ def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:
         out.print(str(result.output))
         return
     rep.print_summary(out)
+    if result.report.options.get("data_free"):
+        for line in datafree.summary(rep):
+            out.print(line, markup=False)
     before, after = rep.input["bytes"], rep.output["bytes"]
     out.print(f"Wrote {result.output}: {_mb(before)} -> {_mb(after)} ({before / max(after, 1):.2f}x smaller)")
     label = "with_compensation" if rep.compensation.get("applied") else "without_compensation"

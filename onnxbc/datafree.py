@@ -1,0 +1,346 @@
+"""``compress --data-free``: DF-MPC compensation and data-free bias correction, with no data and no model run.
+
+load -> prepare -> targets -> pairs (``onnxbc.pairs``) -> per pair: fold BatchNormalization into the low
+layer, quantize it at ``--weights``, closed-form factors ``c`` (``solvers.dfmpc``) moved into the low
+layer's bias and the next layer's input channels -> quantize every other layer at ``--next-weights`` ->
+data-free bias correction of every layer whose input mean is modelled from BatchNormalization statistics
+-> rewrite (``RescalePairsPass``, ``InsertQDQPass``, ``FoldBiasPass``) -> static checks -> save + report.
+
+Precision: the low layer of each pair takes ``--weights``; every other layer (the next layers, and layers in
+no pair, which nothing compensates) takes ``--next-weights``. Weight-only: activation ranges need data.
+``--bias-correction none`` keeps the same precision layout and BN folding but sets every factor to 1 and
+skips the bias correction: plain data-free rounding, for comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+import onnxbc
+from onnxbc import model_io, validate
+from onnxbc.errors import OnnxbcError
+from onnxbc.options import BiasCorrection, CompressOptions, WeightType
+from onnxbc.pairs import Pair, batchnorm_params, find_pairs, input_mean
+from onnxbc.passes.dfmpc import PairEdit, RescalePairsPass
+from onnxbc.passes.fold_bias import FoldBiasPass
+from onnxbc.passes.prepare import prepare_passes
+from onnxbc.passes.qdq import InsertQDQPass
+from onnxbc.pipeline import CompressResult, default_report, refuse_quantized
+from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
+from onnxbc.progress import Stages
+from onnxbc.quantizers import unsupported_weight, weight_quant
+from onnxbc.report import LayerRecord, Report
+from onnxbc.solvers import dfmpc
+from onnxbc.solvers.quant import dequantize
+from onnxbc.targets import Target, Targets, find_targets, weight_array
+
+logger = logging.getLogger(__name__)
+
+
+def default_output(model_path: Path, options: CompressOptions) -> Path:
+    """``model.onnx`` -> ``model.df-w2w8.onnx`` (low-bit layers int2, the others int8)."""
+    high = "f" if options.next_weights is WeightType.NONE else str(options.next_weights.bits)
+    return model_path.with_name(f"{model_path.stem}.df-w{options.weights.bits}w{high}.onnx")
+
+
+@dataclasses.dataclass
+class _Layer:
+    """What the solver decided for one target layer."""
+
+    target: Target
+    weight: np.ndarray  # float weight as the rewritten graph holds it (BN folded, factors applied)
+    quant: WeightQuant | None = None
+    role: str = "unpaired"  # "low" | "next" | "unpaired"
+    pair: Pair | None = None
+    input_scale: np.ndarray | None = None  # per input feature: the graph feeds x / input_scale (next layers)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    weight_error: tuple[float, float] | None = None  # low layers: before / after the factors
+    factors: np.ndarray | None = None  # low layers: c per output channel
+    low_bias: np.ndarray | None = None  # low layers: folded bias / c
+    bias: BiasFold | None = None
+    bias_skip: str | None = None
+
+
+def compress(
+    model: str | Path,
+    output: str | Path | None = None,
+    *,
+    options: CompressOptions,
+    report: str | Path | None = None,
+    force: bool = False,
+    stages: Stages | None = None,
+) -> CompressResult:
+    """Quantize ``model`` data-free (see the module docstring) and write it and its report."""
+    stages = stages or Stages(enabled=False)
+    model_path = Path(model)
+    out = model_io.check_output_path(model_path, output or default_output(model_path, options), force=force)
+    report_path = model_io.check_output_path(model_path, report or default_report(out), force=force)
+    rep = Report(tool_version=onnxbc.__version__, input={"path": str(model_path)})
+    rep.options = dataclasses.asdict(options)
+    rep.data = {"source": "none (--data-free)", "fit_samples": 0, "holdout_samples": 0, "random": False}
+    rep.device = "none (data-free: the model is never run)"
+
+    working = model_io.load(model_path)
+    rep.input["bytes"] = model_io.file_bytes(model_path)
+    refuse_quantized(working, model_path)
+    rep.opset["before"] = working.opset_imports.get("", 0)
+    min_opset = max(options.required_opset, options.opset or 0, 19 if _half_floats(working) else 0)
+    working = prepare_passes(min_opset)(working).model
+    rep.opset["after"] = working.opset_imports.get("", 0)
+    targets = find_targets(working, quantize_attention=False)
+    pairs, unused = find_pairs(working, targets)
+    if not pairs:
+        why = "; ".join(f"{u.low}: {u.reason}" for u in unused[:2]) or "no Conv/Gemm with a constant weight"
+        raise OnnxbcError(
+            f"{model_path}: --data-free found no layer pair to compensate "
+            f"(Conv/Gemm -> [BatchNormalization] -> ReLU -> Conv/Gemm, single reader each): {why}"
+        )
+    compensate = options.bias_correction is not BiasCorrection.NONE
+    with stages.step("Solving DF-MPC factors and data-free bias correction", len(targets.targets)) as advance:
+        layers = _solve(targets, pairs, options, compensate, advance)
+
+    plan = QuantPlan()
+    for layer in layers.values():
+        if layer.quant is not None:
+            plan.weights[layer.quant.source] = layer.quant
+        if layer.bias is not None:
+            plan.biases[layer.target.name] = layer.bias
+    edits = [_edit(p, layers) for p in pairs]
+    names = {t.name: t.weight.source.name for t in targets.targets if t.weight is not None}
+    working = RescalePairsPass(edits)(working).model
+    working = InsertQDQPass(plan)(working).model
+    fold = FoldBiasPass(plan.biases)
+    working = fold(working).model
+    validate.require(working, options.target)
+    files = model_io.save(working, out, external_data=bool(model_io.external_data_files(model_path)) or None)
+
+    rep.output = {"path": str(out), "files": [str(f) for f in files], "bytes": model_io.file_bytes(out)}
+    rep.compensation = _compensation_report(pairs, unused, layers, compensate)
+    rep.layers = _records(targets, layers, names, fold.sites)
+    if not any(layer.pair is not None and layer.pair.batchnorm is not None for layer in layers.values()):
+        rep.warnings.append(
+            "no BatchNormalization in any pair (folded already): factors from the weights alone, "
+            "no statistics for data-free bias correction"
+        )
+    rep.write(report_path)
+    return CompressResult(out, report_path, rep)
+
+
+def _half_floats(model: ir.Model) -> bool:
+    half = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    return any(v.dtype in half for v in [*model.graph.inputs, *model.graph.initializers.values()])
+
+
+def _solve(
+    targets: Targets, pairs: list[Pair], options: CompressOptions, compensate: bool, advance
+) -> dict[str, _Layer]:
+    layers = {t.name: _Layer(t, weight_array(t.weight)) for t in targets.targets if t.weight is not None}
+    low_options = dataclasses.replace(options, data_free=False)
+    high_options = dataclasses.replace(options, data_free=False, weights=options.next_weights)
+    for p in pairs:  # 1. low layers: fold BN, quantize, factors
+        layer = layers[p.low.name]
+        layer.role, layer.pair = "low", p
+        group = targets.weights[p.low.weight.source.name]
+        w = np.moveaxis(layer.weight, group.channel_axis, 0)
+        bias = _bias(p.low)
+        if p.batchnorm is not None:
+            w, h = dfmpc.fold_batchnorm(w, bias, *batchnorm_params(p.batchnorm))
+            layer.notes.append(f"BatchNormalization '{p.batchnorm.name}' folded in")
+        else:
+            h = np.zeros(len(w), np.float32) if bias is None else bias
+            layer.notes.append("no BatchNormalization: factors from the weights alone")
+        layer.weight = np.moveaxis(w, 0, group.channel_axis)
+        layer.quant = weight_quant(group, layer.weight, low_options)
+        w_hat = np.moveaxis(
+            dequantize(layer.quant.codes, layer.quant.scale, layer.quant.granularity), group.channel_axis, 0
+        )
+        c = dfmpc.factors(w, w_hat) if compensate else np.ones(len(w))
+        layer.weight_error = (dfmpc.weight_error(w, w_hat), dfmpc.weight_error(w, w_hat, c))
+        layer.factors, layer.low_bias = c, np.asarray(h, np.float64) / c
+        layer.notes.append(f"low-bit layer of pair {p.name}")
+        nxt = layers[p.next.name]
+        nxt.role, nxt.pair = "next", p
+        nxt.input_scale = np.repeat(c, p.repeat)
+        shape = [1] * nxt.weight.ndim
+        shape[targets.weights[p.next.weight.source.name].input_axis] = -1
+        nxt.weight = (nxt.weight * nxt.input_scale.reshape(shape)).astype(np.float32)
+        nxt.notes.append(f"next layer of pair {p.name}: input channels multiplied by the factors")
+    for layer in layers.values():  # 2. every other layer at the higher width
+        advance()
+        group = targets.weights.get(layer.target.weight.source.name)
+        if layer.role == "low" or group is None:
+            continue
+        if options.next_weights is WeightType.NONE:
+            layer.notes.append("--next-weights none: left float")
+            continue
+        unsupported = unsupported_weight(group, high_options)
+        if unsupported:
+            layer.notes.append(unsupported)
+            continue
+        layer.quant = weight_quant(group, layer.weight, high_options)
+        if layer.role == "unpaired":
+            layer.notes.append(
+                f"in no pair: nothing compensates it, so it takes --next-weights ({options.next_weights.value})"
+            )
+    for layer in layers.values():  # 3. data-free bias correction
+        if layer.quant is None:
+            continue
+        if not compensate:
+            layer.bias_skip = "compensation off (--bias-correction none)"
+            continue
+        if layer.target.op not in ("Conv", "Gemm", "MatMul"):
+            layer.bias_skip = f"no data-free bias correction for {layer.target.op}"
+            continue
+        found = input_mean(layer.target)
+        if isinstance(found, str):
+            layer.bias_skip = found
+            continue
+        mean, bn = found
+        if layer.input_scale is not None:
+            mean = mean / layer.input_scale
+        layer.bias = BiasFold(layer.target.name, -_shift(layer, targets, mean), layer.target.output_channel_axis)
+        layer.notes.append(f"data-free bias correction from BatchNormalization '{bn}' (clipped-normal ReLU mean)")
+    return layers
+
+
+def _shift(layer: _Layer, targets: Targets, mean: np.ndarray) -> np.ndarray:
+    """Expected output shift ``(W_hat - W) . E[x]`` of a quantized layer, per output channel."""
+    group = targets.weights[layer.target.weight.source.name]
+    q = layer.quant
+    dw = dequantize(q.codes, q.scale, q.granularity) - layer.weight
+    if layer.role == "low":  # the graph's output is the float output divided by c
+        reference = np.moveaxis(layer.weight, group.channel_axis, 0) / layer.factors.reshape(-1, *[1] * (dw.ndim - 1))
+        dw = np.moveaxis(dequantize(q.codes, q.scale, q.granularity), group.channel_axis, 0) - reference
+        dw = np.moveaxis(dw, 0, group.channel_axis)
+    if layer.target.op == "Conv":
+        return dfmpc.conv_shift(dw, mean, layer.target.node.attributes.get_int("group", 1))
+    return dfmpc.linear_shift(np.moveaxis(dw, group.channel_axis, 0), mean)
+
+
+def _bias(t: Target) -> np.ndarray | None:
+    value = t.node.inputs[2] if len(t.node.inputs) > 2 else None
+    if value is None:
+        return None
+    return np.asarray(value.const_value.numpy(), np.float32).reshape(-1)
+
+
+def _edit(p: Pair, layers: dict[str, _Layer]) -> PairEdit:
+    low, nxt = layers[p.low.name], layers[p.next.name]
+    return PairEdit(
+        p.low.name,
+        p.batchnorm.name if p.batchnorm is not None else None,
+        p.next.name,
+        low.weight / _along(low.factors, low.weight.ndim, p.low.weight.channel_axis),
+        low.low_bias.astype(np.float32),
+        nxt.weight,
+    )
+
+
+def _along(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """``v`` shaped to broadcast along ``axis`` of an ``ndim``-D array."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.asarray(v).reshape(shape)
+
+
+def _compensation_report(pairs: list[Pair], unused, layers: dict[str, _Layer], compensate: bool) -> dict:
+    rows = []
+    for p in pairs:
+        low = layers[p.low.name]
+        before, after = low.weight_error
+        rows.append(
+            {
+                "low": p.low.name,
+                "next": p.next.name,
+                "batchnorm": p.batchnorm.name if p.batchnorm is not None else None,
+                "activation": p.activation.op_type,
+                "path": [n.op_type for n in p.path],
+                "low_bits": low.quant.bits,
+                "next_bits": layers[p.next.name].quant.bits if layers[p.next.name].quant else None,
+                "factors": {
+                    "min": float(low.factors.min()),
+                    "max": float(low.factors.max()),
+                    "mean": float(low.factors.mean()),
+                },
+                "weight_rel_error_before": before,
+                "weight_rel_error_after": after,
+                "expected_error_reduction": 1.0 - after / before if before > 0 else 0.0,
+            }
+        )
+    corrected = [n for n, layer in layers.items() if layer.bias is not None]
+    return {
+        "applied": compensate,
+        "method": "dfmpc" if compensate else "none (plain data-free rounding)",
+        "pairs": rows,
+        "unused_pairs": [dataclasses.asdict(u) for u in unused],
+        "bias_correction": {
+            "layers": corrected,
+            "skipped": {n: layer.bias_skip for n, layer in layers.items() if layer.bias_skip},
+        },
+        "expected_error_reduction_note": "weight space: ||W - c W_hat||^2 vs ||W - W_hat||^2 of the low-bit layers",
+    }
+
+
+def _records(
+    targets: Targets, layers: dict[str, _Layer], names: dict[str, str], sites: dict[str, str]
+) -> list[LayerRecord]:
+    records = []
+    for t in targets.targets:
+        layer = layers.get(t.name)
+        q = layer.quant if layer else None
+        rec = LayerRecord(t.name, t.op, t.kind, "quantized" if q else "skipped", notes=layer.notes if layer else [])
+        if q is None:
+            rec.reason = "; ".join(rec.notes) or "activation x activation MatMul: data-free mode is weight-only"
+        else:
+            rec.weight = {
+                "name": names.get(t.name),
+                "bits": q.bits,
+                "stored_bits": q.stored_bits,
+                "granularity": q.granularity.describe(),
+                "axis": q.granularity.axis,
+                "block_size": q.granularity.block_size,
+                "scale_method": q.method,
+                "params": int(q.codes.size),
+                "role": layer.role,
+            }
+        if layer is not None and layer.weight_error is not None:
+            before, after = layer.weight_error
+            rec.error = {"weight_space": {"rel_mse_before": before, "rel_mse_after": after}}
+        if layer is not None and layer.bias is not None:
+            delta = layer.bias.delta
+            rec.bias = {
+                "applied": True,
+                "site": sites.get(t.name),
+                "delta_norm": float(np.linalg.norm(delta)),
+                "delta_max_abs": float(np.abs(delta).max()),
+                "source": "data-free (BatchNormalization statistics)",
+            }
+        elif layer is not None and layer.bias_skip:
+            rec.bias = {"applied": False, "reason": layer.bias_skip}
+        records.append(rec)
+    records.extend(LayerRecord(s.name, s.op, "other", "skipped", reason=s.reason) for s in targets.skipped)
+    return records
+
+
+def summary(rep: Report) -> list[str]:
+    """Lines the CLI prints after a data-free run."""
+    comp = rep.compensation
+    lines = []
+    for row in comp.get("pairs", []):
+        f = row["factors"]
+        lines.append(
+            f"Pair {row['low']} (int{row['low_bits']}) -> {row['next']}: factors {f['min']:.3f}..{f['max']:.3f}, "
+            f"low-layer weight error {row['weight_rel_error_before']:.3e} -> {row['weight_rel_error_after']:.3e}"
+        )
+    corrected = comp.get("bias_correction", {}).get("layers", [])
+    lines.append(
+        f"Data-free ({comp.get('method')}): {len(comp.get('pairs', []))} pairs, "
+        f"{len(comp.get('unused_pairs', []))} candidates not paired, bias correction on {len(corrected)} layers; "
+        "no data was read and the model was never run"
+    )
+    return lines
