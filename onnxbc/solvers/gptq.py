@@ -1,0 +1,167 @@
+"""GPTQ rounding of a 2-D weight with fixed scales (numpy only; Frantar et al., "GPTQ", arXiv 2210.17323).
+
+For a linear layer ``y = W x`` (``W`` is ``[out, in]``) and input second moments ``H = E[x x^T]``, the output
+error of a rounded weight is ``E||(W - W_hat) x||^2 = tr(dW H dW^T)`` (``output_error``). GPTQ quantizes the
+input columns one at a time and, after rounding column ``j``, moves the rounding error onto the columns not
+yet quantized so as to keep that quadratic minimal (optimal brain surgeon update):
+
+    e = (w_j - s_j q_j) / U_jj,    W[:, j:] -= e U[j, j:],
+
+where ``U`` is the upper Cholesky factor of ``H^-1`` (``H^-1 = U^T U``), which gives every step's inverse
+Hessian restricted to the remaining columns at once. Updates are applied lazily per block of columns
+(``block_size``, 128): inside a block column by column, then the block's accumulated errors update all later
+columns in one matrix product.
+
+Damping: ``H += percdamp * mean(diag H) * I`` (0.01). Inputs that are always zero (``H_jj = 0``) get
+``H_jj = 1`` and their weights are set to 0 before quantizing (they never affect the output). Scales are an
+input, computed beforehand (``quant.weight_scale``): per tensor, per output channel or per block along the
+input axis, so the scale choice stays with the existing code ("static groups"). Codes use the given
+``IntFormat``'s ``[qmin, qmax]``. ``act_order`` quantizes columns by decreasing ``H_jj`` (often better at 3
+bits); the scales stay attached to their original columns.
+
+Limits: 2-D weights only (MatMul/Gemm). For Conv, reshape the weight to ``[out, in * kh * kw]`` and give the
+second moments of the im2col patches. GPTQ minimizes ``E||dW x||^2``; it leaves the mean output error that
+bias compensation removes (``tr(dW Cov(x) dW^T)`` is what remains after it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxbc.errors import OnnxbcError
+from onnxbc.solvers.quant import Granularity, IntFormat, expand_scale
+
+
+class SecondMoments:
+    """Streaming ``E[x x^T]`` and ``E[x]`` of a layer input, features on the last axis.
+
+    Every leading axis (batch, tokens, positions) is flattened into samples: ``update`` with ``[..., in]``
+    arrays, then ``matrix()`` equals ``X^T X / n`` for all rows ``X`` seen (float64 sums).
+    """
+
+    def __init__(self) -> None:
+        self.sum_xx: np.ndarray | None = None
+        self.sum_x: np.ndarray | None = None
+        self.count = 0
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        rows = x.reshape(-1, x.shape[-1])
+        if self.sum_xx is None:
+            self.sum_xx = np.zeros((rows.shape[1], rows.shape[1]))
+            self.sum_x = np.zeros(rows.shape[1])
+        elif rows.shape[1] != self.sum_x.shape[0]:
+            raise ValueError(f"input has {rows.shape[1]} features, earlier batches had {self.sum_x.shape[0]}")
+        self.sum_xx += rows.T @ rows
+        self.sum_x += rows.sum(axis=0)
+        self.count += rows.shape[0]
+
+    def matrix(self) -> np.ndarray:
+        """``E[x x^T]`` (``in x in``)."""
+        self._check()
+        return self.sum_xx / self.count
+
+    def mean(self) -> np.ndarray:
+        self._check()
+        return self.sum_x / self.count
+
+    def covariance(self) -> np.ndarray:
+        """``Cov(x) = E[x x^T] - E[x] E[x]^T``: prices the output error left after bias compensation."""
+        mean = self.mean()
+        return self.matrix() - np.outer(mean, mean)
+
+    def _check(self) -> None:
+        if not self.count:
+            raise ValueError("no samples accumulated")
+
+
+def output_error(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray, input_axis: int = 1) -> float:
+    """``tr(dW H dW^T)`` with ``dW = W - W_hat``: the mean ``||dW x||^2`` per sample for ``H = E[x x^T]``
+    (with ``H = Cov(x)``: the error left after bias compensation)."""
+    dw = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)
+    if input_axis == 0:
+        dw = dw.T
+    return float(np.einsum("oi,ij,oj->", dw, h, dw))
+
+
+def gptq_quantize(
+    w: np.ndarray,
+    h: np.ndarray,
+    scale: np.ndarray,
+    fmt: IntFormat,
+    gran: Granularity,
+    input_axis: int = 1,
+    block_size: int = 128,
+    percdamp: float = 0.01,
+    act_order: bool = False,
+) -> np.ndarray:
+    """Integer codes of ``w`` in ``fmt.storage``, rounded by GPTQ with the given scales.
+
+    Args:
+        w: 2-D weight. ``input_axis=1`` for ``[out, in]`` (Gemm with transB), ``0`` for ONNX MatMul's
+            ``[in, out]``. Codes come back in the same orientation.
+        h: ``E[x x^T]`` of the layer input, ``[in, in]`` (``SecondMoments.matrix()``; any positive multiple
+            gives the same result).
+        scale, gran: scales in DequantizeLinear layout for ``w`` as given (``quant.weight_scale``).
+        fmt: the code range (``INT8``, ``INT4``, ``INT3``, ...).
+        block_size: columns per lazy-update block.
+        percdamp: damping as a fraction of the mean diagonal of ``h``.
+        act_order: quantize columns by decreasing ``h`` diagonal.
+    """
+    w = np.asarray(w)
+    if w.ndim != 2 or input_axis not in (0, 1):
+        raise ValueError("gptq_quantize needs a 2-D weight and input_axis 0 or 1")
+    full_scale = np.broadcast_to(expand_scale(np.asarray(scale, np.float32), w.shape, gran), w.shape)
+    wt = np.array(w if input_axis == 1 else w.T, dtype=np.float64)  # [out, in]
+    st = np.asarray(full_scale if input_axis == 1 else full_scale.T, dtype=np.float64)
+    h = np.array(h, dtype=np.float64)
+    if h.shape != (wt.shape[1],) * 2:
+        raise ValueError(f"second moments are {h.shape}, the weight has {wt.shape[1]} inputs")
+
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    wt[:, dead] = 0.0
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(wt.shape[1])
+    wt, st, h = wt[:, order], st[:, order], h[np.ix_(order, order)]
+    u = _inverse_cholesky(h, percdamp)
+
+    codes = _gptq_loop(wt, st, u, fmt, block_size)
+    codes = codes[:, np.argsort(order)]
+    return (codes if input_axis == 1 else codes.T).astype(fmt.storage)
+
+
+def _inverse_cholesky(h: np.ndarray, percdamp: float) -> np.ndarray:
+    """Upper ``U`` with ``U^T U = (H + damp I)^-1``; the damping grows 10x (up to 3 times) if needed."""
+    damp = percdamp * float(np.mean(np.diag(h)))
+    eye = np.eye(len(h))
+    for attempt in range(4):
+        try:
+            lower = np.linalg.cholesky(h + damp * eye)
+            inv = np.linalg.inv(lower)  # H^-1 = L^-T L^-1
+            return np.linalg.cholesky(inv.T @ inv).T
+        except np.linalg.LinAlgError as e:
+            if attempt == 3:
+                raise OnnxbcError(
+                    f"GPTQ: input second moments are not positive definite even with damping {damp:g}"
+                ) from e
+            damp = damp * 10 if damp > 0 else 1e-8
+    raise AssertionError("unreachable")
+
+
+def _gptq_loop(w: np.ndarray, s: np.ndarray, u: np.ndarray, fmt: IntFormat, block_size: int) -> np.ndarray:
+    """Column-wise rounding with error feedback, lazily applied per block (``w`` is updated in place)."""
+    n = w.shape[1]
+    codes = np.zeros(w.shape, dtype=np.int16)
+    for b0 in range(0, n, block_size):
+        b1 = min(b0 + block_size, n)
+        block = w[:, b0:b1]  # a view: in-block updates land in w
+        errors = np.zeros_like(block)
+        for j in range(b1 - b0):
+            col, scale = block[:, j], s[:, b0 + j]
+            q = np.clip(np.rint(col / scale), fmt.qmin, fmt.qmax)
+            codes[:, b0 + j] = q
+            err = (col - q * scale) / u[b0 + j, b0 + j]
+            block[:, j:] -= np.outer(err, u[b0 + j, b0 + j : b1])
+            errors[:, j] = err
+        w[:, b1:] -= errors @ u[b0:b1, b1:]
+    return codes
