@@ -171,9 +171,7 @@ class _Builder:
                 self._taken.add(o)
             outs.append(o)
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), outs, name=node_name, domain=domain, **attrs)
-        )
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, domain=domain, **attrs))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     # graphs
@@ -379,9 +377,7 @@ def _conv_stack(g: _Builder, x: str, *, bias: bool = True, out: str | None = Non
 def _conv_graph(name: str, *, bias: bool = True, dtype: type = np.float32, opset: int = OPSET) -> TestGraph:
     g = _Builder(dtype=dtype)
     _conv_stack(g, "x", bias=bias, out="y")
-    model = g.model(
-        name, [_value("x", dtype, ["N", 3, 16, 16])], [_value("y", dtype, ["N", 4, 8, 8])], opset=opset
-    )
+    model = g.model(name, [_value("x", dtype, ["N", 3, 16, 16])], [_value("y", dtype, ["N", 4, 8, 8])], opset=opset)
     return TestGraph(name, model, _normal_feeds((3, 16, 16), dtype=dtype))
 
 
@@ -632,9 +628,7 @@ def tied_embedding() -> TestGraph:
     h = g.op("Relu", [h], name="relu")
     table_t = g.op("Transpose", [table], name="lm_head/Transpose", perm=[1, 0])
     g.op("MatMul", [h, table_t], name="lm_head/MatMul", out="logits")
-    model = g.model(
-        "tied_embedding", [_value("ids", np.int64, ["N", "T"])], [_f32("logits", ["N", "T", vocab])]
-    )
+    model = g.model("tied_embedding", [_value("ids", np.int64, ["N", "T"])], [_f32("logits", ["N", "T", vocab])])
     return TestGraph("tied_embedding", model, _token_feeds(vocab))
 
 
@@ -682,9 +676,7 @@ def recurrent_state() -> TestGraph:
         linear_before_reset=1,
     )  # y: [T,2,N,24]
     y = g.op("Transpose", [y], name="to_batch_major", perm=[2, 0, 1, 3])  # [N,T,2,24]
-    y = g.op(
-        "Reshape", [y, g.init("merge_dirs_shape", np.array([0, 0, dirs * hidden], np.int64))], name="merge"
-    )
+    y = g.op("Reshape", [y, g.init("merge_dirs_shape", np.array([0, 0, dirs * hidden], np.int64))], name="merge")
     _linear(g, y, dirs * hidden, 5, name="head", out="y")
     model = g.model(
         "recurrent_state",
@@ -870,9 +862,7 @@ def quantized_qlinear() -> TestGraph:
     ]
     h = g.op("QLinearMatMul", matmul_inputs, name="fc")  # [N,8,16,10]
     g.op("DequantizeLinear", [h, y_scale, y_zp], name="y_dequantize", out="y")
-    model = g.model(
-        "quantized_qlinear", [_f32("x", ["N", 3, 16, 16])], [_f32("y", ["N", 8, 16, 10])], opset=13
-    )
+    model = g.model("quantized_qlinear", [_f32("x", ["N", 3, 16, 16])], [_f32("y", ["N", 8, 16, 10])], opset=13)
     return TestGraph("quantized_qlinear", model, _normal_feeds((3, 16, 16)), quantized=True)
 
 
@@ -895,9 +885,7 @@ def quantized_convinteger() -> TestGraph:
     h = g.op("Mul", [h, g.init("conv.scale", (_X_SCALE * w_scale).reshape(1, -1, 1, 1))], name="conv/Mul")
     h = g.op("Add", [h, g.init("conv.bias", g.small((1, 8, 1, 1)))], name="conv/Add")
     g.op("Relu", [h], name="relu", out="y")
-    model = g.model(
-        "quantized_convinteger", [_f32("x", ["N", 3, 16, 16])], [_f32("y", ["N", 8, 16, 16])], opset=13
-    )
+    model = g.model("quantized_convinteger", [_f32("x", ["N", 3, 16, 16])], [_f32("y", ["N", 8, 16, 16])], opset=13)
     return TestGraph("quantized_convinteger", model, _normal_feeds((3, 16, 16)), quantized=True)
 
 

@@ -148,9 +148,7 @@ def ort_session(path: Path) -> ort.InferenceSession:
 
 
 def ort_logits(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    return np.concatenate(
-        [sess.run(["logits"], {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)]
-    )
+    return np.concatenate([sess.run(["logits"], {"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def main() -> None:
