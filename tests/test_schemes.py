@@ -303,3 +303,16 @@ def test_best_scheme_input_weights_change_the_choice():
     assert best.scheme is Scheme.TERNARY and weighted[Scheme.TERNARY] < weighted[Scheme.UNIFORM]
     _, ones = best_scheme(w, 2, ["uniform", "ternary"], weights=np.ones(256))
     assert ones == pytest.approx(plain)
+
+
+def test_stored_size_counts_the_container_not_the_logical_bits():
+    w = _weight(16, (10, 37))  # 370 weights, 37 channels on axis 1
+    gran = Granularity(1)
+    size = {(s, b): quantize_scheme(w, s, b, gran) for s, b in [("uniform", 4), ("uniform", 3), ("uniform", 8)]}
+    assert size["uniform", 4].stored_bytes() == 185 + 37 * 4
+    assert size["uniform", 3].stored_bits == 4 and size["uniform", 3].stored_bytes() == 185 + 37 * 4
+    assert size["uniform", 8].stored_bytes(scale_bytes=2) == 370 + 37 * 2
+    assert quantize_scheme(w, "ternary", 2, gran).stored_bits == 4
+    assert quantize_scheme(w, "pow2", 4, gran).stored_bits == 8  # codes up to +-64
+    assert quantize_scheme(w, "affine", 4, gran).stored_bytes() == 185 + 37 * 4 + 19  # 37 uint4 zero points
+    assert quantize_scheme(w, "residual", 2, gran).stored_bytes() == 370 * 4  # emulated: float32 weights

@@ -122,6 +122,25 @@ class Quantized:
     def qdq(self) -> bool:
         return self.scheme.qdq
 
+    @property
+    def stored_bits(self) -> int:
+        """Bits per weight in the file: the container width for QDQ schemes (int4 holds 2- and 3-bit codes;
+        an int2 container from opset 25 would halve 2-bit ones), 32 for emulation (float weights)."""
+        if not self.qdq:
+            return 32
+        if self.fmt is None:  # affine: uint4 or uint8
+            return 4 if self.bits <= 4 else 8
+        return 4 if self.fmt.storage == INT4.storage else 8
+
+    def stored_bytes(self, scale_bytes: int = 4) -> int:
+        """Bytes the weight takes on disk: codes, scales (``scale_bytes`` each) and zero points in the
+        container type; emulated schemes store float32 weights and nothing else. Feeds ``allocate.Option.size``."""
+        n = self.dequantized.size
+        if not self.qdq:
+            return 4 * n
+        zero_points = 0 if self.zero_point is None else -(-self.zero_point.size * self.stored_bits // 8)
+        return -(-n * self.stored_bits // 8) + self.scale.size * scale_bytes + zero_points
+
 
 def quantize_scheme(w: np.ndarray, scheme: Scheme | str, bits: int, gran: Granularity = PER_TENSOR) -> Quantized:
     """Quantize ``w`` with ``scheme`` at ``bits`` logical bits, statistics per scale group of ``gran``."""
