@@ -38,6 +38,18 @@ class BenchModel:
     eval_path: Path  # .npz of held-out inputs (+ label arrays under extra keys)
     metric_names: tuple[str, ...]
 
+    @classmethod
+    def in_cache(cls, cache_dir: Path, name: str, metric_names: tuple[str, ...]) -> tuple[Path, BenchModel]:
+        """The model's cache folder and the zoo's file layout in it (model.onnx, calib.npz, eval.npz)."""
+        model_dir = Path(cache_dir) / name
+        return model_dir, cls(
+            name=name,
+            onnx_path=model_dir / "model.onnx",
+            calib_path=model_dir / "calib.npz",
+            eval_path=model_dir / "eval.npz",
+            metric_names=metric_names,
+        )
+
     def input_names(self) -> list[str]:
         import onnx
 

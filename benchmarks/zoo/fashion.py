@@ -41,14 +41,7 @@ def _recipe() -> dict[str, object]:
 
 
 def prepare(cache_dir: Path) -> BenchModel:
-    model_dir = Path(cache_dir) / NAME
-    bench = BenchModel(
-        name=NAME,
-        onnx_path=model_dir / "model.onnx",
-        calib_path=model_dir / "calib.npz",
-        eval_path=model_dir / "eval.npz",
-        metric_names=METRICS,
-    )
+    model_dir, bench = BenchModel.in_cache(cache_dir, NAME, METRICS)
     recipe = _recipe()
     if common.read_stamp(model_dir, recipe):
         return bench

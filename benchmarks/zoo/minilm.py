@@ -151,14 +151,7 @@ def embedding_metrics(emb: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def prepare(cache_dir: Path) -> BenchModel:
-    model_dir = Path(cache_dir) / NAME
-    bench = BenchModel(
-        name=NAME,
-        onnx_path=model_dir / "model.onnx",
-        calib_path=model_dir / "calib.npz",
-        eval_path=model_dir / "eval.npz",
-        metric_names=METRICS,
-    )
+    model_dir, bench = BenchModel.in_cache(cache_dir, NAME, METRICS)
     if common.read_stamp(model_dir, RECIPE):
         return bench
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -155,19 +155,8 @@ def text_metrics(preds: list[str], labels: list[str]) -> dict[str, float]:
 # --------------------------------------------------------------------------- interface
 
 
-def _paths(cache_dir: Path) -> tuple[Path, BenchModel]:
-    model_dir = Path(cache_dir) / NAME
-    return model_dir, BenchModel(
-        name=NAME,
-        onnx_path=model_dir / "model.onnx",
-        calib_path=model_dir / "calib.npz",
-        eval_path=model_dir / "eval.npz",
-        metric_names=METRICS,
-    )
-
-
 def prepare(cache_dir: Path) -> BenchModel:
-    model_dir, bench = _paths(cache_dir)
+    model_dir, bench = BenchModel.in_cache(cache_dir, NAME, METRICS)
     if common.read_stamp(model_dir, RECIPE):
         return bench
     model_dir.mkdir(parents=True, exist_ok=True)
