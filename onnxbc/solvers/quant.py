@@ -94,14 +94,14 @@ def weight_scale(
     multiple = gran.block_size if gran.block_size and axis == gran.axis else 1
     weights = _chunks(np.broadcast_to(importance, w.shape), axis, multiple) if importance is not None else None
     for sub in _chunks(w, axis, multiple):
-        groups = _to_groups(sub, gran)  # [G, n]: one row per scale
+        groups = to_groups(sub, gran)  # [G, n]: one row per scale
         amax = np.abs(groups).max(axis=1)
         if method == "percentile":
             amax = np.minimum(amax, np.percentile(np.abs(groups), percentile, axis=1))
         elif method == "mse":
-            amax = _mse_clip(groups, amax, fmt, _to_groups(next(weights), gran) if weights is not None else None)
+            amax = _mse_clip(groups, amax, fmt, to_groups(next(weights), gran) if weights is not None else None)
         scale = np.where(amax > 0, amax / fmt.qmax, 1.0).astype(np.float32)
-        parts.append(_from_groups_scale(scale, sub.shape, gran))
+        parts.append(from_groups_scale(scale, sub.shape, gran))
     return np.concatenate(parts, axis=0 if not gran.block_size else axis) if len(parts) > 1 else parts[0]
 
 
@@ -188,8 +188,11 @@ def _tensor_clip(w: np.ndarray, fmt: IntFormat, method: str, percentile: float) 
     return float(amax * grid[int(np.argmin(err))])
 
 
-def _to_groups(w: np.ndarray, gran: Granularity) -> np.ndarray:
-    """Rows of values that share one scale, zero-padded to equal length for blocks."""
+def to_groups(w: np.ndarray, gran: Granularity, pad_value: float = 0.0) -> np.ndarray:
+    """Rows ``[G, n]`` of values that share one scale, padded with ``pad_value`` to equal length for blocks.
+
+    Per channel, row ``c`` is channel ``c``; per block, rows run over the other axes (in order), then the blocks.
+    """
     w = np.asarray(w, dtype=np.float32)
     if gran.axis is None:
         return w.reshape(1, -1)
@@ -200,11 +203,12 @@ def _to_groups(w: np.ndarray, gran: Granularity) -> np.ndarray:
     nblocks = -(-n // gran.block_size)
     pad = nblocks * gran.block_size - n
     if pad:
-        moved = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, pad)])
+        moved = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, pad)], constant_values=pad_value)
     return moved.reshape(-1, gran.block_size)
 
 
-def _from_groups_scale(scale: np.ndarray, shape: tuple[int, ...], gran: Granularity) -> np.ndarray:
+def from_groups_scale(scale: np.ndarray, shape: tuple[int, ...], gran: Granularity) -> np.ndarray:
+    """One value per row of ``to_groups`` (``[G]``) in DequantizeLinear scale layout for a weight of ``shape``."""
     if gran.axis is None:
         return scale.reshape(())
     if not gran.block_size:

@@ -50,7 +50,7 @@ from collections.abc import Iterable
 import ml_dtypes
 import numpy as np
 
-from onnxbc.solvers.quant import INT4, INT8, Granularity, IntFormat
+from onnxbc.solvers.quant import INT4, INT8, Granularity, IntFormat, from_groups_scale, to_groups
 
 INT2_CONTAINER = IntFormat(2, np.dtype(ml_dtypes.int4))  # codes [-2, 1] in int4 (or int2 from opset 25)
 PER_TENSOR = Granularity()
@@ -242,18 +242,7 @@ class _Groups:
 
     def __init__(self, w: np.ndarray, gran: Granularity) -> None:
         self.shape, self.gran = w.shape, gran
-        if gran.axis is None:
-            rows = w.reshape(1, -1)
-        else:
-            moved = np.moveaxis(w, gran.axis, -1)
-            if not gran.block_size:
-                rows = moved.reshape(-1, moved.shape[-1]).T
-            else:
-                n = moved.shape[-1]
-                pad = -(-n // gran.block_size) * gran.block_size - n
-                if pad:
-                    moved = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, pad)], constant_values=np.nan)
-                rows = moved.reshape(-1, gran.block_size)
+        rows = to_groups(w, gran, pad_value=np.nan)
         self.rows = rows.astype(np.float64)
         self.valid = ~np.isnan(self.rows)
         self.filled = np.where(self.valid, self.rows, 0.0)
@@ -277,14 +266,7 @@ class _Groups:
 
     def layout(self, per_row: np.ndarray) -> np.ndarray:
         """One value per row (``[G]``) in DequantizeLinear scale layout."""
-        gran, shape = self.gran, self.shape
-        per_row = per_row.astype(np.float32)
-        if gran.axis is None:
-            return per_row.reshape(())
-        if not gran.block_size:
-            return per_row.reshape(-1)
-        moved_shape = [d for i, d in enumerate(shape) if i != gran.axis] + [-(-shape[gran.axis] // gran.block_size)]
-        return np.moveaxis(per_row.reshape(moved_shape), -1, gran.axis)
+        return from_groups_scale(per_row.astype(np.float32), self.shape, self.gran)
 
 
 def _positive(s: np.ndarray) -> np.ndarray:
