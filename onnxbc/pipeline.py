@@ -200,19 +200,14 @@ def compress(
     names = {t.name: _LayerNames.of(t) for t in targets.targets}  # before the rewrite rewires them
     with timer("rewrite"):
         float_model = working.clone()
-        smooth = SmoothPass(plan.smoothing, plan.activation_uses)
-        quantized = InsertQDQPass(plan)(smooth(working).model).model
-        for name, site in smooth.sites.items():
+        quantized, smooth_sites = _quantize(working, plan)
+        for name, site in smooth_sites.items():
             rep.smoothing[name]["site"] = site
-        fold = FoldBiasPass(plan.biases)
-        compensated = fold(quantized.clone()).model if plan.biases else None
-        sites = fold.sites
+        compensated, sites = _fold(quantized.clone(), plan.biases) if plan.biases else (None, {})
         if minmax is not None:
             minmax_plan = dataclasses.replace(plan, weights={**plan.weights, **minmax.weights})
-            rescaled = SmoothPass(plan.smoothing, plan.activation_uses)(float_model.clone()).model
-            minmax_fold = FoldBiasPass({**plan.biases, **minmax.biases})
-            minmax.model = minmax_fold(InsertQDQPass(minmax_plan)(rescaled).model).model
-            minmax.sites = minmax_fold.sites
+            minmax_quantized, _ = _quantize(float_model.clone(), minmax_plan)
+            minmax.model, minmax.sites = _fold(minmax_quantized, {**plan.biases, **minmax.biases})
     if mode is BiasCorrection.SEQUENTIAL:
         with timer("sequential_compensation"):
             compensated, probes, plan.biases, sites, passes = sequential(
@@ -321,6 +316,18 @@ class _LayerNames:
 
 def _is_quantized(t: Layer, plan: QuantPlan) -> bool:
     return _LayerNames.of(t).quantized(plan)
+
+
+def _quantize(model: ir.Model, plan: QuantPlan) -> tuple[ir.Model, dict[str, str]]:
+    """Smoothing, then Q/DQ, on ``model`` in place; also where each smoothing was folded."""
+    smooth = SmoothPass(plan.smoothing, plan.activation_uses)
+    return InsertQDQPass(plan)(smooth(model).model).model, smooth.sites
+
+
+def _fold(model: ir.Model, biases: dict[str, BiasFold]) -> tuple[ir.Model, dict[str, str]]:
+    """The compensation biases folded into ``model`` in place; also where each went."""
+    fold = FoldBiasPass(biases)
+    return fold(model).model, fold.sites
 
 
 def _fit_biases(probes: Iterable[ErrorProbe], compensate: set[str], per_position: bool) -> dict[str, BiasFold]:
