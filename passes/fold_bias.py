@@ -5,13 +5,18 @@ Rewrite rules, for a layer ``y = f(x)`` and a bias ``delta`` to add to ``y``:
 1. ``Conv``/``ConvTranspose`` with a constant ``B``: ``B += delta``. Without ``B``: a new ``B = delta``.
 2. ``Gemm`` (``y = alpha A B + beta C``) with a constant ``C``: ``C += delta / beta`` (``C`` broadcast to
    ``[N]`` first when it is a scalar). Without ``C`` (or with ``beta = 0``): ``C = delta``, ``beta = 1``.
-3. ``MatMul`` whose only reader is an ``Add`` of a constant that broadcasts along the output: that
+3. An int32 QDQ bias (``B`` or ``C`` ``= DequantizeLinear(q, s)`` of constant int32 codes ``q`` of shape
+   ``[C]`` and a constant ``s`` per tensor or per channel, see ``passes.bias_int32``): ``q += round(delta / s)``
+   (``Gemm``: ``delta / (beta s)``), so the layer output is within ``s / 2`` (``beta s / 2``) of ``y + delta``.
+   When a code would leave int32, rule 5 instead, and the site says so.
+4. ``MatMul`` whose only reader is an ``Add`` of a constant that broadcasts along the output: that
    constant ``+= delta`` (exporters write Linear layers this way).
-4. Anything else (a bias-less MatMul, a per-position bias, a computed bias): a new ``Add(y, delta)``
+5. Anything else (a bias-less MatMul, a per-position bias, a computed bias): a new ``Add(y, delta)``
    right after the layer, which takes over the layer output's name when it is a graph output.
 
-A bias initializer read by other nodes too is copied before it changes. ``delta`` is laid out along the
-layer's output channel axis (or over all axes but the batch, per position).
+A bias initializer (or int32 codes, or their DequantizeLinear) read by other nodes too is copied before it
+changes. ``delta`` is laid out along the layer's output channel axis (or over all axes but the batch, per
+position).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from onnxbc.passes.graph_utils import Namer, const, nodes_by_name
 from onnxbc.plan import BiasFold
 
 logger = logging.getLogger(__name__)
+
+INT32 = np.iinfo(np.int32)
 
 
 class FoldBiasPass(ir.passes.InPlacePass):
@@ -68,8 +75,13 @@ class FoldBiasPass(ir.passes.InPlacePass):
 
     def _fold_conv(self, node: ir.Node, delta: np.ndarray, dtype: ir.DataType, namer: Namer) -> str:
         if len(node.inputs) > 2 and node.inputs[2] is not None:
+            channel_delta = delta.reshape(-1, *[1] * _spatial_rank(node))
+            if _int32_dequantize(node.inputs[2], delta.size) is not None:
+                if _add_into_codes(node, 2, delta, namer):
+                    return f"{node.op_type} B (int32)"
+                return self._append_add(node, channel_delta, dtype, namer) + f" (int32 {node.op_type} B would overflow)"
             if not _is_constant(node.inputs[2]):
-                return self._append_add(node, delta.reshape(-1, *[1] * _spatial_rank(node)), dtype, namer)
+                return self._append_add(node, channel_delta, dtype, namer)
             _add_into(node, 2, delta, namer)
             return "Conv B" if node.op_type == "Conv" else "ConvTranspose B"
         bias = const(namer, f"{node.name}_bias", delta.astype(dtype.numpy()))
@@ -82,6 +94,10 @@ class FoldBiasPass(ir.passes.InPlacePass):
     def _fold_gemm(self, node: ir.Node, delta: np.ndarray, dtype: ir.DataType, namer: Namer) -> str:
         beta = node.attributes.get_float("beta", 1.0)
         has_c = len(node.inputs) > 2 and node.inputs[2] is not None
+        if has_c and beta != 0.0 and _int32_dequantize(node.inputs[2], delta.size) is not None:
+            if _add_into_codes(node, 2, delta / beta, namer):
+                return "Gemm C (int32)"
+            return self._append_add(node, delta, dtype, namer) + " (int32 Gemm C would overflow)"
         if has_c and beta != 0.0 and _is_constant(node.inputs[2]):
             _add_into(node, 2, delta / beta, namer)
             return "Gemm C"
@@ -142,6 +158,48 @@ def _add_into(node: ir.Node, index: int, delta: np.ndarray, namer: Namer) -> Non
     copy = const(namer, f"{value.name}_compensated", new)
     node.graph.register_initializer(copy)
     node.replace_input_with(index, copy)
+
+
+def _int32_dequantize(value: ir.Value, channels: int) -> ir.Node | None:
+    """The DequantizeLinear of constant int32 codes ``[channels]`` (scale constant, per tensor or channel)
+    that computes ``value``, if it does."""
+    dq = value.producer()
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
+        return None
+    codes, scale = dq.inputs[0], dq.inputs[1]
+    if not _is_constant(codes) or codes.const_value.dtype != ir.DataType.INT32 or scale.const_value is None:
+        return None
+    if tuple(codes.const_value.shape) != (channels,) or scale.const_value.size not in (1, channels):
+        return None
+    return None if dq.attributes.get_int("block_size", 0) else dq
+
+
+def _add_into_codes(node: ir.Node, index: int, delta: np.ndarray, namer: Namer) -> bool:
+    """``codes += round(delta / scale)`` for the int32 QDQ bias ``node.inputs[index]``; False (and no change)
+    when a code would leave int32. Shared codes, or a shared DequantizeLinear, are copied first."""
+    dq = node.inputs[index].producer()
+    codes, scale = dq.inputs[0], dq.inputs[1].const_value.numpy().astype(np.float64).reshape(-1)
+    new = codes.const_value.numpy().astype(np.float64) + np.rint(delta.reshape(-1) / scale)
+    if not np.all((new >= INT32.min) & (new <= INT32.max)):
+        return False
+    new = new.astype(np.int32)
+    if len(dq.outputs[0].uses()) > 1 or dq.outputs[0].is_graph_output():  # other readers keep the old bias
+        copy = const(namer, f"{codes.name}_compensated", new)
+        own = ir.node("DequantizeLinear", [copy, *dq.inputs[1:]], name=namer(f"{dq.name}_compensated"))
+        for attr in dq.attributes.values():
+            own.attributes[attr.name] = attr
+        out = own.outputs[0]
+        out.name, out.dtype, out.shape = namer(f"{dq.outputs[0].name}_compensated"), dq.outputs[0].dtype, copy.shape
+        node.graph.register_initializer(copy)
+        node.graph.insert_before(node, [own])
+        node.replace_input_with(index, out)
+    elif len(codes.uses()) > 1 or codes.is_graph_output() or codes.is_graph_input():
+        copy = const(namer, f"{codes.name}_compensated", new)
+        node.graph.register_initializer(copy)
+        dq.replace_input_with(0, copy)
+    else:
+        codes.const_value = ir.tensor(new, name=codes.name)
+    return True
 
 
 def _broadcast_shape(shape: tuple[int, ...], channels: int) -> tuple[int, ...]:
