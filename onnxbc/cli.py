@@ -329,17 +329,34 @@ def check(
 def inspect(
     path: Annotated[Path, typer.Argument(help="A compress report (.json) or a quantized ONNX model.")],
     plot: Annotated[
-        Path | None, typer.Option(help="Draw per-layer bits and error to this PNG (needs onnxbc[plot]).")
+        Path | None,
+        typer.Option(
+            help="Draw per-layer bits and error to this PNG, and a mixed-precision report's priced error "
+            "against average bits or bytes (needs onnxbc[plot])."
+        ),
     ] = None,
+    policy_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a TOML policy that reproduces the report's per-layer bits, schemes, block sizes and skips "
+            "(for compress --policy)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --policy-out file.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Per-layer precision, scheme, bias deltas and errors of a compress report, or the QDQ layout of a model."""
     with _errors(verbose):
+        if policy_out is not None:
+            inspection.check_policy_path(path, policy_out, force=force)
         result = inspection.inspect(path)
         result.print(out if out.is_terminal else Console(highlight=False, width=160))  # files: no folding
         if plot is not None:
             inspection.plot(result, plot)
             out.print(f"Wrote {plot}")
+        if policy_out is not None:
+            inspection.write_policy(path, policy_out, force=force)
+            out.print(f"Wrote {policy_out}")
 
 
 @app.command()

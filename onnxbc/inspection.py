@@ -2,7 +2,10 @@
 
 - A report (a ``.json`` file, schema ``onnxbc.report/1``): the records compress wrote for each layer (op,
   weight bits, scheme, scale method, compensation bias delta, layer error before/after compensation on the
-  held-out samples, or the fit samples when none were held out) and totals.
+  held-out samples, or the fit samples when none were held out) and totals. With a mixed-precision budget,
+  the allocation's priced error-vs-cost curve (``Tradeoff``) and, for comparison, every weight at one bit
+  width: the summed price of its options at that width (with ``--scheme auto`` the scheme of least error),
+  so no new measurement. A report can also be turned into a policy file (``write_policy``).
 - A model (anything else): what its QDQ structure says. For every Conv, ConvTranspose, Gemm and MatMul: the
   weight, traced back through ops that only move weights (Transpose, Reshape, ...) to a DequantizeLinear of
   constant codes (type, bits the codes use, granularity, axis, block size) or to a float constant; and the
@@ -14,6 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,7 @@ from rich.table import Table
 
 from onnxbc import model_io
 from onnxbc.errors import UsageError, one_line
+from onnxbc.policy import policy_from_report
 from onnxbc.report import SCHEMA
 from onnxbc.targets import CHAIN_OPS, WEIGHTED_OPS
 
@@ -48,11 +55,28 @@ class LayerRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class Tradeoff:
+    """A mixed-precision report's priced error against cost: x is the average logical bits per quantized
+    weight (``unit == "bits"``, an ``--avg-bits`` budget) or the quantized weights' bytes (``--max-size``);
+    y the summed priced error of all weights."""
+
+    unit: str  # "bits" or "bytes"
+    priced: str  # "after compensation" or "before compensation"
+    method: str
+    curve: tuple[tuple[float, float], ...]  # the allocation's Lagrangian sweep, cheapest first
+    chosen: tuple[float, float]
+    budget: float | None  # x of the budget (for --max-size, the share left to the quantized weights)
+    uniform: dict[int, tuple[float, float]]  # bits -> every weight at those bits
+    held: dict[int, int]  # bits -> weights with no option at those bits, kept at their chosen one
+
+
+@dataclasses.dataclass(frozen=True)
 class Inspection:
     source: str
     rows: tuple[LayerRow, ...]
     totals: dict[str, str]
     error_split: str | None  # which samples the errors were measured on; None for a model
+    tradeoff: Tradeoff | None = None  # reports with a mixed-precision budget
 
     def print(self, console: Console) -> None:
         table = Table(title=f"onnxbc inspect {self.source}", title_justify="left", box=box.SIMPLE)
@@ -82,7 +106,8 @@ def inspect(path: str | Path) -> Inspection:
 # Reports
 
 
-def inspect_report(path: Path) -> Inspection:
+def read_report(path: Path) -> dict[str, Any]:
+    """A compress report as a dict, checked to be one (``UsageError`` otherwise)."""
     try:
         report = json.loads(path.read_text())
     except FileNotFoundError:
@@ -91,9 +116,14 @@ def inspect_report(path: Path) -> Inspection:
         raise UsageError(f"{path}: not a readable JSON report ({one_line(e)})") from e
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise UsageError(f'{path}: not an onnxbc report (expected "schema": "{SCHEMA}")')
+    return report
+
+
+def inspect_report(path: Path) -> Inspection:
+    report = read_report(path)
     split = "holdout" if report.get("data", {}).get("holdout_samples") else "fit"
     rows = tuple(_report_row(layer, split) for layer in report["layers"])
-    return Inspection(str(path), rows, _report_totals(report, rows), split)
+    return Inspection(str(path), rows, _report_totals(report, rows), split, tradeoff(report))
 
 
 def _report_row(layer: dict[str, Any], split: str) -> LayerRow:
@@ -104,7 +134,7 @@ def _report_row(layer: dict[str, Any], split: str) -> LayerRow:
     if layer["status"] == "skipped":
         weight_cell = "float"
     elif weight:
-        weight_cell = f"int{weight['stored_bits']} {weight['granularity']}"
+        weight_cell = _weight_cell(weight)
     else:
         weight_cell = "-" if layer["kind"] == "activation_matmul" else "float"
     return LayerRow(
@@ -119,6 +149,21 @@ def _report_row(layer: dict[str, Any], split: str) -> LayerRow:
         error_after=error.get("rel_mse_after") if bias.get("applied") else None,
         note=layer.get("reason") or "",
     )
+
+
+def _weight_cell(weight: dict[str, Any]) -> str:
+    """``int4 channel``; the scheme when not uniform, ``gptq`` rounding, and float values for emulated schemes
+    (their ``stored_bits`` is the float width)."""
+    scheme = weight.get("scheme") or "uniform"
+    if weight.get("emulated"):
+        return f"float{weight['stored_bits']} {weight['granularity']} {scheme} (emulated)"
+    codes = "uint" if scheme == "affine" else "int"  # affine: unsigned codes with a zero point
+    cell = f"{codes}{weight['stored_bits']} {weight['granularity']}"
+    if scheme != "uniform":
+        cell += f" {scheme}"
+    if weight.get("rounding") == "gptq":
+        cell += " gptq"
+    return cell
 
 
 def _report_totals(report: dict[str, Any], rows: tuple[LayerRow, ...]) -> dict[str, str]:
@@ -140,7 +185,105 @@ def _report_totals(report: dict[str, Any], rows: tuple[LayerRow, ...]) -> dict[s
             f"{verdict}: output rel. MSE {compensation['output_rel_mse_without']:.3e} -> "
             f"{compensation['output_rel_mse_with']:.3e} ({compensation.get('decided_on', 'holdout')} samples)"
         )
+    precision = report.get("precision") or {}
+    if "chosen" in precision:
+        budget = precision["budget"]
+        if budget.get("avg_bits") is not None:
+            asked = f"{budget['avg_bits']:g} average bits"
+        else:
+            asked = f"{budget['max_size']:,} bytes ({budget['weights_bytes']:,} for the quantized weights)"
+        chosen = precision["chosen"]
+        totals["mixed precision"] = (
+            f"budget {asked}; chosen {chosen['avg_bits']:.2f} average bits, {chosen['weights_bytes']:,} weight "
+            f"bytes, priced error {chosen['error']:.3e} ({precision['method']}, priced {precision['priced']})"
+        )
     return totals
+
+
+def tradeoff(report: Mapping[str, Any]) -> Tradeoff | None:
+    """The priced error-vs-cost curve of a report with a mixed-precision budget (None without one), and the
+    points with every weight at one candidate bit width, from the same prices (``precision.options``)."""
+    precision = report.get("precision") or {}
+    if not precision.get("curve"):
+        return None
+    curve, options, layers = precision["curve"], precision["options"], precision.get("layers", {})
+    unit = curve[0]["unit"]
+    params = {}
+    for layer in report.get("layers", []):
+        weight = layer.get("weight") or {}
+        if weight.get("name") in options:
+            params[weight["name"]] = weight["params"]
+    total_params = sum(params.values())
+    bits_unit = unit == "bits"
+    if bits_unit and set(params) != set(options):  # cannot happen in reports compress writes
+        raise UsageError(f"{report.get('input', {}).get('path')}: precision.options names weights with no layer")
+
+    def to_x(cost: float) -> float:
+        return cost / total_params if bits_unit else cost
+
+    uniform, held = {}, {}
+    for bits in precision["candidates"]:
+        cost = error = 0.0
+        held[bits] = 0
+        for name, choices in options.items():
+            at = [o for o in choices if o["bits"] == bits]
+            if not at:  # pinned by the policy, or the target cannot take these bits: as allocated
+                chosen = layers.get(name, {})
+                at = [o for o in choices if (o["bits"], o["scheme"]) == (chosen.get("bits"), chosen.get("scheme"))]
+                held[bits] += 1
+            best = min(at or choices, key=lambda o: o["error"])  # several schemes per width: the best
+            cost += best["bits"] * params[name] if bits_unit else best["bytes"]
+            error += best["error"]
+        if held[bits] < len(options):
+            uniform[bits] = (to_x(cost), error)
+    chosen = precision["chosen"]
+    budget = precision["budget"]
+    return Tradeoff(
+        unit=unit,
+        priced=precision["priced"],
+        method=precision["method"],
+        curve=tuple((to_x(p["cost"]), p["error"]) for p in curve),
+        chosen=(chosen["avg_bits"] if bits_unit else chosen["weights_bytes"], chosen["error"]),
+        budget=budget.get("avg_bits") if bits_unit else budget.get("weights_bytes"),
+        uniform=uniform,
+        held={b: n for b, n in held.items() if b in uniform and n},
+    )
+
+
+def write_policy(report_path: Path, policy_path: Path, *, force: bool) -> None:
+    """Write ``policy_from_report`` of the report at ``report_path`` to ``policy_path`` (TOML) atomically."""
+    policy_path = Path(policy_path)
+    check_policy_path(report_path, policy_path, force=force)
+    text = policy_from_report(read_report(report_path))
+    fd, tmp = tempfile.mkstemp(dir=policy_path.parent, prefix=f".{policy_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, policy_path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UsageError(f"{policy_path}: cannot write the policy ({one_line(e)})") from e
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_policy_path(report_path: Path, policy_path: Path, *, force: bool) -> None:
+    """Refuse a model as input, a YAML name (the policy is TOML), a missing folder, the report itself, and an
+    existing file unless ``force``."""
+    if Path(report_path).suffix != ".json":
+        raise UsageError(
+            f"{report_path}: --policy-out reads a compress report (.json), not a model; "
+            "pass the report compress wrote next to it (OUTPUT.report.json)"
+        )
+    if policy_path.suffix.lower() in (".yaml", ".yml"):
+        raise UsageError(f"{policy_path}: the policy is written as TOML; name it .toml")
+    if not policy_path.resolve().parent.is_dir():
+        raise UsageError(f"{policy_path}: folder {policy_path.resolve().parent} does not exist")
+    if policy_path.exists() and policy_path.resolve() == Path(report_path).resolve():
+        raise UsageError(f"{policy_path}: is the report itself; choose another name")
+    if policy_path.exists() and not force:
+        raise UsageError(f"{policy_path}: already exists; pass --force to overwrite it")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -243,7 +386,8 @@ def _before_after(before: float | None, after: float | None) -> str:
 
 
 def plot(inspection: Inspection, path: str | Path) -> None:
-    """Per-layer weight bits (and, from a report, the layer error before/after compensation) as a PNG."""
+    """Per-layer weight bits (and, from a report, the layer error before/after compensation) as a PNG; for a
+    mixed-precision report also the priced error against average bits (or bytes)."""
     try:
         import matplotlib
 
@@ -255,16 +399,22 @@ def plot(inspection: Inspection, path: str | Path) -> None:
     if not rows:
         raise UsageError(f"{inspection.source}: no quantized layers to plot")
     errors = inspection.error_split is not None
+    panels = 1 + errors + (inspection.tradeoff is not None)
     width = min(24.0, max(6.0, 0.3 * len(rows) + 2))
-    fig, axes = plt.subplots(2 if errors else 1, 1, sharex=True, figsize=(width, 6.5 if errors else 4), squeeze=False)
-    top, x = axes[0, 0], np.arange(len(rows))
+    fig, axes = plt.subplots(
+        panels, 1, figsize=(width, 4 + 2.5 * (panels - 1)), squeeze=False, layout="constrained"
+    )  # constrained, not tight_layout: that spaces all panels as the ones with the rotated layer names
+    layer_axes = axes[: 1 + errors, 0]
+    for ax in layer_axes[1:]:
+        ax.sharex(layer_axes[0])
+    top, x = layer_axes[0], np.arange(len(rows))
     bits = [r.bits or 0 for r in rows]
     top.bar_label(top.bar(x, bits, color="tab:blue"), fontsize="x-small")
     top.set_ylim(0, max(bits) * 1.15 + 0.5)
     top.set_ylabel("weight bits (0: float or none)")
     top.set_title(f"onnxbc inspect {Path(inspection.source).name}")
     if errors:
-        bottom = axes[1, 0]
+        bottom = layer_axes[1]
         before = [np.nan if r.error_before is None else r.error_before for r in rows]
         after = [np.nan if r.error_after is None else r.error_after for r in rows]
         if np.isnan(after).all():
@@ -276,11 +426,39 @@ def plot(inspection: Inspection, path: str | Path) -> None:
         bottom.set_ylabel(f"layer rel. MSE ({inspection.error_split})")
         bottom.legend(fontsize="small")
     labels = [r.name for r in rows] if len(rows) <= 80 else [str(i) for i in x]  # names would overlap
-    axes[-1, 0].set_xticks(x, labels, rotation=60 if len(rows) <= 80 else 90, ha="right", fontsize="x-small")
-    fig.tight_layout()
+    layer_axes[-1].set_xticks(x, labels, rotation=60 if len(rows) <= 80 else 90, ha="right", fontsize="x-small")
+    for ax in layer_axes[:-1]:  # the shared ticks are labelled once, under the last layer panel
+        ax.tick_params(labelbottom=False)
+    if inspection.tradeoff is not None:
+        _plot_tradeoff(axes[-1, 0], inspection.tradeoff)
     try:
         fig.savefig(path, dpi=110)
     except OSError as e:
         raise UsageError(f"{path}: cannot write the plot ({one_line(e)})") from e
     finally:
         plt.close(fig)
+
+
+def _plot_tradeoff(ax: Any, t: Tradeoff) -> None:
+    """The allocation's curve, the chosen point, the budget and the one-bit-width points; log error, so
+    points of zero error are left out."""
+
+    def positive(points: Any) -> tuple[list[float], list[float]]:
+        kept = [(x, y) for x, y in points if y is not None and y > 0]
+        return [x for x, _ in kept], [y for _, y in kept]
+
+    ax.plot(*positive(t.curve), "-o", ms=3, color="tab:blue", label="allocations along the priced curve")
+    for bits, point in t.uniform.items():
+        xs, ys = positive([point])
+        held = f" ({t.held[bits]} held)" if t.held.get(bits) else ""
+        ax.plot(xs, ys, "s", color="tab:gray")
+        for x, y in zip(xs, ys):
+            ax.annotate(f"all {bits}-bit{held}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    ax.plot(*positive([t.chosen]), "*", ms=14, color="tab:red", label=f"chosen ({t.method})")
+    if t.budget is not None:
+        ax.axvline(t.budget, ls="--", lw=1, color="tab:red", alpha=0.6, label="budget")
+    ax.set_yscale("log")
+    ax.margins(x=0.08)  # room for the point labels
+    ax.set_xlabel("average bits per quantized weight" if t.unit == "bits" else "quantized weight bytes")
+    ax.set_ylabel(f"summed priced error\n({t.priced})")
+    ax.legend(fontsize="small")
