@@ -30,9 +30,11 @@ from onnxbc.options import (
     ErrorMetric,
     OutputFormat,
     RangeMethod,
+    Rounding,
     Target,
     WeightType,
 )
+from onnxbc.policy import parse_size
 from onnxbc.progress import Stages
 
 app = typer.Typer(
@@ -96,11 +98,15 @@ def compress(
     weights: Annotated[
         WeightType,
         typer.Option(
-            help="Weight precision (zero point 0, per output channel by default); int3 and int2 are stored as int4."
+            help="Weight precision (zero point 0, per output channel by default); int3 is stored as int4, "
+            "and int2 too unless --opset 25 (int2, ONNX Runtime)."
         ),
     ] = WeightType.INT8,
     activations: Annotated[
-        ActivationType, typer.Option(help="Activation precision; 'none' = weight-only.")
+        ActivationType,
+        typer.Option(
+            help="Activation precision; 'none' = weight-only; int16 and int4 (W4A4) run in ONNX Runtime only."
+        ),
     ] = ActivationType.INT8,
     block_size: Annotated[
         int,
@@ -176,6 +182,56 @@ def compress(
         WeightType,
         typer.Option(help="With --data-free: precision of the layer after each low-bit layer and of unpaired layers."),
     ] = WeightType.INT8,
+    avg_bits: Annotated[
+        float | None,
+        typer.Option(
+            help="Mixed precision: each weight's bits (among --candidates) chosen to least output error, "
+            "priced after compensation, at this average of bits per quantized weight."
+        ),
+    ] = None,
+    max_size: Annotated[
+        str | None,
+        typer.Option(help="Mixed precision under a file-size budget instead: e.g. 1.5MB, 800KiB, 123456 (bytes)."),
+    ] = None,
+    candidates: Annotated[
+        str, typer.Option(help="Bit widths mixed precision may give a weight, from 2,3,4,8.")
+    ] = "2,3,4,8",
+    compensated_prices: Annotated[
+        bool,
+        typer.Option(
+            "--compensated-prices/--raw-prices",
+            help="Price each candidate by the error left after bias compensation (or before it).",
+        ),
+    ] = True,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML/YAML per-layer overrides (bits, scheme, skip, block_size by name or regex) and a budget; "
+            "`onnxbc inspect REPORT --policy-out FILE` writes one from a report."
+        ),
+    ] = None,
+    rounding: Annotated[
+        Rounding,
+        typer.Option(help="'gptq': error feedback from the input second moments (MatMul/Gemm weights)."),
+    ] = Rounding.NEAREST,
+    scheme: Annotated[
+        str,
+        typer.Option(
+            help="Weight quantizing scheme: uniform, affine, clipped, pow2, ternary, binary, fixed, "
+            "mul2q, residual (these two need --emulate), or auto (per weight, least output error)."
+        ),
+    ] = "uniform",
+    emulate: Annotated[
+        bool,
+        typer.Option(help="Allow schemes that are not codes x scale, written as float weights (no smaller file)."),
+    ] = False,
+    int32_bias: Annotated[
+        bool,
+        typer.Option(
+            help="Store Conv/Gemm biases as int32 codes round(b / (s_x * s_w)) with a DequantizeLinear, "
+            "as ONNX Runtime's quantize_static does (compensation is folded in first)."
+        ),
+    ] = False,
     device: Annotated[
         Device, typer.Option(help="Where calibration runs; 'auto' uses CUDA when it really works.")
     ] = Device.AUTO,
@@ -210,6 +266,15 @@ def compress(
             opset=opset,
             data_free=data_free,
             next_weights=next_weights,
+            avg_bits=avg_bits,
+            max_size=parse_size(max_size, "--max-size") if max_size is not None else None,
+            candidates=_bit_list(candidates),
+            price_compensated=compensated_prices,
+            policy=policy,
+            rounding=rounding,
+            scheme=scheme,
+            emulate=emulate,
+            int32_bias=int32_bias,
         )
         if data_free and (data is not None or random_data):
             raise UsageError("--data-free uses no calibration data: drop --data / --random-data")
@@ -226,6 +291,13 @@ def compress(
             stages=Stages(not quiet, err),
         )
         _print_result(result, quiet)
+
+
+def _bit_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise UsageError(f"--candidates takes comma-separated bit widths such as 2,3,4,8, not {text!r}") from None
 
 
 def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:

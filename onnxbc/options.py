@@ -24,10 +24,30 @@ class WeightType(str, enum.Enum):
     def int4_container(self) -> bool:
         return self in (WeightType.INT4, WeightType.INT3, WeightType.INT2)
 
+    @classmethod
+    def of_bits(cls, bits: int) -> WeightType:
+        return {8: cls.INT8, 4: cls.INT4, 3: cls.INT3, 2: cls.INT2}[bits]
+
+
+CANDIDATE_BITS = (2, 3, 4, 8)  # what --candidates may list
+
 
 class ActivationType(str, enum.Enum):
     INT8 = "int8"
+    INT16 = "int16"  # opset 21; ONNX Runtime only
+    INT4 = "int4"  # opset 21; ONNX Runtime only (W4A4)
     NONE = "none"
+
+    @property
+    def bits(self) -> int:
+        return {"int8": 8, "int16": 16, "int4": 4, "none": 32}[self.value]
+
+
+class Rounding(str, enum.Enum):
+    """How weights are rounded to their codes once the scales are chosen."""
+
+    NEAREST = "nearest"
+    GPTQ = "gptq"  # error feedback with the input second moments (MatMul/Gemm)
 
 
 class RangeMethod(str, enum.Enum):
@@ -108,8 +128,19 @@ class CompressOptions:
     opset: int | None = None
     data_free: bool = False  # DF-MPC + data-free bias correction, no calibration data (onnxbc.datafree)
     next_weights: WeightType = WeightType.INT8  # --data-free: the layer after each compensated low-bit layer
+    # Mixed precision (onnxbc.precision): a budget picks each weight's bits among the candidates.
+    avg_bits: float | None = None
+    max_size: int | None = None  # bytes of the written model file
+    candidates: tuple[int, ...] = CANDIDATE_BITS
+    price_compensated: bool = True  # price each candidate by its error left after bias compensation
+    policy: Path | None = None  # per-layer overrides (onnxbc.policy)
+    rounding: Rounding = Rounding.NEAREST
+    scheme: str = "uniform"  # a solvers.schemes.Scheme value, or "auto" (per layer, least output error)
+    emulate: bool = False  # allow schemes that are not integer codes x scale (written as float weights)
+    int32_bias: bool = False  # Conv/Gemm biases as int32 codes + DequantizeLinear (passes.bias_int32)
 
     def __post_init__(self) -> None:
+        self._check_mixed_precision()
         if self.data_free and self.weights is WeightType.NONE:
             raise UsageError("--data-free needs quantized weights: --weights int2|int3|int4|int8")
         if self.block_size < 0 or (self.block_size and self.block_size % 16):
@@ -128,7 +159,11 @@ class CompressOptions:
             raise UsageError("--weights none with --activations none leaves nothing to quantize")
         if self.target is Target.TENSORRT and self.block_size and not self.weights.int4_container:
             raise UsageError("TensorRT takes weight blocks only for int4: drop --block-size or use --weights int4")
-        if self.target is Target.TENSORRT and self.weights.int4_container:
+        if self.target is Target.TENSORRT and self.activations in (ActivationType.INT16, ActivationType.INT4):
+            raise UsageError(
+                f"TensorRT takes int8 activations only, not {self.activations.value}: use --target onnxruntime"
+            )
+        if self.target is Target.TENSORRT and self.low_bit_weights:
             if self.block_size not in (64, 128):
                 raise UsageError("TensorRT runs int4 weights only in blocks: add --block-size 64 or 128")
             if self.activations is not ActivationType.NONE:
@@ -136,10 +171,55 @@ class CompressOptions:
         if self.opset is not None and not 13 <= self.opset <= 25:
             raise UsageError(f"--opset must be between 13 and 25, got {self.opset}")
 
+    def _check_mixed_precision(self) -> None:
+        from onnxbc.solvers.schemes import Scheme  # here: solvers import nothing from options, keep it so
+
+        if self.avg_bits is not None and self.max_size is not None:
+            raise UsageError("--avg-bits and --max-size exclude each other: give one budget")
+        if not self.candidates or any(b not in CANDIDATE_BITS for b in self.candidates):
+            raise UsageError(f"--candidates takes bit widths among {CANDIDATE_BITS}, got {self.candidates}")
+        if self.avg_bits is not None and not min(self.candidates) <= self.avg_bits <= max(self.candidates):
+            raise UsageError(
+                f"--avg-bits {self.avg_bits:g} is outside the candidates' range "
+                f"[{min(self.candidates)}, {max(self.candidates)}]"
+            )
+        if self.max_size is not None and self.max_size <= 0:
+            raise UsageError(f"--max-size must be a positive size, got {self.max_size}")
+        if self.budget and self.weights is WeightType.NONE:
+            raise UsageError("--avg-bits/--max-size choose weight bits: they need quantized weights")
+        if self.budget and self.data_free:
+            raise UsageError("--avg-bits/--max-size need calibration data (they price layers on it), not --data-free")
+        if self.scheme != "auto" and self.scheme not in {s.value for s in Scheme}:
+            choices = ", ".join([*(s.value for s in Scheme), "auto"])
+            raise UsageError(f"--scheme must be one of {choices}, got {self.scheme!r}")
+        if self.int32_bias and self.target is Target.TENSORRT:
+            raise UsageError("--int32-bias is for ONNX Runtime: TensorRT takes float biases")
+        if self.int32_bias and self.activations is ActivationType.NONE:
+            raise UsageError("--int32-bias needs quantized activations (the bias scale is s_x * s_w)")
+        if self.emulate and self.target is Target.TENSORRT:
+            raise UsageError("--emulate writes float weights that only simulate a scheme: not for --target tensorrt")
+
+    @property
+    def int2_storage(self) -> bool:
+        """2-bit weights stored as int2 (opset 25, ONNX Runtime), not in an int4 container."""
+        return self.target is Target.ONNXRUNTIME and (self.opset or 0) >= 25
+
+    @property
+    def budget(self) -> bool:
+        """A size budget is set: each weight's bits are chosen (``onnxbc.precision``)."""
+        return self.avg_bits is not None or self.max_size is not None
+
+    @property
+    def low_bit_weights(self) -> bool:
+        """Some weight may get fewer than 8 bits (int4 container)."""
+        return self.weights.int4_container or (self.budget and min(self.candidates) <= 4)
+
     @property
     def required_opset(self) -> int:
         """The lowest ai.onnx opset that can express the chosen quantization."""
-        if self.weights.int4_container or self.block_size or (self.data_free and self.next_weights.int4_container):
+        if self.low_bit_weights or self.block_size or (self.data_free and self.next_weights.int4_container):
+            return 21
+        if self.activations in (ActivationType.INT16, ActivationType.INT4):
             return 21
         return 13
 

@@ -20,10 +20,10 @@ import numpy as np
 import onnx_ir as ir
 
 import onnxbc
-from onnxbc import model_io, validate
-from onnxbc.calibration.collector import collect
+from onnxbc import model_io, precision, validate
+from onnxbc.calibration.collector import Probe, collect
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
-from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, RangeProbe
+from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.compare import OutputAgreement, compare_sessions
 from onnxbc.compensation import bias_skip_reason, fold_for, sequential
@@ -34,19 +34,22 @@ from onnxbc.options import (
     BiasShape,
     CompressOptions,
     DataOptions,
+    Rounding,
     WeightType,
 )
+from onnxbc.passes.bias_int32 import QuantizeBiasPass
 from onnxbc.passes.fold_bias import FoldBiasPass
 from onnxbc.passes.prepare import prepare_passes, quantized_nodes
 from onnxbc.passes.qdq import InsertQDQPass
 from onnxbc.passes.smooth import SmoothPass
 from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
+from onnxbc.policy import load_policy
 from onnxbc.progress import Stages
-from onnxbc.quantizers import activation_quant, unsupported_weight, weight_granularity, weight_quant
+from onnxbc.quantizers import activation_quant, weight_granularity
 from onnxbc.report import LayerRecord, Report
 from onnxbc.smoothing import channel_axis, smoothable
 from onnxbc.targets import Target as Layer
-from onnxbc.targets import Targets, find_targets, weight_array
+from onnxbc.targets import Targets, find_targets
 from onnxbc.variants import (
     Variant,
     choose,
@@ -67,9 +70,12 @@ class CompressResult:
 
 
 def default_output(model_path: Path, options: CompressOptions) -> Path:
-    """``model.onnx`` -> ``model.int8.onnx`` (W8A8), ``model.w4a8.onnx``, ``model.w4.onnx`` (weight-only), ..."""
+    """``model.onnx`` -> ``model.int8.onnx`` (W8A8), ``model.w4a8.onnx``, ``model.w4.onnx`` (weight-only),
+    ``model.mixed4.5a8.onnx`` (--avg-bits 4.5), ..."""
     w = "" if options.weights is WeightType.NONE else f"w{options.weights.bits}"
-    a = {ActivationType.INT8: "a8", ActivationType.NONE: ""}[options.activations]
+    if options.budget:
+        w = f"mixed{options.avg_bits:g}" if options.avg_bits is not None else "mixed"
+    a = "" if options.activations is ActivationType.NONE else f"a{options.activations.bits}"
     tag = "int8" if (w, a) == ("w8", "a8") else w + a
     return model_path.with_name(f"{model_path.stem}.{tag}.onnx")
 
@@ -112,8 +118,10 @@ def compress(
         rep.input["bytes"] = model_io.file_bytes(model_path)
     refuse_quantized(working, model_path)
     rep.opset["before"] = working.opset_imports.get("", 0)
+    policy = load_policy(options.policy) if options.policy is not None else None
     with timer("prepare"):
-        min_opset = max(options.required_opset, options.opset or 0, 19 if _has_half_floats(working) else 0)
+        needed = precision.required_opset(options, policy)
+        min_opset = max(needed, options.opset or 0, 19 if _has_half_floats(working) else 0)
         working = prepare_passes(min_opset)(working).model
     rep.opset["after"] = working.opset_imports.get("", 0)
     targets = find_targets(working, quantize_attention=options.quantize_attention)
@@ -137,30 +145,38 @@ def compress(
     if calib.n_holdout == 0:
         rep.warnings.append("no held-out samples: errors and the compensation decision use the calibration samples")
     sessions = SessionFactory(options.device)
+    overrides, policy_warnings = precision.resolve(options, policy, targets)
+    rep.warnings.extend(policy_warnings)
 
     plan = QuantPlan()
     notes: dict[str, list[str]] = {t.name: list(t.notes) for t in targets.targets}
     quantize_activations = options.activations is not ActivationType.NONE
     uses = targets.activation_uses()
-    smooth_axes = smoothable(targets, uses) if options.smoothing and quantize_activations else {}
+    uniform = options.scheme == "uniform" and options.rounding is Rounding.NEAREST
+    smooth_axes = smoothable(targets, uses) if options.smoothing and quantize_activations and uniform else {}
     ranges: dict[str, RangeProbe] = {}
-    if uses:  # pass 1: activation histograms, and the input statistics that weight scales use
+    power, moments = precision.stats_probes(targets, options)
+    if uses:  # pass 1: activation histograms, and the input statistics that weight scales and prices use
         with timer("ranges"):
-            ranges = _first_pass(working, uses, smooth_axes, calib, sessions, stages)
+            ranges = _first_pass(working, uses, smooth_axes, [*power, *moments], calib, sessions, stages)
         rep.passes_over_data += 1
 
-    importance = power_importance(targets, ranges)
-    with timer("quantize_weights"), stages.step("Quantizing weights", len(targets.weights)) as advance:
-        for group in targets.weights.values() if options.weights is not WeightType.NONE else ():
-            advance()
-            unsupported = unsupported_weight(group, options)
-            note = unsupported or weight_granularity(group, options)[1]
-            for t in group.targets if note else ():
-                notes[t.name].append(note)
-            if not unsupported:
-                plan.weights[group.name] = weight_quant(group, weight_array(group), options, importance.get(group.name))
+    with timer("quantize_weights"), stages.step("Quantizing weights", 1) as advance:
+        fixed = precision.fixed_bytes_estimate(rep.input["bytes"], targets, len(uses) if quantize_activations else 0)
+        stats = precision.input_stats(targets, ranges, power, moments)
+        choice = precision.choose(targets, options, power_importance(targets, ranges), stats, overrides, policy, fixed)
+        plan.weights.update(choice.weights)
+        advance()
+    for group in targets.weights.values():
+        granularity_note = weight_granularity(group, options)[1] if group.name in plan.weights else None
+        for t in group.targets:
+            notes[t.name].extend(choice.notes.get(group.name, []) + ([granularity_note] if granularity_note else []))
+            if t.name in choice.skipped_layers:
+                notes[t.name].append("left float by the policy (skip = true)")
+    rep.precision = choice.report
     if quantize_activations:
-        _plan_activations(ranges, uses, plan, options, notes, rep)
+        live = {n: [(t, i) for t, i in u if t.name not in choice.skipped_layers] for n, u in uses.items()}
+        _plan_activations(ranges, {n: u for n, u in live.items() if u}, plan, options, notes, rep)
     else:
         for t in targets.targets:
             if t.weight is None:
@@ -215,12 +231,17 @@ def compress(
             )
         rep.passes_over_data += passes
     rep.device = sessions.device_name
+    int32: dict[int, QuantizeBiasPass] = {}  # by id of the model: the bias is rounded once, and measured
+    for model in (quantized, compensated, minmax.model if minmax is not None else None):
+        if options.int32_bias and model is not None:
+            int32[id(model)] = QuantizeBiasPass()
+            int32[id(model)](model)
 
     with timer("verify"):
         alternatives = {"minmax_with_compensation": minmax.model} if minmax is not None else {}
         label = _evaluate(float_model, quantized, compensated, alternatives, calib, sessions, stages, rep)
         keep_bias = label != "without_compensation"
-        chosen = {"without_compensation": quantized, "with_compensation": compensated, **alternatives}[label]
+        saved = {"without_compensation": quantized, "with_compensation": compensated, **alternatives}[label]
         if label == "minmax_with_compensation":  # the layers' records follow the model that is saved
             plan.weights.update(minmax.weights)
             plan.biases.update(minmax.biases)
@@ -230,11 +251,23 @@ def compress(
                 rep.weight_ranges[key]["chosen"] = "minmax"
             for layer in minmax.probes:
                 notes[layer].append("weight scales by min-max (min-max everywhere measured better end to end)")
-        validate.require(chosen, options.target)
+        validate.require(saved, options.target)
+        if id(saved) in int32:
+            for layer, site in int32[id(saved)].sites.items():
+                notes.get(layer, []).append(f"bias stored as int32 codes ({site})")
+            for layer, why in int32[id(saved)].skipped.items():
+                if why != "no bias":
+                    notes.get(layer, []).append(f"bias left float: {why}")
 
     with timer("save"):
-        files = model_io.save(chosen, out, external_data=bool(model_io.external_data_files(model_path)) or None)
+        files = model_io.save(saved, out, external_data=bool(model_io.external_data_files(model_path)) or None)
     rep.output = {"path": str(out), "files": [str(f) for f in files], "bytes": model_io.file_bytes(out)}
+    try:
+        precision.check_size(rep.output["bytes"], options, policy)
+    except OnnxbcError:
+        for f in files:
+            Path(f).unlink(missing_ok=True)
+        raise
     rep.timings_s = timer.durations
     rep.layers = _layer_records(targets, names, plan, probes, notes, bias_skips, sites, keep_bias)
     rep.write(report_path)
@@ -262,19 +295,22 @@ def _first_pass(
     model: ir.Model,
     uses: dict[str, list[tuple[Layer, int]]],
     smooth_axes: dict[str, int],
+    extra: list[Probe],
     calib: CalibrationData,
     sessions: SessionFactory,
     stages: Stages,
 ) -> dict[str, RangeProbe]:
-    """Pass 1: per layer input, a histogram of ``|x|`` and (for weighted layers) its per-channel mean
-    square; per-channel histograms too for inputs that may be smoothed."""
+    """Pass 1: per layer input, a histogram of ``|x|`` and (for weighted layers) its per-channel mean and
+    mean square; per-channel histograms too for inputs that may be smoothed; and the ``extra`` probes."""
     probes = {}
     for name, readers in uses.items():
         axes = {channel_axis(t) for t, _ in readers if t.weight is not None}
         axis = axes.pop() if len(axes) == 1 else None
         probes[name] = RangeProbe(name, axis, channel_histograms=name in smooth_axes)
-    with stages.step("Calibrating activation ranges", calib.count_batches("fit")) as advance:
-        collect(model, list(probes.values()), calib, sessions, splits=("fit",), advance=advance)
+    # Second moments are also taken on held-out samples (GPTQ is priced there); the rest on fit samples only.
+    splits = ("fit", "holdout") if any(isinstance(p, MomentsProbe) for p in extra) and calib.n_holdout else ("fit",)
+    with stages.step("Calibrating activation ranges", sum(calib.count_batches(s) for s in splits)) as advance:
+        collect(model, [*probes.values(), *extra], calib, sessions, splits=splits, advance=advance)
     return probes
 
 
@@ -464,7 +500,10 @@ def _layer_records(
                 "axis": wq.granularity.axis,
                 "block_size": wq.granularity.block_size,
                 "scale_method": wq.method,
-                "params": int(wq.codes.size),
+                "scheme": wq.scheme,
+                "rounding": wq.rounding,
+                "emulated": wq.emulated is not None,
+                "params": int(wq.dequantized().size),
             }
         for name in names[t.name].activations:
             aq = plan.activations.get(name)

@@ -10,24 +10,40 @@ import dataclasses
 
 import numpy as np
 
-from onnxbc.solvers.quant import Granularity
+from onnxbc.solvers.quant import Granularity, dequantize, expand_scale
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightQuant:
-    """An initializer replaced by integer codes and a DequantizeLinear."""
+    """An initializer replaced by integer codes and a DequantizeLinear (or, for a scheme that is not codes
+    times a scale, ``emulated``: float values that only simulate it, with no saving)."""
 
     source: str
-    codes: np.ndarray  # in the storage dtype (int8, int4, ...)
+    codes: np.ndarray  # in the storage dtype (int8, int4, uint4 with a zero point, ...)
     scale: np.ndarray  # float32, DequantizeLinear layout
     granularity: Granularity
     bits: int  # logical bits (codes may use fewer levels than the container)
     method: str
+    scheme: str = "uniform"  # solvers.schemes.Scheme value
+    rounding: str = "nearest"  # or "gptq"
+    zero_point: np.ndarray | None = None  # affine scheme: in the codes' dtype, the layout of ``scale``
+    emulated: np.ndarray | None = None  # float weight values written instead of codes
+
+    def dequantized(self) -> np.ndarray:
+        """The weight values the model computes with (float32)."""
+        if self.emulated is not None:
+            return np.asarray(self.emulated, np.float32)
+        codes = self.codes.astype(np.float32)
+        if self.zero_point is not None:
+            codes = codes - expand_scale(self.zero_point.astype(np.float32), codes.shape, self.granularity)
+        return dequantize(codes, self.scale, self.granularity)
 
     @property
     def stored_bits(self) -> int:
         """Bits per weight in the file: the container's width (int4 holds 4- and 3-bit codes)."""
-        return 4 if self.codes.dtype.name == "int4" else self.codes.dtype.itemsize * 8
+        if self.emulated is not None:
+            return self.emulated.dtype.itemsize * 8
+        return {"int4": 4, "uint4": 4, "int2": 2}.get(self.codes.dtype.name, self.codes.dtype.itemsize * 8)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -131,7 +131,7 @@ def parse_policy(text: str, source: str = "<policy>", fmt: str = "toml") -> Poli
         source=source,
         rules=tuple(_rule(r, i, source) for i, r in enumerate(layers, start=1)),
         avg_bits=_avg_bits(data["avg_bits"], source) if "avg_bits" in data else None,
-        max_size=_size(data["max_size"], source) if "max_size" in data else None,
+        max_size=parse_size(data["max_size"], f"{source}: max_size") if "max_size" in data else None,
     )
 
 
@@ -221,16 +221,14 @@ def _avg_bits(value: Any, source: str) -> float:
     return float(value)
 
 
-def _size(value: Any, source: str) -> int:
+def parse_size(value: Any, what: str) -> int:
     """Bytes from an integer or a string such as ``"12MB"``, ``"3.5 MiB"``."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value) if isinstance(value, str) else None
     unit = _UNITS.get(match.group(2).lower() or "b") if match else None
     if unit is None or float(match.group(1)) <= 0:
-        raise UsageError(
-            f'{source}: max_size must be a positive number of bytes or a size like "12MB" / "3.5 MiB", not {value!r}'
-        )
+        raise UsageError(f'{what} must be a positive number of bytes or a size like "12MB" / "3.5 MiB", not {value!r}')
     return int(float(match.group(1)) * unit)
 
 

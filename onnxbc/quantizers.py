@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.options import CompressOptions, RangeMethod, Target, WeightType
+from onnxbc.options import ActivationType, CompressOptions, RangeMethod, Target
 from onnxbc.plan import ActivationQuant, WeightQuant
-from onnxbc.solvers.quant import INT2, INT3, INT4, INT7, INT8, Granularity, IntFormat, quantize, weight_scale
+from onnxbc.solvers.quant import (
+    INT2,
+    INT2_PACKED,
+    INT3,
+    INT4,
+    INT7,
+    INT8,
+    Granularity,
+    IntFormat,
+    quantize,
+    weight_scale,
+)
 from onnxbc.solvers.ranges import AbsHistogram, choose_range
 from onnxbc.targets import WeightGroup
 
+# (w, scale, fmt, granularity) -> codes: rounding other than to nearest (GPTQ)
+Rounder = Callable[[np.ndarray, np.ndarray, IntFormat, Granularity], np.ndarray]
 
-def weight_format(options: CompressOptions) -> IntFormat:
-    low = {WeightType.INT4: INT4, WeightType.INT3: INT3, WeightType.INT2: INT2}
-    return low.get(options.weights, INT7 if options.reduce_range else INT8)
+
+def weight_format(options: CompressOptions, bits: int | None = None) -> IntFormat:
+    """The code range of ``bits``-bit weights (default: ``--weights``; 8 and 7 both mean int8, 7-bit codes
+    with ``--reduce-range``)."""
+    low = {4: INT4, 3: INT3, 2: INT2_PACKED if options.int2_storage else INT2}
+    return low.get(options.weights.bits if bits is None else bits, INT7 if options.reduce_range else INT8)
 
 
 def weight_granularity(group: WeightGroup, options: CompressOptions) -> tuple[Granularity, str | None]:
@@ -29,9 +48,10 @@ def weight_granularity(group: WeightGroup, options: CompressOptions) -> tuple[Gr
     return Granularity(group.channel_axis), note
 
 
-def unsupported_weight(group: WeightGroup, options: CompressOptions) -> str | None:
-    """Why the target runtime cannot take this weight at the chosen precision (None: it can)."""
-    if options.target is not Target.TENSORRT or not options.weights.int4_container:
+def unsupported_weight(group: WeightGroup, options: CompressOptions, bits: int | None = None) -> str | None:
+    """Why the target runtime cannot take this weight at ``bits`` (default ``--weights``; None: it can)."""
+    bits = options.weights.bits if bits is None else bits
+    if options.target is not Target.TENSORRT or bits > 4:
         return None
     rank = len(group.source.const_value.shape)
     if any(t.op not in ("MatMul", "Gemm") for t in group.targets):
@@ -47,11 +67,15 @@ def weight_quant(
     options: CompressOptions,
     importance: np.ndarray | None = None,
     method: RangeMethod | None = None,
+    bits: int | None = None,
+    rounding: Rounder | None = None,
 ) -> WeightQuant:
     """Quantize ``w`` (the group's weight, or a rescaled copy of it) as the options say (``method`` overrides
-    ``--weight-range``; ``auto`` starts from mse). ``importance`` (broadcastable to ``w``): the mean square of
-    the input each weight multiplies, which turns the mse search into an output-error search."""
-    fmt = weight_format(options)
+    ``--weight-range``; ``auto`` starts from mse; ``bits`` overrides ``--weights``). ``importance``
+    (broadcastable to ``w``): the mean square of the input each weight multiplies, which turns the mse search
+    into an output-error search. ``rounding``: codes from the scales other than by rounding to nearest
+    (GPTQ, ``onnxbc.precision``)."""
+    fmt = weight_format(options, bits)
     gran, _ = weight_granularity(group, options)
     method = method or options.weight_range
     if method is RangeMethod.AUTO:
@@ -61,20 +85,29 @@ def weight_quant(
     )
     scale = representable_scale(scale, group.source.const_value.dtype)
     label = "mse (input-weighted)" if method is RangeMethod.MSE and importance is not None else method.value
-    return WeightQuant(group.name, quantize(w, scale, fmt, gran), scale, gran, fmt.bits, label)
+    codes = rounding(w, scale, fmt, gran) if rounding is not None else quantize(w, scale, fmt, gran)
+    return WeightQuant(group.name, codes, scale, gran, fmt.bits, label)
+
+
+# --activations -> (signed codes, unsigned codes)
+_ACTIVATION_CODES = {
+    ActivationType.INT8: (np.dtype(np.int8), np.dtype(np.uint8)),
+    ActivationType.INT16: (np.dtype(np.int16), np.dtype(np.uint16)),
+    ActivationType.INT4: (np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4)),
+}
 
 
 def activation_quant(name: str, hist: AbsHistogram, dtype: np.dtype, options: CompressOptions) -> ActivationQuant:
-    """Per-tensor 8-bit quantizer for an activation with histogram ``hist`` of ``|x|``.
+    """Per-tensor quantizer (``--activations`` bits) for an activation with histogram ``hist`` of ``|x|``.
 
-    Zero point 0. uint8 for non-negative tensors with --target onnxruntime (one more bit of resolution for
-    ReLU outputs), int8 otherwise (TensorRT takes no uint8 activations inside the network).
+    Zero point 0. Unsigned codes for non-negative tensors with --target onnxruntime (one more bit of
+    resolution for ReLU outputs), signed otherwise (TensorRT takes no uint8 activations inside the network).
     """
     unsigned = options.target is Target.ONNXRUNTIME and hist.nonnegative
-    qmax = 255 if unsigned else 127
+    codes = _ACTIVATION_CODES[options.activations][unsigned]
+    qmax = int(ml_dtypes.iinfo(codes).max)
     amax = choose_range(hist, options.activation_range.value, qmax, options.percentile)
     scale = float(representable_scale(np.array(amax / qmax), ir.DataType.from_numpy(np.dtype(dtype))))
-    codes = np.dtype(np.uint8 if unsigned else np.int8)
     return ActivationQuant(name, scale, 0, codes, amax, options.activation_range.value, np.dtype(dtype))
 
 

@@ -47,6 +47,7 @@ class Report:
     compensation: dict[str, Any] = dataclasses.field(default_factory=dict)
     smoothing: dict[str, Any] = dataclasses.field(default_factory=dict)
     weight_ranges: dict[str, Any] = dataclasses.field(default_factory=dict)
+    precision: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     schema: str = SCHEMA
 

@@ -84,6 +84,9 @@ def candidate_plans(
     if hists is None or hists.max is None:
         return {}
     sources = {t.weight.source.name: t for t, _ in readers}
+    bases = [base.weights.get(source) for source in sources]
+    if any(b is None or (b.scheme, b.rounding) != ("uniform", "nearest") for b in bases):
+        return {}  # smoothing re-scales uniform, nearest-rounded weights only
     weight_max = np.zeros_like(hists.max)
     for source, t in sources.items():
         per_channel = input_channel_max(weight_array(targets.weights[source]), t.weight.input_axis, groups(t))
@@ -105,7 +108,11 @@ def candidate_plans(
                 None if power is None else per_input_channel(power / s**2, w.shape, t.weight.input_axis, groups(t))
             )
             plan.weights[source] = weight_quant(
-                group, scale_input_channels(w, s, t.weight.input_axis, groups(t)), options, importance
+                group,
+                scale_input_channels(w, s, t.weight.input_axis, groups(t)),
+                options,
+                importance,
+                bits=base.weights[source].bits,
             )
         plans[alpha] = plan
     return plans

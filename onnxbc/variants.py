@@ -48,17 +48,18 @@ class Variant:
 def weight_range_variants(
     targets: Targets, plan: QuantPlan, observed: set[str], options: CompressOptions
 ) -> list[Variant]:
-    """With ``--weight-range auto``: min-max scales for each weight whose readers are all measured."""
+    """With ``--weight-range auto``: min-max scales for each uniform, nearest-rounded weight whose readers are
+    all measured."""
     if options.weight_range is not RangeMethod.AUTO:
         return []
     result = []
     for name, group in targets.weights.items():
         layers = tuple(t.name for t in group.targets)
-        if name not in plan.weights or not set(layers) <= observed:
+        base = plan.weights.get(name)
+        if base is None or not set(layers) <= observed or (base.scheme, base.rounding) != ("uniform", "nearest"):
             continue
-        variant = QuantPlan(
-            weights={name: weight_quant(group, weight_array(group), options, method=RangeMethod.MINMAX)}
-        )
+        minmax = weight_quant(group, weight_array(group), options, method=RangeMethod.MINMAX, bits=base.bits)
+        variant = QuantPlan(weights={name: minmax})
         for t in group.targets:
             for i in t.activation_inputs:
                 value = t.node.inputs[i].name

@@ -5,7 +5,8 @@ Rewrite rules:
 1. A quantized weight initializer ``W`` becomes integer codes ``W_quantized`` plus ``DequantizeLinear``
    whose output takes over the name ``W``, so every reader (layers, a Transpose on the way to a tied
    lm-head, an embedding Gather) now reads the dequantized tensor. The float initializer is removed.
-   Zero points are omitted (symmetric: 0). Scales have the float type of the weight.
+   Zero points are omitted (symmetric: 0) except for the affine scheme. Scales have the float type of the
+   weight. An emulated scheme (``--emulate``) writes float values read through an Identity instead.
 2. A quantized activation ``x`` gets ``x -> QuantizeLinear -> DequantizeLinear`` right after its producer
    (or at the top of the graph for a graph input). Only the layer inputs listed in the plan read the
    dequantized tensor; other readers keep the float one (TensorRT: quantize op *inputs*). The tensor is
@@ -33,9 +34,19 @@ def float_array(array: np.ndarray, dtype: ir.DataType) -> np.ndarray:
 
 
 def weight_dequantize(namer: Namer, wq: WeightQuant, dtype: ir.DataType) -> tuple[list[ir.Value], ir.Node]:
-    """Initializers (codes, scale) and the DequantizeLinear node that rebuilds weight ``wq.source``."""
+    """Initializers (codes, scale[, zero point]) and the DequantizeLinear node that rebuilds weight
+    ``wq.source``; for an emulated scheme, the float values and an Identity (which runtimes fold away)."""
+    if wq.emulated is not None:
+        values = const(namer, f"{wq.source}_{wq.scheme}", float_array(wq.emulated, dtype))
+        node = ir.node("Identity", [values], name=namer(f"{wq.source}_Identity"))
+        node.outputs[0].name = namer(f"{wq.source}_emulated")
+        node.outputs[0].dtype = dtype
+        node.outputs[0].shape = ir.Shape(wq.emulated.shape)
+        return [values], node
     codes = const(namer, f"{wq.source}_quantized", wq.codes)
-    scale = const(namer, f"{wq.source}_scale", float_array(wq.scale, dtype))
+    inputs = [codes, const(namer, f"{wq.source}_scale", float_array(wq.scale, dtype))]
+    if wq.zero_point is not None:
+        inputs.append(const(namer, f"{wq.source}_zero_point", wq.zero_point))
     attrs: dict[str, int] = {}
     if wq.granularity.axis is not None:
         attrs["axis"] = wq.granularity.axis
@@ -43,14 +54,14 @@ def weight_dequantize(namer: Namer, wq: WeightQuant, dtype: ir.DataType) -> tupl
         attrs["block_size"] = wq.granularity.block_size
     node = ir.node(
         "DequantizeLinear",
-        [codes, scale],
+        inputs,
         attributes=attrs,
         name=namer(f"{wq.source}_DequantizeLinear"),
     )
     node.outputs[0].name = namer(f"{wq.source}_dequantized")
     node.outputs[0].dtype = dtype
     node.outputs[0].shape = ir.Shape(wq.codes.shape)
-    return [codes, scale], node
+    return inputs, node
 
 
 def activation_qdq(

@@ -23,6 +23,7 @@ from onnxbc.passes.graph_utils import GraphBuilder
 from onnxbc.passes.qdq import activation_qdq, weight_dequantize
 from onnxbc.plan import QuantPlan
 from onnxbc.solvers.bias import ErrorMoments
+from onnxbc.solvers.gptq import SecondMoments
 from onnxbc.solvers.ranges import AbsHistogram, ChannelHistograms
 from onnxbc.targets import Target
 
@@ -39,12 +40,15 @@ class RangeProbe:
         self.channels = ChannelHistograms(channel_axis) if channel_histograms else None
         self.dtype: np.dtype | None = None
         self._square_sum: np.ndarray | None = None
+        self._sum: np.ndarray | None = None
         self._count = 0
 
     def attach(self, builder: GraphBuilder) -> list[ir.Value]:
         return [builder.values[self.value]]
 
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        if split != "fit":
+            return
         x = arrays[0]
         self.dtype = x.dtype
         if not np.issubdtype(self.dtype, np.floating):
@@ -54,13 +58,68 @@ class RangeProbe:
             self.channels.update(x)
         if self.channel_axis is not None:
             rows = np.moveaxis(x, self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis]).astype(np.float64)
-            squares = np.square(np.where(np.isfinite(rows), rows, 0.0)).sum(axis=0)
+            rows = np.where(np.isfinite(rows), rows, 0.0)
+            squares, sums = np.square(rows).sum(axis=0), rows.sum(axis=0)
             self._square_sum = squares if self._square_sum is None else self._square_sum + squares
+            self._sum = sums if self._sum is None else self._sum + sums
             self._count += len(rows)
 
     def channel_power(self) -> np.ndarray | None:
         """Mean of ``x^2`` per channel (None when not collected)."""
         return None if self._square_sum is None else self._square_sum / max(self._count, 1)
+
+    def channel_mean(self) -> np.ndarray | None:
+        """Mean of ``x`` per channel (None when not collected)."""
+        return None if self._sum is None else self._sum / max(self._count, 1)
+
+
+class OutputPowerProbe:
+    """The mean square of a layer's output (one number: in-graph ``ReduceSumSquare`` and ``Size``), which
+    turns a priced output error into a relative one."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._sum = 0.0
+        self._count = 0
+
+    def attach(self, b: GraphBuilder) -> list[ir.Value]:
+        y = b.nodes[self.target.name].outputs[0]
+        if y.dtype not in (None, ir.DataType.FLOAT):
+            y = b.op("Cast", [y], {"to": ir.DataType.FLOAT})
+        return [b.op("ReduceSumSquare", [y], {"keepdims": 0}), b.op("Size", [y])]
+
+    def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        if split != "fit":
+            return
+        self._sum += float(arrays[0])
+        self._count += int(arrays[1])
+
+    def mean_square(self) -> float:
+        return self._sum / max(self._count, 1)
+
+
+class MomentsProbe:
+    """``E[x x^T]`` and ``E[x]`` of a layer input whose features are on the last axis (GPTQ): in-graph
+    ``X^T X`` over the rows of the flattened input, so only a ``[d, d]`` matrix leaves the device."""
+
+    def __init__(self, value: str, features: int) -> None:
+        self.value = value
+        self.features = features
+        self.moments = SecondMoments()
+        self.holdout = SecondMoments()
+
+    def attach(self, b: GraphBuilder) -> list[ir.Value]:
+        x = b.values[self.value]
+        if x.dtype not in (None, ir.DataType.FLOAT):
+            x = b.op("Cast", [x], {"to": ir.DataType.FLOAT})
+        rows = b.op("Reshape", [x, b.const(np.array([-1, self.features], np.int64), "shape")])
+        gram = b.op("MatMul", [b.op("Transpose", [rows], {"perm": [1, 0]}), rows])
+        total = b.op("ReduceSum", [rows, b.const(np.array([0], np.int64), "axes")], {"keepdims": 0})
+        return [gram, total, b.op("Size", [rows])]
+
+    def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        gram, total, size = arrays
+        (self.moments if split == "fit" else self.holdout).add(gram, total, int(size) // self.features)
 
 
 # Pointwise activations a layer's output may flow into: its error after them is what the next layer sees.

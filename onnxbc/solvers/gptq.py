@@ -47,14 +47,18 @@ class SecondMoments:
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float64)
         rows = x.reshape(-1, x.shape[-1])
+        self.add(rows.T @ rows, rows.sum(axis=0), rows.shape[0])
+
+    def add(self, sum_xx: np.ndarray, sum_x: np.ndarray, count: int) -> None:
+        """Fold in sums computed elsewhere (in the graph): ``X^T X``, ``X.sum(0)`` and the row count."""
         if self.sum_xx is None:
-            self.sum_xx = np.zeros((rows.shape[1], rows.shape[1]))
-            self.sum_x = np.zeros(rows.shape[1])
-        elif rows.shape[1] != self.sum_x.shape[0]:
-            raise ValueError(f"input has {rows.shape[1]} features, earlier batches had {self.sum_x.shape[0]}")
-        self.sum_xx += rows.T @ rows
-        self.sum_x += rows.sum(axis=0)
-        self.count += rows.shape[0]
+            self.sum_xx = np.zeros(sum_xx.shape)
+            self.sum_x = np.zeros(sum_x.shape)
+        elif sum_x.shape != self.sum_x.shape:
+            raise ValueError(f"input has {sum_x.shape[0]} features, earlier batches had {self.sum_x.shape[0]}")
+        self.sum_xx += np.asarray(sum_xx, np.float64)
+        self.sum_x += np.asarray(sum_x, np.float64)
+        self.count += count
 
     def matrix(self) -> np.ndarray:
         """``E[x x^T]`` (``in x in``)."""

@@ -48,6 +48,7 @@ INT7 = IntFormat(7, np.dtype(np.int8))  # int8 container, codes [-63, 63]: ONNX 
 INT4 = IntFormat(4, np.dtype(ml_dtypes.int4))
 INT3 = IntFormat(3, np.dtype(ml_dtypes.int4))  # int4 container, codes [-4, 3]
 INT2 = IntFormat(2, np.dtype(ml_dtypes.int4))  # int4 container, codes [-2, 1]
+INT2_PACKED = IntFormat(2, np.dtype(ml_dtypes.int2))  # int2 (opset 25): four codes a byte
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,405 @@
+"""Each weight's precision: the policy's overrides, the scheme, the rounding and, under a size budget, the bits
+that cost the least output error (AutoQNN's QPL and QSS without training; ../shared/docs/algorithms.md §1, §3).
+
+**Pricing.** A weight ``W`` quantized to ``W_hat`` adds ``dW x`` to its layer's output. Per output position,
+with the input's per-channel mean ``mu`` and variance ``v`` (pass 1), and rounding errors taken as
+independent across weight elements (their cross terms average out; GPTQ's are not, see below):
+
+    e_raw  = sum_o [ sum_j dW_oj^2 v_j + (sum_j dW_oj mu_j)^2 ]
+    e_comp = sum_o   sum_j dW_oj^2 v_j            (bias compensation removes the mean error dW mu)
+
+With GPTQ rounding the full input covariance ``C`` is known and used: ``tr(dW C dW^T)`` (+ ``||dW mu||^2``),
+on the held-out samples (GPTQ fits the fit samples' ``C``; priced there it looks better than it is).
+Each error is divided by the layer output's power per position (pass 1), which makes it relative and lets
+errors of different layers add up. A weight without input statistics (read by several inputs, an embedding
+table) is priced by its relative weight error ``sum dW^2 / sum W^2``. ``tests/test_precision.py`` checks
+the prices against the errors measured after compensation.
+
+**Allocation.** ``--avg-bits X`` (logical bits per quantized weight) or ``--max-size SIZE`` (the written file):
+``solvers.allocate`` picks one (bits, scheme) per weight among ``--candidates`` to minimize the summed price
+within the budget. For ``--max-size`` the bytes outside the quantized weights (graph, float tensors,
+quantizer nodes, compensation biases) are estimated from above before the allocation and the written file
+is checked against the budget after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import ml_dtypes
+import numpy as np
+
+from onnxbc.calibration.probes import MomentsProbe, OutputPowerProbe, RangeProbe
+from onnxbc.errors import OnnxbcError, UsageError
+from onnxbc.options import CompressOptions, Rounding, Target, WeightType
+from onnxbc.plan import WeightQuant
+from onnxbc.policy import LayerOverride, Policy
+from onnxbc.quantizers import representable_scale, unsupported_weight, weight_granularity, weight_quant
+from onnxbc.smoothing import groups as conv_groups
+from onnxbc.solvers.allocate import Allocation, LayerChoices, Option, allocate
+from onnxbc.solvers.gptq import SecondMoments, gptq_quantize
+from onnxbc.solvers.schemes import Scheme, quantize_scheme
+from onnxbc.solvers.smooth import per_input_channel
+from onnxbc.targets import Targets, WeightGroup, weight_array
+
+logger = logging.getLogger(__name__)
+
+QDQ_OVERHEAD = 512  # bytes, from above: one weight's DequantizeLinear node and its two initializers' protos
+ACTIVATION_OVERHEAD = 768  # one activation's Q/DQ nodes, scale and zero point
+
+
+@dataclasses.dataclass
+class InputStats:
+    """What pricing knows of one weight's input (``None``: not collected)."""
+
+    mean: np.ndarray | None = None  # E[x] per input channel, laid out to broadcast against the weight
+    variance: np.ndarray | None = None  # Var(x) likewise
+    moments: SecondMoments | None = None  # full second moments (GPTQ layers): features = weight input axis
+    holdout_moments: SecondMoments | None = None  # the same on held-out samples: GPTQ is priced on them
+    output_power: float | None = None  # E[||y||^2] per output position
+
+
+@dataclasses.dataclass
+class Precision:
+    """What ``choose`` decided: the quantized weights, notes per weight, and the report section."""
+
+    weights: dict[str, WeightQuant]
+    notes: dict[str, list[str]]
+    skipped_layers: set[str]
+    report: dict
+
+
+def required_opset(options: CompressOptions, policy: Policy | None) -> int:
+    """The opset the weights need, the policy's bits and budget included."""
+    low = policy is not None and (
+        any(r.bits is not None and r.bits <= 4 for r in policy.rules)
+        or ((policy.avg_bits is not None or policy.max_size is not None) and min(options.candidates) <= 4)
+    )
+    return max(options.required_opset, 21 if low else 0)
+
+
+def resolve(
+    options: CompressOptions, policy: Policy | None, targets: Targets
+) -> tuple[dict[str, LayerOverride], list[str]]:
+    """The policy's per-layer overrides (by layer name), and its warnings."""
+    if policy is None:
+        return {}, []
+    overrides, warnings = policy.resolve(t.name for t in targets.targets)
+    for override in overrides.values():
+        if override.bits is not None and override.bits not in options.candidates and options.budget:
+            raise UsageError(f"{policy.source}: a rule sets {override.bits} bits, not among --candidates")
+    return overrides, warnings
+
+
+def stats_probes(targets: Targets, options: CompressOptions) -> tuple[list[OutputPowerProbe], list[MomentsProbe]]:
+    """Pass-1 probes pricing needs beyond the input ranges: each layer's output power (with a budget or
+    ``--scheme auto``) and the input second moments of the layers GPTQ can round."""
+    power = []
+    if options.budget or options.scheme == "auto":
+        power = [OutputPowerProbe(g.targets[0]) for g in targets.weights.values() if _priced_by_input(g)]
+    moments = []
+    if options.rounding is Rounding.GPTQ:
+        for group in targets.weights.values():
+            if gptq_reason(group) is None:
+                t = group.targets[0]
+                x = t.node.inputs[t.activation_inputs[0]].name
+                moments.append(MomentsProbe(x, int(group.source.const_value.shape[t.weight.input_axis])))
+    return power, moments
+
+
+def gptq_reason(group: WeightGroup) -> str | None:
+    """Why GPTQ cannot round this weight (None: it can): 2-D weights of one MatMul/Gemm reading features on
+    its input's last axis."""
+    t = group.targets[0]
+    if len(group.targets) != 1 or group.gathers or t.in_subgraph or not t.activation_inputs:
+        return "GPTQ needs a weight read by one layer of the main graph: rounded to nearest"
+    if t.op not in ("MatMul", "Gemm") or len(group.source.const_value.shape) != 2 or t.weight.input_axis is None:
+        return "GPTQ here covers 2-D MatMul/Gemm weights: rounded to nearest"
+    if t.op == "MatMul" and t.weight.input_index != 1 or t.op == "Gemm" and t.node.attributes.get_int("transA", 0):
+        return "GPTQ needs the input's features on its last axis: rounded to nearest"
+    return None
+
+
+def input_stats(
+    targets: Targets,
+    ranges: dict[str, RangeProbe],
+    power: list[OutputPowerProbe],
+    moments: list[MomentsProbe],
+) -> dict[str, InputStats]:
+    """Per weight group, the statistics pass 1 gathered for pricing and GPTQ."""
+    out_power = {p.target.name: p.mean_square() for p in power}
+    full = {p.value: p for p in moments}
+    result = {}
+    for name, group in targets.weights.items():
+        t = group.targets[0]
+        stats = InputStats()
+        if _priced_by_input(group):
+            probe = ranges.get(t.node.inputs[t.activation_inputs[0]].name)
+            mean = probe.channel_mean() if probe is not None else None
+            shape = tuple(group.source.const_value.shape)
+            channels = shape[t.weight.input_axis] * conv_groups(t)
+            if mean is not None and mean.shape == (channels,):
+                variance = np.maximum(probe.channel_power() - mean**2, 0.0)
+                stats.mean = per_input_channel(mean, shape, t.weight.input_axis, conv_groups(t))
+                stats.variance = per_input_channel(variance, shape, t.weight.input_axis, conv_groups(t))
+            if t.name in out_power:
+                stats.output_power = out_power[t.name] * shape[t.weight.channel_axis]
+        probe = full.get(t.node.inputs[t.activation_inputs[0]].name) if gptq_reason(group) is None else None
+        if probe is not None:
+            stats.moments, stats.holdout_moments = probe.moments, probe.holdout
+        result[name] = stats
+    return result
+
+
+def price(group: WeightGroup, wq: WeightQuant, stats: InputStats, compensated: bool) -> float:
+    """The relative output error ``wq`` adds to its layer (module docstring)."""
+    w = weight_array(group).astype(np.float64)
+    dw = w - wq.dequantized()
+    if stats.output_power is None or stats.output_power <= 0 or (stats.variance is None and stats.moments is None):
+        return float(np.sum(dw**2) / max(np.sum(w**2), 1e-30))
+    t = group.targets[0]
+    out_axis = t.weight.channel_axis
+    others = tuple(i for i in range(w.ndim) if i != out_axis)
+    if stats.moments is not None and wq.rounding == "gptq":
+        # GPTQ fits the fit samples' moments; on them it would look better than it generalizes
+        held = stats.holdout_moments if stats.holdout_moments is not None and stats.holdout_moments.count else None
+        moments = held or stats.moments
+        d2 = np.moveaxis(dw, t.weight.input_axis, -1).reshape(-1, dw.shape[t.weight.input_axis])
+        spread = float(np.einsum("oi,ij,oj->", d2, moments.covariance(), d2))
+        mean_error = d2 @ moments.mean()
+    else:
+        spread = float(np.sum(dw**2 * stats.variance))
+        mean_error = np.sum(dw * stats.mean, axis=others)
+    error = spread if compensated else spread + float(np.sum(mean_error**2))
+    return error / stats.output_power
+
+
+def choose(
+    targets: Targets,
+    options: CompressOptions,
+    importance: dict[str, np.ndarray],
+    stats: dict[str, InputStats],
+    overrides: dict[str, LayerOverride],
+    policy: Policy | None,
+    fixed_bytes: int,
+) -> Precision:
+    """Quantize every weight: at ``--weights`` bits, or under the budget at the bits the allocation picks;
+    the policy's overrides first. ``fixed_bytes``: from above, what the written file holds besides the
+    quantized weights when all of them stay float (``--max-size``)."""
+    notes: dict[str, list[str]] = {}
+    skipped = {name for name, o in overrides.items() if o.skip}
+    avg_bits = options.avg_bits if options.budget or policy is None else policy.avg_bits
+    max_size = options.max_size if options.budget or policy is None else policy.max_size
+    budget = avg_bits is not None or max_size is not None
+    candidates = tuple(sorted(options.candidates)) if budget else (options.weights.bits,)
+    layers, quants, pinned = [], {}, {}
+    for name, group in targets.weights.items():
+        override = _group_override(group, overrides, notes)
+        if override.skip or options.weights is WeightType.NONE:
+            continue
+        group_options = (
+            options if override.block_size is None else dataclasses.replace(options, block_size=override.block_size)
+        )
+        bits_choices = (override.bits,) if override.bits is not None else candidates
+        rounder = _gptq_rounder(group, stats[name]) if options.rounding is Rounding.GPTQ else None
+        if options.rounding is Rounding.GPTQ and rounder is None:
+            notes.setdefault(name, []).append(gptq_reason(group) or "no input statistics for GPTQ: rounded to nearest")
+        choices, reasons = [], []
+        for bits in bits_choices:
+            reason = unsupported_weight(group, group_options, bits)
+            if reason:
+                reasons.append(reason)
+                continue
+            for scheme in _schemes(override.scheme or options.scheme, bits, options):
+                wq = _quantize(group, group_options, bits, scheme, importance.get(name), rounder)
+                choices.append((wq, price(group, wq, stats[name], options.price_compensated)))
+        if not choices:
+            notes.setdefault(name, []).append(reasons[0] if reasons else "no candidate precision")
+            continue
+        if not budget:
+            quants[name] = min(choices, key=lambda c: c[1])[0]  # one bit width: the scheme with least error
+            continue
+        scale_bytes = 2 if group.source.const_value.dtype.itemsize == 2 else 4
+        layers.append(
+            LayerChoices(
+                name,
+                # an emulated scheme stores float weights: 32 bits against --avg-bits too
+                tuple(
+                    Option(32 if wq.emulated is not None else wq.bits, _stored_bytes(wq, scale_bytes), error, wq.scheme)
+                    for wq, error in choices
+                ),
+                params=int(group.source.const_value.size),
+            )
+        )
+        quants[name] = [wq for wq, _ in choices]
+        if override.bits is not None or len(choices) == 1:
+            pinned[name] = 0 if len(choices) == 1 else int(np.argmin([e for _, e in choices]))
+    report: dict = {}
+    if budget:
+        weights_budget = None
+        if max_size is not None:
+            float_bytes = sum(
+                targets.weights[layer.name].source.const_value.nbytes for layer in layers
+            )  # they leave the file; their quantized form comes in through the allocation
+            weights_budget = max_size - (fixed_bytes - float_bytes)
+            smallest = sum(
+                layer.options[pinned[layer.name]].size if layer.name in pinned else min(o.size for o in layer.options)
+                for layer in layers
+            )
+            if smallest > weights_budget:
+                raise UsageError(
+                    f"--max-size {max_size} bytes is too small: with these candidates the smallest file is about "
+                    f"{smallest + fixed_bytes - float_bytes} bytes"
+                )
+        allocation = allocate(layers, max_bytes=weights_budget, avg_bits=avg_bits, pinned=pinned)
+        for layer in layers:
+            quants[layer.name] = quants[layer.name][allocation.index[layer.name]]
+        report = _report(allocation, layers, avg_bits, max_size, weights_budget, options)
+    report["layers"] = {
+        name: {"bits": wq.bits, "scheme": wq.scheme, "rounding": wq.rounding} for name, wq in quants.items()
+    }
+    return Precision(quants, notes, skipped, report)
+
+
+def fixed_bytes_estimate(input_bytes: int, targets: Targets, activations: int) -> int:
+    """From above, the bytes of the written file besides the quantized weights, with every weight still
+    float: the input file, plus quantizer nodes, plus room for every compensation bias and smoothing."""
+    extra = QDQ_OVERHEAD * len(targets.weights) + ACTIVATION_OVERHEAD * activations
+    for t in targets.targets:
+        channels = t.weight.source.const_value.shape[t.weight.channel_axis] if t.weight is not None else 1
+        extra += 8 * channels + 256  # a new bias (or its Add node), and a smoothing Mul's factors
+    return input_bytes + extra
+
+
+def check_size(path_bytes: int, options: CompressOptions, policy: Policy | None) -> None:
+    max_size = options.max_size if options.budget or policy is None else policy.max_size
+    if max_size is not None and path_bytes > max_size:
+        raise OnnxbcError(f"the written model has {path_bytes} bytes, over --max-size {max_size}; nothing kept")
+
+
+def _priced_by_input(group: WeightGroup) -> bool:
+    t = group.targets[0]
+    alone = len(group.targets) == 1 and not group.gathers and not t.in_subgraph
+    return alone and bool(t.activation_inputs) and t.weight.input_axis is not None
+
+
+def _group_override(
+    group: WeightGroup, overrides: dict[str, LayerOverride], notes: dict[str, list[str]]
+) -> LayerOverride:
+    """A weight shared by several layers takes the first layer's rule (and says so when they differ)."""
+    found = [overrides[t.name] for t in group.targets if t.name in overrides]
+    if not found:
+        return LayerOverride()
+    if any(dataclasses.replace(o, rules=()) != dataclasses.replace(found[0], rules=()) for o in found[1:]):
+        notes.setdefault(group.name, []).append(
+            "policy rules differ between the layers sharing this weight: the first applies"
+        )
+    return found[0]
+
+
+def _schemes(scheme: Scheme | str, bits: int, options: CompressOptions) -> list[Scheme]:
+    """The schemes tried at ``bits``: the one asked for (if defined there), or with ``auto`` every scheme
+    written as QDQ (and, with ``--emulate``, the emulated ones)."""
+    if scheme != "auto":
+        scheme = Scheme(scheme)
+        if not scheme.qdq and not options.emulate:
+            raise UsageError(f"--scheme {scheme.value} is not integer codes x scale: add --emulate (float weights)")
+        return [scheme] if bits in scheme.bit_widths or scheme is Scheme.UNIFORM else []
+    pool = [s for s in Scheme if bits in s.bit_widths and (s.qdq or options.emulate)]
+    if options.target is Target.TENSORRT:
+        pool = [s for s in pool if s is not Scheme.AFFINE]  # TensorRT: zero points must be 0
+    return pool
+
+
+def _quantize(
+    group: WeightGroup,
+    options: CompressOptions,
+    bits: int,
+    scheme: Scheme,
+    importance: np.ndarray | None,
+    rounder: Callable | None,
+) -> WeightQuant:
+    """``group`` at ``bits`` with ``scheme``: uniform through the measured scales (and GPTQ), the others by
+    their formulas (``solvers.schemes``)."""
+    w = weight_array(group)
+    if scheme is Scheme.UNIFORM:
+        wq = weight_quant(group, w, options, importance, bits=bits, rounding=rounder)
+        return dataclasses.replace(wq, rounding="gptq") if rounder is not None else wq
+    gran, _ = weight_granularity(group, options)
+    q = quantize_scheme(w, scheme, bits, gran)
+    dtype = group.source.const_value.dtype
+    if not q.qdq:
+        return WeightQuant(group.name, q.codes, q.scale, gran, bits, scheme.value, scheme.value, emulated=q.dequantized)
+    scale = representable_scale(q.scale, dtype)
+    if q.zero_point is not None:  # affine: unsigned codes with a zero point
+        storage = np.dtype(np.uint8) if bits > 4 else np.dtype(ml_dtypes.uint4)
+        return WeightQuant(
+            group.name,
+            q.codes.astype(storage),
+            scale,
+            gran,
+            bits,
+            scheme.value,
+            scheme.value,
+            zero_point=q.zero_point.astype(storage),
+        )
+    return WeightQuant(group.name, q.codes.astype(q.fmt.storage), scale, gran, bits, scheme.value, scheme.value)
+
+
+def _gptq_rounder(group: WeightGroup, stats: InputStats) -> Callable | None:
+    if stats.moments is None or not stats.moments.count:
+        return None
+    h = stats.moments.matrix()
+    axis = group.targets[0].weight.input_axis
+
+    def rounder(w, scale, fmt, gran):
+        return gptq_quantize(w, h, scale, fmt, gran, input_axis=axis)
+
+    return rounder
+
+
+def _stored_bytes(wq: WeightQuant, scale_bytes: int) -> int:
+    """What ``wq`` takes in the file: codes (int4 packs two a byte), scales and zero points."""
+    if wq.emulated is not None:
+        return int(wq.emulated.size) * scale_bytes
+    zero = 0 if wq.zero_point is None else -(-wq.zero_point.size * wq.stored_bits // 8)
+    return -(-wq.codes.size * wq.stored_bits // 8) + wq.scale.size * scale_bytes + zero
+
+
+def _report(
+    allocation: Allocation,
+    layers: list[LayerChoices],
+    avg_bits: float | None,
+    max_size: int | None,
+    weights_budget: int | None,
+    options: CompressOptions,
+) -> dict:
+    params = sum(layer.params for layer in layers)
+    return {
+        "budget": {"avg_bits": avg_bits}
+        if avg_bits is not None
+        else {"max_size": max_size, "weights_bytes": weights_budget},
+        "priced": "after compensation" if options.price_compensated else "before compensation",
+        "candidates": sorted(options.candidates),
+        "method": allocation.method,
+        "chosen": {
+            "weights_bytes": allocation.size_bytes,
+            "avg_bits": allocation.avg_bits(layers),
+            "error": allocation.error,
+        },
+        "curve": [
+            {
+                "cost": p.cost,
+                "unit": allocation.unit,
+                "avg_bits": p.cost / params if allocation.unit == "bits" and params else None,
+                "error": p.error,
+            }
+            for p in allocation.curve
+        ],
+        "options": {
+            layer.name: [{"bits": o.bits, "scheme": o.scheme, "bytes": o.size, "error": o.error} for o in layer.options]
+            for layer in layers
+        },
+    }
