@@ -156,12 +156,13 @@ def source_state() -> dict[str, Any]:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return ""
 
     modified = git("status", "--porcelain", "--", "onnxbc", "passes", "pyproject.toml").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD"), "modified": [line[3:] for line in modified]}
+    # porcelain lines are "XY path": strip only the line ends (a leading space is part of XY)
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "modified": [line[3:] for line in modified]}
 
 
 def package_versions() -> dict[str, str]:

@@ -323,9 +323,11 @@ def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:
     comp = rep.compensation
     if "output_rel_mse_with" in comp:
         verdict = "kept" if comp["applied"] else "dropped"
+        alternative = comp.get("chosen") in comp.get("alternatives", {})
+        after = comp["alternatives"][comp["chosen"]] if alternative else comp["output_rel_mse_with"]
+        how = " (with min-max weight scales everywhere, measured better)" if alternative else ""
         out.print(
-            f"Bias compensation {verdict}: output rel. MSE "
-            f"{comp['output_rel_mse_without']:.3e} -> {comp['output_rel_mse_with']:.3e}"
+            f"Bias compensation {verdict}{how}: output rel. MSE {comp['output_rel_mse_without']:.3e} -> {after:.3e}"
         )
     out.print(f"Device: {rep.device}. Report: {result.report_path}")
 
