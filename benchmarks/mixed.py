@@ -130,10 +130,10 @@ def plan(model: str, config: MixedConfig) -> list[Variant]:
                 options = {**weight_only, "avg_bits": x, "candidates": CANDIDATES, "price_compensated": comp}
                 rows.append(Variant(mixed_key(x, comp), "size", label, options=options))
         if 4 in config.uniform_bits:
-            options = {**weight_only, "candidates": CANDIDATES}
-            rows.append(
-                Variant("max-size-int4", "size", "mixed, max size = int4 file", options=options, size_of="int4")
-            )
+            # 3-bit codes take a 4-bit container: only packed int2 (opset 25) can pay for 8-bit layers
+            options = {**weight_only, "candidates": CANDIDATES, "opset": 25}
+            label = "mixed, max size = int4 file (opset 25: int2 packed)"
+            rows.append(Variant("max-size-int4", "size", label, options=options, size_of="int4"))
         if CLAIM_BITS in config.avg_bits:
             label = f"NNCF INT4_SYM per channel, ratio matched to mixed {CLAIM_BITS:g}"
             rows.append(Variant("nncf", "size", label, tool="nncf", size_of=mixed_key(CLAIM_BITS, True)))
