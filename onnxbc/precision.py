@@ -103,14 +103,14 @@ def stats_probes(targets: Targets, options: CompressOptions) -> tuple[list[Outpu
     power = []
     if options.budget or options.scheme == "auto":
         power = [OutputPowerProbe(g.targets[0]) for g in targets.weights.values() if _priced_by_input(g)]
-    moments = []
+    moments: dict[str, MomentsProbe] = {}  # by input: Q, K and V projections share one
     if options.rounding is Rounding.GPTQ:
         for group in targets.weights.values():
             if gptq_reason(group) is None:
                 t = group.targets[0]
                 x = t.node.inputs[t.activation_inputs[0]].name
-                moments.append(MomentsProbe(x, int(group.source.const_value.shape[t.weight.input_axis])))
-    return power, moments
+                moments.setdefault(x, MomentsProbe(x, int(group.source.const_value.shape[t.weight.input_axis])))
+    return power, list(moments.values())
 
 
 def gptq_reason(group: WeightGroup) -> str | None:
