@@ -37,7 +37,16 @@ def smoke(tmp_path_factory):
 def test_rows(smoke):
     config, results = smoke
     rows = {r["key"]: r for r in results["rows"]}
-    assert list(rows) == ["fp32", "int4", "mixed4.5-comp", "mixed4.5-raw", "max-size-int4", "nncf"]
+    assert list(rows) == [
+        "fp32",
+        "int4",
+        "mixed4.5-comp",
+        "mixed4.5-raw",
+        "max-size-int4",
+        "int4-b64",
+        "max-size-int4-b64",
+        "nncf",
+    ]
     fp32, int4, comp, raw = rows["fp32"], rows["int4"], rows["mixed4.5-comp"], rows["mixed4.5-raw"]
     assert all(r["status"] == "ok" for r in (fp32, int4, comp, raw)), [r.get("reason") for r in rows.values()]
     assert fp32["metrics"]["top1"] == pytest.approx(0.91) and fp32["rel_mse"] == 0.0  # models/README.md
@@ -55,6 +64,10 @@ def test_rows(smoke):
         assert capped["size_bytes"] <= int4["size_bytes"]
     else:  # onnxbc may refuse a budget it cannot meet; the row says so
         assert capped["status"] == "failed" and "--max-size" in capped["reason"]
+    blocks, capped = rows["int4-b64"], rows["max-size-int4-b64"]
+    assert blocks["status"] == "ok" and blocks["size_bytes"] > int4["size_bytes"]  # 4.5 bits stored
+    if capped["status"] == "ok":
+        assert capped["size_bytes"] <= blocks["size_bytes"]
     if importlib.util.find_spec("nncf") is None:
         assert rows["nncf"]["status"] == "skipped" and "nncf" in rows["nncf"]["reason"]
     assert results["machine"]["cores"] >= 1 and "onnxbc" in results["packages"]
