@@ -162,7 +162,7 @@ def compress(
             ranges = _first_pass(working, uses, smooth_axes, [*power, *moments], calib, sessions, stages)
         rep.passes_over_data += 1
 
-    with timer("quantize_weights"), stages.step("Quantizing weights", 1) as advance:
+    with timer("quantize_weights"), stages.step("Quantizing weights", len(targets.weights)) as advance:
         fixed = precision.fixed_bytes_estimate(
             rep.input["bytes"],
             max(precision.value_type_bytes(working) - types_before, 0),
@@ -171,9 +171,9 @@ def compress(
             smooth_axes,
         )
         stats = precision.input_stats(targets, ranges, power, moments)
-        choice = precision.choose(targets, options, power_importance(targets, ranges), stats, overrides, policy, fixed)
+        importance = power_importance(targets, ranges)
+        choice = precision.choose(targets, options, importance, stats, overrides, policy, fixed, advance)
         plan.weights.update(choice.weights)
-        advance()
     for group in targets.weights.values():
         granularity_note = weight_granularity(group, options)[1] if group.name in plan.weights else None
         for t in group.targets:

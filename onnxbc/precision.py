@@ -188,6 +188,7 @@ def choose(
     overrides: dict[str, LayerOverride],
     policy: Policy | None,
     fixed_bytes: int,
+    advance: Callable[[], None] = lambda: None,
 ) -> Precision:
     """Quantize every weight: at ``--weights`` bits, or under the budget at the bits the allocation picks;
     the policy's overrides first. ``fixed_bytes``: from above, what the written file holds besides the
@@ -200,6 +201,7 @@ def choose(
     candidates = tuple(sorted(options.candidates)) if budget else (options.weights.bits,)
     layers, quants, pinned = [], {}, {}
     for name, group in targets.weights.items():
+        advance()
         override = _group_override(group, overrides, notes)
         if override.skip or options.weights is WeightType.NONE:
             continue
