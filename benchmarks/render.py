@@ -350,9 +350,11 @@ def results_markdown(results: Sequence[dict], plots: dict[str, str]) -> list[str
 
 
 def load(paths: Iterable[Path]) -> list[dict]:
-    results = [json.loads(Path(p).read_text()) for p in paths]
+    """The matrix and scaling results among ``paths`` (the other result files have their own pages:
+    DATAFREE.md, MIXED.md), in page order."""
     order = {"matrix": 0, "scaling": 1}
-    return sorted(results, key=lambda r: (order.get(r.get("kind"), 2), r["created"]))
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    return sorted((r for r in results if r.get("kind") in order), key=lambda r: (order[r["kind"]], r["created"]))
 
 
 def render(results_dir: Path, readme: Path = README, paths: Sequence[Path] | None = None) -> list[Path]:
