@@ -78,6 +78,14 @@ METHODS: dict[str, Method] = {
             description="--bias-correction sequential",
         ),
         Method(
+            "onnxbc_gptq",
+            "onnxbc_tool",
+            "onnxbc",
+            {"rounding": "gptq"},
+            kind="weight_only",
+            description="--rounding gptq (MatMul/Gemm weights), independent compensation",
+        ),
+        Method(
             "onnxbc_position",
             "onnxbc_tool",
             "onnxbc",

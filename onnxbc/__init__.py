@@ -22,6 +22,7 @@ from onnxbc.options import (
     ErrorMetric,
     OutputFormat,
     RangeMethod,
+    Rounding,
     Target,
     WeightType,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "OnnxbcError",
     "OutputFormat",
     "RangeMethod",
+    "Rounding",
     "Target",
     "UsageError",
     "WeightType",

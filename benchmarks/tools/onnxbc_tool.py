@@ -1,11 +1,12 @@
 """onnxbc through its Python API, with the shared calibration file and every sample in it.
 
 ``bias_correction`` none | independent (onnxbc's default) | sequential; ``bias_shape`` channel (default) |
-position (fixed input shapes only). Everything else is onnxbc's default (MSE-searched weight scales, MSE
-activation ranges, attention MatMuls quantized, 20 % of the samples held out to decide whether compensation is
-kept), except ``device=cpu``: every tool calibrates on the CPU here. Blocks: onnxbc blocks along each weight's
-input dim (MatMul/Gemm K; Conv input channels), so a dim that is not a multiple of 128 ends in a partial block
-and a Conv with fewer than 128 input channels gets one scale per (output channel, kernel position).
+position (fixed input shapes only); ``rounding`` nearest (default) | gptq. Everything else is onnxbc's
+default (MSE-searched weight scales, MSE activation ranges, attention MatMuls quantized, 20 % of the samples
+held out to decide whether compensation is kept), except ``device=cpu``: every tool calibrates on the CPU
+here. Blocks: onnxbc blocks along each weight's input dim (MatMul/Gemm K; Conv input channels), so a dim that
+is not a multiple of 128 ends in a partial block and a Conv with fewer than 128 input channels gets one scale
+per (output channel, kernel position).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def quantize(
     *,
     bias_correction: str = "independent",
     bias_shape: str = "channel",
+    rounding: str = "nearest",
 ) -> Result | NotApplicable:
     import onnxbc
 
@@ -39,6 +41,7 @@ def quantize(
         block_size=setting.block_size,
         bias_correction=onnxbc.BiasCorrection(bias_correction),
         bias_shape=onnxbc.BiasShape(bias_shape),
+        rounding=onnxbc.Rounding(rounding),
         device=onnxbc.Device.CPU,
     )
     n = sample_count(calibration_arrays(bench))
