@@ -318,8 +318,31 @@ def _baseline_line(rows: list[dict]) -> str:
     return f"Compress time and peak RSS ratios are to the ONNX Runtime row of the same setting ({pairs})."
 
 
-def results_markdown(results: Sequence[dict], plots: dict[str, str]) -> list[str]:
+def merged_matrix(results: Sequence[dict]) -> dict | None:
+    """Every matrix result as one: a later file's row takes the place of an earlier row for the same model,
+    setting and method unless the earlier one ran (``--slow`` or extra-method runs fill in the main run)."""
     matrices = [r for r in results if r.get("kind") == "matrix"]
+    if not matrices:
+        return None
+    rows: dict[tuple, dict] = {}
+    models: dict[str, dict] = {}
+    batches: dict[str, int] = {}
+    for res in matrices:
+        for model, info in res["models"].items():
+            models.setdefault(model, info)
+        for model, batch in res["config"]["latency_batch"].items():
+            batches.setdefault(model, batch)
+        for row in res["rows"]:
+            key = (row["model"], row["setting"], row["method"])
+            if key not in rows or rows[key].get("status") != "ok":
+                rows[key] = row
+    config = {**matrices[0]["config"], "latency_batch": batches}
+    return {**matrices[0], "models": models, "rows": list(rows.values()), "config": config}
+
+
+def results_markdown(results: Sequence[dict], plots: dict[str, str]) -> list[str]:
+    merged = merged_matrix(results)
+    matrices = [merged] if merged is not None else []
     scalings = [r for r in results if r.get("kind") == "scaling"]
     lines = _header(results) + [""]
     if matrices:
@@ -363,14 +386,12 @@ def render(results_dir: Path, readme: Path = README, paths: Sequence[Path] | Non
         raise SystemExit(f"no results JSON in {results_dir}")
     written: list[Path] = []
     plots: dict[str, str] = {}
-    for res in results:
-        if res.get("kind") != "matrix":
-            continue
-        for model, info in res["models"].items():
-            png = Path(results_dir) / f"{model}.png"
-            if plot_model(model, info, [r for r in res["rows"] if r["model"] == model], png):
-                plots[model] = os.path.relpath(png.resolve(), readme.resolve().parent)
-                written.append(png)
+    merged = merged_matrix(results)
+    for model, info in merged["models"].items() if merged is not None else ():
+        png = Path(results_dir) / f"{model}.png"
+        if plot_model(model, info, [r for r in merged["rows"] if r["model"] == model], png):
+            plots[model] = os.path.relpath(png.resolve(), readme.resolve().parent)
+            written.append(png)
     if not plots:
         print("matplotlib is not importable: plots skipped")
     text = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
