@@ -125,7 +125,7 @@ def _match(node: ir.Node) -> _Site | str:
         return f"bias '{bias.name}' is {bias.const_value.dtype.name}, not float"
 
     x, w = node.inputs[0], node.inputs[1]
-    x_dq, w_dq = _dequantize(x), _dequantize(w)
+    x_dq, w_dq = dequantize_node(x), dequantize_node(w)
     s_x = _constant(x_dq.inputs[1]) if x_dq is not None else None
     if s_x is None:
         return f"input '{x.name}' is not dequantized with a constant scale (activation not quantized)"
@@ -151,7 +151,8 @@ def _match(node: ir.Node) -> _Site | str:
     return _Site(bias, np.float64(s_x.item()) * s_w.astype(np.float64))
 
 
-def _dequantize(value: ir.Value) -> ir.Node | None:
+def dequantize_node(value: ir.Value) -> ir.Node | None:
+    """The standard-domain DequantizeLinear that computes ``value``, if one does."""
     node = value.producer()
     if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
         return None

@@ -26,12 +26,11 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from onnxbc.passes.bias_int32 import INT32, dequantize_node
 from onnxbc.passes.graph_utils import Namer, const, nodes_by_name
 from onnxbc.plan import BiasFold
 
 logger = logging.getLogger(__name__)
-
-INT32 = np.iinfo(np.int32)
 
 
 class FoldBiasPass(ir.passes.InPlacePass):
@@ -163,8 +162,8 @@ def _add_into(node: ir.Node, index: int, delta: np.ndarray, namer: Namer) -> Non
 def _int32_dequantize(value: ir.Value, channels: int) -> ir.Node | None:
     """The DequantizeLinear of constant int32 codes ``[channels]`` (scale constant, per tensor or channel)
     that computes ``value``, if it does."""
-    dq = value.producer()
-    if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
+    dq = dequantize_node(value)
+    if dq is None:
         return None
     codes, scale = dq.inputs[0], dq.inputs[1]
     if not _is_constant(codes) or codes.const_value.dtype != ir.DataType.INT32 or scale.const_value is None:
