@@ -119,7 +119,8 @@ def compress(
     refuse_quantized(working, model_path)
     rep.opset["before"] = working.opset_imports.get("", 0)
     policy = load_policy(options.policy) if options.policy is not None else None
-    types_before = precision.value_type_bytes(working)
+    size_budget = precision.budget_of(options, policy)[1] is not None  # --max-size: file bytes are estimated
+    types_before = precision.value_type_bytes(working) if size_budget else 0
     with timer("prepare"):
         needed = precision.required_opset(options, policy)
         min_opset = max(needed, options.opset or 0, 19 if _has_half_floats(working) else 0)
@@ -163,12 +164,16 @@ def compress(
         rep.passes_over_data += 1
 
     with timer("quantize_weights"), stages.step("Quantizing weights", len(targets.weights)) as advance:
-        fixed = precision.fixed_bytes_estimate(
-            rep.input["bytes"],
-            max(precision.value_type_bytes(working) - types_before, 0),
-            targets,
-            list(uses) if quantize_activations else [],
-            smooth_axes,
+        fixed = (
+            precision.fixed_bytes_estimate(
+                rep.input["bytes"],
+                max(precision.value_type_bytes(working) - types_before, 0),
+                targets,
+                list(uses) if quantize_activations else [],
+                smooth_axes,
+            )
+            if size_budget
+            else None
         )
         stats = precision.input_stats(targets, ranges, power, moments)
         importance = power_importance(targets, ranges)

@@ -39,7 +39,7 @@ from onnxbc.plan import WeightQuant
 from onnxbc.policy import LayerOverride, Policy
 from onnxbc.quantizers import representable_scale, unsupported_weight, weight_granularity, weight_quant
 from onnxbc.smoothing import groups as conv_groups
-from onnxbc.solvers.allocate import Allocation, LayerChoices, Option, allocate
+from onnxbc.solvers.allocate import Allocation, LayerChoices, Option, allocate, stored_bytes
 from onnxbc.solvers.gptq import SecondMoments, gptq_quantize
 from onnxbc.solvers.schemes import Scheme, quantize_scheme
 from onnxbc.solvers.smooth import per_input_channel
@@ -75,11 +75,18 @@ class Precision:
     report: dict
 
 
+def budget_of(options: CompressOptions, policy: Policy | None) -> tuple[float | None, int | None]:
+    """``(avg_bits, max_size)``: the command line's budget, else the policy's (either may be None)."""
+    if options.budget or policy is None:
+        return options.avg_bits, options.max_size
+    return policy.avg_bits, policy.max_size
+
+
 def required_opset(options: CompressOptions, policy: Policy | None) -> int:
     """The opset the weights need, the policy's bits and budget included."""
     low = policy is not None and (
         any(r.bits is not None and r.bits <= 4 for r in policy.rules)
-        or ((policy.avg_bits is not None or policy.max_size is not None) and min(options.candidates) <= 4)
+        or (budget_of(options, policy) != (None, None) and min(options.candidates) <= 4)
     )
     return max(options.required_opset, 21 if low else 0)
 
@@ -187,16 +194,15 @@ def choose(
     stats: dict[str, InputStats],
     overrides: dict[str, LayerOverride],
     policy: Policy | None,
-    fixed_bytes: int,
+    fixed_bytes: int | None,
     advance: Callable[[], None] = lambda: None,
 ) -> Precision:
     """Quantize every weight: at ``--weights`` bits, or under the budget at the bits the allocation picks;
-    the policy's overrides first. ``fixed_bytes``: from above, what the written file holds besides the
-    quantized weights when all of them stay float (``--max-size``)."""
+    the policy's overrides first. ``fixed_bytes`` (given with a ``--max-size`` budget): from above, what the
+    written file holds besides the quantized weights when all of them stay float."""
     notes: dict[str, list[str]] = {}
     skipped = {name for name, o in overrides.items() if o.skip}
-    avg_bits = options.avg_bits if options.budget or policy is None else policy.avg_bits
-    max_size = options.max_size if options.budget or policy is None else policy.max_size
+    avg_bits, max_size = budget_of(options, policy)
     budget = avg_bits is not None or max_size is not None
     candidates = tuple(sorted(options.candidates)) if budget else (options.weights.bits,)
     layers, quants, pinned = [], {}, {}
@@ -311,7 +317,7 @@ def _constant_bias(t: Layer) -> bool:
 
 
 def check_size(path_bytes: int, options: CompressOptions, policy: Policy | None) -> None:
-    max_size = options.max_size if options.budget or policy is None else policy.max_size
+    max_size = budget_of(options, policy)[1]
     if max_size is not None and path_bytes > max_size:
         raise OnnxbcError(f"the written model has {path_bytes} bytes, over --max-size {max_size}; nothing kept")
 
@@ -399,10 +405,10 @@ def _gptq_rounder(group: WeightGroup, stats: InputStats) -> Callable | None:
 
 def _stored_bytes(wq: WeightQuant, scale_bytes: int) -> int:
     """What ``wq`` takes in the file: codes (int4 packs two a byte), scales and zero points."""
-    if wq.emulated is not None:
-        return int(wq.emulated.size) * scale_bytes
-    zero = 0 if wq.zero_point is None else -(-wq.zero_point.size * wq.stored_bits // 8)
-    return -(-wq.codes.size * wq.stored_bits // 8) + wq.scale.size * scale_bytes + zero
+    if wq.emulated is not None:  # float values of the model's float type
+        return stored_bytes(wq.emulated.size, 8 * scale_bytes, 0)
+    zero = 0 if wq.zero_point is None else stored_bytes(wq.zero_point.size, wq.stored_bits, 0)
+    return stored_bytes(wq.codes.size, wq.stored_bits, wq.scale.size, scale_bytes) + zero
 
 
 def _report(
