@@ -203,6 +203,14 @@ def compress(
             help="Price each candidate by the error left after bias compensation (or before it).",
         ),
     ] = True,
+    measured_prices: Annotated[
+        bool,
+        typer.Option(
+            "--measured-prices/--closed-form-prices",
+            help="Scale each weight's prices to the model output by running its candidates alone on held-out "
+            "samples (one run per weight and bit width), or price by layer errors only (no extra runs).",
+        ),
+    ] = True,
     policy: Annotated[
         Path | None,
         typer.Option(
@@ -270,6 +278,7 @@ def compress(
             max_size=parse_size(max_size, "--max-size") if max_size is not None else None,
             candidates=_bit_list(candidates),
             price_compensated=compensated_prices,
+            price_measured=measured_prices,
             policy=policy,
             rounding=rounding,
             scheme=scheme,

@@ -133,6 +133,7 @@ class CompressOptions:
     max_size: int | None = None  # bytes of the written model file
     candidates: tuple[int, ...] = CANDIDATE_BITS
     price_compensated: bool = True  # price each candidate by its error left after bias compensation
+    price_measured: bool = True  # scale the prices to the model output by running each weight's candidates
     policy: Path | None = None  # per-layer overrides (onnxbc.policy)
     rounding: Rounding = Rounding.NEAREST
     scheme: str = "uniform"  # a solvers.schemes.Scheme value, or "auto" (per layer, least output error)

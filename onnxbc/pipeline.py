@@ -13,14 +13,14 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 import onnxbc
-from onnxbc import model_io, precision, validate
+from onnxbc import model_io, precision, sensitivity, validate
 from onnxbc.calibration.collector import Probe, collect
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
@@ -157,7 +157,7 @@ def compress(
     uniform = options.scheme == "uniform" and options.rounding is Rounding.NEAREST
     smooth_axes = smoothable(targets, uses) if options.smoothing and quantize_activations and uniform else {}
     ranges: dict[str, RangeProbe] = {}
-    power, moments = precision.stats_probes(targets, options)
+    power, moments = precision.stats_probes(targets, options, overrides)
     if uses:  # pass 1: activation histograms, and the input statistics that weight scales and prices use
         with timer("ranges"):
             ranges = _first_pass(working, uses, smooth_axes, [*power, *moments], calib, sessions, stages)
@@ -177,7 +177,15 @@ def compress(
         )
         stats = precision.input_stats(targets, ranges, power, moments)
         importance = power_importance(targets, ranges)
-        choice = precision.choose(targets, options, importance, stats, overrides, policy, fixed, advance)
+        measure = None
+        if options.price_measured:
+
+            def measure(trials: dict[str, list[Callable[[], np.ndarray]]]) -> dict[str, list[float]]:
+                runs = sum(len(t) for t in trials.values())
+                with timer("measure_sensitivity"), stages.step("Measuring output sensitivity", runs) as step:
+                    return sensitivity.output_errors(working, trials, calib, sessions, step)
+
+        choice = precision.choose(targets, options, importance, stats, overrides, policy, fixed, advance, measure)
         plan.weights.update(choice.weights)
     for group in targets.weights.values():
         granularity_note = weight_granularity(group, options)[1] if group.name in plan.weights else None

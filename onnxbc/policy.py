@@ -14,6 +14,7 @@ Schema (TOML)::
     bits = 8
     scheme = "uniform"        # a schemes.Scheme value
     block_size = 128          # optional, weights per scale block along the input axis
+    rounding = "gptq"         # optional: "nearest" or "gptq" (2-D MatMul/Gemm weights)
 
     [[layer]]
     name = "classifier"
@@ -35,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from onnxbc.errors import UsageError
+from onnxbc.options import Rounding
 from onnxbc.solvers.schemes import Scheme
 
 BITS = (2, 3, 4, 8)
-RULE_KEYS = ("name", "pattern", "bits", "scheme", "skip", "block_size")
+RULE_KEYS = ("name", "pattern", "bits", "scheme", "skip", "block_size", "rounding")
 TOP_KEYS = ("layer", "avg_bits", "max_size")
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -54,6 +56,7 @@ class LayerRule:
     scheme: Scheme | None = None
     skip: bool | None = None
     block_size: int | None = None
+    rounding: Rounding | None = None
 
     def matches(self, layer: str) -> bool:
         return layer == self.name if self.pattern is None else self.pattern.fullmatch(layer) is not None
@@ -70,6 +73,7 @@ class LayerOverride:
     scheme: Scheme | None = None
     skip: bool = False
     block_size: int | None = None
+    rounding: Rounding | None = None
     rules: tuple[int, ...] = ()
 
 
@@ -96,7 +100,7 @@ class Policy:
 
 def _apply(current: LayerOverride, rule: LayerRule) -> LayerOverride:
     changes: dict[str, Any] = {"rules": current.rules + (rule.index,)}
-    for field in ("bits", "scheme", "skip", "block_size"):
+    for field in ("bits", "scheme", "skip", "block_size", "rounding"):
         value = getattr(rule, field)
         if value is not None:
             changes[field] = value
@@ -196,14 +200,20 @@ def _rule(raw: Mapping[str, Any], index: int, source: str) -> LayerRule:
         if isinstance(size, bool) or not isinstance(size, int) or size < 2:
             raise UsageError(f"{where}: block_size must be an integer >= 2, not {size!r}")
         fields["block_size"] = size
+    if "rounding" in raw:
+        try:
+            fields["rounding"] = Rounding(raw["rounding"])
+        except ValueError as e:
+            known = ", ".join(r.value for r in Rounding)
+            raise UsageError(f"{where}: unknown rounding {raw['rounding']!r} (known: {known})") from e
     rule = LayerRule(**fields)
     _check_rule(rule, where)
     return rule
 
 
 def _check_rule(rule: LayerRule, where: str) -> None:
-    if rule.skip and any(v is not None for v in (rule.bits, rule.scheme, rule.block_size)):
-        raise UsageError(f"{where}: skip = true leaves the layer float; drop bits/scheme/block_size")
+    if rule.skip and any(v is not None for v in (rule.bits, rule.scheme, rule.block_size, rule.rounding)):
+        raise UsageError(f"{where}: skip = true leaves the layer float; drop bits/scheme/block_size/rounding")
     if rule.scheme is not None and rule.bits is not None and rule.bits not in rule.scheme.bit_widths:
         widths = ", ".join(map(str, rule.scheme.bit_widths))
         raise UsageError(f"{where}: scheme {rule.scheme.value!r} is defined for bits {widths}, not {rule.bits}")
@@ -236,7 +246,7 @@ def policy_from_report(report: Mapping[str, Any]) -> str:
     """A TOML policy that reproduces a run's per-layer choices, from its report JSON (as a dict).
 
     Each layer of ``report["layers"]`` becomes an exact-name rule: ``skip = true`` when its status is
-    ``"skipped"``, else ``bits`` (and ``block_size`` for block scales, ``scheme`` when recorded) of its
+    ``"skipped"``, else ``bits`` (and ``block_size`` for block scales, ``scheme`` and ``rounding`` when recorded) of its
     ``"weight"``. Quantized layers without a weight (activation x activation MatMul) get no rule; bit widths
     a policy cannot set (7) become a comment.
     """
@@ -269,6 +279,8 @@ def _rule_lines(layer: Mapping[str, Any]) -> list[str]:
         body.append(f"scheme = {toml_string(weight['scheme'])}")
     if weight.get("block_size"):
         body.append(f"block_size = {int(weight['block_size'])}")
+    if weight.get("rounding"):
+        body.append(f"rounding = {toml_string(weight['rounding'])}")
     return body
 
 

@@ -15,6 +15,13 @@ errors of different layers add up. A weight without input statistics (read by se
 table) is priced by its relative weight error ``sum dW^2 / sum W^2``. ``tests/test_precision.py`` checks
 the prices against the errors measured after compensation.
 
+**Measured gain** (default under a budget; ``--closed-form-prices`` turns it off). Layer errors do not
+reach the model output with the same gain, so each weight's best option per bit width is also run alone
+in the float model on held-out samples (``onnxbc.sensitivity``), and ``measured output error / raw closed
+form`` scales every option of that weight and width. Compensation stays in the loop through the closed
+form's ``e_comp / e_raw`` ratio. ``tests/test_sensitivity.py`` checks the summed prices against the
+written model's output error.
+
 **Allocation.** ``--avg-bits X`` (logical bits per quantized weight) or ``--max-size SIZE`` (the written file):
 ``solvers.allocate`` picks one (bits, scheme) per weight among ``--candidates`` to minimize the summed price
 within the budget. For ``--max-size`` the bytes outside the quantized weights (graph, float tensors,
@@ -75,6 +82,20 @@ class Precision:
     report: dict
 
 
+@dataclasses.dataclass
+class _Priced:
+    """One candidate of one weight and its prices."""
+
+    quant: WeightQuant
+    closed_form: float  # at its layer, after compensation or before it (``--compensated-prices``)
+    raw: float  # at its layer, before compensation
+    error: float = -1.0  # what the allocation uses: the closed form, scaled to the model output when measured
+
+    def __post_init__(self) -> None:
+        if self.error < 0:
+            self.error = self.closed_form
+
+
 def budget_of(options: CompressOptions, policy: Policy | None) -> tuple[float | None, int | None]:
     """``(avg_bits, max_size)``: the command line's budget, else the policy's (either may be None)."""
     if options.budget or policy is None:
@@ -104,19 +125,21 @@ def resolve(
     return overrides, warnings
 
 
-def stats_probes(targets: Targets, options: CompressOptions) -> tuple[list[OutputPowerProbe], list[MomentsProbe]]:
+def stats_probes(
+    targets: Targets, options: CompressOptions, overrides: dict[str, LayerOverride]
+) -> tuple[list[OutputPowerProbe], list[MomentsProbe]]:
     """Pass-1 probes pricing needs beyond the input ranges: each layer's output power (with a budget or
-    ``--scheme auto``) and the input second moments of the layers GPTQ can round."""
+    ``--scheme auto``) and the input second moments of the layers GPTQ can round (``--rounding gptq`` or
+    the policy's rules)."""
     power = []
     if options.budget or options.scheme == "auto":
         power = [OutputPowerProbe(g.targets[0]) for g in targets.weights.values() if _priced_by_input(g)]
     moments: dict[str, MomentsProbe] = {}  # by input: Q, K and V projections share one
-    if options.rounding is Rounding.GPTQ:
-        for group in targets.weights.values():
-            if gptq_reason(group) is None:
-                t = group.targets[0]
-                x = t.node.inputs[t.activation_inputs[0]].name
-                moments.setdefault(x, MomentsProbe(x, int(group.source.const_value.shape[t.weight.input_axis])))
+    for group in targets.weights.values():
+        if _rounding(group, overrides, options) is Rounding.GPTQ and gptq_reason(group) is None:
+            t = group.targets[0]
+            x = t.node.inputs[t.activation_inputs[0]].name
+            moments.setdefault(x, MomentsProbe(x, int(group.source.const_value.shape[t.weight.input_axis])))
     return power, list(moments.values())
 
 
@@ -196,16 +219,19 @@ def choose(
     policy: Policy | None,
     fixed_bytes: int | None,
     advance: Callable[[], None] = lambda: None,
+    measure: Callable[[dict[str, list[Callable[[], np.ndarray]]]], dict[str, list[float]]] | None = None,
 ) -> Precision:
     """Quantize every weight: at ``--weights`` bits, or under the budget at the bits the allocation picks;
     the policy's overrides first. ``fixed_bytes`` (given with a ``--max-size`` budget): from above, what the
-    written file holds besides the quantized weights when all of them stay float."""
+    written file holds besides the quantized weights when all of them stay float. ``measure`` (under a
+    budget): the model's output error with each given weight's candidate values alone in its place
+    (``onnxbc.sensitivity.output_errors``), which scales the closed-form prices."""
     notes: dict[str, list[str]] = {}
     skipped = {name for name, o in overrides.items() if o.skip}
     avg_bits, max_size = budget_of(options, policy)
     budget = avg_bits is not None or max_size is not None
     candidates = tuple(sorted(options.candidates)) if budget else (options.weights.bits,)
-    layers, quants, pinned = [], {}, {}
+    layers, quants, pinned, priced = [], {}, {}, {}
     for name, group in targets.weights.items():
         advance()
         override = _group_override(group, overrides, notes)
@@ -215,8 +241,9 @@ def choose(
             options if override.block_size is None else dataclasses.replace(options, block_size=override.block_size)
         )
         bits_choices = (override.bits,) if override.bits is not None else candidates
-        rounder = _gptq_rounder(group, stats[name]) if options.rounding is Rounding.GPTQ else None
-        if options.rounding is Rounding.GPTQ and rounder is None:
+        gptq = (override.rounding or options.rounding) is Rounding.GPTQ
+        rounder = _gptq_rounder(group, stats[name]) if gptq else None
+        if gptq and rounder is None:
             notes.setdefault(name, []).append(gptq_reason(group) or "no input statistics for GPTQ: rounded to nearest")
         choices, reasons = [], []
         for bits in bits_choices:
@@ -226,30 +253,39 @@ def choose(
                 continue
             for scheme in _schemes(override.scheme or options.scheme, bits, options):
                 wq = _quantize(group, group_options, bits, scheme, importance.get(name), rounder)
-                choices.append((wq, price(group, wq, stats[name], options.price_compensated)))
+                choices.append(
+                    _Priced(
+                        wq,
+                        price(group, wq, stats[name], options.price_compensated),
+                        price(group, wq, stats[name], False),
+                    )
+                )
         if not choices:
             notes.setdefault(name, []).append(reasons[0] if reasons else "no candidate precision")
             continue
         if not budget:
-            quants[name] = min(choices, key=lambda c: c[1])[0]  # one bit width: the scheme with least error
+            quants[name] = min(choices, key=lambda c: c.closed_form).quant  # one bit width: least error scheme
             continue
-        scale_bytes = 2 if group.source.const_value.dtype.itemsize == 2 else 4
-        layers.append(
-            LayerChoices(
-                name,
-                # an emulated scheme stores float weights: 32 bits against --avg-bits too
-                tuple(
-                    Option(32 if wq.emulated is not None else wq.bits, _stored_bytes(wq, scale_bytes), error, wq.scheme)
-                    for wq, error in choices
-                ),
-                params=int(group.source.const_value.size),
-            )
-        )
-        quants[name] = [wq for wq, _ in choices]
+        priced[name] = choices
         if override.bits is not None or len(choices) == 1:
-            pinned[name] = 0 if len(choices) == 1 else int(np.argmin([e for _, e in choices]))
+            pinned[name] = 0 if len(choices) == 1 else int(np.argmin([c.closed_form for c in choices]))
     report: dict = {}
     if budget:
+        measured = _measure(priced, pinned, measure) if measure is not None else {}
+        for name, choices in priced.items():
+            scale_bytes = 2 if targets.weights[name].source.const_value.dtype.itemsize == 2 else 4
+            options_ = tuple(
+                # an emulated scheme stores float weights: 32 bits against --avg-bits too
+                Option(
+                    32 if c.quant.emulated is not None else c.quant.bits,
+                    _stored_bytes(c.quant, scale_bytes),
+                    c.error,
+                    c.quant.scheme,
+                )
+                for c in choices
+            )
+            layers.append(LayerChoices(name, options_, params=int(targets.weights[name].source.const_value.size)))
+            quants[name] = [c.quant for c in choices]
         weights_budget = None
         if max_size is not None:
             float_bytes = sum(
@@ -268,11 +304,46 @@ def choose(
         allocation = allocate(layers, max_bytes=weights_budget, avg_bits=avg_bits, pinned=pinned)
         for layer in layers:
             quants[layer.name] = quants[layer.name][allocation.index[layer.name]]
-        report = _report(allocation, layers, avg_bits, max_size, weights_budget, options)
+        report = _report(allocation, layers, avg_bits, max_size, weights_budget, options, priced, measured)
     report["layers"] = {
         name: {"bits": wq.bits, "scheme": wq.scheme, "rounding": wq.rounding} for name, wq in quants.items()
     }
     return Precision(quants, notes, skipped, report)
+
+
+def _measure(
+    priced: dict[str, list[_Priced]],
+    pinned: dict[str, int],
+    measure: Callable[[dict[str, list[Callable[[], np.ndarray]]]], dict[str, list[float]]],
+) -> dict:
+    """Scale each weight's closed-form prices to the model output (``onnxbc.sensitivity``): per bit width
+    its best closed-form option is run, and ``measured / raw closed form`` is that width's gain. A weight
+    that cannot be run takes the median gain. Returns the report's account of the measurement."""
+    run: dict[str, list[int]] = {}
+    for name, choices in priced.items():
+        if name in pinned:
+            continue  # nothing to choose
+        best: dict[int, int] = {}
+        for i, c in enumerate(choices):
+            if c.quant.bits not in best or c.closed_form < choices[best[c.quant.bits]].closed_form:
+                best[c.quant.bits] = i
+        run[name] = sorted(best.values())
+    errors = measure({name: [priced[name][i].quant.dequantized for i in picked] for name, picked in run.items()})
+    gains: dict[tuple[str, int], float] = {}
+    for name, measured in errors.items():
+        for i, error in zip(run[name], measured):
+            c = priced[name][i]
+            gains[name, c.quant.bits] = error / c.raw if c.raw > 0 else 1.0
+    typical = float(np.median(list(gains.values()))) if gains else 1.0
+    for name, choices in priced.items():
+        for c in choices:
+            c.error = gains.get((name, c.quant.bits), typical) * c.closed_form
+    return {
+        "weights": len(errors),
+        "runs": sum(len(v) for v in errors.values()),
+        "median_gain": typical,
+        "not_run": sorted(set(run) - set(errors)),
+    }
 
 
 def value_type_bytes(model: ir.Model) -> int:
@@ -340,6 +411,10 @@ def _group_override(
             "policy rules differ between the layers sharing this weight: the first applies"
         )
     return found[0]
+
+
+def _rounding(group: WeightGroup, overrides: dict[str, LayerOverride], options: CompressOptions) -> Rounding:
+    return _group_override(group, overrides, {}).rounding or options.rounding
 
 
 def _schemes(scheme: Scheme | str, bits: int, options: CompressOptions) -> list[Scheme]:
@@ -418,13 +493,17 @@ def _report(
     max_size: int | None,
     weights_budget: int | None,
     options: CompressOptions,
+    priced: dict[str, list[_Priced]],
+    measured: dict,
 ) -> dict:
     params = sum(layer.params for layer in layers)
+    closed_form = {name: [c.closed_form for c in choices] for name, choices in priced.items()}
     return {
         "budget": {"avg_bits": avg_bits}
         if avg_bits is not None
         else {"max_size": max_size, "weights_bytes": weights_budget},
         "priced": "after compensation" if options.price_compensated else "before compensation",
+        "measured": measured or None,  # None: closed-form layer errors only (--closed-form-prices)
         "candidates": sorted(options.candidates),
         "method": allocation.method,
         "chosen": {
@@ -442,7 +521,10 @@ def _report(
             for p in allocation.curve
         ],
         "options": {
-            layer.name: [{"bits": o.bits, "scheme": o.scheme, "bytes": o.size, "error": o.error} for o in layer.options]
+            layer.name: [
+                {"bits": o.bits, "scheme": o.scheme, "bytes": o.size, "error": o.error, "layer_error": layer_error}
+                for o, layer_error in zip(layer.options, closed_form[layer.name])
+            ]
             for layer in layers
         },
     }

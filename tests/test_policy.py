@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from onnxbc.errors import UsageError
+from onnxbc.options import Rounding
 from onnxbc.policy import LayerOverride, load_policy, parse_policy, policy_from_report, toml_string
 from onnxbc.solvers.schemes import Scheme
 
@@ -89,6 +90,8 @@ def test_load_from_file_and_sizes(tmp_path):
         ('[[layer]]\nname = "a"\nskip = "yes"', "skip must be true or false"),
         ('[[layer]]\nname = "a"\nskip = true\nbits = 4', "skip = true leaves the layer float"),
         ('[[layer]]\nname = "a"\nblock_size = 0', "block_size must be an integer >= 2"),
+        ('[[layer]]\nname = "a"\nrounding = "stochastic"', "unknown rounding 'stochastic' \\(known: nearest, gptq\\)"),
+        ('[[layer]]\nname = "a"\nskip = true\nrounding = "gptq"', "skip = true leaves the layer float"),
         ('[[layer]]\nname = ""\nbits = 4', "name must be a non-empty string"),
         ("avg_bits = 4\nmax_size = 100", "avg_bits or max_size, not both"),
         ("avg_bits = 40", "avg_bits must be a number between 1 and 16"),
@@ -136,6 +139,7 @@ def test_policy_from_report_round_trips():
         {"name": "conv1", "status": "quantized", "weight": {"bits": 8, "granularity": "channel", "block_size": 0}},
         {"name": 'fc/"odd"\\name\u00e9\U0001f600', "status": "quantized", "weight": {"bits": 3, "block_size": 0}},
         {"name": "fc2", "status": "quantized", "weight": {"bits": 4, "granularity": "block128", "block_size": 128}},
+        {"name": "fc3", "status": "quantized", "weight": {"bits": 3, "rounding": "gptq"}},
         {"name": "attn_matmul", "status": "quantized", "weight": None},
         {"name": "head", "status": "skipped", "reason": "unsupported", "weight": None},
         {"name": "ln\ttab", "status": "quantized", "weight": {"bits": 2, "scheme": "ternary"}},
@@ -147,9 +151,10 @@ def test_policy_from_report_round_trips():
     assert overrides["conv1"] == LayerOverride(bits=8, rules=(1,))
     assert overrides['fc/"odd"\\name\u00e9\U0001f600'].bits == 3
     assert overrides["fc2"] == LayerOverride(bits=4, block_size=128, rules=(3,))
+    assert overrides["fc3"] == LayerOverride(bits=3, rounding=Rounding.GPTQ, rules=(4,))
     assert "attn_matmul" not in overrides
     assert overrides["head"].skip
-    assert overrides["ln\ttab"] == LayerOverride(bits=2, scheme=Scheme.TERNARY, rules=(5,))
+    assert overrides["ln\ttab"] == LayerOverride(bits=2, scheme=Scheme.TERNARY, rules=(6,))
     assert "reduced" not in overrides and "# reduced: 7 bits cannot be set by a policy" in text
     assert text.startswith("# onnxbc policy reproducing the per-layer choices of m.onnx")
 

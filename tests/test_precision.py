@@ -98,7 +98,7 @@ def test_prices_match_the_measured_layer_errors(tmp_path, compensated):
         smoothing=False,
         **WEIGHT_ONLY,
     )
-    prices = {name: options[0]["error"] for name, options in rep.precision["options"].items()}
+    prices = {name: options[0]["layer_error"] for name, options in rep.precision["options"].items()}
     pairs = []
     for layer in rep.layers:
         if layer.weight and layer.error:
@@ -149,6 +149,15 @@ def test_gptq_lowers_the_output_error_at_3_bits(zoo, tmp_path):
     errors = {k: next(iter(r.outputs["without_compensation"].values()))["rel_mse"] for k, r in reports.items()}
     assert errors[Rounding.GPTQ] < errors[Rounding.NEAREST]
     assert {r.weight["rounding"] for r in reports[Rounding.GPTQ].layers if r.weight} == {"gptq"}
+
+
+def test_policy_sets_gptq_rounding_per_layer(tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[layer]]\nname = "/classifier/classifier.1/Gemm"\nrounding = "gptq"\n')
+    rep = run(FASHION, tmp_path / "m.onnx", FASHION_DATA, weights=WeightType.INT4, policy=policy)
+    rounding = {r.name: r.weight["rounding"] for r in rep.layers if r.weight}
+    assert rounding.pop("/classifier/classifier.1/Gemm") == "gptq"
+    assert set(rounding.values()) == {"nearest"}
 
 
 def test_gptq_notes_the_layers_it_cannot_round(tmp_path):
