@@ -211,6 +211,13 @@ def compress(
             "samples (one run per weight and bit width), or price by layer errors only (no extra runs).",
         ),
     ] = True,
+    block_candidates: Annotated[
+        str | None,
+        typer.Option(
+            help="With --max-size: scale layouts each weight may take, e.g. 0,128,64 (0 = per channel; blocks of N "
+            "input features cost more scale bytes for less error). Default: --block-size only."
+        ),
+    ] = None,
     policy: Annotated[
         Path | None,
         typer.Option(
@@ -276,9 +283,10 @@ def compress(
             next_weights=next_weights,
             avg_bits=avg_bits,
             max_size=parse_size(max_size, "--max-size") if max_size is not None else None,
-            candidates=_bit_list(candidates),
+            candidates=_int_list(candidates, "--candidates", "2,3,4,8"),
             price_compensated=compensated_prices,
             price_measured=measured_prices,
+            block_candidates=_int_list(block_candidates, "--block-candidates") if block_candidates else (),
             policy=policy,
             rounding=rounding,
             scheme=scheme,
@@ -302,11 +310,11 @@ def compress(
         _print_result(result, quiet)
 
 
-def _bit_list(text: str) -> tuple[int, ...]:
+def _int_list(text: str, flag: str, example: str = "0,128,64") -> tuple[int, ...]:
     try:
         return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
-        raise UsageError(f"--candidates takes comma-separated bit widths such as 2,3,4,8, not {text!r}") from None
+        raise UsageError(f"{flag} takes comma-separated integers such as {example}, not {text!r}") from None
 
 
 def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:

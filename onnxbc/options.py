@@ -134,6 +134,9 @@ class CompressOptions:
     candidates: tuple[int, ...] = CANDIDATE_BITS
     price_compensated: bool = True  # price each candidate by its error left after bias compensation
     price_measured: bool = True  # scale the prices to the model output by running each weight's candidates
+    block_candidates: tuple[
+        int, ...
+    ] = ()  # --max-size: scale layouts to choose from (0 = per channel), else --block-size
     policy: Path | None = None  # per-layer overrides (onnxbc.policy)
     rounding: Rounding = Rounding.NEAREST
     scheme: str = "uniform"  # a solvers.schemes.Scheme value, or "auto" (per layer, least output error)
@@ -190,6 +193,19 @@ class CompressOptions:
             raise UsageError("--avg-bits/--max-size choose weight bits: they need quantized weights")
         if self.budget and self.data_free:
             raise UsageError("--avg-bits/--max-size need calibration data (they price layers on it), not --data-free")
+        if self.block_candidates:
+            if self.max_size is None:
+                raise UsageError(
+                    "--block-candidates needs --max-size: blocks cost scale bytes, which --avg-bits does not count"
+                )
+            if any(b < 0 or b % 16 for b in self.block_candidates):
+                raise UsageError(
+                    f"--block-candidates takes 0 (per channel) or multiples of 16, got {self.block_candidates}"
+                )
+            if self.target is Target.TENSORRT or self.per_tensor_weights:
+                raise UsageError(
+                    "--block-candidates is for --target onnxruntime with per-channel scales: give one --block-size"
+                )
         if self.scheme != "auto" and self.scheme not in {s.value for s in Scheme}:
             choices = ", ".join([*(s.value for s in Scheme), "auto"])
             raise UsageError(f"--scheme must be one of {choices}, got {self.scheme!r}")
@@ -218,7 +234,12 @@ class CompressOptions:
     @property
     def required_opset(self) -> int:
         """The lowest ai.onnx opset that can express the chosen quantization."""
-        if self.low_bit_weights or self.block_size or (self.data_free and self.next_weights.int4_container):
+        if (
+            self.low_bit_weights
+            or self.block_size
+            or any(self.block_candidates)
+            or (self.data_free and self.next_weights.int4_container)
+        ):
             return 21
         if self.activations in (ActivationType.INT16, ActivationType.INT4):
             return 21

@@ -237,29 +237,27 @@ def choose(
         override = _group_override(group, overrides, notes)
         if override.skip or options.weights is WeightType.NONE:
             continue
-        group_options = (
-            options if override.block_size is None else dataclasses.replace(options, block_size=override.block_size)
-        )
         bits_choices = (override.bits,) if override.bits is not None else candidates
         gptq = (override.rounding or options.rounding) is Rounding.GPTQ
         rounder = _gptq_rounder(group, stats[name]) if gptq else None
         if gptq and rounder is None:
             notes.setdefault(name, []).append(gptq_reason(group) or "no input statistics for GPTQ: rounded to nearest")
         choices, reasons = [], []
-        for bits in bits_choices:
-            reason = unsupported_weight(group, group_options, bits)
-            if reason:
-                reasons.append(reason)
-                continue
-            for scheme in _schemes(override.scheme or options.scheme, bits, options):
-                wq = _quantize(group, group_options, bits, scheme, importance.get(name), rounder)
-                choices.append(
-                    _Priced(
-                        wq,
-                        price(group, wq, stats[name], options.price_compensated),
-                        price(group, wq, stats[name], False),
+        for group_options in _layouts(group, options, override):
+            for bits in bits_choices:
+                reason = unsupported_weight(group, group_options, bits)
+                if reason:
+                    reasons.append(reason)
+                    continue
+                for scheme in _schemes(override.scheme or options.scheme, bits, options):
+                    wq = _quantize(group, group_options, bits, scheme, importance.get(name), rounder)
+                    choices.append(
+                        _Priced(
+                            wq,
+                            price(group, wq, stats[name], options.price_compensated),
+                            price(group, wq, stats[name], False),
+                        )
                     )
-                )
         if not choices:
             notes.setdefault(name, []).append(reasons[0] if reasons else "no candidate precision")
             continue
@@ -267,8 +265,8 @@ def choose(
             quants[name] = min(choices, key=lambda c: c.closed_form).quant  # one bit width: least error scheme
             continue
         priced[name] = choices
-        if override.bits is not None or len(choices) == 1:
-            pinned[name] = 0 if len(choices) == 1 else int(np.argmin([c.closed_form for c in choices]))
+        if len(choices) == 1:
+            pinned[name] = 0
     report: dict = {}
     if budget:
         measured = _measure(priced, pinned, measure) if measure is not None else {}
@@ -369,6 +367,8 @@ def fixed_bytes_estimate(
         channels = t.weight.source.const_value.shape[t.weight.input_axis] * conv_groups(t)
         extra += 4 * channels + BIAS_PROTO + 8 * len(name)
     for t in targets.targets:
+        if t.weight is None and not activations:
+            continue  # weight-only: activation x activation MatMuls stay float and get no bias
         if not _constant_bias(t):
             channels = t.weight.source.const_value.shape[t.weight.channel_axis] if t.weight is not None else 1
             extra += 4 * channels + BIAS_PROTO + 4 * len(t.name)
@@ -415,6 +415,20 @@ def _group_override(
 
 def _rounding(group: WeightGroup, overrides: dict[str, LayerOverride], options: CompressOptions) -> Rounding:
     return _group_override(group, overrides, {}).rounding or options.rounding
+
+
+def _layouts(group: WeightGroup, options: CompressOptions, override: LayerOverride) -> list[CompressOptions]:
+    """The options for each scale layout the weight may take: the policy's blocks, else ``--block-candidates``
+    (under ``--max-size``), else ``--block-size``; layouts that come out the same (blocks along an axis that
+    cannot be traced fall back to per channel) are tried once."""
+    blocks = (
+        (override.block_size,) if override.block_size is not None else options.block_candidates or (options.block_size,)
+    )
+    layouts: dict[object, CompressOptions] = {}
+    for block in blocks:
+        block_options = dataclasses.replace(options, block_size=block)
+        layouts.setdefault(weight_granularity(group, block_options)[0], block_options)
+    return list(layouts.values())
 
 
 def _schemes(scheme: Scheme | str, bits: int, options: CompressOptions) -> list[Scheme]:
@@ -497,7 +511,6 @@ def _report(
     measured: dict,
 ) -> dict:
     params = sum(layer.params for layer in layers)
-    closed_form = {name: [c.closed_form for c in choices] for name, choices in priced.items()}
     return {
         "budget": {"avg_bits": avg_bits}
         if avg_bits is not None
@@ -522,8 +535,15 @@ def _report(
         ],
         "options": {
             layer.name: [
-                {"bits": o.bits, "scheme": o.scheme, "bytes": o.size, "error": o.error, "layer_error": layer_error}
-                for o, layer_error in zip(layer.options, closed_form[layer.name])
+                {
+                    "bits": o.bits,
+                    "scheme": o.scheme,
+                    "block_size": c.quant.granularity.block_size,
+                    "bytes": o.size,
+                    "error": o.error,
+                    "layer_error": c.closed_form,
+                }
+                for o, c in zip(layer.options, priced[layer.name])
             ]
             for layer in layers
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import ml_dtypes
@@ -46,6 +47,11 @@ def weight_granularity(group: WeightGroup, options: CompressOptions) -> tuple[Gr
         "input axis not traceable through the weight's Reshape: per channel, not blocks" if options.block_size else None
     )
     return Granularity(group.channel_axis), note
+
+
+def like(wq: WeightQuant, options: CompressOptions) -> CompressOptions:
+    """``options`` with ``wq``'s scale blocks (a policy or a size budget may have chosen them per weight)."""
+    return dataclasses.replace(options, block_size=wq.granularity.block_size)
 
 
 def unsupported_weight(group: WeightGroup, options: CompressOptions, bits: int | None = None) -> str | None:

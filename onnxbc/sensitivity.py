@@ -25,7 +25,7 @@ import onnx_ir as ir
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
 
-SAMPLES = 32  # held-out samples each candidate is run on
+SAMPLES = 16  # held-out samples each candidate is run on
 REFERENCE_BUDGET_BYTES = 256 * 2**20  # the float outputs kept to compare against (fewer samples when larger)
 FEEDABLE = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
 

@@ -16,7 +16,7 @@ import numpy as np
 from onnxbc.calibration.probes import RangeProbe
 from onnxbc.options import CompressOptions
 from onnxbc.plan import QuantPlan, Smoothing
-from onnxbc.quantizers import activation_quant, weight_quant
+from onnxbc.quantizers import activation_quant, like, weight_quant
 from onnxbc.solvers.smooth import (
     ALPHAS,
     input_channel_max,
@@ -110,7 +110,7 @@ def candidate_plans(
             plan.weights[source] = weight_quant(
                 group,
                 scale_input_channels(w, s, t.weight.input_axis, groups(t)),
-                options,
+                like(base.weights[source], options),
                 importance,
                 bits=base.weights[source].bits,
             )

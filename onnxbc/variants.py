@@ -28,7 +28,7 @@ from onnxbc.options import CompressOptions, RangeMethod
 from onnxbc.passes.graph_utils import main_values
 from onnxbc.passes.smooth import fold_site
 from onnxbc.plan import QuantPlan
-from onnxbc.quantizers import weight_quant
+from onnxbc.quantizers import like, weight_quant
 from onnxbc.smoothing import candidate_plans, groups
 from onnxbc.solvers.smooth import per_input_channel
 from onnxbc.targets import Target, Targets, weight_array
@@ -58,7 +58,9 @@ def weight_range_variants(
         base = plan.weights.get(name)
         if base is None or not set(layers) <= observed or (base.scheme, base.rounding) != ("uniform", "nearest"):
             continue
-        minmax = weight_quant(group, weight_array(group), options, method=RangeMethod.MINMAX, bits=base.bits)
+        minmax = weight_quant(
+            group, weight_array(group), like(base, options), method=RangeMethod.MINMAX, bits=base.bits
+        )
         variant = QuantPlan(weights={name: minmax})
         for t in group.targets:
             for i in t.activation_inputs:

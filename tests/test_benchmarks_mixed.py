@@ -43,8 +43,10 @@ def test_rows(smoke):
         "mixed4.5-comp",
         "mixed4.5-raw",
         "max-size-int4",
+        "max-size-int4-blocks",
         "int4-b64",
         "max-size-int4-b64",
+        "max-size-int4-b64-blocks",
         "nncf",
     ]
     fp32, int4, comp, raw = rows["fp32"], rows["int4"], rows["mixed4.5-comp"], rows["mixed4.5-raw"]
@@ -64,10 +66,16 @@ def test_rows(smoke):
         assert capped["size_bytes"] <= int4["size_bytes"]
     else:  # onnxbc may refuse a budget it cannot meet; the row says so
         assert capped["status"] == "failed" and "--max-size" in capped["reason"]
-    blocks, capped = rows["int4-b64"], rows["max-size-int4-b64"]
+    blocks = rows["int4-b64"]
     assert blocks["status"] == "ok" and blocks["size_bytes"] > int4["size_bytes"]  # 4.5 bits stored
-    if capped["status"] == "ok":
-        assert capped["size_bytes"] <= blocks["size_bytes"]
+    for key, base in (
+        ("max-size-int4-b64", blocks),
+        ("max-size-int4-b64-blocks", blocks),
+        ("max-size-int4-blocks", int4),
+    ):
+        if rows[key]["status"] == "ok":
+            assert rows[key]["size_bytes"] <= base["size_bytes"]
+    assert "--block-candidates 0,128,64,32" in rows["max-size-int4-blocks"]["cli"]
     if importlib.util.find_spec("nncf") is None:
         assert rows["nncf"]["status"] == "skipped" and "nncf" in rows["nncf"]["reason"]
     assert results["machine"]["cores"] >= 1 and "onnxbc" in results["packages"]

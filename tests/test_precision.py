@@ -271,6 +271,9 @@ def test_cli_budget_options(tmp_path):
         (["--scheme", "octal"], "--scheme must be one of"),
         (["--activations", "int4", "--target", "tensorrt"], "TensorRT takes int8 activations"),
         (["--int32-bias", "--activations", "none"], "--int32-bias needs"),
+        (["--avg-bits", "4", "--block-candidates", "0,64"], "--block-candidates needs --max-size"),
+        (["--max-size", "1MB", "--block-candidates", "0,40"], "multiples of 16"),
+        (["--max-size", "1MB", "--block-candidates", "0,x"], "comma-separated integers"),
     ],
 )
 def test_cli_refuses_bad_precision_options(tmp_path, args, message):
@@ -280,6 +283,31 @@ def test_cli_refuses_bad_precision_options(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_block_candidates_buy_finer_scales_within_the_file_budget(tmp_path):
+    """Scale blocks as a second dimension of the allocation: at a budget between per-channel int4 and int8, some
+    weight takes blocks or 8 bits, the file stays within the budget, and the graph runs in ONNX Runtime."""
+    budget = int(FASHION.stat().st_size * 0.17)
+    reports, sizes = {}, {}
+    for blocks in ((), (0, 64, 32)):
+        out = tmp_path / f"m{len(blocks)}.onnx"
+        reports[blocks] = run(
+            FASHION, out, FASHION_DATA, max_size=budget, candidates=(4, 8), block_candidates=blocks, **WEIGHT_ONLY
+        )
+        sizes[blocks] = out.stat().st_size
+        assert sizes[blocks] <= budget
+    rep = reports[(0, 64, 32)]
+    layouts = {(r.weight["bits"], r.weight["block_size"]) for r in rep.layers if r.weight}
+    assert any(block for _, block in layouts), layouts
+    options = rep.precision["options"]["classifier.1.weight"]
+    assert {o["block_size"] for o in options} == {0, 64, 32} and {o["bits"] for o in options} == {4, 8}
+    assert {o["block_size"] for opts in reports[()].precision["options"].values() for o in opts} == {0}
+    # priced at least as well as without blocks: the allocation had every option it had before
+    assert rep.precision["chosen"]["error"] <= reports[()].precision["chosen"]["error"] * (1 + 1e-9)
+    x = np.load(FASHION_DATA)
+    model = onnx.load(tmp_path / "m3.onnx")
+    assert np.isfinite(run_ort(tmp_path / "m3.onnx", {model.graph.input[0].name: x[x.files[0]][:2]})[0]).all()
 
 
 def test_int2_weights_are_packed_at_opset_25(tmp_path):
