@@ -752,12 +752,12 @@ def markdown(results: dict, plots: Mapping[str, str], source: str) -> str:
 
 
 def render(results: dict, markdown_path: Path, results_path: Path) -> list[Path]:
-    """MIXED.md and one PNG per model (``mixed_<model>.png`` beside the results JSON) from a results dict."""
+    """MIXED.md and one PNG per model (``<results stem>_<model>.png`` beside the results JSON) from a results dict."""
     results = {**results, "claims": claims(results)}
     plot_dir = results_path.parent
     written, plots = [], {}
     for model, info in results["models"].items():
-        png = plot_dir / f"mixed_{model}.png"
+        png = plot_dir / f"{results_path.stem}_{model}.png"
         rows = [r for r in results["rows"] if r["model"] == model]
         if plot(model, rows, primary_metric(info), png):
             plots[model] = os.path.relpath(png.resolve(), markdown_path.resolve().parent)

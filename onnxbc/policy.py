@@ -185,12 +185,13 @@ def _rule(raw: Mapping[str, Any], index: int, source: str) -> LayerRule:
         if isinstance(bits, bool) or bits not in BITS:
             raise UsageError(f"{where}: bits must be one of {', '.join(map(str, BITS))}, not {bits!r}")
         fields["bits"] = int(bits)
-    if "scheme" in raw:
-        try:
-            fields["scheme"] = Scheme(raw["scheme"])
-        except ValueError as e:
-            known = ", ".join(s.value for s in Scheme)
-            raise UsageError(f"{where}: unknown scheme {raw['scheme']!r} (known: {known})") from e
+    for key, kind in (("scheme", Scheme), ("rounding", Rounding)):
+        if key in raw:
+            try:
+                fields[key] = kind(raw[key])
+            except ValueError as e:
+                known = ", ".join(v.value for v in kind)
+                raise UsageError(f"{where}: unknown {key} {raw[key]!r} (known: {known})") from e
     if "skip" in raw:
         if not isinstance(raw["skip"], bool):
             raise UsageError(f"{where}: skip must be true or false, not {raw['skip']!r}")
@@ -200,12 +201,6 @@ def _rule(raw: Mapping[str, Any], index: int, source: str) -> LayerRule:
         if isinstance(size, bool) or not isinstance(size, int) or size < 2:
             raise UsageError(f"{where}: block_size must be an integer >= 2, not {size!r}")
         fields["block_size"] = size
-    if "rounding" in raw:
-        try:
-            fields["rounding"] = Rounding(raw["rounding"])
-        except ValueError as e:
-            known = ", ".join(r.value for r in Rounding)
-            raise UsageError(f"{where}: unknown rounding {raw['rounding']!r} (known: {known})") from e
     rule = LayerRule(**fields)
     _check_rule(rule, where)
     return rule
