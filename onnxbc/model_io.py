@@ -117,6 +117,12 @@ def ort_source(model: ir.Model) -> Iterator[bytes | str]:
         yield str(file)
 
 
+def serialized_bytes(model: ir.Model) -> int:
+    """What ``model`` takes written (external data included)."""
+    with ort_source(model) as source:
+        return len(source) if isinstance(source, bytes) else file_bytes(source)
+
+
 def to_proto(model: ir.Model) -> onnx.ModelProto:
     """A ModelProto of ``model`` (for onnx.checker and onnx.reference; small models only)."""
     _set_ir_version(model)

@@ -24,9 +24,13 @@ written model's output error.
 
 **Allocation.** ``--avg-bits X`` (logical bits per quantized weight) or ``--max-size SIZE`` (the written file):
 ``solvers.allocate`` picks one (bits, scheme) per weight among ``--candidates`` to minimize the summed price
-within the budget. For ``--max-size`` the bytes outside the quantized weights (graph, float tensors,
-quantizer nodes, compensation biases) are estimated from above before the allocation and the written file
-is checked against the budget after.
+within the budget. For ``--max-size`` the bytes outside the quantized weights are measured: the model with
+every weight at its smallest option is serialized, activation quantizers and smoothing factors are added
+from above, and the allocation is repeated a few bytes tighter until the chosen weights, serialized, fit.
+New compensation biases are not counted: the pipeline keeps compensation only when its file fits. The
+written file is checked against the budget after. Under any budget the pipeline also measures the model with
+every weight at the most bits that fit uniformly (``Precision.uniform``) end to end, and saves it when the
+mixed model is worse on held-out samples.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np
-import onnx_ir as ir
 
 from onnxbc.calibration.probes import MomentsProbe, OutputPowerProbe, RangeProbe
 from onnxbc.errors import OnnxbcError, UsageError
@@ -50,15 +53,14 @@ from onnxbc.solvers.allocate import Allocation, LayerChoices, Option, allocate, 
 from onnxbc.solvers.gptq import SecondMoments, gptq_quantize
 from onnxbc.solvers.schemes import Scheme, quantize_scheme
 from onnxbc.solvers.smooth import per_input_channel
-from onnxbc.targets import Target as Layer
 from onnxbc.targets import Targets, WeightGroup, weight_array
 
 logger = logging.getLogger(__name__)
 
-# Bytes from above, besides names (counted apiece): a weight's DequantizeLinear node, its two initializers
-# and its output's type; an activation's Q and DQ nodes, scale, zero point and two output types; a new bias.
-# (Measured on the bundled CNN: a weight's added protos take 150 bytes + 9 per character of its name.)
-WEIGHT_PROTO, ACTIVATION_PROTO, BIAS_PROTO = 160, 320, 128
+# Bytes from above, besides names (counted apiece): an activation's Q and DQ nodes, scale, zero point and two
+# output types; a smoothing factor's Mul node and tensor.
+ACTIVATION_PROTO, FACTOR_PROTO = 320, 128
+FIT_TRIES = 4  # allocations under --max-size until the measured file fits (each a few bytes tighter)
 
 
 @dataclasses.dataclass
@@ -80,6 +82,10 @@ class Precision:
     notes: dict[str, list[str]]
     skipped_layers: set[str]
     report: dict
+    # Under a budget, the most bits every weight can have at once within it (the policy's pins kept), and the
+    # weights whose option differs from the allocation's then: measured end to end against the mixed model.
+    uniform_bits: int | None = None
+    uniform: dict[str, WeightQuant] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -217,15 +223,17 @@ def choose(
     stats: dict[str, InputStats],
     overrides: dict[str, LayerOverride],
     policy: Policy | None,
-    fixed_bytes: int | None,
+    extra_bytes: int,
+    size_of: Callable[[dict[str, WeightQuant]], int] | None,
     advance: Callable[[], None] = lambda: None,
     measure: Callable[[dict[str, list[Callable[[], np.ndarray]]]], dict[str, list[float]]] | None = None,
 ) -> Precision:
     """Quantize every weight: at ``--weights`` bits, or under the budget at the bits the allocation picks;
-    the policy's overrides first. ``fixed_bytes`` (given with a ``--max-size`` budget): from above, what the
-    written file holds besides the quantized weights when all of them stay float. ``measure`` (under a
-    budget): the model's output error with each given weight's candidate values alone in its place
-    (``onnxbc.sensitivity.output_errors``), which scales the closed-form prices."""
+    the policy's overrides first. With a ``--max-size`` budget, ``size_of`` gives the written size of the
+    model with the given weights quantized (nothing else), which makes the bytes outside the weights exact,
+    and ``extra_bytes`` (``extra_bytes()``) bounds from above what activation quantizers and smoothing may
+    add. ``measure`` (under a budget): the model's output error with each given weight's candidate values
+    alone in its place (``onnxbc.sensitivity.output_errors``), which scales the closed-form prices."""
     notes: dict[str, list[str]] = {}
     skipped = {name for name, o in overrides.items() if o.skip}
     avg_bits, max_size = budget_of(options, policy)
@@ -268,6 +276,7 @@ def choose(
         if len(choices) == 1:
             pinned[name] = 0
     report: dict = {}
+    uniform_bits, uniform = None, {}
     if budget:
         measured = _measure(priced, pinned, measure) if measure is not None else {}
         for name, choices in priced.items():
@@ -286,27 +295,74 @@ def choose(
             quants[name] = [c.quant for c in choices]
         weights_budget = None
         if max_size is not None:
-            float_bytes = sum(
-                targets.weights[layer.name].source.const_value.nbytes for layer in layers
-            )  # they leave the file; their quantized form comes in through the allocation
-            weights_budget = max_size - (fixed_bytes - float_bytes)
-            smallest = sum(
-                layer.options[pinned[layer.name]].size if layer.name in pinned else min(o.size for o in layer.options)
+            if size_of is None:
+                raise ValueError("a --max-size budget needs size_of")
+            smallest = {
+                layer.name: pinned.get(layer.name, min(range(len(layer.options)), key=lambda i: layer.options[i].size))
                 for layer in layers
-            )
-            if smallest > weights_budget:
+            }
+            smallest_bytes = sum(layer.options[smallest[layer.name]].size for layer in layers)
+            outside = size_of({name: quants[name][i] for name, i in smallest.items()}) - smallest_bytes + extra_bytes
+            weights_budget = max_size - outside
+            if smallest_bytes > weights_budget:
                 raise UsageError(
                     f"--max-size {max_size} bytes is too small: with these candidates the smallest file is about "
-                    f"{smallest + fixed_bytes - float_bytes} bytes"
+                    f"{smallest_bytes + outside} bytes"
                 )
         allocation = allocate(layers, max_bytes=weights_budget, avg_bits=avg_bits, pinned=pinned)
+        for _ in range(FIT_TRIES if max_size is not None else 0):
+            # the bytes outside the weights move a little with the options (length fields, block_size attributes)
+            over = size_of({name: quants[name][i] for name, i in allocation.index.items()}) + extra_bytes - max_size
+            if over <= 0:
+                break
+            weights_budget -= over
+            allocation = allocate(layers, max_bytes=weights_budget, avg_bits=avg_bits, pinned=pinned)
+        uniform_bits, index = _uniform(layers, priced, pinned, avg_bits, weights_budget, options.block_size)
+        uniform = {
+            layer.name: quants[layer.name][index[layer.name]]
+            for layer in layers
+            if index and index[layer.name] != allocation.index[layer.name]
+        }
         for layer in layers:
             quants[layer.name] = quants[layer.name][allocation.index[layer.name]]
         report = _report(allocation, layers, avg_bits, max_size, weights_budget, options, priced, measured)
     report["layers"] = {
         name: {"bits": wq.bits, "scheme": wq.scheme, "rounding": wq.rounding} for name, wq in quants.items()
     }
-    return Precision(quants, notes, skipped, report)
+    return Precision(quants, notes, skipped, report, uniform_bits if uniform else None, uniform)
+
+
+def _uniform(
+    layers: list[LayerChoices],
+    priced: dict[str, list[_Priced]],
+    pinned: dict[str, int],
+    avg_bits: float | None,
+    weights_budget: int | None,
+    block_size: int,
+) -> tuple[int | None, dict[str, int]]:
+    """The most bits every weight can take at once within the budget (``--block-size`` scales, the least
+    priced scheme; pinned weights keep their option), and each weight's option index then."""
+    params = sum(layer.params for layer in layers)
+    for bits in sorted({o.bits for layer in layers for o in layer.options if o.bits <= 8}, reverse=True):
+        index = {}
+        for layer in layers:
+            same = [
+                i
+                for i, (o, c) in enumerate(zip(layer.options, priced[layer.name]))
+                if o.bits == bits and c.quant.granularity.block_size == block_size
+            ]
+            if layer.name not in pinned and not same:
+                break
+            index[layer.name] = pinned.get(layer.name, min(same or [0], key=lambda i: layer.options[i].error))
+        else:
+            chosen = [layer.options[index[layer.name]] for layer in layers]
+            fits_bytes = weights_budget is None or sum(o.size for o in chosen) <= weights_budget
+            fits_bits = (
+                avg_bits is None or sum(o.bits * layer.params for o, layer in zip(chosen, layers)) <= avg_bits * params
+            )
+            if fits_bytes and fits_bits:
+                return bits, index
+    return None, {}
 
 
 def _measure(
@@ -344,47 +400,17 @@ def _measure(
     }
 
 
-def value_type_bytes(model: ir.Model) -> int:
-    """From above, the bytes of the value types (``value_info``) of ``model``'s node outputs and initializers."""
-    typed = [v for node in model.graph.all_nodes() for v in node.outputs if v.type is not None]
-    typed += [v for v in model.graph.initializers.values() if v.type is not None]
-    return sum(len(v.name) + 16 + 8 * len(v.shape or ()) for v in typed)
-
-
-def fixed_bytes_estimate(
-    input_bytes: int, inferred_bytes: int, targets: Targets, activations: list[str], smoothable: dict[str, int]
-) -> int:
-    """From above, the bytes of the written file besides the quantized weights, with every weight still
-    float: the input file, the value types preparing the model added (``inferred_bytes``), quantizer nodes
-    for the weights and the ``activations``, a new bias for every layer without a constant one, and the
-    factors of every activation that may be smoothed."""
-    extra = inferred_bytes
-    extra += sum(WEIGHT_PROTO + 10 * len(name) for name in targets.weights)
-    extra += sum(ACTIVATION_PROTO + 16 * len(name) for name in activations)
+def extra_bytes(targets: Targets, activations: list[str], smoothable: dict[str, int]) -> int:
+    """From above, what the written file may hold beyond the prepared model with quantized weights: quantizer
+    nodes for the ``activations`` and the factors of every activation that may be smoothed. (New compensation
+    biases are not counted: under ``--max-size`` compensation is kept only when its file fits.)"""
+    extra = sum(ACTIVATION_PROTO + 16 * len(name) for name in activations)
     uses = targets.activation_uses()
     for name in smoothable:
         t = next(t for t, _ in uses[name] if t.weight is not None)
         channels = t.weight.source.const_value.shape[t.weight.input_axis] * conv_groups(t)
-        extra += 4 * channels + BIAS_PROTO + 8 * len(name)
-    for t in targets.targets:
-        if t.weight is None and not activations:
-            continue  # weight-only: activation x activation MatMuls stay float and get no bias
-        if not _constant_bias(t):
-            channels = t.weight.source.const_value.shape[t.weight.channel_axis] if t.weight is not None else 1
-            extra += 4 * channels + BIAS_PROTO + 4 * len(t.name)
-    return input_bytes + extra
-
-
-def _constant_bias(t: Layer) -> bool:
-    """The layer has a constant bias that compensation folds into in place (``passes.fold_bias``)."""
-    if t.op in ("Conv", "ConvTranspose", "Gemm"):
-        return len(t.node.inputs) > 2 and t.node.inputs[2] is not None and t.node.inputs[2].const_value is not None
-    uses = t.node.outputs[0].uses()
-    return (
-        len(uses) == 1
-        and uses[0].node.op_type == "Add"
-        and any(v is not None and v.const_value is not None for v in uses[0].node.inputs)
-    )
+        extra += 4 * channels + FACTOR_PROTO + 8 * len(name)
+    return extra
 
 
 def check_size(path_bytes: int, options: CompressOptions, policy: Policy | None) -> None:

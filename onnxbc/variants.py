@@ -6,6 +6,9 @@ A *variant* quantizes a few layers differently from the base plan:
   (``--weight-range auto``). Neither wins everywhere: measured at int4 on the bundled CNN min-max did
   better, on MiniLM and the char-GPT the MSE search did.
 - ``smoothing``: an activation divided per channel before the layers that read it (``smoothing``).
+- ``uniform``: under a size budget, a weight at the uniform bit width that fits the budget instead of the bits
+  the allocation gave it; these are not chosen per layer but make one whole-model alternative, checked end to
+  end against the mixed model (``onnxbc.pipeline``).
 
 Pass 2 runs every variant's shadows beside the base shadows. Each choice keeps the variant with the least
 error summed over the layers it changes, on held-out samples (on the fit samples when none are held out),
@@ -27,7 +30,7 @@ from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, RangeProbe
 from onnxbc.options import CompressOptions, RangeMethod
 from onnxbc.passes.graph_utils import main_values
 from onnxbc.passes.smooth import fold_site
-from onnxbc.plan import QuantPlan
+from onnxbc.plan import QuantPlan, WeightQuant
 from onnxbc.quantizers import like, weight_quant
 from onnxbc.smoothing import candidate_plans, groups
 from onnxbc.solvers.smooth import per_input_channel
@@ -38,9 +41,9 @@ MUL_GAIN = 0.9  # a smoothing that adds a Mul must cut its readers' error by at 
 
 @dataclasses.dataclass
 class Variant:
-    kind: str  # "weight_range" | "smoothing"
+    kind: str  # "weight_range" | "smoothing" | "uniform"
     key: str  # the weight group or the activation it is about
-    label: str  # "minmax", or the smoothing alpha
+    label: str  # "minmax", the smoothing alpha, or "uniform"
     plan: QuantPlan  # the changed layers, fully quantized
     layers: tuple[str, ...]
 
@@ -61,15 +64,34 @@ def weight_range_variants(
         minmax = weight_quant(
             group, weight_array(group), like(base, options), method=RangeMethod.MINMAX, bits=base.bits
         )
-        variant = QuantPlan(weights={name: minmax})
-        for t in group.targets:
-            for i in t.activation_inputs:
-                value = t.node.inputs[i].name
-                if value in plan.activations:
-                    variant.activations[value] = plan.activations[value]
-                    variant.smoothing.update({value: plan.smoothing[value]} if value in plan.smoothing else {})
-        result.append(Variant("weight_range", name, "minmax", variant, layers))
+        result.append(_weight_variant("weight_range", "minmax", targets, plan, minmax))
     return result
+
+
+def uniform_variants(
+    targets: Targets, plan: QuantPlan, observed: set[str], weights: dict[str, WeightQuant]
+) -> list[Variant]:
+    """One variant per weight of ``weights``, or none when some layer of them cannot be measured (in a
+    subgraph): the alternative is all of them or nothing, or it could leave the budget."""
+    result = []
+    for name, wq in weights.items():
+        if not {t.name for t in targets.weights[name].targets} <= observed:
+            return []
+        result.append(_weight_variant("uniform", "uniform", targets, plan, wq))
+    return result
+
+
+def _weight_variant(kind: str, label: str, targets: Targets, plan: QuantPlan, wq: WeightQuant) -> Variant:
+    """A variant with one weight quantized as ``wq``, its layers' inputs as in ``plan``."""
+    group = targets.weights[wq.source]
+    variant = QuantPlan(weights={wq.source: wq})
+    for t in group.targets:
+        for i in t.activation_inputs:
+            value = t.node.inputs[i].name
+            if value in plan.activations:
+                variant.activations[value] = plan.activations[value]
+                variant.smoothing.update({value: plan.smoothing[value]} if value in plan.smoothing else {})
+    return Variant(kind, wq.source, label, variant, tuple(t.name for t in group.targets))
 
 
 def smoothing_variants(

@@ -129,3 +129,26 @@ def test_summed_measured_prices_predict_the_output_error(tmp_path):
     assert reports[True].report.precision["chosen"]["error"] == pytest.approx(actual[True], rel=0.3)
     assert reports[False].report.precision["measured"] is None
     assert actual[True] < actual[False]
+
+
+def test_uniform_bits_are_saved_when_the_mixed_model_measures_worse(tmp_path, monkeypatch):
+    """The held-out check guards the allocation: with prices that mislead it (here: measured errors swapped
+    between A and B), the mixed model A=2/B=8 loses end to end to uniform int4, which fits the same budget
+    and is saved, with the report's bits and a note saying so."""
+    path, xs = two_branches(tmp_path / "m.onnx"), data(tmp_path / "x.npz")
+    real = sensitivity.output_errors
+
+    def swapped(model, trials, *args, **kwargs):
+        errors = real(model, trials, *args, **kwargs)
+        return {"A": errors["B"], "B": errors["A"]}
+
+    monkeypatch.setattr(sensitivity, "output_errors", swapped)
+    options = CompressOptions(activations=ActivationType.NONE, candidates=(2, 4, 8), avg_bits=5.0)
+    rep = onnxbc.compress(path, tmp_path / "o.onnx", data=DataOptions(xs, samples=128), options=options).report
+    assert rep.precision["saved"] == "uniform int4"
+    assert {r.weight["name"]: r.weight["bits"] for r in rep.layers if r.weight} == {"A": 4, "B": 4}
+    assert {k["bits"] for k in rep.precision["layers"].values()} == {4}
+    assert rep.compensation["chosen"].startswith("uniform_int4")
+    outputs = {k: v["out"]["rel_mse"] for k, v in rep.outputs.items() if isinstance(v, dict) and "out" in v}
+    assert outputs[rep.compensation["chosen"]] < outputs["without_compensation"] / 10
+    assert any("uniform int4" in n for r in rep.layers for n in r.notes)
