@@ -134,9 +134,7 @@ class CompressOptions:
     candidates: tuple[int, ...] = CANDIDATE_BITS
     price_compensated: bool = True  # price each candidate by its error left after bias compensation
     price_measured: bool = True  # scale the prices to the model output by running each weight's candidates
-    block_candidates: tuple[
-        int, ...
-    ] = ()  # --max-size: scale layouts to choose from (0 = per channel), else --block-size
+    block_candidates: tuple[int, ...] = ()  # --max-size: blocks to choose from (0: per channel)
     policy: Path | None = None  # per-layer overrides (onnxbc.policy)
     rounding: Rounding = Rounding.NEAREST
     scheme: str = "uniform"  # a solvers.schemes.Scheme value, or "auto" (per layer, least output error)

@@ -493,12 +493,12 @@ def _evaluate(
             f"saved {best.replace('_', ' ')}"
         )
     rep.compensation = {"applied": _compensated(best)}
+    if alternatives:
+        rep.compensation["alternatives"] = {label: errors[label] for label in alternatives}
+        rep.compensation["chosen"] = best
     if compensated is not None:
         before, after = errors["without_compensation"], errors["with_compensation"]
         rep.compensation.update(output_rel_mse_without=before, output_rel_mse_with=after, decided_on=split)
-        if alternatives:
-            rep.compensation["alternatives"] = {label: errors[label] for label in alternatives}
-            rep.compensation["chosen"] = best
         if ranked[0] == "without_compensation":
             rep.warnings.append(
                 f"compensation raised the {split} output error ({before:.3e} -> {after:.3e}); saved without it"

@@ -317,7 +317,8 @@ def choose(
                 break
             weights_budget -= over
             allocation = allocate(layers, max_bytes=weights_budget, avg_bits=avg_bits, pinned=pinned)
-        uniform_bits, index = _uniform(layers, priced, pinned, avg_bits, weights_budget, options.block_size)
+        layouts = {name: weight_granularity(targets.weights[name], options)[0] for name in priced}
+        uniform_bits, index = _uniform(layers, priced, pinned, avg_bits, weights_budget, layouts)
         uniform = {
             layer.name: quants[layer.name][index[layer.name]]
             for layer in layers
@@ -338,10 +339,11 @@ def _uniform(
     pinned: dict[str, int],
     avg_bits: float | None,
     weights_budget: int | None,
-    block_size: int,
+    layouts: dict[str, object],
 ) -> tuple[int | None, dict[str, int]]:
-    """The most bits every weight can take at once within the budget (``--block-size`` scales, the least
-    priced scheme; pinned weights keep their option), and each weight's option index then."""
+    """The most bits every weight can take at once within the budget (in the scale ``layouts`` that
+    ``--block-size`` gives, the least priced scheme; pinned weights keep their option), and each weight's
+    option index then."""
     params = sum(layer.params for layer in layers)
     for bits in sorted({o.bits for layer in layers for o in layer.options if o.bits <= 8}, reverse=True):
         index = {}
@@ -349,7 +351,7 @@ def _uniform(
             same = [
                 i
                 for i, (o, c) in enumerate(zip(layer.options, priced[layer.name]))
-                if o.bits == bits and c.quant.granularity.block_size == block_size
+                if o.bits == bits and c.quant.granularity == layouts[layer.name]
             ]
             if layer.name not in pinned and not same:
                 break

@@ -131,7 +131,8 @@ def test_summed_measured_prices_predict_the_output_error(tmp_path):
     assert actual[True] < actual[False]
 
 
-def test_uniform_bits_are_saved_when_the_mixed_model_measures_worse(tmp_path, monkeypatch):
+@pytest.mark.parametrize("bias_correction", ["independent", "none"])
+def test_uniform_bits_are_saved_when_the_mixed_model_measures_worse(tmp_path, monkeypatch, bias_correction):
     """The held-out check guards the allocation: with prices that mislead it (here: measured errors swapped
     between A and B), the mixed model A=2/B=8 loses end to end to uniform int4, which fits the same budget
     and is saved, with the report's bits and a note saying so."""
@@ -143,7 +144,9 @@ def test_uniform_bits_are_saved_when_the_mixed_model_measures_worse(tmp_path, mo
         return {"A": errors["B"], "B": errors["A"]}
 
     monkeypatch.setattr(sensitivity, "output_errors", swapped)
-    options = CompressOptions(activations=ActivationType.NONE, candidates=(2, 4, 8), avg_bits=5.0)
+    options = CompressOptions(
+        activations=ActivationType.NONE, candidates=(2, 4, 8), avg_bits=5.0, bias_correction=bias_correction
+    )
     rep = onnxbc.compress(path, tmp_path / "o.onnx", data=DataOptions(xs, samples=128), options=options).report
     assert rep.precision["saved"] == "uniform int4"
     assert {r.weight["name"]: r.weight["bits"] for r in rep.layers if r.weight} == {"A": 4, "B": 4}
