@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 from pathlib import Path
 
 from onnxbc.errors import UsageError
@@ -142,6 +143,7 @@ class CompressOptions:
     int32_bias: bool = False  # Conv/Gemm biases as int32 codes + DequantizeLinear (passes.bias_int32)
 
     def __post_init__(self) -> None:
+        _coerce_enums(self)
         self._check_mixed_precision()
         if self.data_free and self.weights is WeightType.NONE:
             raise UsageError("--data-free needs quantized weights: --weights int2|int3|int4|int8")
@@ -283,3 +285,16 @@ class CheckOptions:
             raise UsageError("--max-error needs --reference FLOAT.onnx (and --data PATH)")
         if self.max_error is not None and not self.max_error >= 0:
             raise UsageError(f"--max-error must be >= 0, got {self.max_error}")
+
+
+def _coerce_enums(options: object) -> None:
+    """Enum fields given as their values (``bias_correction="none"`` from Python) become the enum members
+    that the pipeline compares by identity; an unknown value is a UsageError naming the option."""
+    for field, kind in typing.get_type_hints(type(options)).items():
+        value = getattr(options, field)
+        if isinstance(kind, type) and issubclass(kind, enum.Enum) and not isinstance(value, kind):
+            try:
+                object.__setattr__(options, field, kind(value))
+            except ValueError:
+                allowed = ", ".join(str(m.value) for m in kind)
+                raise UsageError(f"{field.replace('_', '-')} must be one of {allowed}, not {value!r}") from None

@@ -42,7 +42,7 @@ from onnxbc.passes.fold_bias import FoldBiasPass
 from onnxbc.passes.prepare import prepare_passes, quantized_nodes
 from onnxbc.passes.qdq import InsertQDQPass
 from onnxbc.passes.smooth import SmoothPass
-from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
+from onnxbc.plan import ActivationQuant, BiasFold, QuantPlan, WeightQuant
 from onnxbc.policy import load_policy
 from onnxbc.progress import Stages
 from onnxbc.quantizers import activation_quant, weight_granularity
@@ -224,16 +224,20 @@ def compress(
             collect(working, every, calib, sessions, splits=("fit", "holdout"), advance=advance)
         rep.passes_over_data += 1
         probes = {p.target.name: p for p in shadows}
+        weights_before = dict(plan.weights)  # smoothing and min-max scales change them
         choices = choose(working, variants, trials, probes, plan, compensate, notes)
         rep.weight_ranges, rep.smoothing = choices["weight_range"], choices["smoothing"]
         if mode is not BiasCorrection.SEQUENTIAL:
             plan.biases.update(_fit_biases(probes.values(), compensate, per_position))
-            for kind in ("weight_range", "uniform"):
-                alternative = _alternative(kind, variants, trials, plan, compensate, per_position)
-                if alternative is not None:
-                    with_biases = "_with_compensation" if alternative.biases else ""
-                    label = "minmax" if kind == "weight_range" else f"uniform_int{choice.uniform_bits}"
-                    alternatives[label + with_biases] = alternative
+            minmax = _minmax_alternative(variants, trials, plan, compensate, per_position)
+            if minmax is not None:
+                alternatives["minmax_with_compensation"] = minmax
+            all_uniform = _uniform_alternative(
+                variants, trials, plan, weights_before, shadows, uses, compensate, per_position
+            )
+            if all_uniform is not None:
+                label = f"uniform_int{choice.uniform_bits}"
+                alternatives[label + ("_with_compensation" if all_uniform.biases else "")] = all_uniform
 
     names = {t.name: _LayerNames.of(t) for t in targets.targets}  # before the rewrite rewires them
     with timer("rewrite"):
@@ -243,9 +247,7 @@ def compress(
             rep.smoothing[name]["site"] = site
         compensated, sites = _fold(quantized.clone(), plan.biases) if plan.biases else (None, {})
         for alternative in alternatives.values():
-            other, _ = _quantize(
-                float_model.clone(), dataclasses.replace(plan, weights={**plan.weights, **alternative.weights})
-            )
+            other, _ = _quantize(float_model.clone(), alternative.plan(plan))
             biases = {**plan.biases, **alternative.biases}
             alternative.model, alternative.sites = _fold(other, biases) if biases else (other, {})
     if mode is BiasCorrection.SEQUENTIAL:
@@ -270,6 +272,10 @@ def compress(
         if label in alternatives:  # the layers' records follow the model that is saved
             chosen = alternatives[label]
             plan.weights.update(chosen.weights)
+            plan.activations.update(chosen.activations)
+            for key in chosen.unsmoothed:
+                del plan.smoothing[key]
+                rep.smoothing[key].update(chosen="none", site=None)
             plan.biases.update(chosen.biases)
             probes.update(chosen.probes)
             sites = chosen.sites
@@ -421,36 +427,72 @@ class _Alternative:
     weights: dict[str, WeightQuant]
     biases: dict[str, BiasFold]
     probes: dict[str, ErrorProbe]
+    activations: dict[str, ActivationQuant] = dataclasses.field(default_factory=dict)
+    unsmoothed: set[str] = dataclasses.field(default_factory=set)  # inputs whose smoothing it takes back
     model: ir.Model | None = None
     sites: dict[str, str] = dataclasses.field(default_factory=dict)
 
+    def plan(self, base: QuantPlan) -> QuantPlan:
+        return dataclasses.replace(
+            base,
+            weights={**base.weights, **self.weights},
+            activations={**base.activations, **self.activations},
+            smoothing={k: s for k, s in base.smoothing.items() if k not in self.unsmoothed},
+        )
 
-def _alternative(
-    kind: str,
+
+def _minmax_alternative(
     variants: list[Variant],
     trials: dict[int, list[LayerErrorProbe]],
     plan: QuantPlan,
     compensate: set[str],
     per_position: bool,
 ) -> _Alternative | None:
-    """A whole-model alternative from the pass-2 trials of one ``kind`` of variant (no extra pass), or None
-    when nothing would change: every weight with min-max scales (with compensation only; weights of smoothed
-    layers keep their scales, smoothing chose among candidates with them), or every weight at the uniform
-    bits of the size budget (none when pass 2 smoothed an input of one of them)."""
+    """The min-max alternative from the pass-2 trials (no extra pass), or None when nothing would change.
+    Weights of smoothed layers keep their scales (smoothing chose among candidates with them)."""
     weights, probes = {}, {}
     for i, v in enumerate(variants):
-        if v.kind != kind:
-            continue
         smoothed = any(value in plan.smoothing for value in v.plan.activations)
-        if kind == "uniform" and smoothed:
-            return None  # its weights were quantized without the factors pass 2 chose: all or nothing
-        if kind == "weight_range" and (plan.weights[v.key].method == v.label or smoothed):
+        if v.kind != "weight_range" or plan.weights[v.key].method == v.label or smoothed:
             continue
         weights.update(v.plan.weights)
         probes.update({p.target.name: p for p in trials[i]})
-    if not weights or kind == "weight_range" and not compensate & set(probes):
+    if not weights or not compensate & set(probes):
         return None
     return _Alternative(weights, _fit_biases(probes.values(), compensate, per_position), probes)
+
+
+def _uniform_alternative(
+    variants: list[Variant],
+    trials: dict[int, list[LayerErrorProbe]],
+    plan: QuantPlan,
+    weights_before: dict[str, WeightQuant],
+    shadows: list[ErrorProbe],
+    uses: dict[str, list[tuple[Layer, int]]],
+    compensate: set[str],
+    per_position: bool,
+) -> _Alternative | None:
+    """The uniform-bits alternative from the pass-2 trials, or None without a budget. Its trials ran before
+    smoothing was chosen, so the inputs pass 2 smoothed that its weights read are taken back unsmoothed, with
+    every weight that reads them as it was before the choice (and its shadow from before)."""
+    weights, probes, activations = {}, {}, {}
+    for i, v in enumerate(variants):
+        if v.kind == "uniform":
+            weights.update(v.plan.weights)
+            probes.update({p.target.name: p for p in trials[i]})
+            activations.update({k: a for k, a in v.plan.activations.items() if k in plan.smoothing})
+    if not weights:
+        return None
+    unshadowed = {p.target.name: p for p in shadows}
+    for value in activations:
+        for t, _ in uses[value]:
+            source = t.weight.source.name if t.weight is not None else None
+            if source in weights_before and source not in weights:
+                weights[source] = weights_before[source]
+            if t.name in unshadowed:
+                probes.setdefault(t.name, unshadowed[t.name])
+    biases = _fit_biases(probes.values(), compensate, per_position)
+    return _Alternative(weights, biases, probes, activations, set(activations))
 
 
 def _compensated(label: str) -> bool:

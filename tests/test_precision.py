@@ -75,6 +75,38 @@ def test_max_size_budget_bounds_the_written_file(tmp_path):
     assert rep.precision["budget"]["max_size"] == budget
 
 
+def test_max_size_of_a_uniform_file_admits_that_file(tmp_path):
+    """The bytes outside the weights are measured, not estimated from above: a budget equal to uniform int4's
+    own file (compensation biases included) admits int4 everywhere, and the mixed choice fits it too."""
+    uniform = run(FASHION, tmp_path / "u.onnx", FASHION_DATA, weights=WeightType.INT4, **WEIGHT_ONLY)
+    size = (tmp_path / "u.onnx").stat().st_size
+    pinned = run(FASHION, tmp_path / "p.onnx", FASHION_DATA, max_size=size, candidates=(4,), **WEIGHT_ONLY)
+    assert {b for b, _ in weight_bits(pinned).values()} == {4}
+    assert (tmp_path / "p.onnx").stat().st_size <= size
+    mixed = run(FASHION, tmp_path / "m.onnx", FASHION_DATA, max_size=size, candidates=(2, 4, 8), **WEIGHT_ONLY)
+    assert (tmp_path / "m.onnx").stat().st_size <= size
+    assert mixed.precision["budget"]["weights_bytes"] >= sum(
+        o["bytes"] for opts in mixed.precision["options"].values() for o in opts if o["bits"] == 4
+    )  # all-int4 was within the allocation's budget
+    assert uniform.output["bytes"] == size
+
+
+def test_uniform_alternative_is_the_uniform_model_even_where_smoothing_was_chosen(tmp_path):
+    """Under a budget the held-out check measures every weight at the uniform bits that fit: on the CNN at W4A8,
+    where pass 2 smooths the classifier's input for the mixed model, that alternative takes the smoothing back
+    and is exactly what --weights int4 writes."""
+    mixed = run(FASHION, tmp_path / "m.onnx", FASHION_DATA, samples=256, avg_bits=4.5, bias_correction="none")
+    assert any(s["chosen"] != "none" for s in mixed.smoothing.values())
+    uniform = run(
+        FASHION, tmp_path / "u.onnx", FASHION_DATA, samples=256, weights=WeightType.INT4, bias_correction="none"
+    )
+    assert mixed.outputs["uniform_int4"]["logits"]["rel_mse"] == pytest.approx(
+        uniform.outputs["without_compensation"]["logits"]["rel_mse"], rel=1e-6
+    )
+    assert mixed.precision["saved"] == "mixed"  # here the mixed bits measure better
+    assert mixed.compensation["chosen"] == "without_compensation"
+
+
 def test_max_size_below_the_smallest_model_is_a_clear_error(tmp_path):
     out = tmp_path / "m.onnx"
     with pytest.raises(UsageError, match="max-size|smallest"):
