@@ -235,9 +235,11 @@ def compress(
             all_uniform = _uniform_alternative(
                 variants, trials, plan, weights_before, shadows, uses, compensate, per_position
             )
-            if all_uniform is not None:
+            if all_uniform is not None:  # with and without its compensation, as the plan is measured
                 label = f"uniform_int{choice.uniform_bits}"
-                alternatives[label + ("_with_compensation" if all_uniform.biases else "")] = all_uniform
+                alternatives[label] = dataclasses.replace(all_uniform, biases={}, compensated=False)
+                if all_uniform.biases:
+                    alternatives[label + "_with_compensation"] = all_uniform
 
     names = {t.name: _LayerNames.of(t) for t in targets.targets}  # before the rewrite rewires them
     with timer("rewrite"):
@@ -248,7 +250,7 @@ def compress(
         compensated, sites = _fold(quantized.clone(), plan.biases) if plan.biases else (None, {})
         for alternative in alternatives.values():
             other, _ = _quantize(float_model.clone(), alternative.plan(plan))
-            biases = {**plan.biases, **alternative.biases}
+            biases = {**plan.biases, **alternative.biases} if alternative.compensated else {}
             alternative.model, alternative.sites = _fold(other, biases) if biases else (other, {})
     if mode is BiasCorrection.SEQUENTIAL:
         with timer("sequential_compensation"):
@@ -429,6 +431,7 @@ class _Alternative:
     probes: dict[str, ErrorProbe]
     activations: dict[str, ActivationQuant] = dataclasses.field(default_factory=dict)
     unsmoothed: set[str] = dataclasses.field(default_factory=set)  # inputs whose smoothing it takes back
+    compensated: bool = True  # False: no compensation bias at all, not even the plan's
     model: ir.Model | None = None
     sites: dict[str, str] = dataclasses.field(default_factory=dict)
 

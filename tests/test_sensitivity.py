@@ -154,4 +154,7 @@ def test_uniform_bits_are_saved_when_the_mixed_model_measures_worse(tmp_path, mo
     assert rep.compensation["chosen"].startswith("uniform_int4")
     outputs = {k: v["out"]["rel_mse"] for k, v in rep.outputs.items() if isinstance(v, dict) and "out" in v}
     assert outputs[rep.compensation["chosen"]] < outputs["without_compensation"] / 10
+    # uniform bits are measured as the mixed model is: without compensation and, when it runs, with it
+    assert "uniform_int4" in outputs
+    assert ("uniform_int4_with_compensation" in outputs) == (bias_correction != "none")
     assert any("uniform int4" in n for r in rep.layers for n in r.notes)
