@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import typing
 from pathlib import Path
 
@@ -290,11 +291,18 @@ class CheckOptions:
 def _coerce_enums(options: object) -> None:
     """Enum fields given as their values (``bias_correction="none"`` from Python) become the enum members
     that the pipeline compares by identity; an unknown value is a UsageError naming the option."""
-    for field, kind in typing.get_type_hints(type(options)).items():
+    for field, kind in _enum_fields(type(options)).items():
         value = getattr(options, field)
-        if isinstance(kind, type) and issubclass(kind, enum.Enum) and not isinstance(value, kind):
+        if not isinstance(value, kind):
             try:
                 object.__setattr__(options, field, kind(value))
             except ValueError:
                 allowed = ", ".join(str(m.value) for m in kind)
                 raise UsageError(f"{field.replace('_', '-')} must be one of {allowed}, not {value!r}") from None
+
+
+@functools.cache
+def _enum_fields(cls: type) -> dict[str, type[enum.Enum]]:
+    """The fields of dataclass ``cls`` typed with one enum (options are built often: resolved once)."""
+    hints = typing.get_type_hints(cls)
+    return {k: t for k, t in hints.items() if isinstance(t, type) and issubclass(t, enum.Enum)}

@@ -287,7 +287,7 @@ def compress(
                 note = "weight scales by min-max (min-max everywhere measured better end to end)"
             else:
                 for key, wq in chosen.weights.items():
-                    rep.precision["layers"][key] = {"bits": wq.bits, "scheme": wq.scheme, "rounding": wq.rounding}
+                    rep.precision["layers"][key] = precision.layer_entry(wq)
                 note = f"uniform int{choice.uniform_bits} everywhere measured better end to end than the mixed bits"
             for layer in chosen.probes:
                 notes[layer].append(note)
@@ -530,8 +530,8 @@ def _evaluate(
     rep.outputs["evaluated_on"] = split
     errors = {label: _mean_rel_mse(r) for label, r in results.items()}
     ranked = sorted(errors, key=errors.get)  # ties keep the earlier: no compensation, then the per-layer choice
-    fits = [label for label in ranked if max_size is None or model_io.serialized_bytes(candidates[label]) <= max_size]
-    best = fits[0] if fits else ranked[0]  # none fits: the size check after saving says so
+    fits = (label for label in ranked if max_size is None or model_io.serialized_bytes(candidates[label]) <= max_size)
+    best = next(fits, ranked[0])  # the least error that fits; none fits: the size check after saving says so
     if best != ranked[0]:
         rep.warnings.append(
             f"the model {ranked[0].replace('_', ' ')} (least error) would pass --max-size {max_size} bytes: "

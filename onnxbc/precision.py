@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 # Bytes from above, besides names (counted apiece): an activation's Q and DQ nodes, scale, zero point and two
 # output types; a smoothing factor's Mul node and tensor.
 ACTIVATION_PROTO, FACTOR_PROTO = 320, 128
+# weight name -> candidate values (built on call) -> the model's output error with each in its place
+Measure = Callable[[dict[str, list[Callable[[], np.ndarray]]]], dict[str, list[float]]]
 FIT_TRIES = 4  # allocations under --max-size until the measured file fits (each a few bytes tighter)
 
 
@@ -95,11 +97,10 @@ class _Priced:
     quant: WeightQuant
     closed_form: float  # at its layer, after compensation or before it (``--compensated-prices``)
     raw: float  # at its layer, before compensation
-    error: float = -1.0  # what the allocation uses: the closed form, scaled to the model output when measured
+    error: float = dataclasses.field(init=False)  # what the allocation uses: the closed form, scaled when measured
 
     def __post_init__(self) -> None:
-        if self.error < 0:
-            self.error = self.closed_form
+        self.error = self.closed_form
 
 
 def budget_of(options: CompressOptions, policy: Policy | None) -> tuple[float | None, int | None]:
@@ -226,7 +227,7 @@ def choose(
     extra_bytes: int,
     size_of: Callable[[dict[str, WeightQuant]], int] | None,
     advance: Callable[[], None] = lambda: None,
-    measure: Callable[[dict[str, list[Callable[[], np.ndarray]]]], dict[str, list[float]]] | None = None,
+    measure: Measure | None = None,
 ) -> Precision:
     """Quantize every weight: at ``--weights`` bits, or under the budget at the bits the allocation picks;
     the policy's overrides first. With a ``--max-size`` budget, ``size_of`` gives the written size of the
@@ -327,10 +328,13 @@ def choose(
         for layer in layers:
             quants[layer.name] = quants[layer.name][allocation.index[layer.name]]
         report = _report(allocation, layers, avg_bits, max_size, weights_budget, options, priced, measured)
-    report["layers"] = {
-        name: {"bits": wq.bits, "scheme": wq.scheme, "rounding": wq.rounding} for name, wq in quants.items()
-    }
+    report["layers"] = {name: layer_entry(wq) for name, wq in quants.items()}
     return Precision(quants, notes, skipped, report, uniform_bits if uniform else None, uniform)
+
+
+def layer_entry(wq: WeightQuant) -> dict:
+    """A weight's entry in the report's ``precision.layers``."""
+    return {"bits": wq.bits, "scheme": wq.scheme, "rounding": wq.rounding}
 
 
 def _uniform(
@@ -370,7 +374,7 @@ def _uniform(
 def _measure(
     priced: dict[str, list[_Priced]],
     pinned: dict[str, int],
-    measure: Callable[[dict[str, list[Callable[[], np.ndarray]]]], dict[str, list[float]]],
+    measure: Measure,
 ) -> dict:
     """Scale each weight's closed-form prices to the model output (``onnxbc.sensitivity``): per bit width
     its best closed-form option is run, and ``measured / raw closed form`` is that width's gain. A weight

@@ -51,7 +51,7 @@ def output_errors(
     feedable = model.clone()
     for name in names:
         feedable.graph.inputs.append(feedable.graph.initializers[name])
-    dtypes = {n: feedable.graph.initializers[n].const_value.numpy().dtype for n in names}
+    dtypes = {n: feedable.graph.initializers[n].dtype.numpy() for n in names}
     session = sessions.create(feedable)
     outputs = [o.name for o in session.get_outputs()]
     batches = list(_reference(session, outputs, calib))
