@@ -321,3 +321,35 @@ def test_minmax_alternative_is_measured_end_to_end_and_records_follow_the_saved_
         )
         minmax = np.abs(w.reshape(len(w), -1)).max(axis=1) / 7
         assert np.allclose(scale, minmax, rtol=1e-6) == (chosen == "minmax")
+
+
+def test_blocks_end_in_a_partial_block_when_the_input_dim_is_not_a_multiple(tmp_path):
+    """K = 200 in blocks of 128: two scales per output column (ONNX takes ceil(K / block) of them), the
+    second block 72 wide and scaled by its own maximum; ONNX Runtime runs the graph as numpy dequantizes it."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(200, 24)).astype(np.float32)
+    w[128:] *= 0.01  # the partial block: a per-column scale would round it to zero
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 200])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 24])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    options = CompressOptions(
+        weights=WeightType.INT4, block_size=128, activations=ActivationType.NONE, bias_correction=BiasCorrection.NONE
+    )
+    result = onnxbc.compress(path, tmp_path / "out.onnx", data=DataOptions(random=True), options=options)
+    out = onnx.load(result.output)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer}
+    (dq,) = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
+    codes, scale = inits[dq.input[0]].astype(np.float32), inits[dq.input[1]]
+    assert scale.shape == (2, 24) and {a.name: a.i for a in dq.attribute} == {"axis": 0, "block_size": 128}
+    assert np.all(scale[1] < 0.05 * scale[0])  # the short block has its own, much smaller scale
+    dequantized = codes * np.repeat(scale, 128, axis=0)[:200]
+    assert np.abs(dequantized[128:] - w[128:]).max() < 0.2 * np.abs(w[128:]).max()
+    x = rng.normal(size=(5, 200)).astype(np.float32)
+    (y,) = run(result.output, {"x": x}, exact=True)
+    np.testing.assert_allclose(y, x @ dequantized, rtol=1e-4, atol=1e-4)
