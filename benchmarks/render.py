@@ -320,7 +320,9 @@ def _baseline_line(rows: list[dict]) -> str:
 
 def merged_matrix(results: Sequence[dict]) -> dict | None:
     """Every matrix result as one: a later file's row takes the place of an earlier row for the same model,
-    setting and method unless the earlier one ran (``--slow`` or extra-method runs fill in the main run)."""
+    setting and method, unless the later one did not run and the earlier one did (``--slow`` or extra-method
+    runs fill in or re-measure the main run). FP32 rows stay from the first run: every run measures its own
+    FP32 latency and its rows' ratios are to that, so the first is as good as any."""
     matrices = [r for r in results if r.get("kind") == "matrix"]
     if not matrices:
         return None
@@ -334,7 +336,11 @@ def merged_matrix(results: Sequence[dict]) -> dict | None:
             batches.setdefault(model, batch)
         for row in res["rows"]:
             key = (row["model"], row["setting"], row["method"])
-            if key not in rows or rows[key].get("status") != "ok":
+            if (
+                key not in rows
+                or rows[key].get("status") != "ok"
+                or (row["method"] != "fp32" and row.get("status") == "ok")
+            ):
                 rows[key] = row
     config = {**matrices[0]["config"], "latency_batch": batches}
     return {**matrices[0], "models": models, "rows": list(rows.values()), "config": config}

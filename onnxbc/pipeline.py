@@ -4,7 +4,8 @@ load -> prepare -> find targets -> quantize weights -> pass 1: activation ranges
 output error of each quantized shadow -> solve compensation biases -> rewrite (QDQ + bias folds, all at
 once) -> measure the output against FP32 on held-out samples, with and without compensation, and keep
 compensation only if it helps -> check -> save atomically + report. With ``--bias-correction sequential``
-pass 2 is replaced by one pass per wave of layers (see ``compensation``).
+the biases are then fitted again, one pass per wave of layers (see ``compensation``), starting from the
+weights whose independent compensation measures best end to end, and the held-out check sees both.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 
 import onnxbc
 from onnxbc import model_io, precision, sensitivity, validate
@@ -214,32 +216,27 @@ def compress(
     by_name = {t.name: t for t in observed}
     variants = weight_range_variants(targets, plan, set(by_name), options)
     variants += smoothing_variants(targets, plan, set(by_name), ranges, smooth_axes, options)
-    if mode is not BiasCorrection.SEQUENTIAL:
-        variants += uniform_variants(targets, plan, set(by_name), choice.uniform)
-    if mode is not BiasCorrection.SEQUENTIAL or variants:  # pass 2: every layer's error at once
-        shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
-        trials = trial_probes(variants, by_name, per_position)
-        every = shadows + [p for trial in trials.values() for p in trial]
-        with timer("layer_errors"), stages.step("Measuring layer errors", calib.count_batches("all")) as advance:
-            collect(working, every, calib, sessions, splits=("fit", "holdout"), advance=advance)
-        rep.passes_over_data += 1
-        probes = {p.target.name: p for p in shadows}
-        weights_before = dict(plan.weights)  # smoothing and min-max scales change them
-        choices = choose(working, variants, trials, probes, plan, compensate, notes)
-        rep.weight_ranges, rep.smoothing = choices["weight_range"], choices["smoothing"]
-        if mode is not BiasCorrection.SEQUENTIAL:
-            plan.biases.update(_fit_biases(probes.values(), compensate, per_position))
-            minmax = _minmax_alternative(variants, trials, plan, compensate, per_position)
-            if minmax is not None:
-                alternatives["minmax_with_compensation"] = minmax
-            all_uniform = _uniform_alternative(
-                variants, trials, plan, weights_before, shadows, uses, compensate, per_position
-            )
-            if all_uniform is not None:  # with and without its compensation, as the plan is measured
-                label = f"uniform_int{choice.uniform_bits}"
-                alternatives[label] = dataclasses.replace(all_uniform, biases={}, compensated=False)
-                if all_uniform.biases:
-                    alternatives[label + "_with_compensation"] = all_uniform
+    variants += uniform_variants(targets, plan, set(by_name), choice.uniform)
+    shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]  # pass 2: every layer's error
+    trials = trial_probes(variants, by_name, per_position)
+    every = shadows + [p for trial in trials.values() for p in trial]
+    with timer("layer_errors"), stages.step("Measuring layer errors", calib.count_batches("all")) as advance:
+        collect(working, every, calib, sessions, splits=("fit", "holdout"), advance=advance)
+    rep.passes_over_data += 1
+    probes = {p.target.name: p for p in shadows}
+    weights_before = dict(plan.weights)  # smoothing and min-max scales change them
+    choices = choose(working, variants, trials, probes, plan, compensate, notes)
+    rep.weight_ranges, rep.smoothing = choices["weight_range"], choices["smoothing"]
+    plan.biases.update(_fit_biases(probes.values(), compensate, per_position))
+    minmax = _minmax_alternative(variants, trials, plan, compensate, per_position)
+    if minmax is not None:
+        alternatives["minmax_with_compensation"] = minmax
+    all_uniform = _uniform_alternative(variants, trials, plan, weights_before, shadows, uses, compensate, per_position)
+    if all_uniform is not None:  # with and without its compensation, as the plan is measured
+        label = f"uniform_int{choice.uniform_bits}"
+        alternatives[label] = dataclasses.replace(all_uniform, biases={})
+        if all_uniform.biases:
+            alternatives[label + "_with_compensation"] = all_uniform
 
     names = {t.name: _LayerNames.of(t) for t in targets.targets}  # before the rewrite rewires them
     with timer("rewrite"):
@@ -250,13 +247,21 @@ def compress(
         compensated, sites = _fold(quantized.clone(), plan.biases) if plan.biases else (None, {})
         for alternative in alternatives.values():
             other, _ = _quantize(float_model.clone(), alternative.plan(plan))
-            biases = {**plan.biases, **alternative.biases} if alternative.compensated else {}
-            alternative.model, alternative.sites = _fold(other, biases) if biases else (other, {})
-    if mode is BiasCorrection.SEQUENTIAL:
-        with timer("sequential_compensation"):
-            compensated, probes, plan.biases, sites, passes = sequential(
-                float_model, quantized, observed, compensate, calib, sessions, stages, per_position=per_position
+            alternative.model, alternative.sites = (
+                _fold(other, alternative.biases) if alternative.biases else (other, {})
             )
+    if mode is BiasCorrection.SEQUENTIAL and compensated is not None:
+        with timer("sequential_compensation"):
+            start = _sequential_start(float_model, compensated, alternatives, calib, sessions, stages)
+            base = alternatives.get(start)
+            base_model = quantized if base is None else _quantize(float_model.clone(), base.plan(plan))[0]
+            model, layer_probes, biases, folded, passes = sequential(
+                float_model, base_model, observed, compensate, calib, sessions, stages, per_position=per_position
+            )
+        fitted = base or _Alternative({}, {}, {})
+        alternatives[start.removesuffix("with_compensation") + "sequential_with_compensation"] = dataclasses.replace(
+            fitted, biases=biases, probes=layer_probes, model=model, sites=folded
+        )
         rep.passes_over_data += passes
     rep.device = sessions.device_name
     int32: dict[int, QuantizeBiasPass] = {}  # by id of the model: the bias is rounded once, and measured
@@ -278,7 +283,7 @@ def compress(
             for key in chosen.unsmoothed:
                 del plan.smoothing[key]
                 rep.smoothing[key].update(chosen="none", site=None)
-            plan.biases.update(chosen.biases)
+            plan.biases = dict(chosen.biases)
             probes.update(chosen.probes)
             sites = chosen.sites
             if label.startswith("minmax"):
@@ -290,7 +295,13 @@ def compress(
                     rep.precision["layers"][key] = precision.layer_entry(wq)
                 note = f"uniform int{choice.uniform_bits} everywhere measured better end to end than the mixed bits"
             for layer in chosen.probes:
-                notes[layer].append(note)
+                if names[layer].weight in chosen.weights:
+                    notes[layer].append(note)
+        if mode is BiasCorrection.SEQUENTIAL and keep_bias and "sequential" not in label:
+            rep.warnings.append(
+                f"sequential compensation measured worse on held-out samples than independent compensation; "
+                f"saved {label.replace('_', ' ')}"
+            )
         if choice.uniform_bits is not None:
             rep.precision["saved"] = f"uniform int{choice.uniform_bits}" if label.startswith("uniform") else "mixed"
         validate.require(saved, options.target)
@@ -424,14 +435,13 @@ class _Alternative:
     the bundled CNN at W4A8: each layer's held-out error was lower with mse scales, yet the whole model with
     all min-max scales and compensation had half the output error), or under a size budget uniform bits for
     every weight (measured on PP-OCR at W4A8: the priced mixed bits read 6.5 % of the lines, uniform int4
-    77.5 %). Per-layer errors do not always add up."""
+    77.5 %). Per-layer errors do not always add up. Sequential compensation is one more alternative."""
 
-    weights: dict[str, WeightQuant]
-    biases: dict[str, BiasFold]
-    probes: dict[str, ErrorProbe]
+    weights: dict[str, WeightQuant]  # those that differ from the plan's
+    biases: dict[str, BiasFold]  # every bias folded into its model (none: uncompensated)
+    probes: dict[str, ErrorProbe]  # the layer errors measured for it, where they differ from the plan's
     activations: dict[str, ActivationQuant] = dataclasses.field(default_factory=dict)
     unsmoothed: set[str] = dataclasses.field(default_factory=set)  # inputs whose smoothing it takes back
-    compensated: bool = True  # False: no compensation bias at all, not even the plan's
     model: ir.Model | None = None
     sites: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -462,7 +472,7 @@ def _minmax_alternative(
         probes.update({p.target.name: p for p in trials[i]})
     if not weights or not compensate & set(probes):
         return None
-    return _Alternative(weights, _fit_biases(probes.values(), compensate, per_position), probes)
+    return _Alternative(weights, {**plan.biases, **_fit_biases(probes.values(), compensate, per_position)}, probes)
 
 
 def _uniform_alternative(
@@ -494,12 +504,48 @@ def _uniform_alternative(
                 weights[source] = weights_before[source]
             if t.name in unshadowed:
                 probes.setdefault(t.name, unshadowed[t.name])
-    biases = _fit_biases(probes.values(), compensate, per_position)
+    biases = {**plan.biases, **_fit_biases(probes.values(), compensate, per_position)}
     return _Alternative(weights, biases, probes, activations, set(activations))
 
 
 def _compensated(label: str) -> bool:
     return label == "with_compensation" or label.endswith("_with_compensation")
+
+
+def _sequential_start(
+    float_model: ir.Model,
+    compensated: ir.Model,
+    alternatives: dict[str, _Alternative],
+    calib: CalibrationData,
+    sessions: SessionFactory,
+    stages: Stages,
+) -> str:
+    """The label of the compensated candidate with the least held-out output error (``with_compensation``:
+    the plan's own weights): sequential compensation starts from its weights."""
+    candidates = {"with_compensation": compensated, **{k: a.model for k, a in alternatives.items() if a.biases}}
+    if len(candidates) == 1:
+        return "with_compensation"
+    reference = sessions.create(float_model)
+    title = "Choosing where sequential compensation starts"
+    errors = _output_errors(reference, candidates, calib, sessions, stages, title)
+    return min(errors, key=lambda label: _mean_rel_mse(errors[label]))
+
+
+def _output_errors(
+    reference: ort.InferenceSession,
+    candidates: dict[str, ir.Model],
+    calib: CalibrationData,
+    sessions: SessionFactory,
+    stages: Stages,
+    title: str,
+) -> dict[str, dict[str, OutputAgreement]]:
+    """Each candidate's outputs against FP32 on the held-out samples (the fit samples when none are held out)."""
+    split = "holdout" if calib.n_holdout else "fit"
+    results: dict[str, dict[str, OutputAgreement]] = {}
+    with stages.step(title, calib.count_batches(split) * len(candidates)) as advance:
+        for label, candidate in candidates.items():  # one candidate session alive at a time (big models)
+            results[label] = compare_sessions(reference, sessions.create(candidate), calib.batches(split), advance)
+    return results
 
 
 def _evaluate(
@@ -517,15 +563,12 @@ def _evaluate(
     error: compensation is kept only if it lowers the error (and an alternative only if it lowers it more),
     and under ``--max-size`` only if its file fits (new biases take bytes the allocation did not count)."""
     split = "holdout" if calib.n_holdout else "fit"
-    reference = sessions.create(float_model)
     candidates = {"without_compensation": quantized}
     if compensated is not None:
         candidates["with_compensation"] = compensated
     candidates.update(alternatives)
-    results: dict[str, dict[str, OutputAgreement]] = {}
-    with stages.step("Checking outputs against FP32", calib.count_batches(split) * len(candidates)) as advance:
-        for label, candidate in candidates.items():  # one candidate session alive at a time (big models)
-            results[label] = compare_sessions(reference, sessions.create(candidate), calib.batches(split), advance)
+    reference = sessions.create(float_model)
+    results = _output_errors(reference, candidates, calib, sessions, stages, "Checking outputs against FP32")
     rep.outputs = {label: {n: a.as_dict() for n, a in r.items()} for label, r in results.items()}
     rep.outputs["evaluated_on"] = split
     errors = {label: _mean_rel_mse(r) for label, r in results.items()}

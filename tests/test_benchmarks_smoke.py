@@ -76,3 +76,17 @@ def test_missing_tool_is_skipped_with_a_note(tmp_path):
     row = runner.compress("fashion", "w8a8", "nncf", tmp_path / "cell", cache=tmp_path, timeout_s=60)
     assert row["status"] == "skipped" and "nncf" in row["reason"]
     assert METHODS["nncf"].missing_package() == "nncf"
+
+
+def test_later_runs_replace_rows_unless_they_did_not_run():
+    def result(created, rows):
+        config = {"latency_batch": {"m": 1}}
+        return {"kind": "matrix", "created": created, "models": {"m": {}}, "config": config, "rows": rows}
+
+    def row(method, status, value):
+        return {"model": "m", "setting": "w8a8", "method": method, "status": status, "rel_mse": value}
+
+    first = result("1", [row("a", "ok", 1.0), row("b", "ok", 1.0), row("c", "skipped", None)])
+    second = result("2", [row("a", "ok", 2.0), row("b", "skipped", None), row("c", "ok", 2.0)])
+    merged = {r["method"]: r["rel_mse"] for r in render.merged_matrix([first, second])["rows"]}
+    assert merged == {"a": 2.0, "b": 1.0, "c": 2.0}

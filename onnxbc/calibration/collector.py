@@ -3,8 +3,10 @@
 Each statistic is a *probe*: it adds what it needs to a copy of the model (a graph output, or small
 in-graph reductions so that only vectors leave the device) and folds each batch into running sums.
 All probes share one session and one pass over the data, and nothing grows with the number of
-samples. The augmented model lives in memory (or the system temp folder when it is too large for one
-protobuf), never in the working directory.
+samples. The copy keeps only the nodes the probes read from (ONNX Runtime runs every node of a graph,
+whatever is fetched): a sequential-compensation wave runs the model only up to its layers. The copy lives
+in memory (or the system temp folder when it is too large for one protobuf), never in the working
+directory.
 
 Fetched tensors (whole activations, for histograms) can be large: the collector runs one sample first,
 and splits batches so that one run fetches at most ``FETCH_BUDGET_BYTES``.
@@ -17,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
@@ -48,16 +51,15 @@ def collect(
     calib = model.clone()
     builder = GraphBuilder(calib)
     wanted: list[list[ir.Value]] = [probe.attach(builder) for probe in probes]
-    fetch: dict[str, int] = {}
+    fetch: dict[str, ir.Value] = {}
     for values in wanted:
-        for v in values:
-            if v.name not in fetch:
-                fetch[v.name] = len(fetch)
-                if not v.is_graph_output():
-                    calib.graph.outputs.append(v)
+        fetch.update((v.name, v) for v in values if v.name not in fetch)
+    calib.graph.outputs[:] = list(fetch.values())  # ONNX Runtime runs every node of a graph, fetched or not:
+    RemoveUnusedNodesPass()(calib)  # so the copy keeps only what the probes read
     session = sessions.create(calib)
     names = list(fetch)
-    index = [[fetch[v.name] for v in values] for values in wanted]
+    position = {name: i for i, name in enumerate(names)}
+    index = [[position[v.name] for v in values] for values in wanted]
     step = None
     for split in splits:
         for feeds in data.batches(split):
