@@ -136,8 +136,9 @@ def compress(
     bias_correction: Annotated[
         BiasCorrection,
         typer.Option(
-            help="Bias compensation: 'independent' fits each layer on float inputs "
-            "(kept only if it lowers the held-out output error)."
+            help="Bias compensation: 'independent' fits each layer on float inputs (kept only if it lowers the "
+            "held-out output error); 'sequential' then refits layer by layer on the compensated upstream model "
+            "(one pass over the data per wave of layers; kept only if it beats independent)."
         ),
     ] = BiasCorrection.INDEPENDENT,
     bias_shape: Annotated[
