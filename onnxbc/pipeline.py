@@ -216,7 +216,7 @@ def compress(
     by_name = {t.name: t for t in observed}
     variants = weight_range_variants(targets, plan, set(by_name), options)
     variants += smoothing_variants(targets, plan, set(by_name), ranges, smooth_axes, options)
-    variants += uniform_variants(targets, plan, set(by_name), choice.uniform)
+    variants += uniform_variants(targets, plan, set(by_name), choice.uniform, options)
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]  # pass 2: every layer's error
     trials = trial_probes(variants, by_name, per_position)
     every = shadows + [p for trial in trials.values() for p in trial]
@@ -231,12 +231,19 @@ def compress(
     minmax = _minmax_alternative(variants, trials, plan, compensate, per_position)
     if minmax is not None:
         alternatives["minmax_with_compensation"] = minmax
-    all_uniform = _uniform_alternative(variants, trials, plan, weights_before, shadows, uses, compensate, per_position)
-    if all_uniform is not None:  # with and without its compensation, as the plan is measured
+    if any(v.kind == "uniform" for v in variants):  # under a budget: uniform bits, measured as the plan is
         label = f"uniform_int{choice.uniform_bits}"
-        alternatives[label] = dataclasses.replace(all_uniform, biases={})
-        if all_uniform.biases:
-            alternatives[label + "_with_compensation"] = all_uniform
+        alternatives[label] = _uniform_alternative(variants, trials, plan, weights_before, shadows, uses, ("uniform",))
+        measured = {label: alternatives[label]}
+        if any(v.kind == "uniform_minmax" for v in variants):  # and with min-max scales, as --weights alone is
+            kinds = ("uniform", "uniform_minmax")
+            measured[label + "_minmax"] = _uniform_alternative(
+                variants, trials, plan, weights_before, shadows, uses, kinds
+            )
+        for name, alternative in measured.items():
+            biases = {**plan.biases, **_fit_biases(alternative.probes.values(), compensate, per_position)}
+            if biases:
+                alternatives[name + "_with_compensation"] = dataclasses.replace(alternative, biases=biases)
 
     names = {t.name: _LayerNames.of(t) for t in targets.targets}  # before the rewrite rewires them
     with timer("rewrite"):
@@ -286,14 +293,15 @@ def compress(
             plan.biases = dict(chosen.biases)
             probes.update(chosen.probes)
             sites = chosen.sites
-            if label.startswith("minmax"):
-                for key in chosen.weights:
+            if "minmax" in label:
+                for key in chosen.weights.keys() & rep.weight_ranges.keys():
                     rep.weight_ranges[key]["chosen"] = "minmax"
                 note = "weight scales by min-max (min-max everywhere measured better end to end)"
-            else:
+            if label.startswith("uniform"):
                 for key, wq in chosen.weights.items():
                     rep.precision["layers"][key] = precision.layer_entry(wq)
                 note = f"uniform int{choice.uniform_bits} everywhere measured better end to end than the mixed bits"
+                note += " (min-max scales)" if "minmax" in label else ""
             for layer in chosen.probes:
                 if names[layer].weight in chosen.weights:
                     notes[layer].append(note)
@@ -482,20 +490,17 @@ def _uniform_alternative(
     weights_before: dict[str, WeightQuant],
     shadows: list[ErrorProbe],
     uses: dict[str, list[tuple[Layer, int]]],
-    compensate: set[str],
-    per_position: bool,
-) -> _Alternative | None:
-    """The uniform-bits alternative from the pass-2 trials, or None without a budget. Its trials ran before
-    smoothing was chosen, so the inputs pass 2 smoothed that its weights read are taken back unsmoothed, with
-    every weight that reads them as it was before the choice (and its shadow from before)."""
+    kinds: tuple[str, ...],
+) -> _Alternative:
+    """The uniform-bits alternative from the pass-2 trials of ``kinds`` (later kinds override earlier ones),
+    uncompensated. Its trials ran before smoothing was chosen, so the inputs pass 2
+    smoothed that its weights read are taken back unsmoothed, with every weight that reads them as it was
+    before the choice (and its shadow from before)."""
     weights, probes, activations = {}, {}, {}
-    for i, v in enumerate(variants):
-        if v.kind == "uniform":
-            weights.update(v.plan.weights)
-            probes.update({p.target.name: p for p in trials[i]})
-            activations.update({k: a for k, a in v.plan.activations.items() if k in plan.smoothing})
-    if not weights:
-        return None
+    for i in [i for kind in kinds for i, v in enumerate(variants) if v.kind == kind]:
+        weights.update(variants[i].plan.weights)
+        probes.update({p.target.name: p for p in trials[i]})
+        activations.update({k: a for k, a in variants[i].plan.activations.items() if k in plan.smoothing})
     unshadowed = {p.target.name: p for p in shadows}
     for value in activations:
         for t, _ in uses[value]:
@@ -504,8 +509,7 @@ def _uniform_alternative(
                 weights[source] = weights_before[source]
             if t.name in unshadowed:
                 probes.setdefault(t.name, unshadowed[t.name])
-    biases = {**plan.biases, **_fit_biases(probes.values(), compensate, per_position)}
-    return _Alternative(weights, biases, probes, activations, set(activations))
+    return _Alternative(weights, {}, probes, activations, set(activations))
 
 
 def _compensated(label: str) -> bool:

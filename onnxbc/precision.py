@@ -311,6 +311,10 @@ def choose(
                     f"{smallest_bytes + outside} bytes"
                 )
         allocation = allocate(layers, max_bytes=weights_budget, avg_bits=avg_bits, pinned=pinned)
+        # the uniform alternative takes the --block-size layout, as the smallest options did when the bytes outside
+        # the weights were measured; the tightening below is for the allocation's own layouts (block_size
+        # attributes), not for it, and the held-out check measures its file anyway
+        uniform_budget = weights_budget
         for _ in range(FIT_TRIES if max_size is not None else 0):
             # the bytes outside the weights move a little with the options (length fields, block_size attributes)
             over = size_of({name: quants[name][i] for name, i in allocation.index.items()}) + extra_bytes - max_size
@@ -319,7 +323,7 @@ def choose(
             weights_budget -= over
             allocation = allocate(layers, max_bytes=weights_budget, avg_bits=avg_bits, pinned=pinned)
         layouts = {name: weight_granularity(targets.weights[name], options)[0] for name in priced}
-        uniform_bits, index = _uniform(layers, priced, pinned, avg_bits, weights_budget, layouts)
+        uniform_bits, index = _uniform(layers, priced, pinned, avg_bits, uniform_budget, layouts)
         uniform = {
             layer.name: quants[layer.name][index[layer.name]]
             for layer in layers

@@ -7,8 +7,8 @@ A *variant* quantizes a few layers differently from the base plan:
   better, on MiniLM and the char-GPT the MSE search did.
 - ``smoothing``: an activation divided per channel before the layers that read it (``smoothing``).
 - ``uniform``: under a size budget, a weight at the uniform bit width that fits the budget instead of the bits
-  the allocation gave it; these are not chosen per layer but make one whole-model alternative, checked end to
-  end against the mixed model (``onnxbc.pipeline``).
+  the allocation gave it (``uniform_minmax``: with min-max scales); these are not chosen per layer but make
+  whole-model alternatives, checked end to end against the mixed model (``onnxbc.pipeline``).
 
 Pass 2 runs every variant's shadows beside the base shadows. Each choice keeps the variant with the least
 error summed over the layers it changes, on held-out samples (on the fit samples when none are held out),
@@ -41,7 +41,7 @@ MUL_GAIN = 0.9  # a smoothing that adds a Mul must cut its readers' error by at 
 
 @dataclasses.dataclass
 class Variant:
-    kind: str  # "weight_range" | "smoothing" | "uniform"
+    kind: str  # "weight_range" | "smoothing" | "uniform" | "uniform_minmax"
     key: str  # the weight group or the activation it is about
     label: str  # "minmax", the smoothing alpha, or "uniform"
     plan: QuantPlan  # the changed layers, fully quantized
@@ -69,15 +69,23 @@ def weight_range_variants(
 
 
 def uniform_variants(
-    targets: Targets, plan: QuantPlan, observed: set[str], weights: dict[str, WeightQuant]
+    targets: Targets, plan: QuantPlan, observed: set[str], weights: dict[str, WeightQuant], options: CompressOptions
 ) -> list[Variant]:
     """One variant per weight of ``weights``, or none when some layer of them cannot be measured (in a
-    subgraph): the alternative is all of them or nothing, or it could leave the budget."""
+    subgraph): the alternative is all of them or nothing, or it could leave the budget. With ``--weight-range
+    auto`` also each uniform, nearest-rounded one with min-max scales (``uniform_minmax``), as ``--weights``
+    alone would measure it."""
     result = []
     for name, wq in weights.items():
-        if not {t.name for t in targets.weights[name].targets} <= observed:
+        group = targets.weights[name]
+        if not {t.name for t in group.targets} <= observed:
             return []
         result.append(_weight_variant("uniform", "uniform", targets, plan, wq))
+        if options.weight_range is RangeMethod.AUTO and (wq.scheme, wq.rounding) == ("uniform", "nearest"):
+            minmax = weight_quant(
+                group, weight_array(group), like(wq, options), method=RangeMethod.MINMAX, bits=wq.bits
+            )
+            result.append(_weight_variant("uniform_minmax", "minmax", targets, plan, minmax))
     return result
 
 

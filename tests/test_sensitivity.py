@@ -157,4 +157,6 @@ def test_uniform_bits_are_saved_when_the_mixed_model_measures_worse(tmp_path, mo
     # uniform bits are measured as the mixed model is: without compensation and, when it runs, with it
     assert "uniform_int4" in outputs
     assert ("uniform_int4_with_compensation" in outputs) == (bias_correction != "none")
+    # and with min-max scales, compensated, as --weights int4 alone measures its min-max alternative
+    assert ("uniform_int4_minmax_with_compensation" in outputs) == (bias_correction != "none")
     assert any("uniform int4" in n for r in rep.layers for n in r.notes)
