@@ -492,10 +492,10 @@ def _uniform_alternative(
     uses: dict[str, list[tuple[Layer, int]]],
     kinds: tuple[str, ...],
 ) -> _Alternative:
-    """The uniform-bits alternative from the pass-2 trials of ``kinds`` (later kinds override earlier ones),
-    uncompensated. Its trials ran before smoothing was chosen, so the inputs pass 2
-    smoothed that its weights read are taken back unsmoothed, with every weight that reads them as it was
-    before the choice (and its shadow from before)."""
+    """The uniform-bits alternative, uncompensated, from the pass-2 trials of ``kinds`` (later kinds override
+    earlier ones). Its trials ran before smoothing was chosen, so the inputs pass 2 smoothed that its weights
+    read are taken back unsmoothed, with every weight that reads them as it was before the choice (and its
+    shadow from before)."""
     weights, probes, activations = {}, {}, {}
     for i in [i for kind in kinds for i, v in enumerate(variants) if v.kind == kind]:
         weights.update(variants[i].plan.weights)
