@@ -70,11 +70,11 @@ def _notes(report, setting: Setting, out_path: Path) -> list[str]:
     notes = []
     comp = report.compensation
     if comp.get("applied"):
-        before, after = comp["output_rel_mse_without"], comp["output_rel_mse_with"]
-        notes.append(f"compensation kept (held-out rel. MSE {before:.3g} -> {after:.3g})")
-        chosen = comp.get("chosen", "with_compensation")
-        if chosen != "with_compensation":
-            notes.append(f"saved {chosen.replace('_', ' ')} (held-out rel. MSE {comp['alternatives'][chosen]:.3g})")
+        chosen = comp.get("chosen", "with_compensation")  # or an alternative: min-max scales, sequential, ...
+        before = comp["output_rel_mse_without"]
+        after = comp["output_rel_mse_with"] if chosen == "with_compensation" else comp["alternatives"][chosen]
+        which = "" if chosen == "with_compensation" else f": {chosen.replace('_', ' ')}"
+        notes.append(f"compensation kept{which} (held-out rel. MSE {before:.3g} -> {after:.3g})")
     elif "output_rel_mse_with" in comp:
         notes.append(
             f"compensation dropped: it raised the held-out rel. MSE ({comp['output_rel_mse_without']:.3g} -> "
