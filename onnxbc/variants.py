@@ -53,18 +53,14 @@ def weight_range_variants(
 ) -> list[Variant]:
     """With ``--weight-range auto``: min-max scales for each uniform, nearest-rounded weight whose readers are
     all measured."""
-    if options.weight_range is not RangeMethod.AUTO:
-        return []
     result = []
     for name, group in targets.weights.items():
-        layers = tuple(t.name for t in group.targets)
         base = plan.weights.get(name)
-        if base is None or not set(layers) <= observed or (base.scheme, base.rounding) != ("uniform", "nearest"):
+        if base is None or not {t.name for t in group.targets} <= observed:
             continue
-        minmax = weight_quant(
-            group, weight_array(group), like(base, options), method=RangeMethod.MINMAX, bits=base.bits
-        )
-        result.append(_weight_variant("weight_range", "minmax", targets, plan, minmax))
+        minmax = _minmax(targets, base, options)
+        if minmax is not None:
+            result.append(_weight_variant("weight_range", "minmax", targets, plan, minmax))
     return result
 
 
@@ -77,16 +73,22 @@ def uniform_variants(
     alone would measure it."""
     result = []
     for name, wq in weights.items():
-        group = targets.weights[name]
-        if not {t.name for t in group.targets} <= observed:
+        if not {t.name for t in targets.weights[name].targets} <= observed:
             return []
         result.append(_weight_variant("uniform", "uniform", targets, plan, wq))
-        if options.weight_range is RangeMethod.AUTO and (wq.scheme, wq.rounding) == ("uniform", "nearest"):
-            minmax = weight_quant(
-                group, weight_array(group), like(wq, options), method=RangeMethod.MINMAX, bits=wq.bits
-            )
+        minmax = _minmax(targets, wq, options)
+        if minmax is not None:
             result.append(_weight_variant("uniform_minmax", "minmax", targets, plan, minmax))
     return result
+
+
+def _minmax(targets: Targets, wq: WeightQuant, options: CompressOptions) -> WeightQuant | None:
+    """``wq`` with min-max scales (same bits and blocks), or None: not ``--weight-range auto``, or not a uniform,
+    nearest-rounded weight."""
+    if options.weight_range is not RangeMethod.AUTO or (wq.scheme, wq.rounding) != ("uniform", "nearest"):
+        return None
+    group = targets.weights[wq.source]
+    return weight_quant(group, weight_array(group), like(wq, options), method=RangeMethod.MINMAX, bits=wq.bits)
 
 
 def _weight_variant(kind: str, label: str, targets: Targets, plan: QuantPlan, wq: WeightQuant) -> Variant:
