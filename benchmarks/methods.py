@@ -36,8 +36,8 @@ class Method:
 
 
 FP32 = "fp32"
-# One pass over the calibration data per wave of layers: minutes per setting on these models (README).
-SEQUENTIAL_SLOW_ON = ("minilm", "ppocr_rec", "smollm2")
+# One pass over the calibration data per wave of layers: 7-12 minutes per setting on PP-OCR (README).
+SEQUENTIAL_SLOW_ON = ("ppocr_rec", "smollm2")
 
 METHODS: dict[str, Method] = {
     m.name: m
