@@ -7,6 +7,7 @@ unreadable files). Errors print one line; ``--verbose`` adds the traceback.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,11 @@ from onnxbc.options import (
 )
 from onnxbc.policy import parse_size
 from onnxbc.progress import Stages
+
+# --activation-range offers RangeMethod without "auto" (which measures weight scales, not ranges)
+ActivationRange = enum.Enum(
+    "ActivationRange", {m.name: m.value for m in RangeMethod if m is not RangeMethod.AUTO}, type=str
+)
 
 app = typer.Typer(
     name="onnxbc",
@@ -130,8 +136,8 @@ def compress(
         ),
     ] = RangeMethod.AUTO,
     activation_range: Annotated[
-        RangeMethod, typer.Option(help="How activation ranges are chosen from the calibration histograms.")
-    ] = RangeMethod.MSE,
+        ActivationRange, typer.Option(help="How activation ranges are chosen from the calibration histograms.")
+    ] = ActivationRange.MSE,
     percentile: Annotated[float, typer.Option(help="Percentile for --*-range percentile.")] = 99.99,
     bias_correction: Annotated[
         BiasCorrection,
@@ -271,7 +277,7 @@ def compress(
             per_tensor_weights=per_tensor_weights,
             reduce_range=reduce_range,
             weight_range=weight_range,
-            activation_range=activation_range,
+            activation_range=RangeMethod(activation_range.value),
             percentile=percentile,
             bias_correction=bias_correction,
             bias_shape=bias_shape,

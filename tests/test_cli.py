@@ -129,3 +129,17 @@ def test_help_and_version():
     for option in ("--weights", "--activations", "--block-size", "--bias-correction", "--data", "--device", "--target"):
         assert option in r.stdout
     assert onnxbc("version").stdout.strip() == __import__("onnxbc").__version__
+
+
+def test_activation_range_offers_only_what_it_accepts(model, tmp_path):
+    # "auto" chooses weight scales; --activation-range must neither list it nor take it
+    help_text = onnxbc("compress", "--help").stdout
+    assert "--activation-range <minmax|percentile|mse>" in help_text
+    r = onnxbc("compress", model, "--data", tmp_path / "calib.npz", "--activation-range", "auto")
+    assert r.returncode == 2 and "'auto' is not one of" in r.stderr and "Traceback" not in r.stderr
+    r = onnxbc(
+        "compress", model, "--data", tmp_path / "calib.npz", "--activation-range", "minmax", "-o", tmp_path / "m.onnx"
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["options"]["activation_range"] == "minmax"
