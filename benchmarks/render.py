@@ -16,6 +16,7 @@ from typing import Any
 
 from benchmarks.methods import FP32, METHODS
 from benchmarks.settings import SETTINGS
+from benchmarks.zoo import MODELS
 
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN = "<!-- results:begin -->"
@@ -343,6 +344,8 @@ def merged_matrix(results: Sequence[dict]) -> dict | None:
             ):
                 rows[key] = row
     config = {**matrices[0]["config"], "latency_batch": batches}
+    order = {name: i for i, name in enumerate(MODELS)}  # the zoo's order, whichever file came first
+    models = dict(sorted(models.items(), key=lambda item: order.get(item[0], len(order))))
     return {**matrices[0], "models": models, "rows": list(rows.values()), "config": config}
 
 

@@ -90,3 +90,18 @@ def test_later_runs_replace_rows_unless_they_did_not_run():
     second = result("2", [row("a", "ok", 2.0), row("b", "skipped", None), row("c", "ok", 2.0)])
     merged = {r["method"]: r["rel_mse"] for r in render.merged_matrix([first, second])["rows"]}
     assert merged == {"a": 2.0, "b": 1.0, "c": 2.0}
+
+
+def test_merged_models_follow_the_zoo_order_not_the_file_order():
+    def result(created, models):
+        batches = {m: 1 for m in models}
+        return {
+            "kind": "matrix",
+            "created": created,
+            "models": {m: {} for m in models},
+            "config": {"latency_batch": batches},
+            "rows": [],
+        }
+
+    merged = render.merged_matrix([result("1", ["smollm2"]), result("2", ["ppocr_rec", "fashion", "chargpt"])])
+    assert list(merged["models"]) == ["fashion", "chargpt", "ppocr_rec", "smollm2"]
