@@ -1,0 +1,110 @@
+"""Is a compensation candidate worse because it over-fits, or worse everywhere? Every candidate on every split.
+
+    python -m benchmarks.ablations.candidate_splits [--model ppocr_rec] [--weights int4] [--activations int8]
+        [--bias-correction sequential]
+
+One ``onnxbc.compress`` call with the given settings (device cpu, every calibration sample) keeps every
+candidate model its held-out check compares (without compensation, independent, min-max, sequential, ...).
+This script captures them and measures each one's output relative MSE against the FP32 model on the three
+splits: the calibration samples compensation is fitted on (``fit``), the samples the check holds out
+(``holdout``, the last 20 %) and the model's separate eval split. A candidate that is better on ``fit`` but
+worse on the others over-fits; one that is worse on all three is worse by its objective. ONNX Runtime
+computes the graphs as written (QDQ fusions off); the first output is compared, batch of one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+import onnxbc
+import onnxbc.pipeline
+from benchmarks.zoo import DEFAULT_CACHE, MODELS
+
+EXACT = {"session.disable_quant_qdq": "1", "session.qdq_matmulnbits_accuracy_level": "1"}
+
+
+def capture_candidates(model: Path, calib: Path, options: onnxbc.CompressOptions) -> dict[str, ir.Model]:
+    """Run compress once; return the float model and every candidate its held-out check compared."""
+    captured: dict[str, ir.Model] = {}
+    evaluate = onnxbc.pipeline._evaluate
+
+    def spy(float_model, quantized, compensated, models, *args, **kwargs):
+        captured.update({"fp32": float_model, "without_compensation": quantized, "with_compensation": compensated})
+        captured.update(models)
+        return evaluate(float_model, quantized, compensated, models, *args, **kwargs)
+
+    onnxbc.pipeline._evaluate = spy
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            n = len(next(iter(np.load(calib).values())))
+            result = onnxbc.compress(
+                model, Path(tmp) / "out.onnx", data=onnxbc.DataOptions(path=calib, samples=n), options=options
+            )
+    finally:
+        onnxbc.pipeline._evaluate = evaluate
+    print(f"saved: {result.report.compensation.get('chosen', 'see report')}")
+    return {label: m for label, m in captured.items() if m is not None}
+
+
+def first_output(model: ir.Model, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        ir.save(model, path)
+        so = ort.SessionOptions()
+        for key, value in EXACT.items():
+            so.add_session_config_entry(key, value)
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        output = session.get_outputs()[0].name
+        inputs = [i.name for i in session.get_inputs()]  # eval files also hold labels
+        count = len(feeds[inputs[0]])
+        return np.concatenate(
+            [session.run([output], {k: feeds[k][i : i + 1] for k in inputs})[0] for i in range(count)]
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ppocr_rec", choices=sorted(MODELS))
+    parser.add_argument("--weights", default="int4")
+    parser.add_argument("--activations", default="int8")
+    parser.add_argument("--bias-correction", default="sequential")
+    args = parser.parse_args()
+
+    bench = MODELS[args.model].prepare(DEFAULT_CACHE)
+    options = onnxbc.CompressOptions(
+        weights=onnxbc.WeightType(args.weights),
+        activations=onnxbc.ActivationType(args.activations),
+        bias_correction=onnxbc.BiasCorrection(args.bias_correction),
+        device=onnxbc.Device.CPU,
+    )
+    candidates = capture_candidates(bench.onnx_path, bench.calib_path, options)
+    calib = dict(np.load(bench.calib_path))
+    total = len(next(iter(calib.values())))
+    fraction = onnxbc.DataOptions(path=bench.calib_path).holdout_fraction  # onnxbc's default split
+    n_fit = total - min(int(round(total * fraction)), total - 1)
+    splits = {
+        "fit": {k: v[:n_fit] for k, v in calib.items()},
+        "holdout": {k: v[n_fit:] for k, v in calib.items()},
+        "eval": dict(np.load(bench.eval_path)),
+    }
+    reference = {name: first_output(candidates["fp32"], feeds) for name, feeds in splits.items()}
+    print(f"| candidate | {' | '.join(f'{s} ({len(next(iter(f.values())))})' for s, f in splits.items())} |")
+    print("|---|" + "---|" * len(splits))
+    for label, model in candidates.items():
+        if label == "fp32":
+            continue
+        errors = []
+        for name, feeds in splits.items():
+            out, ref = first_output(model, feeds), reference[name]
+            errors.append(f"{float(((out - ref) ** 2).sum() / (ref**2).sum()):.4g}")
+        print(f"| {label} | {' | '.join(errors)} |")
+
+
+if __name__ == "__main__":
+    main()
