@@ -10,12 +10,16 @@ splits: the calibration samples compensation is fitted on (``fit``), the samples
 (``holdout``, the last 20 %) and the model's separate eval split. A candidate that is better on ``fit`` but
 worse on the others over-fits; one that is worse on all three is worse by its objective. ONNX Runtime
 computes the graphs as written (QDQ fusions off); the first output is compared, batch of one.
+
+``--layers A,B`` then compares two candidates layer by layer on the fit split: each Conv/Gemm/MatMul output's
+relative MSE against the FP32 model's, in graph order, to show where one candidate's error grows past the other's.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ import onnxbc.pipeline
 from benchmarks.zoo import DEFAULT_CACHE, MODELS
 
 EXACT = {"session.disable_quant_qdq": "1", "session.qdq_matmulnbits_accuracy_level": "1"}
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def capture_candidates(model: Path, calib: Path, options: onnxbc.CompressOptions) -> dict[str, ir.Model]:
@@ -52,7 +57,11 @@ def capture_candidates(model: Path, calib: Path, options: onnxbc.CompressOptions
     return {label: m for label, m in captured.items() if m is not None}
 
 
-def first_output(model: ir.Model, feeds: dict[str, np.ndarray]) -> np.ndarray:
+def run(model: ir.Model, feeds: dict[str, np.ndarray], extra: Sequence[str] = ()) -> Iterator[list[np.ndarray]]:
+    """Per sample: the first output, then the values named ``extra`` (made graph outputs of a copy)."""
+    model = model.clone()
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    model.graph.outputs.extend(values[name] for name in extra)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         ir.save(model, path)
@@ -60,12 +69,27 @@ def first_output(model: ir.Model, feeds: dict[str, np.ndarray]) -> np.ndarray:
         for key, value in EXACT.items():
             so.add_session_config_entry(key, value)
         session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        output = session.get_outputs()[0].name
+        outputs = [session.get_outputs()[0].name, *extra]
         inputs = [i.name for i in session.get_inputs()]  # eval files also hold labels
-        count = len(feeds[inputs[0]])
-        return np.concatenate(
-            [session.run([output], {k: feeds[k][i : i + 1] for k in inputs})[0] for i in range(count)]
-        )
+        for i in range(len(feeds[inputs[0]])):
+            yield session.run(outputs, {k: feeds[k][i : i + 1] for k in inputs})
+
+
+def first_output(model: ir.Model, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([outs[0] for outs in run(model, feeds)])
+
+
+def layer_errors(model: ir.Model, fp32: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+    """Relative MSE of every layer output of ``model`` (by value name) against ``fp32``'s, in graph order."""
+    present = {v.name for node in model.graph for v in node.outputs}
+    names = [n.outputs[0].name for n in fp32.graph if n.op_type in LAYER_OPS and n.outputs[0].name in present]
+    err = np.zeros(len(names))
+    power = np.zeros(len(names))
+    for ours, ref in zip(run(model, feeds, names), run(fp32, feeds, names), strict=True):
+        for k, (a, b) in enumerate(zip(ours[1:], ref[1:], strict=True)):
+            err[k] += float(((a.astype(np.float64) - b) ** 2).sum())
+            power[k] += float((b.astype(np.float64) ** 2).sum())
+    return {name: e / max(p, 1e-30) for name, e, p in zip(names, err, power, strict=True)}
 
 
 def main() -> None:
@@ -74,6 +98,7 @@ def main() -> None:
     parser.add_argument("--weights", default="int4")
     parser.add_argument("--activations", default="int8")
     parser.add_argument("--bias-correction", default="sequential")
+    parser.add_argument("--layers", help="two candidate labels A,B to compare layer by layer on the fit split")
     args = parser.parse_args()
 
     bench = MODELS[args.model].prepare(DEFAULT_CACHE)
@@ -104,6 +129,12 @@ def main() -> None:
             out, ref = first_output(model, feeds), reference[name]
             errors.append(f"{float(((out - ref) ** 2).sum() / (ref**2).sum()):.4g}")
         print(f"| {label} | {' | '.join(errors)} |")
+    if args.layers:
+        a, b = args.layers.split(",")
+        first, second = (layer_errors(candidates[c], candidates["fp32"], splits["fit"]) for c in (a, b))
+        print(f"\n| layer (fit split) | {a} | {b} | ratio |\n|---|---|---|---|")
+        for name, error in first.items():
+            print(f"| {name} | {error:.4g} | {second[name]:.4g} | {second[name] / max(error, 1e-30):.2f} |")
 
 
 if __name__ == "__main__":
