@@ -12,7 +12,8 @@ worse on the others over-fits; one that is worse on all three is worse by its ob
 computes the graphs as written (QDQ fusions off); the first output is compared, batch of one.
 
 ``--layers A,B`` then compares two candidates layer by layer on the fit split: each Conv/Gemm/MatMul output's
-relative MSE against the FP32 model's, in graph order, to show where one candidate's error grows past the other's.
+relative MSE against the FP32 model's, in graph order, and last the input of the node that makes each model
+output (a Softmax's logits), to show where one candidate's error grows past the other's.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def first_output(model: ir.Model, feeds: dict[str, np.ndarray]) -> np.ndarray:
 def layer_errors(model: ir.Model, fp32: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, float]:
     """Relative MSE of every layer output of ``model`` (by value name) against ``fp32``'s, in graph order."""
     present = {v.name for node in model.graph for v in node.outputs}
-    names = [n.outputs[0].name for n in fp32.graph if n.op_type in LAYER_OPS and n.outputs[0].name in present]
+    names = [n.outputs[0].name for n in fp32.graph if n.op_type in LAYER_OPS]
+    # and what the output node reads (a Softmax's logits, say)
+    names += [o.producer().inputs[0].name for o in fp32.graph.outputs if o.producer() and o.producer().inputs]
+    names = [name for name in dict.fromkeys(names) if name in present]
     err = np.zeros(len(names))
     power = np.zeros(len(names))
     for ours, ref in zip(run(model, feeds, names), run(fp32, feeds, names), strict=True):
@@ -99,6 +103,7 @@ def main() -> None:
     parser.add_argument("--activations", default="int8")
     parser.add_argument("--bias-correction", default="sequential")
     parser.add_argument("--layers", help="two candidate labels A,B to compare layer by layer on the fit split")
+    parser.add_argument("--keep", type=Path, help="save every candidate here as LABEL.onnx")
     args = parser.parse_args()
 
     bench = MODELS[args.model].prepare(DEFAULT_CACHE)
@@ -109,6 +114,10 @@ def main() -> None:
         device=onnxbc.Device.CPU,
     )
     candidates = capture_candidates(bench.onnx_path, bench.calib_path, options)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        for label, model in candidates.items():
+            ir.save(model, args.keep / f"{label}.onnx")
     calib = dict(np.load(bench.calib_path))
     total = len(next(iter(calib.values())))
     fraction = onnxbc.DataOptions(path=bench.calib_path).holdout_fraction  # onnxbc's default split
