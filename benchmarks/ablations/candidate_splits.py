@@ -1,7 +1,7 @@
 """Is a compensation candidate worse because it over-fits, or worse everywhere? Every candidate on every split.
 
     python -m benchmarks.ablations.candidate_splits [--model ppocr_rec] [--weights int4] [--activations int8]
-        [--bias-correction sequential]
+        [--bias-correction sequential] [--layers A,B] [--keep DIR]
 
 One ``onnxbc.compress`` call with the given settings (device cpu, every calibration sample) keeps every
 candidate model its held-out check compares (without compensation, independent, min-max, sequential, ...).
@@ -12,8 +12,8 @@ worse on the others over-fits; one that is worse on all three is worse by its ob
 computes the graphs as written (QDQ fusions off); the first output is compared, batch of one.
 
 ``--layers A,B`` then compares two candidates layer by layer on the fit split: each Conv/Gemm/MatMul output's
-relative MSE against the FP32 model's, in graph order, and last the input of the node that makes each model
-output (a Softmax's logits), to show where one candidate's error grows past the other's.
+relative MSE against the FP32 model's, in graph order, then every Softmax's input (the logits), to show where
+one candidate's error grows past the other's.
 """
 
 from __future__ import annotations
@@ -84,8 +84,7 @@ def layer_errors(model: ir.Model, fp32: ir.Model, feeds: dict[str, np.ndarray]) 
     """Relative MSE of every layer output of ``model`` (by value name) against ``fp32``'s, in graph order."""
     present = {v.name for node in model.graph for v in node.outputs}
     names = [n.outputs[0].name for n in fp32.graph if n.op_type in LAYER_OPS]
-    # and what the output node reads (a Softmax's logits, say)
-    names += [o.producer().inputs[0].name for o in fp32.graph.outputs if o.producer() and o.producer().inputs]
+    names += [n.inputs[0].name for n in fp32.graph if n.op_type in ("Softmax", "LogSoftmax")]  # logits
     names = [name for name in dict.fromkeys(names) if name in present]
     err = np.zeros(len(names))
     power = np.zeros(len(names))

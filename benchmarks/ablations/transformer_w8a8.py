@@ -70,7 +70,8 @@ def nncf_quantize(model: Path, calib: Path, out: Path, preset: str, smooth_quant
     onnx.save(quantized, str(out))
 
 
-def rel_mse(model: str, onnx_path: Path, reference: Path, work: Path, save: bool = False) -> dict:
+def evaluate(model: str, onnx_path: Path, reference: Path, work: Path, save: bool = False) -> dict:
+    """`benchmarks.worker evaluate` on one model: its result JSON (rel_mse, metrics_exact, ...)."""
     result = work / f"{onnx_path.stem}.json"
     flag = "--save-reference" if save else "--reference"
     argv = ["-m", "benchmarks.worker", "evaluate", "--model", model, "--onnx", onnx_path, "--result", result]
@@ -91,7 +92,7 @@ def main() -> None:
             work = Path(args.out or tmp) / name
             work.mkdir(parents=True, exist_ok=True)
             reference = work / "fp32.npy"
-            rel_mse(name, bench.onnx_path, reference, work, save=True)
+            evaluate(name, bench.onnx_path, reference, work, save=True)
             outputs = {}
             for row, flags in ONNXBC_ROWS.items():
                 out = work / f"onnxbc_{len(outputs)}.onnx"
@@ -104,7 +105,7 @@ def main() -> None:
                 nncf_quantize(bench.onnx_path, bench.calib_path, out, preset, smooth_quant)
                 outputs[row] = out
             for row, out in outputs.items():
-                r = rel_mse(name, out, reference, work)
+                r = evaluate(name, out, reference, work)
                 metric = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics_exact"].items())
                 lines.append(f"| {name} | {row} | {r['rel_mse']:.3g} | {metric} |")
                 print(lines[-1], flush=True)
