@@ -13,7 +13,8 @@ Rows, all W8A8 on the model's whole calibration file, CPU:
 - ``nncf transformer, PERFORMANCE, no SmoothQuant``: its MatMul smoothing alpha set to -1 (off).
 
 Each output is measured exactly as the matrix measures it (``benchmarks.worker evaluate``: eval split, graph
-computed as written, rel. MSE of the first output against FP32). Prints a markdown table.
+computed as written, rel. MSE of the first output against FP32; latency: ORT's default CPU session, 2 threads,
+a batch of 8 eval inputs, median of 10 runs). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def evaluate(model: str, onnx_path: Path, reference: Path, work: Path, save: boo
     result = work / f"{onnx_path.stem}.json"
     flag = "--save-reference" if save else "--reference"
     argv = ["-m", "benchmarks.worker", "evaluate", "--model", model, "--onnx", onnx_path, "--result", result]
-    subprocess.run([sys.executable, *map(str, argv), flag, str(reference), "--latency-runs", "1"], check=True)
+    subprocess.run([sys.executable, *map(str, argv), flag, str(reference), "--latency-runs", "10"], check=True)
     return json.loads(result.read_text())
 
 
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--models", default="chargpt,minilm")
     parser.add_argument("--out", type=Path, help="keep the quantized models here (default: a temporary folder)")
     args = parser.parse_args()
-    lines = ["| model | row | rel. MSE | task metric (exact) |", "|---|---|---|---|"]
+    lines = ["| model | row | rel. MSE | task metric (exact) | latency ms |", "|---|---|---|---|---|"]
     for name in args.models.split(","):
         bench = MODELS[name].prepare(DEFAULT_CACHE)
         n = len(next(iter(np.load(bench.calib_path).values())))
@@ -92,7 +93,8 @@ def main() -> None:
             work = Path(args.out or tmp) / name
             work.mkdir(parents=True, exist_ok=True)
             reference = work / "fp32.npy"
-            evaluate(name, bench.onnx_path, reference, work, save=True)
+            fp32 = evaluate(name, bench.onnx_path, reference, work, save=True)
+            lines.append(f"| {name} | FP32 | 0 | – | {fp32['latency_ms']:.1f} |")
             outputs = {}
             for row, flags in ONNXBC_ROWS.items():
                 out = work / f"onnxbc_{len(outputs)}.onnx"
@@ -107,7 +109,7 @@ def main() -> None:
             for row, out in outputs.items():
                 r = evaluate(name, out, reference, work)
                 metric = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics_exact"].items())
-                lines.append(f"| {name} | {row} | {r['rel_mse']:.3g} | {metric} |")
+                lines.append(f"| {name} | {row} | {r['rel_mse']:.3g} | {metric} | {r['latency_ms']:.1f} |")
                 print(lines[-1], flush=True)
     print("\n".join(lines))
 
