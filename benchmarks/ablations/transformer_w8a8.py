@@ -1,6 +1,6 @@
 """Where does onnxbc lose to NNCF's transformer mode at W8A8? Each difference between the two, switched alone.
 
-    python -m benchmarks.ablations.transformer_w8a8 [--models chargpt,minilm] [--out DIR]
+    python -m benchmarks.ablations.transformer_w8a8 [--models chargpt,minilm] [--out DIR] [--layers]
 
 Rows, all W8A8 on the model's whole calibration file, CPU:
 - ``onnxbc``: defaults (both attention MatMuls quantized, activation ranges by MSE);
@@ -14,7 +14,9 @@ Rows, all W8A8 on the model's whole calibration file, CPU:
 
 Each output is measured exactly as the matrix measures it (``benchmarks.worker evaluate``: eval split, graph
 computed as written, rel. MSE of the first output against FP32; latency: ORT's default CPU session, 2 threads,
-a batch of 8 eval inputs, median of 10 runs). Prints a markdown table.
+a batch of 8 eval inputs, median of 10 runs). Prints a markdown table. ``--layers`` adds, per model, each
+MatMul/Gemm output's relative MSE on the first 64 eval samples for ``onnxbc --no-quantize-attention`` and NNCF's
+symmetric transformer mode, to show where the gap between the two opens.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
+from benchmarks.ablations.candidate_splits import layer_errors
 from benchmarks.zoo import DEFAULT_CACHE, MODELS
+from benchmarks.zoo.common import BenchModel
 
 ONNXBC_ROWS = {
     "onnxbc": [],
@@ -80,12 +85,33 @@ def evaluate(model: str, onnx_path: Path, reference: Path, work: Path, save: boo
     return json.loads(result.read_text())
 
 
+LAYER_ROWS = ("onnxbc --no-quantize-attention", "nncf transformer, preset PERFORMANCE")
+
+
+def layer_table(name: str, bench: BenchModel, ours: Path, theirs: Path) -> list[str]:
+    """Each MatMul/Gemm output's rel. MSE in the two models (first 64 eval samples), in graph order."""
+    fp32 = ir.load(bench.onnx_path)
+    evaluation = np.load(bench.eval_path)
+    feeds = {v.name: evaluation[v.name][:64] for v in fp32.graph.inputs}
+    a, b = (layer_errors(ir.load(path), fp32, feeds) for path in (ours, theirs))
+    nodes = {n.outputs[0].name: n for n in fp32.graph if n.op_type in ("MatMul", "Gemm")}
+    lines = [f"| {name}: layer | {LAYER_ROWS[0]} | {LAYER_ROWS[1]} | ratio |", "|---|---|---|---|"]
+    lines += [
+        f"| {nodes[v].name} | {a[v]:.3g} | {b[v]:.3g} | {a[v] / max(b[v], 1e-30):.2f} |"
+        for v in a
+        if v in b and v in nodes
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="chargpt,minilm")
     parser.add_argument("--out", type=Path, help="keep the quantized models here (default: a temporary folder)")
+    parser.add_argument("--layers", action="store_true", help="compare two rows layer by layer (see above)")
     args = parser.parse_args()
     lines = ["| model | row | rel. MSE | task metric (exact) | latency ms |", "|---|---|---|---|---|"]
+    layers: list[str] = []
     for name in args.models.split(","):
         bench = MODELS[name].prepare(DEFAULT_CACHE)
         n = len(next(iter(np.load(bench.calib_path).values())))
@@ -111,7 +137,9 @@ def main() -> None:
                 metric = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics_exact"].items())
                 lines.append(f"| {name} | {row} | {r['rel_mse']:.3g} | {metric} | {r['latency_ms']:.1f} |")
                 print(lines[-1], flush=True)
-    print("\n".join(lines))
+            if args.layers:
+                layers += layer_table(name, bench, outputs[LAYER_ROWS[0]], outputs[LAYER_ROWS[1]])
+    print("\n".join(lines + [""] + layers))
 
 
 if __name__ == "__main__":
