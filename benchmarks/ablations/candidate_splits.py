@@ -29,13 +29,15 @@ import onnxruntime as ort
 
 import onnxbc
 import onnxbc.pipeline
+from benchmarks.settings import calibration_arrays, sample_count
+from benchmarks.worker import EXACT_SESSION
 from benchmarks.zoo import DEFAULT_CACHE, MODELS
+from onnxbc.calibration.data import input_specs, open_data
 
-EXACT = {"session.disable_quant_qdq": "1", "session.qdq_matmulnbits_accuracy_level": "1"}
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def capture_candidates(model: Path, calib: Path, options: onnxbc.CompressOptions) -> dict[str, ir.Model]:
+def capture_candidates(model: Path, data: onnxbc.DataOptions, options: onnxbc.CompressOptions) -> dict[str, ir.Model]:
     """Run compress once; return the float model and every candidate its held-out check compared."""
     captured: dict[str, ir.Model] = {}
     evaluate = onnxbc.pipeline._evaluate
@@ -48,10 +50,7 @@ def capture_candidates(model: Path, calib: Path, options: onnxbc.CompressOptions
     onnxbc.pipeline._evaluate = spy
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            n = len(next(iter(np.load(calib).values())))
-            result = onnxbc.compress(
-                model, Path(tmp) / "out.onnx", data=onnxbc.DataOptions(path=calib, samples=n), options=options
-            )
+            result = onnxbc.compress(model, Path(tmp) / "out.onnx", data=data, options=options)
     finally:
         onnxbc.pipeline._evaluate = evaluate
     print(f"saved: {result.report.compensation.get('chosen', 'see report')}")
@@ -67,7 +66,7 @@ def run(model: ir.Model, feeds: dict[str, np.ndarray], extra: Sequence[str] = ()
         path = Path(tmp) / "m.onnx"
         ir.save(model, path)
         so = ort.SessionOptions()
-        for key, value in EXACT.items():
+        for key, value in EXACT_SESSION.items():
             so.add_session_config_entry(key, value)
         session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         outputs = [session.get_outputs()[0].name, *extra]
@@ -112,15 +111,14 @@ def main() -> None:
         bias_correction=onnxbc.BiasCorrection(args.bias_correction),
         device=onnxbc.Device.CPU,
     )
-    candidates = capture_candidates(bench.onnx_path, bench.calib_path, options)
+    calib = calibration_arrays(bench)
+    data = onnxbc.DataOptions(path=bench.calib_path, samples=sample_count(calib))
+    candidates = capture_candidates(bench.onnx_path, data, options)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         for label, model in candidates.items():
             ir.save(model, args.keep / f"{label}.onnx")
-    calib = dict(np.load(bench.calib_path))
-    total = len(next(iter(calib.values())))
-    fraction = onnxbc.DataOptions(path=bench.calib_path).holdout_fraction  # onnxbc's default split
-    n_fit = total - min(int(round(total * fraction)), total - 1)
+    n_fit = open_data(data, input_specs(candidates["fp32"])).n_fit  # the split compress used
     splits = {
         "fit": {k: v[:n_fit] for k, v in calib.items()},
         "holdout": {k: v[n_fit:] for k, v in calib.items()},

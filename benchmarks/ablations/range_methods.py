@@ -18,19 +18,16 @@ from pathlib import Path
 import numpy as np
 
 import onnxbc
+from benchmarks.worker import EXACT_SESSION  # ORT computing the graph as written
 from benchmarks.zoo import DEFAULT_CACHE, MODELS
 
 METHODS = ("minmax", "percentile", "mse")
 
 
-# ONNX Runtime computing the graph as written (its QDQ fusions into integer kernels off).
-EXACT = {"session.disable_quant_qdq": "1", "session.qdq_matmulnbits_accuracy_level": "1"}
-
-
 def model_and_metric(name: str):
     module = MODELS[name]
     bench = module.prepare(DEFAULT_CACHE)
-    return bench.onnx_path, bench.calib_path, lambda path: module.evaluate(path, bench, session_config=EXACT)
+    return bench.onnx_path, bench.calib_path, lambda path: module.evaluate(path, bench, session_config=EXACT_SESSION)
 
 
 def main() -> None:

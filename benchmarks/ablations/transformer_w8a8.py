@@ -22,7 +22,6 @@ symmetric transformer mode, to show where the gap between the two opens.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,10 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from benchmarks import runner
 from benchmarks.ablations.candidate_splits import layer_errors
+from benchmarks.settings import SETTINGS, calibration_arrays, sample_count
+from benchmarks.tools import nncf_tool
 from benchmarks.zoo import DEFAULT_CACHE, MODELS
 from benchmarks.zoo.common import BenchModel
 
@@ -52,37 +54,12 @@ NNCF_ROWS = {
 }
 
 
-def nncf_quantize(model: Path, calib: Path, out: Path, preset: str, smooth_quant: bool) -> None:
-    import nncf
-    import onnx
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
-
-    arrays = dict(np.load(calib))
-    n = len(next(iter(arrays.values())))
-    items = [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(n)]
-    advanced = (
-        None
-        if smooth_quant
-        else AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
-    )
-    quantized = nncf.quantize(
-        onnx.load(str(model)),
-        nncf.Dataset(items),
-        subset_size=n,
-        model_type=nncf.ModelType.TRANSFORMER,
-        preset=getattr(nncf.QuantizationPreset, preset),
-        advanced_parameters=advanced,
-    )
-    onnx.save(quantized, str(out))
-
-
-def evaluate(model: str, onnx_path: Path, reference: Path, work: Path, save: bool = False) -> dict:
-    """`benchmarks.worker evaluate` on one model: its result JSON (rel_mse, metrics_exact, ...)."""
-    result = work / f"{onnx_path.stem}.json"
-    flag = "--save-reference" if save else "--reference"
-    argv = ["-m", "benchmarks.worker", "evaluate", "--model", model, "--onnx", onnx_path, "--result", result]
-    subprocess.run([sys.executable, *map(str, argv), flag, str(reference), "--latency-runs", "10"], check=True)
-    return json.loads(result.read_text())
+def evaluate(name: str, onnx_path: Path, reference: Path, cell: Path, *, save: bool = False) -> dict:
+    """``benchmarks.worker evaluate`` on one model file, as the matrix runs it (its result JSON and log in ``cell``)."""
+    result = runner.evaluate(name, onnx_path, cell, reference, save=save, cache=DEFAULT_CACHE, timeout_s=3600, runs=10)
+    if result.get("status") == "failed":
+        raise SystemExit(f"{onnx_path}: {result['reason']}")
+    return result
 
 
 LAYER_ROWS = ("onnxbc --no-quantize-attention", "nncf transformer, preset PERFORMANCE")
@@ -114,12 +91,12 @@ def main() -> None:
     layers: list[str] = []
     for name in args.models.split(","):
         bench = MODELS[name].prepare(DEFAULT_CACHE)
-        n = len(next(iter(np.load(bench.calib_path).values())))
+        n = sample_count(calibration_arrays(bench))
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.out or tmp) / name
             work.mkdir(parents=True, exist_ok=True)
             reference = work / "fp32.npy"
-            fp32 = evaluate(name, bench.onnx_path, reference, work, save=True)
+            fp32 = evaluate(name, bench.onnx_path, reference, work / "fp32", save=True)
             lines.append(f"| {name} | FP32 | 0 | – | {fp32['latency_ms']:.1f} |")
             outputs = {}
             for row, flags in ONNXBC_ROWS.items():
@@ -130,10 +107,12 @@ def main() -> None:
                 outputs[row] = out
             for row, (preset, smooth_quant) in NNCF_ROWS.items():
                 out = work / f"nncf_{len(outputs)}.onnx"
-                nncf_quantize(bench.onnx_path, bench.calib_path, out, preset, smooth_quant)
+                nncf_tool.quantize(
+                    bench, SETTINGS["w8a8"], out, model_type="transformer", preset=preset, smooth_quant=smooth_quant
+                )
                 outputs[row] = out
             for row, out in outputs.items():
-                r = evaluate(name, out, reference, work)
+                r = evaluate(name, out, reference, work / out.stem)
                 metric = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics_exact"].items())
                 lines.append(f"| {name} | {row} | {r['rel_mse']:.3g} | {metric} | {r['latency_ms']:.1f} |")
                 print(lines[-1], flush=True)

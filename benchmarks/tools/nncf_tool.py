@@ -27,16 +27,27 @@ log = logging.getLogger("benchmarks.tools.nncf")
 
 
 def quantize(
-    bench: BenchModel, setting: Setting, out_path: Path, *, model_type: str | None = None
+    bench: BenchModel,
+    setting: Setting,
+    out_path: Path,
+    *,
+    model_type: str | None = None,
+    preset: str | None = None,
+    smooth_quant: bool = True,
 ) -> Result | NotApplicable:
+    """``preset`` (a ``nncf.QuantizationPreset`` name) and ``smooth_quant=False`` (MatMul alpha -1) are for
+    the ablations; the matrix rows use NNCF's defaults."""
     if setting.weight_only:
         return _compress_weights(bench, setting, out_path)
-    return _quantize(bench, setting, out_path, model_type)
+    return _quantize(bench, setting, out_path, model_type, preset, smooth_quant)
 
 
-def _quantize(bench: BenchModel, setting: Setting, out_path: Path, model_type: str | None) -> Result | NotApplicable:
+def _quantize(
+    bench: BenchModel, setting: Setting, out_path: Path, model_type: str | None, preset: str | None, smooth_quant: bool
+) -> Result | NotApplicable:
     import nncf
     import onnx
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     if setting.weight_bits != 8:
         return NotApplicable(
@@ -49,6 +60,11 @@ def _quantize(bench: BenchModel, setting: Setting, out_path: Path, model_type: s
     kwargs = {}
     if model_type == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    if preset:
+        kwargs["preset"] = getattr(nncf.QuantizationPreset, preset)
+    if not smooth_quant:
+        alphas = AdvancedSmoothQuantParameters(matmul=-1)
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
     model = onnx.load(str(bench.onnx_path))
     quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=n, **kwargs)
     _save(quantized, out_path)
