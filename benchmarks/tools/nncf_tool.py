@@ -11,7 +11,9 @@ its hardware-config check) and has no blocks.
 nncf.compress_weights: mode INT4_SYM, group_size 128, ratio 1.0, data-free (its default: AWQ, scale estimation
 and GPTQ are off unless asked for, and with ratio 1.0 there is no mixed-precision choice to make). NNCF keeps
 embeddings and the last layer in int8 (per channel, asymmetric) by default; its ONNX backend writes MatMulNBits.
-It has no 3-bit mode.
+It has no 3-bit mode. Where 128 does not divide a weight's input dim, NNCF refuses by default; the row then
+uses its documented ``group_size_fallback_mode=ADJUST`` (the largest power of two that divides, down to 32;
+int8 below that) and says so.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def _quantize(
 def _compress_weights(bench: BenchModel, setting: Setting, out_path: Path) -> Result | NotApplicable:
     import nncf
     import onnx
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
 
     if setting.weight_bits != 4:
         return NotApplicable(f"compress_weights has no {setting.weight_bits}-bit mode (int4, int8, fp formats only)")
@@ -81,12 +84,17 @@ def _compress_weights(bench: BenchModel, setting: Setting, out_path: Path) -> Re
         return NotApplicable("no per-channel weight-only setting at 4 bits in this matrix")
     source, notes = at_least_opset(bench.onnx_path, out_path, 13)
     model = onnx.load(str(source))
+    options = {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": setting.block_size, "ratio": 1.0}
     try:
-        compressed = nncf.compress_weights(
-            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=setting.block_size, ratio=1.0
-        )
+        compressed = nncf.compress_weights(model, **options)
     except nncf.InvalidGroupSizeError as e:  # an input dim that is not a multiple of the group size
-        return NotApplicable(f"compress_weights refuses group size {setting.block_size} here: {str(e).splitlines()[0]}")
+        log.warning("compress_weights refuses group size %d (%s); retrying with ADJUST", setting.block_size, e)
+        adjust = AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
+        compressed = nncf.compress_weights(onnx.load(str(source)), **options, advanced_parameters=adjust)
+        notes.append(
+            f"group size {setting.block_size} does not divide some input dims: NNCF's group_size_fallback_mode "
+            "ADJUST gave those weights smaller groups (or int8)"
+        )
     _save(compressed, out_path)
     ops = [n.op_type for n in compressed.graph.node]
     notes.append("data-free; embeddings and last layer kept int8 by NNCF's default")

@@ -7,11 +7,13 @@ too the model is quantized as it is; the row says which.
 
 quantize_static: QDQ format, symmetric int8 activations and weights (``ActivationSymmetric``,
 ``WeightSymmetric``), ``per_channel=True``, MinMax calibration over the shared calibration samples (batches of
-16), default op types unless ``op_types`` is given. int4 weights are ``QuantType.QInt4`` (per channel; ORT
-writes com.microsoft Q/DQ below opset 21). Blocks are ORT's opset-21 block-wise QDQ (``extra_options``
-``BlockSize``); ORT blocks along the per-channel axis by default, i.e. along the *output* dim of a MatMul, so
-each weight gets a ``TensorQuantOverrides`` axis that puts the blocks along its input dim. ORT supports
-blocks for rank-2 weights only (not Conv).
+16), default op types unless ``op_types`` is given. Batches of 16 got ``quantize_static`` killed for memory
+on SmolLM2 (24 GB, 512 tokens a sample), so models over ``LARGE_MODEL_BYTES`` are calibrated one sample at a
+time: the same min-max ranges (ORT reduces each batch to a min and a max and merges them). int4 weights
+are ``QuantType.QInt4`` (per channel; ORT writes com.microsoft Q/DQ below opset 21). Blocks are ORT's
+opset-21 block-wise QDQ (``extra_options`` ``BlockSize``); ORT blocks along the per-channel axis by default,
+i.e. along the *output* dim of a MatMul, so each weight gets a ``TensorQuantOverrides`` axis that puts the
+blocks along its input dim. ORT supports blocks for rank-2 weights only (not Conv).
 
 MatMulNBitsQuantizer: symmetric int4 in blocks of 128 (RTN), QOperator format (the contrib op MatMulNBits,
 ``accuracy_level`` unset = float accumulation); it covers MatMul only (Gemm and Conv stay float) and has no
@@ -34,6 +36,8 @@ from benchmarks.zoo.common import BenchModel
 log = logging.getLogger("benchmarks.tools.ort")
 
 CALIBRATION_BATCH = 16
+# Above this FP32 file size quantize_static calibrates one sample at a time (see the module docstring).
+LARGE_MODEL_BYTES = 256 * 2**20
 
 
 def quantize(
@@ -128,11 +132,15 @@ def _static(
         extra["TensorQuantOverrides"] = {name: [{"axis": axis}] for name, axis in axes.items()}
         notes.append(f"BlockSize {setting.block_size}, blocks along each weight's input dim (axis override)")
     arrays = calibration_arrays(bench)
+    batch = CALIBRATION_BATCH
+    if bench.onnx_path.stat().st_size > LARGE_MODEL_BYTES:
+        batch = 1
+        notes.append("large model: calibration batches of 1 sample (same min-max ranges, less memory)")
     try:
         quantize_static(
             str(source),
             str(out_path),
-            _Reader(arrays, CALIBRATION_BATCH),
+            _Reader(arrays, batch),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types) if op_types else None,
             per_channel=True,
@@ -145,7 +153,7 @@ def _static(
         if not setting.block_size:
             raise
         return NotApplicable(f"ORT block-wise QDQ: {str(e).splitlines()[0]}")
-    return Result(out_path, tuple(notes), {"calibration_samples": sample_count(arrays)})
+    return Result(out_path, tuple(notes), {"calibration_samples": sample_count(arrays), "calibration_batch": batch})
 
 
 def _has_conv_weights(model_path: Path, op_types: Sequence[str] | None) -> bool:
