@@ -14,15 +14,22 @@ embeddings and the last layer in int8 (per channel, asymmetric) by default; its 
 It has no 3-bit mode. Where 128 does not divide a weight's input dim, NNCF refuses by default; the row then
 uses its documented ``group_size_fallback_mode=ADJUST`` (the largest power of two that divides, down to 32;
 int8 below that) and says so.
+
+Where NNCF fails on the graph as exported (its ONNX backend expects every weight to be an initializer;
+SmolLM2's tied LM head is ``Transpose(embedding)``), the row is quantized again after ORT's
+``quant_pre_process`` (which folds such constants) and says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks.settings import Setting, calibration_arrays, sample_count
 from benchmarks.tools import NotApplicable, Result, at_least_opset
+from benchmarks.tools.ort import pre_process
 from benchmarks.zoo.common import BenchModel
 
 log = logging.getLogger("benchmarks.tools.nncf")
@@ -67,10 +74,14 @@ def _quantize(
     if not smooth_quant:
         alphas = AdvancedSmoothQuantParameters(matmul=-1)
         kwargs["advanced_parameters"] = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
-    model = onnx.load(str(bench.onnx_path))
-    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=n, **kwargs)
+    notes: list[str] = []
+
+    def attempt(source: Path):
+        return nncf.quantize(onnx.load(str(source)), nncf.Dataset(items), subset_size=n, **kwargs)
+
+    quantized = _folded_if_needed(attempt, bench, out_path, notes)
     _save(quantized, out_path)
-    return Result(out_path, (), {"calibration_samples": n, "model_type": model_type or "default"})
+    return Result(out_path, tuple(notes), {"calibration_samples": n, "model_type": model_type or "default"})
 
 
 def _compress_weights(bench: BenchModel, setting: Setting, out_path: Path) -> Result | NotApplicable:
@@ -83,18 +94,22 @@ def _compress_weights(bench: BenchModel, setting: Setting, out_path: Path) -> Re
     if not setting.block_size:
         return NotApplicable("no per-channel weight-only setting at 4 bits in this matrix")
     source, notes = at_least_opset(bench.onnx_path, out_path, 13)
-    model = onnx.load(str(source))
     options = {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": setting.block_size, "ratio": 1.0}
-    try:
-        compressed = nncf.compress_weights(model, **options)
-    except nncf.InvalidGroupSizeError as e:  # an input dim that is not a multiple of the group size
-        log.warning("compress_weights refuses group size %d (%s); retrying with ADJUST", setting.block_size, e)
-        adjust = AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
-        compressed = nncf.compress_weights(onnx.load(str(source)), **options, advanced_parameters=adjust)
-        notes.append(
-            f"group size {setting.block_size} does not divide some input dims: NNCF's group_size_fallback_mode "
-            "ADJUST gave those weights smaller groups (or int8)"
-        )
+
+    def attempt(path: Path):
+        try:
+            return nncf.compress_weights(onnx.load(str(path)), **options)
+        except nncf.InvalidGroupSizeError as e:  # an input dim that is not a multiple of the group size
+            log.warning("compress_weights refuses group size %d (%s); retrying with ADJUST", setting.block_size, e)
+            adjust = AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
+            compressed = nncf.compress_weights(onnx.load(str(path)), **options, advanced_parameters=adjust)
+            notes.append(
+                f"group size {setting.block_size} does not divide some input dims: NNCF's group_size_fallback_mode "
+                "ADJUST gave those weights smaller groups (or int8)"
+            )
+            return compressed
+
+    compressed = _folded_if_needed(attempt, bench, out_path, notes, source)
     _save(compressed, out_path)
     ops = [n.op_type for n in compressed.graph.node]
     notes.append("data-free; embeddings and last layer kept int8 by NNCF's default")
@@ -106,6 +121,25 @@ def _compress_weights(bench: BenchModel, setting: Setting, out_path: Path) -> Re
         )
     info = {"matmulnbits_nodes": ops.count("MatMulNBits"), "dequantize_nodes": ops.count("DequantizeLinear")}
     return Result(out_path, tuple(notes), {**info, "biases_added_twice": doubled})
+
+
+def _folded_if_needed(attempt: Callable[[Path], Any], bench: BenchModel, out_path: Path, notes: list[str], source=None):
+    """``attempt(model path)``; where NNCF fails on the graph as exported, again after ORT's ``quant_pre_process``.
+
+    NNCF's ONNX backend expects every weight to be an initializer: a tied LM head (``MatMul(x,
+    Transpose(embedding))``, SmolLM2) fails in SmoothQuant and in compress_weights. A user folds such constants
+    first; ``quant_pre_process`` does (ORT's constant folding), as for the ORT rows.
+    """
+    try:
+        return attempt(source or bench.onnx_path)
+    except Exception as e:  # NNCF raises many kinds; the retry below re-raises if the cause was elsewhere
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+        log.warning("NNCF failed on the exported graph (%s); retrying after quant_pre_process", why)
+        folded, pre_notes = pre_process(bench, out_path, per_channel_qdq=True)
+        if folded == bench.onnx_path:
+            raise
+        notes += [f"NNCF failed on the exported graph ({why}); run again after ORT's quant_pre_process", *pre_notes]
+        return attempt(folded)
 
 
 def _biases_added_twice(model) -> int:

@@ -51,7 +51,7 @@ def quantize(
 # --------------------------------------------------------------------------- pre-processing
 
 
-def _pre_process(bench: BenchModel, out_path: Path, *, per_channel_qdq: bool) -> tuple[Path, list[str]]:
+def pre_process(bench: BenchModel, out_path: Path, *, per_channel_qdq: bool) -> tuple[Path, list[str]]:
     """The model after ``quant_pre_process`` (or as it is), and notes on what was not the plain recipe."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -120,7 +120,7 @@ def _static(
     weight_type = {8: QuantType.QInt8, 4: QuantType.QInt4}.get(setting.weight_bits)
     if weight_type is None:
         return NotApplicable(f"quantize_static has no {setting.weight_bits}-bit weight type")
-    source, notes = _pre_process(bench, out_path, per_channel_qdq=True)
+    source, notes = pre_process(bench, out_path, per_channel_qdq=True)
     extra: dict[str, object] = {"ActivationSymmetric": True, "WeightSymmetric": True}
     if setting.block_size:
         if _has_conv_weights(source, op_types):
@@ -178,7 +178,7 @@ def _matmul_nbits(bench: BenchModel, setting: Setting, out_path: Path) -> Result
         return NotApplicable(f"MatMulNBits takes 2, 4 or 8 bits; no {setting.weight_bits}-bit weights")
     if not setting.block_size:
         return NotApplicable("MatMulNBits quantizes in blocks (QOperator format); no per-channel int4")
-    source, notes = _pre_process(bench, out_path, per_channel_qdq=False)
+    source, notes = pre_process(bench, out_path, per_channel_qdq=False)
     quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=setting.block_size, is_symmetric=True)
     quantizer.process()
     model = quantizer.model.model
