@@ -105,3 +105,47 @@ def test_merged_models_follow_the_zoo_order_not_the_file_order():
 
     merged = render.merged_matrix([result("1", ["smollm2"]), result("2", ["ppocr_rec", "fashion", "chargpt"])])
     assert list(merged["models"]) == ["fashion", "chargpt", "ppocr_rec", "smollm2"]
+
+
+def test_quantize_static_calibrates_large_models_one_sample_at_a_time(smoke, tmp_path, monkeypatch):
+    from benchmarks.settings import SETTINGS
+    from benchmarks.tools import ort
+    from benchmarks.zoo import MODELS
+
+    config, results = smoke
+    bench = MODELS["fashion"].prepare(config.cache)
+    monkeypatch.setattr(ort, "LARGE_MODEL_BYTES", 0)  # the CNN counts as large
+    result = ort.quantize(bench, SETTINGS["w8a8"], tmp_path / "out.onnx")
+    assert result.info["calibration_batch"] == 1
+    assert any("batches of 1 sample" in note for note in result.notes)
+    # the ranges are min-max over the same samples, so the model is the one the smoke run measured
+    rows = {r["method"]: r for r in results["rows"]}
+    assert result.path.stat().st_size == rows["ort_static"]["size_bytes"]
+
+
+def test_nncf_rows_retry_on_the_pre_processed_graph(smoke, tmp_path):
+    from pathlib import Path
+
+    from benchmarks.tools import nncf_tool
+    from benchmarks.zoo import MODELS
+
+    config, _ = smoke
+    bench = MODELS["fashion"].prepare(config.cache)
+    seen: list[Path] = []
+
+    def fails_on_the_export(path):
+        seen.append(Path(path))
+        if len(seen) == 1:
+            raise AttributeError("'NoneType' object has no attribute 'shape'")
+        return "quantized"
+
+    notes: list[str] = []
+    assert nncf_tool._folded_if_needed(fails_on_the_export, bench, tmp_path / "out.onnx", notes) == "quantized"
+    assert seen[0] == bench.onnx_path and seen[1] != bench.onnx_path and seen[1].is_file()
+    assert "AttributeError" in notes[0] and "quant_pre_process" in notes[0]
+
+    def always_fails(path):
+        raise ValueError("not the graph's fault")
+
+    with pytest.raises(ValueError, match="not the graph"):
+        nncf_tool._folded_if_needed(always_fails, bench, tmp_path / "again.onnx", [])
