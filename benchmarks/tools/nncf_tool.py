@@ -123,8 +123,11 @@ def _compress_weights(bench: BenchModel, setting: Setting, out_path: Path) -> Re
     return Result(out_path, tuple(notes), {**info, "biases_added_twice": doubled})
 
 
-def _folded_if_needed(attempt: Callable[[Path], Any], bench: BenchModel, out_path: Path, notes: list[str], source=None):
-    """``attempt(model path)``; where NNCF fails on the graph as exported, again after ORT's ``quant_pre_process``.
+def _folded_if_needed(
+    attempt: Callable[[Path], Any], bench: BenchModel, out_path: Path, notes: list[str], source: Path | None = None
+) -> Any:
+    """``attempt(source)`` (default: the FP32 model); where NNCF fails on that graph, again after ORT's
+    ``quant_pre_process``.
 
     NNCF's ONNX backend expects every weight to be an initializer: a tied LM head (``MatMul(x,
     Transpose(embedding))``, SmolLM2) fails in SmoothQuant and in compress_weights. A user folds such constants
