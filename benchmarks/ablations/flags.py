@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.ablations.transformer_w8a8 import evaluate
-from benchmarks.settings import calibration_arrays, sample_count
+from benchmarks.ablations.transformer_w8a8 import compress_cli, evaluate, metric_text
 from benchmarks.zoo import DEFAULT_CACHE, MODELS
 
 
@@ -28,7 +25,6 @@ def main() -> None:
     parser.add_argument("--flags", action="append", required=True, help="onnxbc compress flags of one row")
     args = parser.parse_args()
     bench = MODELS[args.model].prepare(DEFAULT_CACHE)
-    n = sample_count(calibration_arrays(bench))
     lines = ["| flags | rel. MSE | task metric (exact) | size MB |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -36,12 +32,9 @@ def main() -> None:
         evaluate(args.model, bench.onnx_path, reference, work / "fp32", save=True)
         for k, flags in enumerate(args.flags):
             out = work / f"row{k}.onnx"
-            cli = ["-m", "onnxbc", "compress", bench.onnx_path, "-o", out, "--data", bench.calib_path]
-            cli += ["--samples", n, "--device", "cpu", "--force", "-q", *shlex.split(flags)]
-            subprocess.run([sys.executable, *map(str, cli)], check=True)
+            compress_cli(bench, out, shlex.split(flags))
             r = evaluate(args.model, out, reference, work / out.stem)
-            metric = ", ".join(f"{name} {v:.4g}" for name, v in r["metrics_exact"].items())
-            lines.append(f"| `{flags}` | {r['rel_mse']:.3g} | {metric} | {r['size_bytes'] / 1e6:.1f} |")
+            lines.append(f"| `{flags}` | {r['rel_mse']:.3g} | {metric_text(r)} | {r['size_bytes'] / 1e6:.1f} |")
             print(lines[-1], flush=True)
     print("\n".join(lines))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnxbc
 import onnxbc.smoothing
-from benchmarks.ablations.transformer_w8a8 import evaluate
+from benchmarks.ablations.transformer_w8a8 import evaluate, metric_text
 from benchmarks.settings import calibration_arrays, sample_count
 from benchmarks.zoo import DEFAULT_CACHE, MODELS
 
@@ -57,8 +57,7 @@ def main() -> None:
                 out = work / f"x{factor}.onnx"
                 compress(bench, out, factor)
                 r = evaluate(name, out, reference, work / out.stem)
-                metric = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics_exact"].items())
-                lines.append(f"| {name} | {factor:g} | {r['rel_mse']:.3g} | {metric} |")
+                lines.append(f"| {name} | {factor:g} | {r['rel_mse']:.3g} | {metric_text(r)} |")
                 print(lines[-1], flush=True)
     print("\n".join(lines))
 

@@ -62,6 +62,18 @@ def evaluate(name: str, onnx_path: Path, reference: Path, cell: Path, *, save: b
     return result
 
 
+def compress_cli(bench: BenchModel, out: Path, flags: list[str]) -> None:
+    """``onnxbc compress`` on the model's whole calibration file, CPU, with ``flags``."""
+    n = sample_count(calibration_arrays(bench))
+    cli = ["-m", "onnxbc", "compress", bench.onnx_path, "-o", out, "--data", bench.calib_path]
+    cli += ["--samples", n, "--device", "cpu", "--force", "-q", *flags]
+    subprocess.run([sys.executable, *map(str, cli)], check=True)
+
+
+def metric_text(result: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in result["metrics_exact"].items())
+
+
 LAYER_ROWS = ("onnxbc --no-quantize-attention", "nncf transformer, preset PERFORMANCE")
 
 
@@ -91,7 +103,6 @@ def main() -> None:
     layers: list[str] = []
     for name in args.models.split(","):
         bench = MODELS[name].prepare(DEFAULT_CACHE)
-        n = sample_count(calibration_arrays(bench))
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(args.out or tmp) / name
             work.mkdir(parents=True, exist_ok=True)
@@ -101,9 +112,7 @@ def main() -> None:
             outputs = {}
             for row, flags in ONNXBC_ROWS.items():
                 out = work / f"onnxbc_{len(outputs)}.onnx"
-                cli = ["-m", "onnxbc", "compress", bench.onnx_path, "-o", out, "--data", bench.calib_path]
-                cli += ["--samples", n, "--device", "cpu", "--force", "-q", *flags]
-                subprocess.run([sys.executable, *map(str, cli)], check=True)
+                compress_cli(bench, out, flags)
                 outputs[row] = out
             for row, (preset, smooth_quant) in NNCF_ROWS.items():
                 out = work / f"nncf_{len(outputs)}.onnx"
@@ -113,8 +122,7 @@ def main() -> None:
                 outputs[row] = out
             for row, out in outputs.items():
                 r = evaluate(name, out, reference, work / out.stem)
-                metric = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics_exact"].items())
-                lines.append(f"| {name} | {row} | {r['rel_mse']:.3g} | {metric} | {r['latency_ms']:.1f} |")
+                lines.append(f"| {name} | {row} | {r['rel_mse']:.3g} | {metric_text(r)} | {r['latency_ms']:.1f} |")
                 print(lines[-1], flush=True)
             if args.layers:
                 layers += layer_table(name, bench, outputs[LAYER_ROWS[0]], outputs[LAYER_ROWS[1]])
