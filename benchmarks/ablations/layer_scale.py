@@ -31,23 +31,29 @@ from benchmarks.zoo import DEFAULT_CACHE, MODELS
 SCALE_FACTORS = (0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
 
 
-def constant(value: ir.Value) -> np.ndarray:
-    """A constant input, through Constant nodes and DequantizeLinear of constants."""
-    if value.const_value is not None:
-        return value.const_value.numpy()
+def constant(value: ir.Value) -> np.ndarray | None:
+    """A constant input's array (initializer or Constant node, or a DequantizeLinear of those), else None."""
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        return tensor.numpy()
     node = value.producer()
-    if node is not None and node.op_type == "Constant":
-        return node.attributes["value"].value.numpy()
-    if node is not None and node.op_type == "DequantizeLinear":
-        q = constant(node.inputs[0]).astype(np.float32)
-        scale = constant(node.inputs[1]).astype(np.float32)
-        zero = constant(node.inputs[2]).astype(np.float32) if len(node.inputs) > 2 and node.inputs[2] else 0.0
-        if scale.ndim == 1 and scale.size > 1:  # per axis
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    q, scale = constant(node.inputs[0]), constant(node.inputs[1])
+    if q is None or scale is None:
+        return None
+    zero = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    zero = np.zeros_like(scale) if zero is None else zero
+    if scale.size > 1:  # per axis (1-D) or blocked (same rank as q) along ``axis``
+        axis = node.attributes.get_int("axis", 1) % q.ndim
+        block = node.attributes.get_int("block_size", 0)
+        if block:
+            scale, zero = (np.repeat(a, block, axis=axis).take(range(q.shape[axis]), axis=axis) for a in (scale, zero))
+        else:
             view = [1] * q.ndim
-            view[node.attributes.get_int("axis", 1)] = -1
-            scale, zero = scale.reshape(view), np.reshape(zero, view) if np.ndim(zero) else zero
-        return (q - zero) * scale
-    raise ValueError(f"'{value.name}' is not a constant")
+            view[axis] = -1
+            scale, zero = scale.reshape(view), zero.reshape(view)
+    return (q.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
 
 
 def layer_parts(path: Path, layer: str) -> dict:
@@ -63,24 +69,25 @@ def layer_parts(path: Path, layer: str) -> dict:
     source, factors = q.inputs[0], np.float32(1.0)
     mul = source.producer()
     if mul is not None and mul.op_type == "Mul":
-        const = [i for i in mul.inputs if i.const_value is not None or i.producer().op_type == "Constant"]
+        const = [i for i in mul.inputs if constant(i) is not None]
         if len(const) == 1:
             factors = constant(const[0]).reshape(-1)
             source = next(i for i in mul.inputs if i is not const[0])
-    zero = dq.inputs[2] if len(dq.inputs) > 2 else None
+    weight = constant(node.inputs[1])
+    if weight is None:
+        raise SystemExit(f"{path}: the weight of {layer} is not a constant")
+    zero = constant(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
     add = next((c for c, _ in node.outputs[0].uses() if c.op_type == "Add"), None)
-    bias = 0.0
-    if add is not None:
-        bias = constant(next(i for i in add.inputs if i is not node.outputs[0]))
+    bias = None if add is None else constant(next(i for i in add.inputs if i is not node.outputs[0]))
     return {
         "input": source.name,
         "factors": factors,
         "scale": float(constant(dq.inputs[1])),
-        "zero": float(constant(zero)) if zero is not None else 0.0,
+        "zero": float(zero) if zero is not None else 0.0,
         "signed": dq.inputs[0].dtype == ir.DataType.INT8,
-        "weight": constant(node.inputs[1]),
-        "bias": bias,
-        "output": add.outputs[0].name if add is not None else node.outputs[0].name,
+        "weight": weight,
+        "bias": 0.0 if bias is None else bias,
+        "output": node.outputs[0].name if bias is None else add.outputs[0].name,
     }
 
 
@@ -88,7 +95,8 @@ def activations(fp32: ir.Model, path: Path, names: list[str]) -> tuple[list[np.n
     """``names`` from the FP32 model on a data file, flattened to [positions, channels], and the real-token mask."""
     with np.load(path) as data:
         feeds = {v.name: data[v.name] for v in fp32.graph.inputs}
-    outs = [np.concatenate(parts) for parts in zip(*run(fp32, feeds, names), strict=True)][-len(names) :]
+    per_output = list(zip(*run(fp32, feeds, names), strict=True))[1:]  # [0] is the model's first output
+    outs = [np.concatenate(parts) for parts in per_output]
     mask = feeds.get("attention_mask")
     flat = [o.reshape(-1, o.shape[-1]) for o in outs]
     real = mask.reshape(-1).astype(bool) if mask is not None else np.ones(len(flat[0]), dtype=bool)
