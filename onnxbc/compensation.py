@@ -94,10 +94,8 @@ def sequential(
                 probes[probe.target.name] = probe
                 if probe.target.name in compensate and not probe.moments["fit"].empty:
                     wave_folds[probe.target.name] = fold_for(probe.target, probe.moments["fit"], per_position)
-            fold = FoldBiasPass(wave_folds)
-            fold(current)
             folds.update(wave_folds)
-            sites.update(fold.sites)
+            sites.update(FoldBiasPass(wave_folds)(current).sites)
             advance()
     return current, probes, folds, sites, len(groups)
 

@@ -29,6 +29,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from onnxbc.passes.graph_utils import constant_tensor
 from onnxbc.solvers.dfmpc import relu_mean
 from onnxbc.targets import Target, Targets
 
@@ -151,10 +152,11 @@ def _low_reason(t: Target, targets: Targets) -> str | None:
         if bias is not None and node.attributes.get_float("beta", 1.0) != 1.0:
             return f"Gemm '{node.name}' has beta != 1"
     if bias is not None:
-        if not (bias.is_initializer() and bias.const_value is not None) or bias.is_graph_input():
+        values = constant_tensor(bias)
+        if values is None:
             return f"bias '{bias.name}' of '{node.name}' is not a constant"
         channels = t.weight.source.const_value.shape[t.weight.channel_axis]
-        if bias.const_value.size != channels:
+        if values.size != channels:
             return f"bias '{bias.name}' of '{node.name}' is not one value per output channel"
     return None
 
@@ -177,7 +179,8 @@ def _next_reason(nxt: Target, value: ir.Value, targets: Targets) -> str | None:
     if nxt.op == "ConvTranspose":
         return f"next layer '{node.name}' is a ConvTranspose (not supported)"
     if nxt.op == "Conv" and node.attributes.get_int("group", 1) != 1:
-        kind = "depthwise" if node.inputs[1].const_value.shape[1] == 1 else "grouped"
+        weight = constant_tensor(node.inputs[1])  # None when reached through a Transpose/Reshape/...
+        kind = "depthwise" if weight is not None and weight.shape[1] == 1 else "grouped"
         return f"{kind} next layer '{node.name}': not supported"
     if nxt.op == "Gemm" and node.attributes.get_int("transA", 0):
         return f"next layer '{node.name}' has transA"
@@ -189,14 +192,14 @@ def _next_reason(nxt: Target, value: ir.Value, targets: Targets) -> str | None:
 def batchnorm_reason(node: ir.Node) -> str | None:
     if node.attributes.get_int("training_mode", 0):
         return f"BatchNormalization '{node.name}' is in training mode"
-    if len(node.inputs) < 5 or not all(_constant(v) for v in node.inputs[1:5]):
+    if len(node.inputs) < 5 or any(constant_tensor(v) is None for v in node.inputs[1:5]):
         return f"BatchNormalization '{node.name}' has parameters computed at run time"
     return None
 
 
 def batchnorm_params(node: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """(scale, B, mean, var, epsilon) of an inference BatchNormalization, float64."""
-    gamma, beta, mean, var = (np.asarray(v.const_value.numpy(), np.float64) for v in node.inputs[1:5])
+    gamma, beta, mean, var = (np.asarray(constant_tensor(v).numpy(), np.float64) for v in node.inputs[1:5])
     return gamma, beta, mean, var, node.attributes.get_float("epsilon", 1e-5)
 
 
@@ -217,10 +220,6 @@ def _repeat(path: list[ir.Node]) -> int | None:
     if shape is None or any(not isinstance(d, int) for d in shape.dims[2:]):
         return None
     return math.prod(shape.dims[2:])
-
-
-def _constant(value: ir.Value | None) -> bool:
-    return value is not None and value.is_initializer() and value.const_value is not None
 
 
 def input_mean(t: Target) -> tuple[np.ndarray, str] | str:

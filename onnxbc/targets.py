@@ -2,8 +2,9 @@
 
 Targets:
 
-1. ``Conv``, ``ConvTranspose``, ``Gemm`` and ``MatMul`` whose weight is constant: an initializer, possibly
-   reached through ``Transpose``/``Reshape``/``Squeeze``/``Unsqueeze``/``Flatten``/``Identity``/``Cast``
+1. ``Conv``, ``ConvTranspose``, ``Gemm`` and ``MatMul`` whose weight is a constant initializer (see
+   ``graph_utils.constant_tensor``; the prepare passes lift ``Constant`` nodes), possibly reached through
+   ``Transpose``/``Reshape``/``Squeeze``/``Unsqueeze``/``Flatten``/``Identity``/``Cast``
    (tied embeddings read the table through a Transpose). The activation input is quantized per tensor,
    the weight per output channel (or per block / per tensor).
 2. ``MatMul`` of two activations (attention scores and context): both inputs are quantized; no weight.
@@ -22,6 +23,8 @@ from collections import defaultdict
 
 import numpy as np
 import onnx_ir as ir
+
+from onnxbc.passes.graph_utils import constant_tensor
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHAIN_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast")
@@ -110,7 +113,7 @@ def find_targets(model: ir.Model, *, quantize_attention: bool = True) -> Targets
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type in UNSUPPORTED_WEIGHT_OPS and any(_is_constant(v) for v in node.inputs[1:] if v):
+        if node.op_type in UNSUPPORTED_WEIGHT_OPS and any(constant_tensor(v) is not None for v in node.inputs[1:]):
             skipped.append(Skipped(node.name, node.op_type, UNSUPPORTED_WEIGHT_OPS[node.op_type]))
             continue
         if node.op_type not in WEIGHTED_OPS:
@@ -187,9 +190,11 @@ def _weighted(
 def _trace_weight(value: ir.Value, input_index: int, axes: tuple[int, int]) -> WeightSite | str:
     """Follow ``value`` back through shape-only nodes to an initializer, mapping the two axes."""
     chain: list[ir.Node] = []
-    while not _is_constant(value):
+    while constant_tensor(value) is None:
         producer = value.producer()
         if producer is None:
+            if value.is_graph_input() and value.is_initializer():
+                return f"weight '{value.name}' is also a graph input, so it can be replaced at run time"
             if value.is_graph_input():
                 return f"weight '{value.name}' is a graph input (supplied at run time)"
             return "weight is computed at run time"
@@ -199,8 +204,8 @@ def _trace_weight(value: ir.Value, input_index: int, axes: tuple[int, int]) -> W
             return f"weight path '{value.name}' is shared with other nodes"
         chain.append(producer)
         value = producer.inputs[0]
-    if value.is_graph_input():
-        return f"weight '{value.name}' is also a graph input, so it can be replaced at run time"
+    if not value.is_initializer():
+        return f"weight '{value.name}' comes from a Constant node, not an initializer (the prepare passes lift it)"
     chain.reverse()
     shapes = _chain_shapes(tuple(value.const_value.shape), chain)
     if shapes is None:
@@ -331,12 +336,10 @@ def _group_weights(targets: list[Target]) -> tuple[list[Target], dict[str, Weigh
     return kept, groups, skipped
 
 
-def _is_constant(value: ir.Value) -> bool:
-    return value.is_initializer() and value.const_value is not None
-
-
 def _traces_to_constant(value: ir.Value) -> bool:
-    while not _is_constant(value):
+    """Whether ``value`` is a weight: a constant or an initializer (an initializer that is also a graph input
+    counts, so that ``_trace_weight`` refuses it with a reason), possibly through shape-only ops."""
+    while constant_tensor(value) is None and not value.is_initializer():
         producer = value.producer()
         if producer is None or producer.op_type not in CHAIN_OPS:
             return False

@@ -14,9 +14,9 @@ Rewrite rules, for a layer ``y = f(x)`` and a bias ``delta`` to add to ``y``:
 5. Anything else (a bias-less MatMul, a per-position bias, a computed bias): a new ``Add(y, delta)``
    right after the layer, which takes over the layer output's name when it is a graph output.
 
-A bias initializer (or int32 codes, or their DequantizeLinear) read by other nodes too is copied before it
-changes. ``delta`` is laid out along the layer's output channel axis (or over all axes but the batch, per
-position).
+A bias constant (or int32 codes, or their DequantizeLinear) read by other nodes too is copied before it
+changes (``graph_utils.set_constant``). ``delta`` is laid out along the layer's output channel axis (or over
+all axes but the batch, per position). The result's ``sites`` says, per layer, which rule took its bias.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxbc.passes.bias_int32 import INT32, dequantize_node
-from onnxbc.passes.graph_utils import Namer, const, nodes_by_name
+from onnxbc.passes.graph_utils import Namer, const, constant_tensor, set_constant
+from onnxbc.passes.results import SitesResult
 from onnxbc.plan import BiasFold
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 class FoldBiasPass(ir.passes.InPlacePass):
     """Add each ``BiasFold`` of the plan to its layer (rules in the module docstring).
 
+    Returns a ``SitesResult`` whose ``sites`` maps each layer to where its bias went. Requires every layer
+    named in ``biases`` to be a node of the main graph.
+
     Attributes:
         biases: layer name -> bias to fold.
     """
@@ -43,15 +47,23 @@ class FoldBiasPass(ir.passes.InPlacePass):
     def __init__(self, biases: dict[str, BiasFold]) -> None:
         super().__init__()
         self.biases = biases
-        self.sites: dict[str, str] = {}  # layer name -> where its bias went (for the report)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        missing = self.biases.keys() - {node.name for node in model.graph}
+        if missing:
+            raise ir.passes.PreconditionError(
+                f"cannot fold biases into {sorted(missing)}: no such node in the main graph "
+                "(the plan must be computed on this model)"
+            )
+
+    def call(self, model: ir.Model) -> SitesResult:
         namer = Namer(model)
-        nodes = nodes_by_name(model)
+        nodes = {node.name: node for node in model.graph}
+        sites: dict[str, str] = {}
         for name, fold in self.biases.items():
-            self.sites[name] = self._fold(nodes[name], fold, namer)
-            logger.debug("folded bias of %s into %s", name, self.sites[name])
-        return ir.passes.PassResult(model, modified=bool(self.biases))
+            sites[name] = self._fold(nodes[name], fold, namer)
+            logger.debug("folded bias of %s into %s", name, sites[name])
+        return SitesResult(model, modified=bool(self.biases), sites=sites)
 
     def _fold(self, node: ir.Node, fold: BiasFold, namer: Namer) -> str:
         dtype = node.outputs[0].dtype or _const_dtype(node)
@@ -79,7 +91,7 @@ class FoldBiasPass(ir.passes.InPlacePass):
                 if _add_into_codes(node, 2, delta, namer):
                     return f"{node.op_type} B (int32)"
                 return self._append_add(node, channel_delta, dtype, namer) + f" (int32 {node.op_type} B would overflow)"
-            if not _is_constant(node.inputs[2]):
+            if constant_tensor(node.inputs[2]) is None:
                 return self._append_add(node, channel_delta, dtype, namer)
             _add_into(node, 2, delta, namer)
             return "Conv B" if node.op_type == "Conv" else "ConvTranspose B"
@@ -97,7 +109,7 @@ class FoldBiasPass(ir.passes.InPlacePass):
             if _add_into_codes(node, 2, delta / beta, namer):
                 return "Gemm C (int32)"
             return self._append_add(node, delta, dtype, namer) + " (int32 Gemm C would overflow)"
-        if has_c and beta != 0.0 and _is_constant(node.inputs[2]):
+        if has_c and beta != 0.0 and constant_tensor(node.inputs[2]) is not None:
             _add_into(node, 2, delta / beta, namer)
             return "Gemm C"
         if has_c and beta != 0.0:
@@ -137,26 +149,19 @@ def _single_bias_add(node: ir.Node) -> ir.Node | None:
     add = uses[0].node
     if add.op_type != "Add" or len(add.inputs) != 2:
         return None
-    other = add.inputs[1 - uses[0].idx]
-    if other is None or not _is_constant(other):
+    other = constant_tensor(add.inputs[1 - uses[0].idx])
+    if other is None:
         return None
     # A per-channel bias: a scalar, [C], or [1, ..., 1, C].
-    shape = tuple(other.const_value.shape)
+    shape = tuple(other.shape)
     return add if all(d == 1 for d in shape[:-1]) else None
 
 
 def _add_into(node: ir.Node, index: int, delta: np.ndarray, namer: Namer) -> None:
-    """``node.inputs[index] += delta`` for a constant input, copying it first when it is shared."""
-    value = node.inputs[index]
-    old = value.const_value.numpy()
-    new = (old.astype(np.float64) + delta.reshape(_broadcast_shape(old.shape, delta.size))).astype(old.dtype)
-    if len(value.uses()) == 1 and not value.is_graph_output() and not value.is_graph_input():
-        value.const_value = ir.tensor(new, name=value.name)
-        value.shape = ir.Shape(new.shape)
-        return
-    copy = const(namer, f"{value.name}_compensated", new)
-    node.graph.register_initializer(copy)
-    node.replace_input_with(index, copy)
+    """``node.inputs[index] += delta`` for a constant input (a shared one is copied first)."""
+    old = constant_tensor(node.inputs[index]).numpy()
+    new = old.astype(np.float64) + delta.reshape(_broadcast_shape(old.shape, delta.size))
+    set_constant(node, index, new, namer, "compensated")
 
 
 def _int32_dequantize(value: ir.Value, channels: int) -> ir.Node | None:
@@ -165,10 +170,10 @@ def _int32_dequantize(value: ir.Value, channels: int) -> ir.Node | None:
     dq = dequantize_node(value)
     if dq is None:
         return None
-    codes, scale = dq.inputs[0], dq.inputs[1]
-    if not _is_constant(codes) or codes.const_value.dtype != ir.DataType.INT32 or scale.const_value is None:
+    codes, scale = constant_tensor(dq.inputs[0]), constant_tensor(dq.inputs[1])
+    if codes is None or codes.dtype != ir.DataType.INT32 or scale is None:
         return None
-    if tuple(codes.const_value.shape) != (channels,) or scale.const_value.size not in (1, channels):
+    if tuple(codes.shape) != (channels,) or scale.size not in (1, channels):
         return None
     return None if dq.attributes.get_int("block_size", 0) else dq
 
@@ -177,8 +182,8 @@ def _add_into_codes(node: ir.Node, index: int, delta: np.ndarray, namer: Namer) 
     """``codes += round(delta / scale)`` for the int32 QDQ bias ``node.inputs[index]``; False (and no change)
     when a code would leave int32. Shared codes, or a shared DequantizeLinear, are copied first."""
     dq = node.inputs[index].producer()
-    codes, scale = dq.inputs[0], dq.inputs[1].const_value.numpy().astype(np.float64).reshape(-1)
-    new = codes.const_value.numpy().astype(np.float64) + np.rint(delta.reshape(-1) / scale)
+    codes, scale = dq.inputs[0], constant_tensor(dq.inputs[1]).numpy().astype(np.float64).reshape(-1)
+    new = constant_tensor(codes).numpy().astype(np.float64) + np.rint(delta.reshape(-1) / scale)
     if not np.all((new >= INT32.min) & (new <= INT32.max)):
         return False
     new = new.astype(np.int32)
@@ -192,12 +197,8 @@ def _add_into_codes(node: ir.Node, index: int, delta: np.ndarray, namer: Namer) 
         node.graph.register_initializer(copy)
         node.graph.insert_before(node, [own])
         node.replace_input_with(index, out)
-    elif len(codes.uses()) > 1 or codes.is_graph_output() or codes.is_graph_input():
-        copy = const(namer, f"{codes.name}_compensated", new)
-        node.graph.register_initializer(copy)
-        dq.replace_input_with(0, copy)
     else:
-        codes.const_value = ir.tensor(new, name=codes.name)
+        set_constant(dq, 0, new, namer, "compensated")
     return True
 
 
@@ -206,10 +207,6 @@ def _broadcast_shape(shape: tuple[int, ...], channels: int) -> tuple[int, ...]:
     if len(shape) == 0 or shape == (1,):
         return (channels,)
     return (1,) * (len(shape) - 1) + (channels,)
-
-
-def _is_constant(value: ir.Value) -> bool:
-    return value.is_initializer() and value.const_value is not None
 
 
 def _spatial_rank(node: ir.Node) -> int:

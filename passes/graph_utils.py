@@ -1,4 +1,9 @@
-"""Small graph helpers shared by the rewrite passes and the calibration probes."""
+"""Small graph helpers shared by the rewrite passes, the target finder and the calibration probes.
+
+- ``constant_tensor``: the tensor a value always holds, or None (the one definition of "constant").
+- ``set_constant``: give a node's constant input new values, copying the constant first when others see it.
+- ``insert_after_producer``: place new nodes right after the node that computes a value.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,70 @@ def const(namer: Namer, base: str, array: np.ndarray) -> ir.Value:
     return ir.Value(name=tensor.name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
 
 
+def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The tensor ``value`` holds whatever the graph is fed, or None when it can change at run time.
+
+    A value is constant when it is
+
+    1. an initializer with a tensor (or a value built by ``const`` and not registered yet), unless it is
+       also a graph input: then the tensor is only a default that the caller may replace;
+    2. the output of a standard-domain ``Constant`` node, any attribute form (``value``, ``value_floats``,
+       ``value_ints``, ...), read through ``ir.convenience.get_const_tensor``.
+
+    Graph inputs are not constants, and neither are values computed by any other node, even when constant
+    folding attached a ``const_value`` to them: the graph still computes them, so a pass cannot edit them.
+    A caller that rewrites or removes the tensor itself must also ask ``value.is_initializer()`` (or edit it
+    with ``set_constant``, which copies a ``Constant`` node's tensor into an initializer).
+    """
+    if value is None or value.is_graph_input():
+        return None
+    producer = value.producer()
+    if producer is None:
+        return value.const_value
+    if producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+        return ir.convenience.get_const_tensor(value)
+    return None
+
+
+def set_constant(node: ir.Node, index: int, array: np.ndarray, namer: Namer, suffix: str) -> ir.Value:
+    """Make the constant ``node.inputs[index]`` hold ``array`` (cast to the constant's data type) for
+    ``node``, and return the value ``node`` now reads there.
+
+    An initializer that only this input reads is changed in place. Anything else (an initializer shared with
+    other readers, read twice by ``node``, or a graph output; the output of a ``Constant`` node) is left as it
+    is for its other readers: ``node`` reads a new initializer named ``<name>_<suffix>`` instead.
+    """
+    value = node.inputs[index]
+    old = constant_tensor(value)
+    if old is None:
+        raise ValueError(f"input {index} of node '{node.name}' is not a constant")
+    new = np.asarray(array).astype(old.dtype.numpy())
+    if value.is_initializer() and len(value.uses()) == 1 and not value.is_graph_output():
+        value.const_value = ir.tensor(new, name=value.name)
+        value.shape = ir.Shape(new.shape)
+        return value
+    copy = const(namer, f"{value.name}_{suffix}", new)
+    node.graph.register_initializer(copy)
+    node.replace_input_with(index, copy)
+    return copy
+
+
+def insert_after_producer(value: ir.Value, nodes: Sequence[ir.Node]) -> None:
+    """Insert ``nodes`` (in order) right after the node that computes ``value``, or at the start of
+    ``value``'s graph when no node does (a graph input, an initializer), so they may read ``value``."""
+    producer = value.producer()
+    if producer is not None:
+        producer.graph.insert_after(producer, nodes)
+        return
+    graph = value.graph
+    if graph is None:
+        raise ValueError(f"value '{value.name}' belongs to no graph")
+    if len(graph) == 0:
+        graph.extend(nodes)
+    else:
+        graph.insert_before(graph[0], nodes)
+
+
 def main_values(graph: ir.Graph) -> Iterator[ir.Value]:
     """Graph inputs, initializers and node outputs of one graph (not its subgraphs)."""
     yield from graph.inputs
@@ -46,6 +115,11 @@ def main_values(graph: ir.Graph) -> Iterator[ir.Value]:
 
 def nodes_by_name(model: ir.Model) -> dict[str, ir.Node]:
     return {node.name: node for node in ir.traversal.RecursiveGraphIterator(model.graph)}
+
+
+def values_by_name(model: ir.Model) -> dict[str, ir.Value]:
+    """Graph inputs, initializers and node outputs of every graph, by name."""
+    return {v.name: v for graph in model.graphs() for v in main_values(graph)}
 
 
 def find_value(model: ir.Model, name: str) -> ir.Value:

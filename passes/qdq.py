@@ -13,7 +13,9 @@ Rewrite rules:
    found through those layer inputs, so a smoothed activation (``x / s``, see ``passes.smooth``) is the
    one quantized.
 
-The pass decides nothing: it applies the plan and fails loudly if the plan names something missing.
+The pass decides nothing: it applies the plan. It requires every planned weight to be a constant initializer
+and every listed layer to exist, and ensures every planned weight and every listed layer input is read
+through its DequantizeLinear (an Identity for an emulated weight).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.passes.graph_utils import Namer, const, find_value, nodes_by_name
+from onnxbc.passes.graph_utils import (
+    Namer,
+    const,
+    constant_tensor,
+    insert_after_producer,
+    nodes_by_name,
+    values_by_name,
+)
 from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
 
 logger = logging.getLogger(__name__)
@@ -92,31 +101,61 @@ class InsertQDQPass(ir.passes.InPlacePass):
         super().__init__()
         self.plan = plan
 
+    def requires(self, model: ir.Model) -> None:
+        values, nodes = values_by_name(model), nodes_by_name(model)
+        for name in self.plan.weights:
+            if name not in values or not values[name].is_initializer() or constant_tensor(values[name]) is None:
+                raise ir.passes.PreconditionError(
+                    f"planned weight '{name}' is not a constant initializer of the model "
+                    "(already quantized, or the plan was computed on another model)"
+                )
+        for name in self.plan.activations:
+            uses = self.plan.activation_uses.get(name, [])
+            missing = [n for n, _ in uses if n not in nodes]
+            if not uses or missing:
+                raise ir.passes.PreconditionError(
+                    f"activation '{name}' is planned to be quantized for the layers {[n for n, _ in uses]}, "
+                    f"but {'no layer is listed' if not uses else f'{missing} are not in the model'}"
+                )
+            # The layers' inputs now, which an earlier pass (smoothing) may have rewired.
+            if len({nodes[n].inputs[i] for n, i in uses}) != 1:
+                raise ir.passes.PreconditionError(f"the layers planned to read '{name}' no longer read one tensor")
+
+    def ensures(self, model: ir.Model) -> None:
+        values, nodes = values_by_name(model), nodes_by_name(model)
+        for name, wq in self.plan.weights.items():
+            expected = "Identity" if wq.emulated is not None else "DequantizeLinear"
+            if _producer_op(values.get(name)) != expected:
+                raise ir.passes.PostconditionError(f"weight '{name}' is not read through a {expected}")
+        for name in self.plan.activations:
+            for node, index in self.plan.activation_uses[name]:
+                if _producer_op(nodes[node].inputs[index]) != "DequantizeLinear":
+                    raise ir.passes.PostconditionError(
+                        f"input {index} of '{node}' does not read activation '{name}' through a DequantizeLinear"
+                    )
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         namer = Namer(model)
+        values = values_by_name(model)
         count = 0
         for wq in self.plan.weights.values():
-            self._quantize_weight(model, wq, namer)
+            self._quantize_weight(values[wq.source], wq, namer)
             count += 1
         nodes = nodes_by_name(model)
         for name, aq in self.plan.activations.items():
             uses = self.plan.activation_uses[name]
-            # The layers' inputs now, which an earlier pass (smoothing) may have rewired.
-            readers = {nodes[node].inputs[index] for node, index in uses}
-            if len(readers) != 1:
-                raise ValueError(f"the layers that read '{name}' no longer read one tensor")
-            self._quantize_activation(model.graph, readers.pop(), aq, uses, nodes, namer)
+            node, index = uses[0]  # all of them read one tensor (see requires)
+            self._quantize_activation(model.graph, nodes[node].inputs[index], aq, uses, nodes, namer)
             count += 1
         logger.debug("inserted %d quantizers", count)
         return ir.passes.PassResult(model, modified=count > 0)
 
-    def _quantize_weight(self, model: ir.Model, wq: WeightQuant, namer: Namer) -> None:
-        source = find_value(model, wq.source)
+    def _quantize_weight(self, source: ir.Value, wq: WeightQuant, namer: Namer) -> None:
         graph = source.graph
         initializers, dq = weight_dequantize(namer, wq, source.const_value.dtype)
         for init in initializers:
             graph.register_initializer(init)
-        graph.insert_before(graph[0], [dq])
+        insert_after_producer(source, [dq])  # at the start of the graph
         graph.initializers.pop(source.name)
         original = source.name
         source.name = namer(f"{original}_float")
@@ -138,11 +177,12 @@ class InsertQDQPass(ir.passes.InPlacePass):
         initializers, new_nodes, out = activation_qdq(namer, x, aq, dtype)
         for init in initializers:
             graph.register_initializer(init)
-        producer = x.producer()
-        if producer is None:
-            graph.insert_before(graph[0], new_nodes)
-        else:
-            producer.graph.insert_after(producer, new_nodes)
+        insert_after_producer(x, new_nodes)
         for node_name, index in uses:
             nodes[node_name].replace_input_with(index, out)
         logger.debug("quantized activation %s (scale %g)", x.name, aq.scale)
+
+
+def _producer_op(value: ir.Value | None) -> str | None:
+    producer = value.producer() if value is not None else None
+    return producer.op_type if producer is not None else None

@@ -9,8 +9,8 @@ carry the factors, see ``solvers.smooth``):
    or ``Add(Mul(n, gamma), beta)`` (a decomposed LayerNorm, last axis).
 2. Otherwise ``x -> Mul(1/s)`` feeds those layers; other readers keep ``x``.
 
-Folding divides constants: a constant shared with other nodes is copied first. ``self.sites`` records
-where each division went, for the report.
+Folding divides constants: a constant shared with other nodes is copied first (``graph_utils.set_constant``).
+The result's ``sites`` says where each division went, for the report.
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.passes.graph_utils import Namer, const, find_value, nodes_by_name
+from onnxbc.passes.graph_utils import (
+    Namer,
+    const,
+    constant_tensor,
+    find_value,
+    insert_after_producer,
+    nodes_by_name,
+    set_constant,
+)
+from onnxbc.passes.results import SitesResult
 from onnxbc.plan import Smoothing
 
 logger = logging.getLogger(__name__)
@@ -28,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 class SmoothPass(ir.passes.InPlacePass):
     """Apply each ``Smoothing`` (rules in the module docstring).
+
+    Returns a ``SitesResult`` whose ``sites`` maps each activation to where its division went. Requires every
+    listed layer input to read its activation.
 
     Attributes:
         smoothing: activation name -> its smoothing.
@@ -38,17 +50,28 @@ class SmoothPass(ir.passes.InPlacePass):
         super().__init__()
         self.smoothing = smoothing
         self.uses = uses
-        self.sites: dict[str, str] = {}
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def requires(self, model: ir.Model) -> None:
+        nodes = nodes_by_name(model)
+        for name in self.smoothing:
+            uses = self.uses.get(name, [])
+            reads = [nodes[n].inputs[i] if n in nodes and i < len(nodes[n].inputs) else None for n, i in uses]
+            if not reads or any(v is None or v.name != name for v in reads):
+                raise ir.passes.PreconditionError(
+                    f"cannot smooth '{name}': the layer inputs listed for it ({uses}) do not all read it "
+                    "(the plan must be computed on this model, before quantization)"
+                )
+
+    def call(self, model: ir.Model) -> SitesResult:
         namer = Namer(model)
         nodes = nodes_by_name(model)
+        sites: dict[str, str] = {}
         for name, sm in self.smoothing.items():
             x = find_value(model, name)
             readers = [(nodes[n], i) for n, i in self.uses[name]]
-            self.sites[name] = self._fold(x, sm, readers, namer) or self._divide(x, sm, readers, namer)
-            logger.debug("smoothed %s: %s", name, self.sites[name])
-        return ir.passes.PassResult(model, modified=bool(self.smoothing))
+            sites[name] = self._fold(x, sm, readers, namer) or self._divide(x, sm, readers, namer)
+            logger.debug("smoothed %s: %s", name, sites[name])
+        return SitesResult(model, modified=bool(self.smoothing), sites=sites)
 
     def _fold(self, x: ir.Value, sm: Smoothing, readers: list, namer: Namer) -> str | None:
         site = fold_site(x, sm.channel_axis, len(sm.factors), len(readers))
@@ -56,7 +79,8 @@ class SmoothPass(ir.passes.InPlacePass):
             return None
         inverse = 1.0 / sm.factors.astype(np.float64)
         for node, index in site[1]:
-            _divide_const(node, index, inverse, namer)
+            old = constant_tensor(node.inputs[index]).numpy()
+            set_constant(node, index, old.astype(np.float64) * inverse.reshape(old.shape), namer, "smoothed")
         return site[0]
 
     def _divide(self, x: ir.Value, sm: Smoothing, readers: list, namer: Namer) -> str:
@@ -68,11 +92,7 @@ class SmoothPass(ir.passes.InPlacePass):
         mul = ir.node("Mul", [x, factor], name=namer(f"{x.name}_smoothing_Mul"))
         out = mul.outputs[0]
         out.name, out.dtype, out.shape = namer(f"{x.name}_smoothed"), dtype, x.shape
-        producer = x.producer()
-        if producer is None:
-            graph.insert_before(graph[0], [mul])
-        else:
-            producer.graph.insert_after(producer, [mul])
+        insert_after_producer(x, [mul])
         for node, index in readers:
             node.replace_input_with(index, out)
         return "Mul"
@@ -107,20 +127,8 @@ def fold_site(
 
 
 def _is_per_channel_const(value: ir.Value | None, channels: int) -> bool:
-    if value is None or not value.is_initializer() or value.const_value is None:
+    tensor = constant_tensor(value)
+    if tensor is None:
         return False
-    shape = tuple(value.const_value.shape)
+    shape = tuple(tensor.shape)
     return len(shape) >= 1 and shape[-1] == channels and all(d == 1 for d in shape[:-1]) or shape == (channels,)
-
-
-def _divide_const(node: ir.Node, index: int, inverse: np.ndarray, namer: Namer) -> None:
-    """``node.inputs[index] *= inverse`` (per channel, last axis), copying a shared constant first."""
-    value = node.inputs[index]
-    old = value.const_value.numpy()
-    new = (old.astype(np.float64) * inverse.reshape(old.shape)).astype(old.dtype)
-    if len(value.uses()) == 1 and not value.is_graph_input() and not value.is_graph_output():
-        value.const_value = ir.tensor(new, name=value.name)
-        return
-    copy = const(namer, f"{value.name}_smoothed", new)
-    node.graph.register_initializer(copy)
-    node.replace_input_with(index, copy)

@@ -149,11 +149,10 @@ def test_int32_bias_is_within_half_a_step_of_the_float_bias(layer, per_channel):
     s_b = ACT_SCALE * weight_scales(reference, name)
     ops_before = [n.op_type for n in reference.graph].count("DequantizeLinear")
 
-    quant = QuantizeBiasPass()
-    result = quant(reference)
-    assert result.modified and quant.skipped == {}
+    result = QuantizeBiasPass()(reference)
+    assert result.modified and result.skipped == {}
     role, granularity = "Conv B" if layer == "conv" else "Gemm C", "channel" if per_channel else "tensor"
-    assert quant.sites == {name: f"{role} int32 (scale per {granularity})"}
+    assert result.sites == {name: f"{role} int32 (scale per {granularity})"}
     model = result.model
     assert [n.op_type for n in model.graph].count("DequantizeLinear") == ops_before + 1
     assert bias_name not in model.graph.initializers  # no reader left
@@ -170,18 +169,18 @@ def test_int32_bias_is_within_half_a_step_of_the_float_bias(layer, per_channel):
     out = run(proto, inputs)[0]
     assert_within_half_step(out, run(reference_proto, inputs)[0], s_b)
     np.testing.assert_allclose(out, onnx.reference.ReferenceEvaluator(proto).run(None, inputs)[0], atol=1e-5)
-    again = QuantizeBiasPass()
-    assert not again(model).modified and "comes from DequantizeLinear" in again.skipped[name]
+    again = QuantizeBiasPass()(model)
+    assert not again.modified and "comes from DequantizeLinear" in again.skipped[name]
 
 
 def test_codes_outside_int32_leave_the_bias_float():
     model = gemm_model()
     model.graph.initializers["c"].const_value = ir.tensor(np.full(5, 1e7, np.float32), name="c")
     model = quantize_model(model)
-    quant = QuantizeBiasPass()
-    assert not quant(model).modified
-    assert quant.sites == {}
-    assert "'c' needs codes up to" in quant.skipped["fc"] and "outside int32" in quant.skipped["fc"]
+    result = QuantizeBiasPass()(model)
+    assert not result.modified
+    assert result.sites == {}
+    assert "'c' needs codes up to" in result.skipped["fc"] and "outside int32" in result.skipped["fc"]
     fc = next(n for n in model.graph if n.name == "fc")
     assert fc.inputs[2] is model.graph.initializers["c"]
 
@@ -190,9 +189,9 @@ def test_shared_bias_is_copied():
     """'c1' and 'c2' read 'b': both get their own codes (their weight scales differ); 'b' is then unread."""
     reference = quantize_model(conv_model(shared="input"))
     reference_proto = model_io.to_proto(reference)
-    quant = QuantizeBiasPass()
-    model = quant(reference).model
-    assert set(quant.sites) == {"c1", "c2"}
+    result = QuantizeBiasPass()(reference)
+    model = result.model
+    assert set(result.sites) == {"c1", "c2"}
     dq1, dq2 = bias_dequantize(model, "c1"), bias_dequantize(model, "c2")
     assert dq1 is not dq2 and dq1.inputs[0] is not dq2.inputs[0]
     assert "b" not in model.graph.initializers
@@ -204,10 +203,9 @@ def test_shared_bias_is_copied():
 def test_bias_shared_with_a_float_layer_stays_for_it():
     model = quantize_model(conv_model(shared="float_input"))
     b = model.graph.initializers["b"].const_value.numpy().copy()
-    quant = QuantizeBiasPass()
-    quant(model)
-    assert set(quant.sites) == {"c1"}
-    assert "'x2' is not dequantized" in quant.skipped["c2"]
+    result = QuantizeBiasPass()(model)
+    assert set(result.sites) == {"c1"}
+    assert "'x2' is not dequantized" in result.skipped["c2"]
     c2 = next(n for n in model.graph if n.name == "c2")
     assert c2.inputs[2] is model.graph.initializers["b"]  # the float reader keeps the float bias, unchanged
     np.testing.assert_array_equal(model.graph.initializers["b"].const_value.numpy(), b)
@@ -230,10 +228,28 @@ def test_bias_shared_with_a_float_layer_stays_for_it():
 def test_unmatched_layers_are_skipped_with_a_reason(build, reason):
     model = build()
     ops = [n.op_type for n in model.graph]
-    quant = QuantizeBiasPass()
-    assert not quant(model).modified
-    assert quant.sites == {} and reason in quant.skipped["fc"], quant.skipped
+    result = QuantizeBiasPass()(model)
+    assert not result.modified
+    assert result.sites == {} and reason in result.skipped["fc"], result.skipped
     assert [n.op_type for n in model.graph] == ops
+
+
+def test_one_pass_object_on_two_models_reports_each_alone():
+    quant = QuantizeBiasPass()
+    first = quant(quantize_model(conv_model()))
+    second = quant(quantize_model(gemm_model(bias=False)))
+    assert first.sites == {"c1": "Conv B int32 (scale per channel)"} and first.skipped == {}
+    assert second.sites == {} and second.skipped == {"fc": "no bias"}
+
+
+def test_a_float_bias_left_behind_breaks_the_postcondition():
+    class Forgets(QuantizeBiasPass):
+        def _try_quantize(self, node, namer, sites, skipped):
+            sites[node.name] = "claimed"
+            return True
+
+    with pytest.raises(ir.passes.PostconditionError, match="'c1' still reads the float bias 'b'"):
+        Forgets()(quantize_model(conv_model()))
 
 
 # --- FoldBiasPass into int32 codes ---------------------------------------------------------------------------
@@ -262,9 +278,8 @@ def test_fold_into_int32_codes_equals_an_add_after_the_layer(layer):
     reference = add_after(model_io.to_proto(model), name, delta, (channels, 1, 1) if layer == "conv" else (channels,))
     ops = [n.op_type for n in model.graph]
 
-    fold = FoldBiasPass({name: BiasFold(name, delta, 1)})
-    fold(model)
-    assert fold.sites[name] == ("Conv B (int32)" if layer == "conv" else "Gemm C (int32)")
+    result = FoldBiasPass({name: BiasFold(name, delta, 1)})(model)
+    assert result.sites == {name: "Conv B (int32)" if layer == "conv" else "Gemm C (int32)"}
     assert [n.op_type for n in model.graph] == ops  # no new node
     assert bias_dequantize(model, name) is dq
     np.testing.assert_array_equal(dq.inputs[0].const_value.numpy(), codes + np.rint(delta / (beta * scale)))
@@ -283,9 +298,8 @@ def test_delta_overflowing_int32_falls_back_to_an_add():
     codes = dq.inputs[0].const_value.numpy().copy()
     delta = np.array([0.1, -0.2, 1e7, 0.0])  # 1e7 / s_b leaves int32
     reference = add_after(model_io.to_proto(model), name, delta, (4, 1, 1))
-    fold = FoldBiasPass({name: BiasFold(name, delta, 1)})
-    fold(model)
-    assert fold.sites[name] == "new Add (int32 Conv B would overflow)"
+    result = FoldBiasPass({name: BiasFold(name, delta, 1)})(model)
+    assert result.sites == {name: "new Add (int32 Conv B would overflow)"}
     np.testing.assert_array_equal(dq.inputs[0].const_value.numpy(), codes)  # untouched
     assert [n.op_type for n in model.graph].count("Add") == 1
     assert [o.name for o in model.graph.outputs] == ["y1"]
@@ -318,9 +332,8 @@ def test_shared_int32_bias_is_copied_before_folding(shared):
     before = run(model, inputs)
     delta = np.array([0.3, -0.2, 0.1, 0.05])
 
-    fold = FoldBiasPass({"c1": BiasFold("c1", delta, 1)})
-    fold(model)
-    assert fold.sites["c1"] == "Conv B (int32)"
+    result = FoldBiasPass({"c1": BiasFold("c1", delta, 1)})(model)
+    assert result.sites == {"c1": "Conv B (int32)"}
     np.testing.assert_array_equal(shared_codes.const_value.numpy(), codes)  # the shared codes are unchanged
     new_codes = bias_dequantize(model, "c1").inputs[0]
     assert new_codes is not shared_codes and new_codes.name.endswith("_compensated")

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import onnx
 import onnx.reference
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
@@ -13,7 +14,8 @@ from onnxbc import model_io
 from onnxbc.passes.fold_bias import FoldBiasPass
 from onnxbc.passes.prepare import prepare_passes
 from onnxbc.passes.qdq import InsertQDQPass
-from onnxbc.plan import ActivationQuant, BiasFold, QuantPlan, WeightQuant
+from onnxbc.passes.smooth import SmoothPass
+from onnxbc.plan import ActivationQuant, BiasFold, QuantPlan, Smoothing, WeightQuant
 from onnxbc.solvers.quant import INT4, INT8, Granularity, dequantize, quantize, weight_scale
 from onnxbc.targets import find_targets
 
@@ -165,9 +167,8 @@ def test_fold_sites_equal_an_add_after_the_layer(tmp_path, name, layer, axis, si
     delta = np.random.default_rng(0).standard_normal(channels).astype(np.float32)
     shape = (channels, 1, 1) if target.op.startswith("Conv") else (channels,)
     reference = add_after(model_io.to_proto(model), layer, delta, shape)
-    fold = FoldBiasPass({layer: BiasFold(layer, delta, axis)})
-    fold(model)
-    assert fold.sites[layer] == site
+    result = FoldBiasPass({layer: BiasFold(layer, delta, axis)})(model)
+    assert result.sites == {layer: site}
     folded = model_io.to_proto(model)
     onnx.checker.check_model(folded, full_check=True)
     assert [o.name for o in folded.graph.output] == [o.name for o in test_graphs.build(name).model.graph.output]
@@ -177,8 +178,6 @@ def test_fold_sites_equal_an_add_after_the_layer(tmp_path, name, layer, axis, si
 
 
 def test_shared_bias_is_copied_before_folding():
-    import onnx_ir as ir
-
     rng = np.random.default_rng(0)
     w1, w2 = (rng.standard_normal((4, 3, 3, 3)).astype(np.float32) for _ in range(2))
     b = rng.standard_normal(4).astype(np.float32)
@@ -209,7 +208,53 @@ def test_per_position_bias_adds_a_tensor(tmp_path):
     feeds = test_graphs.build("conv").feeds(2, 0)
     before = run_ort(model, feeds)[0]
     delta = np.random.default_rng(1).standard_normal((4, 8, 8)).astype(np.float32)
-    fold = FoldBiasPass({"conv2": BiasFold("conv2", delta, 1, per_position=True)})
-    fold(model)
-    assert fold.sites["conv2"] == "new Add"
+    result = FoldBiasPass({"conv2": BiasFold("conv2", delta, 1, per_position=True)})(model)
+    assert result.sites == {"conv2": "new Add"}
     np.testing.assert_allclose(run_ort(model, feeds)[0], before + delta, rtol=1e-5, atol=1e-5)
+
+
+# --- results and contracts ------------------------------------------------------------------------------
+
+
+def test_a_pass_object_run_twice_returns_each_run_alone(tmp_path):
+    model = prepared(tmp_path, "conv_nobias")
+    fold = FoldBiasPass({"conv2": BiasFold("conv2", np.ones(4, np.float32), 1)})
+    first = fold(model)
+    second = fold(model)  # conv2 has a bias now
+    assert first.sites == {"conv2": "new Conv B"} and second.sites == {"conv2": "Conv B"}
+    assert first.sites is not second.sites and not hasattr(fold, "sites")
+
+
+def test_fold_requires_every_layer_in_the_main_graph(tmp_path):
+    model = prepared(tmp_path, "conv")
+    ops = [n.op_type for n in model.graph]
+    fold = FoldBiasPass({"conv9": BiasFold("conv9", np.ones(4, np.float32), 1)})
+    with pytest.raises(ir.passes.PreconditionError, match=r"\['conv9'\]: no such node in the main graph"):
+        fold(model)
+    assert [n.op_type for n in model.graph] == ops  # refused before any edit
+
+
+def test_qdq_requires_float_weights(tmp_path):
+    model = prepared(tmp_path, "conv")
+    plan, _ = make_plan(model)
+    InsertQDQPass(plan)(model)
+    with pytest.raises(ir.passes.PreconditionError, match="planned weight '.*' is not a constant initializer"):
+        InsertQDQPass(plan)(model)  # the same plan again: the weights are quantized already
+
+
+def test_qdq_ensures_every_planned_input_reads_a_dequantize(tmp_path):
+    class ForgetsActivations(InsertQDQPass):
+        def _quantize_activation(self, *args):
+            pass
+
+    model = prepared(tmp_path, "conv")
+    plan, _ = make_plan(model)
+    with pytest.raises(ir.passes.PostconditionError, match="does not read activation '.*' through a Dequantize"):
+        ForgetsActivations(plan)(model)
+
+
+def test_smooth_requires_the_listed_layers_to_read_the_activation(tmp_path):
+    model = prepared(tmp_path, "conv")
+    smoothing = Smoothing("relu1_out", np.ones(4, np.float32), 1, 0.5, 4)
+    with pytest.raises(ir.passes.PreconditionError, match=r"cannot smooth 'relu1_out'.*\('conv1', 0\)"):
+        SmoothPass({"relu1_out": smoothing}, {"relu1_out": [("conv1", 0)]})(model)  # conv1 reads 'x'
