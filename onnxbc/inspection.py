@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,12 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onnxbc import model_io
-from onnxbc.errors import UsageError, one_line
+from onnxbc.errors import UsageError, display_path, one_line
+from onnxbc.passes.graph_utils import constant_tensor
 from onnxbc.policy import policy_from_report
 from onnxbc.report import SCHEMA
 from onnxbc.targets import CHAIN_OPS, WEIGHTED_OPS
@@ -79,7 +79,7 @@ class Inspection:
     tradeoff: Tradeoff | None = None  # reports with a mixed-precision budget
 
     def print(self, console: Console) -> None:
-        table = Table(title=f"onnxbc inspect {self.source}", title_justify="left", box=box.SIMPLE)
+        table = Table(title=f"onnxbc inspect {escape(self.source)}", title_justify="left", box=box.SIMPLE)
         columns = ["layer", "op", "bits", "weight", "inputs"]
         if self.error_split is not None:
             columns += ["scale method", "bias |Δ|", f"rel. error before → after ({self.error_split})"]
@@ -111,11 +111,11 @@ def read_report(path: Path) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
+        raise UsageError(f"{display_path(path)}: no such file") from None
     except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable JSON report ({one_line(e)})") from e
+        raise UsageError(f"{display_path(path)}: not a readable JSON report ({one_line(e)})") from e
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
-        raise UsageError(f'{path}: not an onnxbc report (expected "schema": "{SCHEMA}")')
+        raise UsageError(f'{display_path(path)}: not an onnxbc report (expected "schema": "{SCHEMA}")')
     return report
 
 
@@ -123,7 +123,7 @@ def inspect_report(path: Path) -> Inspection:
     report = read_report(path)
     split = "holdout" if report.get("data", {}).get("holdout_samples") else "fit"
     rows = tuple(_report_row(layer, split) for layer in report["layers"])
-    return Inspection(str(path), rows, _report_totals(report, rows), split, tradeoff(report))
+    return Inspection(display_path(path), rows, _report_totals(report, rows), split, tradeoff(report))
 
 
 def _report_row(layer: dict[str, Any], split: str) -> LayerRow:
@@ -182,8 +182,13 @@ def _report_totals(report: dict[str, Any], rows: tuple[LayerRow, ...]) -> dict[s
     if "output_rel_mse_with" in compensation:
         verdict = "kept" if compensation["applied"] else "dropped"
         totals["bias compensation"] = (
-            f"{verdict}: output rel. MSE {compensation['output_rel_mse_without']:.3e} -> "
-            f"{compensation['output_rel_mse_with']:.3e} ({compensation.get('decided_on', 'holdout')} samples)"
+            f"{verdict}: output rel. MSE {compensation['output_rel_mse_without']:.3e} without, "
+            f"{compensation['output_rel_mse_with']:.3e} with ({compensation.get('decided_on', 'holdout')} samples)"
+        )
+    if "chosen" in compensation and "output_rel_mse" in compensation:
+        totals["saved"] = (
+            f"{compensation['chosen']}: {compensation.get('description', '')}, "
+            f"output rel. MSE {compensation['output_rel_mse']:.3e}"
         )
     precision = report.get("precision") or {}
     if "chosen" in precision:
@@ -255,17 +260,7 @@ def write_policy(report_path: Path, policy_path: Path, *, force: bool) -> None:
     policy_path = Path(policy_path)
     check_policy_path(report_path, policy_path, force=force)
     text = policy_from_report(read_report(report_path))
-    fd, tmp = tempfile.mkstemp(dir=policy_path.parent, prefix=f".{policy_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, policy_path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"{policy_path}: cannot write the policy ({one_line(e)})") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    model_io.write_text(policy_path, text)
 
 
 def check_policy_path(report_path: Path, policy_path: Path, *, force: bool) -> None:
@@ -307,7 +302,7 @@ def inspect_model(path: Path) -> Inspection:
         "opset": str(model.opset_imports.get("", "?")),
         "file size": f"{model_io.file_bytes(path) / 1e6:.2f} MB",
     }
-    return Inspection(str(path), rows, totals, None)
+    return Inspection(display_path(path), rows, totals, None)
 
 
 def _model_row(node: ir.Node) -> LayerRow:
@@ -341,12 +336,12 @@ def _weight_source(value: ir.Value) -> ir.Value | None:
     """The constant a weight input comes from: a float constant, or a DequantizeLinear of constant codes,
     reached through ops that only move weights; None for an activation."""
     while True:
-        if ir.convenience.get_const_tensor(value) is not None and not value.is_graph_input():
+        if constant_tensor(value) is not None:
             return value
         producer = value.producer()
         if producer is None:
             return None
-        if producer.op_type == DQ and ir.convenience.get_const_tensor(producer.inputs[0]) is not None:
+        if producer.op_type == DQ and constant_tensor(producer.inputs[0]) is not None:
             return value
         if producer.op_type not in CHAIN_OPS or not producer.inputs or producer.inputs[0] is None:
             return None

@@ -1,17 +1,23 @@
 """Reading and writing ONNX files: the only module that touches protobuf files.
 
-Models are loaded into onnx_ir (weights in external data are memory-mapped, not copied) and written
-atomically: everything goes to a temporary folder beside the destination and is renamed into place
-only when complete, so a failure never leaves a half-written model, and the input is never overwritten.
+Models are loaded into onnx_ir (weights in external data are memory-mapped, not copied), from any path (onnx
+itself takes only UTF-8 paths, so files are read through file objects). A run's outputs are checked before any
+work (``prepare_outputs``) and written as one transaction (``write_outputs``): the model, its external data and
+the report go to temporaries beside their destinations and are renamed into place only when all are complete,
+so a failure or Ctrl-C leaves nothing new, and the input is never overwritten. Temporaries are named
+``.NAME.PID.RANDOM.tmp``: those of a killed run (its pid gone) are removed by the next run writing NAME.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import glob
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,86 +25,181 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxbc.errors import OnnxbcError, UsageError, one_line
+from onnxbc.errors import OnnxbcError, UsageError, display_path, one_line
 
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it.
 PROTO_LIMIT_BYTES = 1_800_000_000
 
 
-def load(path: str | os.PathLike) -> ir.Model:
-    """Load and check a model; raise a one-line error that says what is wrong with the file."""
+def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
+    """Load a model (and run onnx.checker on it unless ``check=False``); raise a one-line error that says what is
+    wrong with the file. Any path works, also one that is not UTF-8 (onnx takes paths as UTF-8 text only)."""
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{display_path(path)}: no such file")
     if not path.is_file():
-        raise UsageError(f"{path}: not a file")
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable ONNX model ({one_line(e)})") from e
+        raise UsageError(f"{display_path(path)}: not a file")
+    proto = _read_proto(path)
     if not proto.graph.node and not proto.graph.output:
-        raise UsageError(f"{path}: not an ONNX model (no graph found; is the file truncated or of another format?)")
+        raise UsageError(
+            f"{display_path(path)}: not an ONNX model (no graph found; is the file truncated or of another format?)"
+        )
     for location in sorted(_external_locations(proto)):
         if not (path.parent / location).is_file():
-            raise UsageError(f"{path}: external data file '{location}' is missing next to the model")
-    try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as e:
-        raise OnnxbcError(f"{path}: fails onnx.checker: {one_line(e)}") from e
+            raise UsageError(f"{display_path(path)}: external data file '{location}' is missing next to the model")
+    if check:
+        try:
+            check_model_file(path)
+        except onnx.checker.ValidationError as e:
+            raise OnnxbcError(f"{display_path(path)}: fails onnx.checker: {one_line(e)}") from e
     model = ir.serde.deserialize_model(proto)
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     return model
+
+
+def check_model_file(path: str | os.PathLike, *, full_check: bool = False) -> None:
+    """onnx.checker on a model file, its external data included, also under a path that is not UTF-8.
+
+    Raises what onnx.checker raises (ValidationError, InferenceError).
+    """
+    path = Path(path)
+    if _is_utf8(str(path)):
+        onnx.checker.check_model(str(path), full_check=full_check)
+    elif not external_data_files(path):  # under 2 GiB then: check the bytes
+        onnx.checker.check_model(path.read_bytes(), full_check=full_check)
+    elif _is_utf8(path.name):  # reach the folder through a symlink with a UTF-8 name
+        with tempfile.TemporaryDirectory(prefix="onnxbc-") as tmp:
+            os.symlink(path.parent, Path(tmp, "folder"))
+            onnx.checker.check_model(f"{tmp}/folder/{path.name}", full_check=full_check)
+    else:
+        raise UsageError(
+            f"{display_path(path)}: onnx.checker cannot open a model with external data whose file name is not "
+            "UTF-8; rename the model file"
+        )
 
 
 def external_data_files(path: str | os.PathLike) -> list[Path]:
     """External data files a model file refers to (resolved next to the model)."""
     path = Path(path)
     try:
-        proto = onnx.load(path, load_external_data=False)
-    except (DecodeError, OSError, RuntimeError, ValueError):
+        proto = _read_proto(path)
+    except UsageError:
         return []  # not a readable model: load() says so when it is read
     return [path.parent / location for location in sorted(_external_locations(proto))]
 
 
-def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike, *, force: bool) -> Path:
-    """Refuse an output that would overwrite the input (or its weights), or lands in a missing folder."""
-    inp, out = Path(input_path).resolve(), Path(output_path).resolve()
-    if out == inp or (out.exists() and inp.exists() and out.samefile(inp)):
-        raise UsageError(f"{output_path}: the output path is the input model; choose another with -o")
-    if not out.parent.is_dir():
-        raise UsageError(f"{output_path}: folder {out.parent} does not exist")
-    protected = {p.resolve() for p in external_data_files(inp)} if inp.is_file() else set()
-    if out in protected or _data_path(out).resolve() in protected:
-        raise UsageError(f"{output_path}: would overwrite the input's external data; choose another name")
-    if not force:
-        for p in (out, _data_path(out)):
-            if p.exists():
-                raise UsageError(f"{p}: already exists; pass --force to overwrite it")
+@dataclasses.dataclass(frozen=True)
+class OutputPaths:
+    """Where a run writes (both resolved); the model's external data, if any, goes to ``model`` + ``.data``."""
+
+    model: Path
+    report: Path
+
+
+def prepare_outputs(
+    input_path: str | os.PathLike, output: str | os.PathLike, report: str | os.PathLike, *, force: bool
+) -> OutputPaths:
+    """Every check on the output paths, run before any work: none may be the input or its external data, nor
+    each other; their folders must exist and be writable; existing files need ``force``. Also removes the
+    temporaries that killed runs left for these outputs."""
+    inp = Path(input_path).resolve()
+    input_data = _input_data(inp)
+    paths = OutputPaths(_check_model_output(inp, input_data, output, force), Path(report).resolve())
+    taken = {
+        paths.model: "the output model",
+        _data_path(paths.model): "the output's external data",
+        _data_path(inp): "the input's external data",
+        **dict.fromkeys(input_data, "the input's external data"),
+        inp: "the input model",
+    }
+    if paths.report in taken or _same_file(paths.report, inp):
+        raise UsageError(
+            f"{display_path(report)}: the report path is {taken.get(paths.report, 'the input model')}; "
+            "choose another with --report"
+        )
+    _check_folder(paths.report, report)
+    _check_existing(paths.report, force)
+    for dest in (paths.model, paths.report):  # the external data is written in the model's temporary folder
+        _remove_stale_temporaries(dest)
+    return paths
+
+
+def _check_model_output(inp: Path, input_data: set[Path], given: str | os.PathLike, force: bool) -> Path:
+    out = Path(given).resolve()
+    if out == inp or _same_file(out, inp):
+        raise UsageError(f"{display_path(given)}: the output path is the input model; choose another with -o")
+    if {out, _data_path(out)} & {inp, _data_path(inp), *input_data}:
+        raise UsageError(f"{display_path(given)}: would overwrite the input's external data; choose another with -o")
+    if input_data and not _is_utf8(out.name):  # the output gets external data too
+        raise UsageError(f"{display_path(given)}: external data needs a UTF-8 file name; choose another with -o")
+    _check_folder(out, given)
+    for p in (out, _data_path(out)):
+        _check_existing(p, force)
     return out
 
 
-def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> list[Path]:
-    """Write ``model`` atomically; return the files written (the model, and its external data if any).
+def write_outputs(
+    model: ir.Model,
+    paths: OutputPaths,
+    report: Callable[[list[Path], int], str],
+    *,
+    external_data: bool | None = None,
+) -> list[Path]:
+    """Write the model (and its external data) and its report as one transaction; return the model's files.
 
-    ``external_data=None`` writes weights to ``<name>.data`` only when the model would not fit in one
-    protobuf message (2 GiB).
+    The model goes to temporaries beside its destination; then ``report(files, total_bytes)`` gives the report's
+    JSON text (it may raise, e.g. for a size budget); the report goes to a temporary too; only then are all
+    renamed into place. On any error or interrupt every temporary is removed, so nothing new is left, and
+    every OSError becomes a one-line OnnxbcError naming the path. ``external_data=None`` writes weights to
+    ``<name>.data`` only when the model would not fit in one protobuf message (2 GiB).
     """
-    out = Path(path)
+    return _write(model, paths.model, (paths.report, report), external_data)
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> list[Path]:
+    """Write ``model`` alone, atomically as ``write_outputs`` does; return the files written."""
+    return _write(model, Path(path), None, external_data)
+
+
+def _write(
+    model: ir.Model,
+    out: Path,
+    report: tuple[Path, Callable[[list[Path], int], str]] | None,
+    external_data: bool | None,
+) -> list[Path]:
     if external_data is None:
         external_data = initializer_bytes(model) > PROTO_LIMIT_BYTES
-    data_name = _data_path(out).name
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        _set_ir_version(model)
-        if external_data:
-            ir.save(model, tmp / out.name, external_data=data_name)
-            os.replace(tmp / data_name, out.parent / data_name)
-        else:
-            ir.save(model, tmp / out.name)
-        os.replace(tmp / out.name, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return [out, out.parent / data_name] if external_data else [out]
+    names = [out.name, _data_path(out).name] if external_data else [out.name]
+    if external_data and not _is_utf8(names[1]):
+        raise UsageError(f"{display_path(out)}: external data needs a UTF-8 file name; choose another with -o")
+    with _temporaries() as temporary:
+        with _os_errors(out):
+            folder = temporary(out, folder=True)
+            _set_ir_version(model)
+            ir.save(model, folder / out.name, external_data=names[1] if external_data else None)
+            total = sum((folder / name).stat().st_size for name in names)
+        files = [out.parent / name for name in names]
+        moves = [(folder / name, out.parent / name) for name in reversed(names)]  # the model last
+        if report is not None:
+            report_path, render = report
+            text = render(files, total)
+            with _os_errors(report_path):
+                tmp = temporary(report_path)
+                tmp.write_text(text, encoding="utf-8")
+            moves.append((tmp, report_path))
+        for src, dest in moves:
+            with _os_errors(dest):
+                os.replace(src, dest)
+    return files
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (a temporary beside it, renamed into place), with the mode of any new file."""
+    path = Path(path)
+    with _temporaries() as temporary, _os_errors(path):
+        tmp = temporary(path)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -194,3 +295,123 @@ def has_external_tensors(model: ir.Model) -> bool:
 
 def _data_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".data")
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    """The model without its external data, read through a file object (onnx takes paths as UTF-8 text only)."""
+    try:
+        with open(path, "rb") as f:
+            return onnx.load(f, load_external_data=False)
+    except OSError as e:
+        raise UsageError(f"{display_path(path)}: cannot read the file ({_reason(e)})") from e
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise UsageError(f"{display_path(path)}: not a readable ONNX model ({one_line(e)})") from e
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a path holding bytes that are not UTF-8 (decoded as surrogates)
+        return False
+    return True
+
+
+def _input_data(inp: Path) -> set[Path]:
+    """The external data files the input model names (resolved)."""
+    return {p.resolve() for p in external_data_files(inp)}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True for two names of one file (hard links)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_folder(dest: Path, given: str | os.PathLike) -> None:
+    """``dest``'s folder exists and takes new files (tried: read-only file systems and /proc do not)."""
+    folder = dest.parent
+    if not folder.exists():
+        raise UsageError(f"{display_path(given)}: folder {display_path(folder)} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"{display_path(given)}: {display_path(folder)} is not a folder")
+    try:
+        with _temporaries() as temporary:
+            temporary(dest)
+    except OSError as e:
+        raise UsageError(f"{display_path(given)}: cannot write in {display_path(folder)} ({_reason(e)})") from e
+
+
+def _check_existing(dest: Path, force: bool) -> None:
+    if dest.is_dir():
+        raise UsageError(f"{display_path(dest)}: is a folder; choose another name")
+    if dest.exists() and not force:
+        raise UsageError(f"{display_path(dest)}: already exists; pass --force to overwrite it")
+
+
+@contextlib.contextmanager
+def _temporaries() -> Iterator[Callable[..., Path]]:
+    """``temporary(dest, folder=False)`` makes ``.NAME.PID.RANDOM.tmp`` beside ``dest``; all are removed on exit
+    (those renamed into place are gone already). The pid tells a later run which ones a killed run left."""
+    made: list[Path] = []
+
+    def temporary(dest: Path, *, folder: bool = False) -> Path:
+        path = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        if folder:
+            path.mkdir()
+        else:
+            path.touch(exist_ok=False)  # mode 0o666 less the umask, as any new file
+        made.append(path)
+        return path
+
+    try:
+        yield temporary
+    finally:
+        for path in made:
+            _remove(path)
+
+
+def _remove_stale_temporaries(dest: Path) -> None:
+    """Remove the temporaries of ``dest`` that runs killed while writing left (their process is gone)."""
+    prefix = f".{dest.name}."
+    for path in dest.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = path.name[len(prefix) :].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(path)
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True  # os.kill would end the process there: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # not ours to signal, but alive
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _os_errors(path: Path) -> Iterator[None]:
+    """An OSError as one line naming ``path`` (the destination, not a temporary)."""
+    try:
+        yield
+    except OSError as e:
+        raise OnnxbcError(f"{display_path(path)}: {_reason(e)}") from e
+
+
+def _reason(e: OSError) -> str:
+    """``No space left on device`` as ``no space left on device``."""
+    if not e.strerror:
+        return one_line(e)
+    return e.strerror[0].lower() + e.strerror[1:]

@@ -6,13 +6,16 @@ import dataclasses
 import enum
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from onnxbc import model_io
 
 SCHEMA = "onnxbc.report/1"
 
@@ -54,44 +57,71 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def write(self, path: str | os.PathLike) -> None:
         """Write the JSON atomically (temporary file + rename)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        model_io.write_text(path, self.to_json())
 
     def print_summary(self, console: Console, max_rows: int = 40) -> None:
-        table = Table(title="onnxbc: per-layer result", title_justify="left", show_lines=False)
-        for col in ("layer", "op", "weights", "input", "rel. error before → after (fit)", "held out", "bias"):
-            table.add_column(col, overflow="fold")
+        """The per-layer table and the layers left float (warnings are the caller's: they go to stderr).
+
+        Numbers are never folded across lines. Where all columns leave less than 20 for the layer names, only
+        the decisive error (held out, else fit) and the bias change are shown, then "op" and "input" give way,
+        and longer names end in "…" (the JSON report has them whole).
+        """
         quantized = [r for r in self.layers if r.status == "quantized"]
-        for r in quantized[:max_rows]:
-            table.add_row(
-                r.name,
-                r.op,
-                _weight_cell(r.weight),
-                ", ".join(a["dtype"] for a in r.activations) or "float",
-                _error_cell(r.error, "fit"),
-                _error_cell(r.error, "holdout"),
-                _bias_cell(r.bias),
-            )
-        if len(quantized) > max_rows:
-            table.add_row(f"... {len(quantized) - max_rows} more in the JSON report", "", "", "", "", "", "")
+        columns = _columns(quantized[:max_rows], wide=True)
+        if _width(columns) + 20 > console.width:
+            columns = _columns(quantized[:max_rows], wide=False)
+        for optional in ("op", "input"):
+            if _width(columns) + 20 <= console.width:
+                break
+            del columns[optional]
+        more = len(quantized) - max_rows
+        table = Table(
+            title="onnxbc: per-layer result",
+            title_justify="left",
+            caption=f"... {more} more in the JSON report" if more > 0 else None,
+            caption_justify="left",
+        )
+        table.add_column("layer", no_wrap=True, overflow="ellipsis", max_width=max(console.width - _width(columns), 8))
+        for header in columns:
+            table.add_column(header, no_wrap=True)
+        for i, r in enumerate(quantized[:max_rows]):
+            table.add_row(escape(r.name), *(escape(cells[i]) for cells in columns.values()))  # names hold [brackets]
         console.print(table)
         skipped = [r for r in self.layers if r.status == "skipped"]
         for r in skipped[:max_rows]:
-            console.print(f"  [yellow]left float[/] {r.name} ({r.op}): {r.reason}")
+            console.print(f"  [yellow]left float[/] {escape(r.name)} ({r.op}): {escape(str(r.reason))}")
         if len(skipped) > max_rows:
             console.print(f"  ... {len(skipped) - max_rows} more left float (see the JSON report)")
-        for w in self.warnings:
-            console.print(f"[yellow]warning:[/] {w}")
+
+
+def _columns(records: list[LayerRecord], wide: bool) -> dict[str, list[str]]:
+    """The table's cells but the layer names, by column header."""
+    columns = {
+        "op": [r.op for r in records],
+        "weights": [_weight_cell(r.weight) for r in records],
+        "input": [", ".join(a["dtype"] for a in r.activations) or "float" for r in records],
+    }
+    if wide:
+        columns["rel. error before → after (fit)"] = [_error_cell(r.error, "fit") for r in records]
+        columns["held out"] = [_error_cell(r.error, "holdout") for r in records]
+        columns["bias"] = [_bias_cell(r.bias) for r in records]
+        return columns
+    split = "holdout" if any(r.error and r.error.get("holdout") for r in records) else "fit"
+    columns[f"rel. error ({'held out' if split == 'holdout' else 'fit'})"] = [
+        _error_cell(r.error, split) for r in records
+    ]
+    columns["bias |Δ|"] = [_bias_cell(r.bias, site=False) for r in records]
+    return columns
+
+
+def _width(columns: dict[str, list[str]]) -> int:
+    """Columns the table takes without the layer names: cells, padding and rules."""
+    return sum(max(map(cell_len, [header, *cells])) + 3 for header, cells in columns.items()) + 4
 
 
 def _weight_cell(weight: dict[str, Any] | None) -> str:
@@ -109,12 +139,12 @@ def _error_cell(error: dict[str, Any] | None, split: str) -> str:
     return f"{e['rel_mse_before']:.2e} → {e['rel_mse_after']:.2e}"
 
 
-def _bias_cell(bias: dict[str, Any] | None) -> str:
+def _bias_cell(bias: dict[str, Any] | None, site: bool = True) -> str:
     if not bias:
         return "-"
     if not bias.get("applied"):
         return "no"
-    return f"|Δ|={bias['delta_norm']:.2e} ({bias['site']})"
+    return f"|Δ|={bias['delta_norm']:.2e} ({bias['site']})" if site else f"{bias['delta_norm']:.2e}"
 
 
 def _plain(x: Any) -> Any:

@@ -3,6 +3,7 @@ the input never touched."""
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,15 +11,24 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from typer.testing import CliRunner
 
+import onnxbc as onnxbc_api
 from models import test_graphs
+from onnxbc import cli
 from onnxbc.calibration.session import cuda_works
+from onnxbc.report import Report
 
 
 def onnxbc(*args, cwd=None):
     env = {**os.environ, "COLUMNS": "120"}
     return subprocess.run(
-        [sys.executable, "-m", "onnxbc", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env
+        [sys.executable, "-m", "onnxbc", *map(str, args)],
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",  # file names that are not UTF-8 come back as they are
+        cwd=cwd,
+        env=env,
     )
 
 
@@ -143,3 +153,48 @@ def test_activation_range_offers_only_what_it_accepts(model, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "m.report.json").read_text())
     assert report["options"]["activation_range"] == "minmax"
+
+
+def test_warnings_go_to_stderr_also_with_quiet(model, tmp_path, monkeypatch):
+    real_compress = onnxbc_api.compress
+
+    def compress_with_cuda_notice(*args, **kwargs):  # the notice session.py logs when CUDA fails to start
+        logging.getLogger("onnxbc.calibration.session").warning("the CUDA execution provider did not start")
+        return real_compress(*args, **kwargs)
+
+    monkeypatch.setattr(onnxbc_api, "compress", compress_with_cuda_notice)
+    for quiet in (["-q"], []):
+        r = CliRunner().invoke(cli.app, ["compress", str(model), "--random-data", "--force", *quiet])
+        assert r.exit_code == 0, r.output
+        for warning in ("the CUDA execution provider did not start", "calibrated on random data"):
+            assert f"warning: {warning}" in r.stderr, (quiet, r.stderr)
+            assert warning not in r.stdout, (quiet, r.stdout)
+        if quiet:
+            assert r.stdout.strip() == str(tmp_path / "conv.int8.onnx")
+            assert "Calibrating" not in r.stderr  # no progress with -q
+        else:
+            assert "Calibrating activation ranges" in r.stderr  # stderr is not a terminal: plain lines
+
+
+def test_interrupt_leaves_nothing(model, tmp_path, monkeypatch):
+    def interrupt(self):  # Ctrl-C while the report is made: the model is written by then, not yet in place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Report, "to_json", interrupt)
+    before = files(tmp_path)
+    r = CliRunner().invoke(cli.app, ["compress", str(model), "--data", str(tmp_path / "calib.npz")])
+    assert r.exit_code == 130 and "interrupted; nothing was written" in r.stderr
+    assert files(tmp_path) == before
+
+
+def test_paths_that_are_not_utf8(model, tmp_path):
+    odd = model.rename(os.fsdecode(os.fsencode(tmp_path) + b"/\xffconv.onnx"))  # byte 0xff: not UTF-8
+    r = onnxbc("compress", odd, "--data", tmp_path / "calib.npz", "-q")
+    assert r.returncode == 0, r.stderr
+    written = odd.with_name(odd.name.replace(".onnx", ".int8.onnx"))
+    assert written.is_file() and written.with_name(written.name.replace(".onnx", ".report.json")).is_file()
+    for command in (["inspect", odd], ["inspect", written], ["check", written]):
+        r = onnxbc(*command)
+        assert r.returncode == 0 and "error" not in r.stderr, (command, r.stdout, r.stderr)
+    r = onnxbc("compress", odd.with_name("\udcffmissing.onnx"), "--data", tmp_path / "calib.npz")
+    assert r.returncode == 2 and r.stderr.strip().endswith("\\xffmissing.onnx: no such file"), r.stderr

@@ -1,6 +1,7 @@
 """Loading and saving: clear errors, atomic writes, external data, the input never touched."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -43,21 +44,6 @@ def test_missing_external_data_file(tmp_path):
         model_io.load(path)
 
 
-def test_output_path_rules(tmp_path):
-    model = test_graphs.save(test_graphs.build("external_data"), tmp_path / "m.onnx")
-    with pytest.raises(UsageError, match="is the input model"):
-        model_io.check_output_path(model, tmp_path / "." / "m.onnx", force=True)
-    with pytest.raises(UsageError, match="does not exist"):
-        model_io.check_output_path(model, tmp_path / "nope" / "out.onnx", force=False)
-    with pytest.raises(UsageError, match="external data"):
-        model_io.check_output_path(model, tmp_path / "m.onnx.data", force=True)
-    existing = tmp_path / "out.onnx"
-    existing.write_bytes(b"x")
-    with pytest.raises(UsageError, match="--force"):
-        model_io.check_output_path(model, existing, force=False)
-    assert model_io.check_output_path(model, existing, force=True) == existing.resolve()
-
-
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     model = model_io.load(test_graphs.save(test_graphs.build("conv"), tmp_path / "conv.onnx"))
     out = tmp_path / "out" / "conv2.onnx"
@@ -68,7 +54,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ir, "save", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(OnnxbcError, match="conv2.onnx: disk full"):  # one line naming the file, not an OSError
         model_io.save(model, out)
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in out.parent.iterdir()) == ["conv2.onnx"]
@@ -95,3 +81,47 @@ def test_read_tensor_pb(tmp_path):
     name, back = model_io.read_tensor_pb(tmp_path / "input_0.pb")
     assert name == "x"
     np.testing.assert_array_equal(back, array)
+
+
+def undecodable(folder, name):
+    """A path holding the byte 0xff, which is not UTF-8 (as ``os.listdir`` returns it: a surrogate in ``str``)."""
+    return Path(os.fsdecode(os.fsencode(folder) + b"/" + name))
+
+
+@pytest.mark.parametrize("graph", ["conv", "external_data"])
+def test_paths_that_are_not_utf8(tmp_path, graph):
+    test_graphs.save(test_graphs.build(graph), tmp_path / "dir" / "m.onnx")
+    folder = (tmp_path / "dir").rename(undecodable(tmp_path, b"\xffdir"))
+    path = folder / "m.onnx"
+    if graph == "conv":  # the file name too (external data needs a UTF-8 name: ONNX stores it as text)
+        path = path.rename(undecodable(folder, b"\xffm.onnx"))
+    model = model_io.load(path)
+    assert model.graph.node(0).op_type == "Conv"
+    model_io.check_model_file(path, full_check=True)
+    out = undecodable(folder, b"\xffout.onnx")
+    if graph == "external_data":  # ONNX stores the data file name as text
+        with pytest.raises(UsageError, match="external data needs a UTF-8 file name; choose another with -o"):
+            model_io.prepare_outputs(path, out, folder / "r.json", force=False)
+        out = folder / "out.onnx"
+    paths = model_io.prepare_outputs(path, out, out.with_name(out.name + ".json"), force=False)
+    written = model_io.write_outputs(model, paths, lambda final, total: "{}", external_data=graph != "conv")
+    assert model_io.load(written[0]).graph.node(0).op_type == "Conv"
+    with pytest.raises(UsageError) as e:
+        model_io.load(undecodable(folder, b"\xffmissing.onnx"))
+    assert str(e.value).endswith("\\xffdir/\\xffmissing.onnx: no such file")
+    str(e.value).encode("utf-8")  # printable
+
+
+def test_checker_failure_under_a_path_that_is_not_utf8(tmp_path):
+    proto = test_graphs.build("conv").model
+    proto.graph.node[0].input[1] = "no_such_weight"
+    bad = undecodable(tmp_path, b"\xffbad.onnx")
+    onnx.save(proto, bad)
+    with pytest.raises(OnnxbcError, match=r"\\xffbad.onnx: fails onnx.checker"):
+        model_io.load(bad)
+    assert model_io.load(bad, check=False).graph.node(0).op_type == "Conv"
+    with pytest.raises(onnx.checker.ValidationError):
+        model_io.check_model_file(bad)
+    ext = test_graphs.save(test_graphs.build("external_data"), tmp_path / "ext.onnx")
+    with pytest.raises(UsageError, match="external data whose file name is not UTF-8; rename"):
+        model_io.check_model_file(ext.rename(undecodable(tmp_path, b"\xffext.onnx")))
