@@ -3,6 +3,8 @@
 Every rule has a stable ID, a profile and a one-line doc (``onnxbc check --list-rules``); it yields one
 finding per node or tensor that breaks it, a single line naming that node or tensor. Profiles:
 
+- ``model``: always run. The file can be read (else every other rule is skipped and ``onnxbc check`` exits
+  with 2, an unreadable file), and the model is quantized at all (a warning, not a failure, on a float model).
 - ``onnx``, ``qdq``: always run. onnx.checker, strict shape inference, the opset the Q/DQ types need, and
   well-formed QuantizeLinear/DequantizeLinear nodes (constant positive scales, matching zero points, axis and
   blocks consistent with the input, a Q and the DQ reading it agreeing).
@@ -12,9 +14,14 @@ finding per node or tensor that breaks it, a single line naming that node or ten
 - ``numerics`` (with ``--reference``): every float output within ``--max-error`` of the float model on data.
 
 Rules that read Q/DQ nodes run only when onnx.checker passes (a malformed node has no parts to read).
+A quantizer is a *weight* quantizer when its input is a build-time constant (possibly through Transpose,
+Reshape and the like): a DequantizeLinear of constant codes, or a QuantizeLinear of a constant float tensor
+and the DequantizeLinear reading it (the layout of TensorRT Model Optimizer and of ONNX Runtime's
+``AddQDQPairToWeight``); anything else quantizes an activation.
 Limits: Q/DQ nodes are found in the main graph, its subgraphs and model-local functions; TensorRT rules look
-at the Q/DQ nodes and their direct readers, not at what TensorRT fuses later; shapes come from the model's
-value info and ONNX shape inference, so checks that need an unknown dimension are left out for that node.
+at the Q/DQ nodes and the nodes reading their dequantized tensor, not at what TensorRT fuses later; shapes
+come from the model's value info and ONNX shape inference, so checks that need an unknown dimension are left
+out for that node.
 """
 
 from __future__ import annotations
@@ -35,10 +42,12 @@ from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.check_report import CheckReport, Finding, Rule, RuleResult, Status
 from onnxbc.compare import compare_sessions
-from onnxbc.errors import OnnxbcError, UsageError, one_line
+from onnxbc.errors import OnnxbcError, UsageError, display_path, one_line
 from onnxbc.options import CheckOptions, Target
-from onnxbc.passes.prepare import QUANTIZED_OPS
+from onnxbc.passes.graph_utils import constant_tensor
+from onnxbc.passes.prepare import QUANTIZED_OPS, quantized_nodes
 from onnxbc.progress import Stages
+from onnxbc.targets import CHAIN_OPS
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 INT4_TYPES = (ir.DataType.INT4, ir.DataType.UINT4)
@@ -59,12 +68,19 @@ HALF_SCALES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)  # scale types from op
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array when it is a build-time constant (an initializer that is not also an input, or a
-    Constant node's output); None otherwise."""
-    if value is None or value.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
+    """The value's array when it is a build-time constant (``graph_utils.constant_tensor``); None otherwise."""
+    tensor = constant_tensor(value)
     return None if tensor is None else tensor.numpy()
+
+
+def _is_constant(value: ir.Value | None) -> bool:
+    """A build-time constant, directly or through Transpose/Reshape/Squeeze/... of one (a weight's layout change)."""
+    while _const(value) is None:
+        producer = value.producer() if value is not None else None
+        if producer is None or producer.op_type not in CHAIN_OPS or not producer.inputs:
+            return False
+        value = producer.inputs[0]
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +129,12 @@ class QDQNode:
 
     @functools.cached_property
     def weight(self) -> bool:
-        """A DequantizeLinear of constant codes (a weight), rather than of an activation."""
-        return not self.is_q and _const(self.x) is not None
+        """Quantizes a weight rather than an activation: a DequantizeLinear of constant codes, a QuantizeLinear of
+        a constant float tensor, or the DequantizeLinear reading such a QuantizeLinear (float weight -> Q -> DQ)."""
+        producer = None if self.is_q else self.x.producer()
+        if producer is not None and producer.op_type == Q and producer.domain in ("", "ai.onnx") and producer.inputs:
+            return _is_constant(producer.inputs[0])
+        return _is_constant(self.x)
 
     @property
     def shape(self) -> tuple[int | None, ...] | None:
@@ -152,9 +172,10 @@ def _qdq_nodes(model: ir.Model) -> list[QDQNode]:
 class Subject:
     """The model under check and what the runtime rules need."""
 
-    model: ir.Model
+    model: ir.Model | None  # None when the file could not be read (load_error says why)
     options: CheckOptions
     path: Path | None = None  # the file the model was read from, if any
+    load_error: str | None = None
     data: CalibrationData | None = None
     reference: ir.Model | None = None
     stages: Stages = dataclasses.field(default_factory=lambda: Stages(enabled=False))
@@ -182,6 +203,14 @@ class Subject:
         producer = value.producer() if value is not None else None
         return self.by_node.get(producer) if producer is not None and producer.op_type == DQ else None
 
+    def readers(self, q: QDQNode) -> Iterator[tuple[ir.Node, int]]:
+        """The nodes (and input indices) reading the float tensor a quantized site comes back as: a DQ's readers;
+        for a Q, the readers of every DQ that reads it."""
+        dequantizers = [q] if not q.is_q else [d for n, _ in q.node.outputs[0].uses() if (d := self.by_node.get(n))]
+        for dq in dequantizers:
+            if not dq.is_q:
+                yield from dq.node.outputs[0].uses()  # (node, input index) pairs
+
 
 def _producer_op(value: ir.Value | None) -> str | None:
     producer = value.producer() if value is not None else None
@@ -202,6 +231,24 @@ def _show(array: np.ndarray) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# model rules
+
+
+def _loaded(s: Subject) -> Iterator[Finding]:
+    if s.load_error is not None:
+        yield Finding(s.load_error)
+
+
+def _quantized(s: Subject) -> Iterator[Finding]:
+    if not quantized_nodes(s.model):
+        yield Finding(
+            "no QuantizeLinear/DequantizeLinear nor other quantized op (QLinear*, *Integer, MatMulNBits, ...) in "
+            "the model: it is a float model, nothing is quantized",
+            failed=False,
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
 # onnx and qdq rules
 
 
@@ -215,8 +262,8 @@ def _shape_inference(s: Subject) -> Iterator[Finding]:
 
 def _onnx_checker(s: Subject, full_check: bool) -> Iterator[Finding]:
     try:
-        if s.path is not None:  # the file itself: external data next to it, any size
-            onnx.checker.check_model(s.path, full_check=full_check)
+        if s.path is not None:  # the file itself: external data next to it, any size, any path
+            model_io.check_model_file(s.path, full_check=full_check)
         elif model_io.has_external_tensors(s.model):  # the checker opens the data files: write them out
             with model_io.ort_source(s.model) as source:
                 onnx.checker.check_model(source, full_check=full_check)
@@ -368,7 +415,7 @@ def _trt_int4(s: Subject) -> Iterator[Finding]:
         elif q.shape is not None and q.normalized_axis() not in (len(q.shape) - 2, len(q.shape) - 1):
             yield Finding(f"{q.label}: int4 blocks along axis {q.axis}, not one of the last two of {list(q.shape)}")
         else:
-            for reader, _ in q.node.outputs[0].uses():
+            for reader, _ in s.readers(q):
                 quantized_inputs = [s.dequantized(v) for v in reader.inputs]
                 if any(d is not None and not d.weight for d in quantized_inputs):
                     yield Finding(
@@ -394,7 +441,7 @@ def _trt_channel_axis(s: Subject) -> Iterator[Finding]:
     for q in s.sites:
         if not (q.weight and q.per_axis):
             continue
-        for reader, index in q.node.outputs[0].uses():
+        for reader, index in s.readers(q):
             if reader.op_type in want and index == 1 and q.normalized_axis() != want[reader.op_type]:
                 yield Finding(
                     f"{q.label}: per-channel weight of {reader.op_type} '{reader.name}' on axis {q.axis}, "
@@ -468,6 +515,22 @@ def _numerics(s: Subject) -> Iterator[Finding]:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(
+        "model.load",
+        "model",
+        "the model file can be read: it exists and parses as ONNX, with its external data files",
+        _loaded,
+        needs_checker=False,
+        exit_code=2,
+    ),
+    Rule(
+        "model.quantized",
+        "model",
+        "the model has Q/DQ or other quantized ops (warns on a float model: nothing is quantized)",
+        _quantized,
+        needs_checker=False,
+        warns=True,
+    ),
     Rule("onnx.checker", "onnx", "onnx.checker accepts the model", _checker, needs_checker=False),
     Rule("onnx.shape-inference", "onnx", "strict ONNX shape inference with type checks succeeds", _shape_inference),
     Rule(
@@ -549,21 +612,25 @@ def run_rules(subject: Subject, *, runtime: bool = True) -> tuple[RuleResult, ..
     """Run every rule that applies to ``subject`` (``runtime=False``: only the static ones)."""
     options = subject.options
     results: list[RuleResult] = []
-    checker_failed = False
+    failed: set[str] = set()
     for rule in RULES:
-        reason = _skip_reason(rule, options, runtime, checker_failed)
+        reason = _skip_reason(rule, options, runtime, failed)
         if reason:
             results.append(RuleResult(rule, Status.SKIPPED, reason=reason))
             continue
         start = time.perf_counter()
         findings = tuple(rule.check(subject))
-        status = Status.FAILED if any(f.failed for f in findings) else Status.PASSED
+        if any(f.failed for f in findings):
+            status = Status.FAILED
+        else:
+            status = Status.WARNED if rule.warns and findings else Status.PASSED
         results.append(RuleResult(rule, status, findings, seconds=time.perf_counter() - start))
-        checker_failed |= rule.id == "onnx.checker" and status is Status.FAILED
+        if status is Status.FAILED:
+            failed.add(rule.id)
     return tuple(results)
 
 
-def _skip_reason(rule: Rule, options: CheckOptions, runtime: bool, checker_failed: bool) -> str | None:
+def _skip_reason(rule: Rule, options: CheckOptions, runtime: bool, failed: set[str]) -> str | None:
     if rule.id in options.ignore:
         return "ignored (--ignore)"
     if rule.profile == "tensorrt" and options.target is not Target.TENSORRT:
@@ -574,25 +641,39 @@ def _skip_reason(rule: Rule, options: CheckOptions, runtime: bool, checker_faile
         return "runtime rule: compress ran the model in ONNX Runtime already"
     if rule.profile == "numerics" and options.reference is None:
         return "no --reference"
-    if rule.needs_checker and checker_failed:
+    if "model.load" in failed:
+        return "model.load failed"
+    if rule.needs_checker and "onnx.checker" in failed:
         return "onnx.checker failed"
     return None
 
 
 def check(model_path: str | Path, options: CheckOptions | None = None, *, stages: Stages | None = None) -> CheckReport:
-    """Check a model file against every rule that applies (``onnxbc check``)."""
+    """Check a model file against every rule that applies (``onnxbc check``).
+
+    A model file that cannot be read is a report too (rule ``model.load`` failed, every other rule skipped, exit
+    code 2), so that CI finds one; bad options, and a --reference or --data that cannot be read, raise UsageError.
+    """
     options = options or CheckOptions()
     unknown = sorted(options.ignore - set(RULE_IDS))
     if unknown:
         raise UsageError(f"--ignore: no rule '{unknown[0]}' (onnxbc check --list-rules lists them)")
-    model = _load(Path(model_path))
-    subject = Subject(model, options, Path(model_path), stages=stages or Stages(enabled=False))
+    if "model.load" in options.ignore:
+        raise UsageError("--ignore: model.load cannot be ignored (no rule can run on a model that cannot be read)")
+    path = Path(model_path)
+    stages = stages or Stages(enabled=False)
+    try:
+        model = _load(path)
+    except OnnxbcError as e:  # missing, not a file, not ONNX, truncated, external data missing
+        subject = Subject(None, options, path, load_error=one_line(e), stages=stages)
+        return CheckReport(display_path(path), options, run_rules(subject))
+    subject = Subject(model, options, path, stages=stages)
     if options.reference is not None:
         subject.reference = model_io.load(options.reference)
     if options.data is not None:
         subject.data = open_data(options.data, input_specs(model))
     ShapeInferencePass(strict_mode=False)(model)  # ranks for the axis and block checks, where onnx can infer them
-    return CheckReport(str(model_path), options, run_rules(subject))
+    return CheckReport(display_path(path), options, run_rules(subject))
 
 
 def require(model: ir.Model, target: Target) -> None:
@@ -610,12 +691,6 @@ def require(model: ir.Model, target: Target) -> None:
 
 
 def _load(path: Path) -> ir.Model:
-    try:
-        return model_io.load(path)
-    except UsageError:
-        raise
-    except OnnxbcError as e:  # fails onnx.checker: read it anyway, the onnx.checker rule says why
-        try:
-            return ir.load(path)
-        except Exception:
-            raise e from None
+    """The model as model_io reads it (any path, external data), without onnx.checker: the onnx.checker rule
+    says what the checker finds."""
+    return model_io.load(path, check=False)

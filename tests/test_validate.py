@@ -110,6 +110,89 @@ def matmul_int4(block_size=64, axis=0, scale_rows=2, quantize_input=False, codes
     return g.model([tensor("x", [2, 128])], [tensor("y", [2, 16])], opset)
 
 
+# TensorRT Model Optimizer's int8 layout (modelopt.onnx.quantization.int8: ONNX Runtime's quantize_static in QDQ
+# format with per_channel=True and the options AddQDQPairToWeight, ActivationSymmetric, QuantizeBias=False,
+# QDQOpTypePerChannelSupportToAxis {Conv: 0, ConvTranspose: 1}): the weight stays a float initializer and is
+# read through a QuantizeLinear -> DequantizeLinear pair with one scale per output channel; Q and DQ share their
+# scale and zero point initializers; activations are int8 per tensor with zero point 0; biases stay float.
+MODELOPT_LAYERS = {
+    # layer: (x shape, float weight shape, per-channel axis of the weight, y shape)
+    "Conv": ([1, 8, 6, 6], (4, 8, 3, 3), 0, [1, 4, 4, 4]),
+    "Gemm": ([2, 16], (8, 16), 0, [2, 8]),  # transB=1 (torch's nn.Linear): W is [out, in]
+    "MatMul": ([2, 16], (16, 8), 1, [2, 8]),  # W is [in, out]: one scale per column
+    "Gemm/transposed": ([2, 16], (16, 8), 0, [2, 8]),  # transB=1 on Transpose(W [in, out]): a constant too
+    "Conv/Constant": ([1, 8, 6, 6], (4, 8, 3, 3), 0, [1, 4, 4, 4]),  # W is a Constant node's output
+}
+
+
+def modelopt_int8(
+    layer="Conv",
+    w_axis=None,
+    dq_w_axis=None,
+    w_zero_point=0,
+    w_codes=np.int8,
+    per_channel_activation=False,
+    w_scales=None,
+):
+    """x -> Q -> DQ -> layer(float W -> Q -> DQ, float bias) -> y, as TensorRT Model Optimizer writes int8."""
+    x_shape, w_shape, axis, y_shape = MODELOPT_LAYERS[layer]
+    w_axis = axis if w_axis is None else w_axis
+    g = Graph()
+    rng = np.random.default_rng(0)
+    channels = x_shape[1]
+    if per_channel_activation:  # one scale per input channel: not something TensorRT runs
+        x_scale = g.init("x_scale", np.linspace(0.01, 0.05, channels).astype(np.float32))
+        x_zero_point = g.init("x_zero_point", np.zeros(channels, np.int8))
+        attrs = {"axis": 1}
+    else:
+        x_scale, x_zero_point, attrs = g.init("x_scale", np.float32(0.05)), g.init("x_zero_point", np.int8(0)), {}
+    q = g.op("QuantizeLinear", ["x", x_scale, x_zero_point], "x_QuantizeLinear_Output", **attrs)
+    x = g.op("DequantizeLinear", [q, x_scale, x_zero_point], "x_DequantizeLinear_Output", **attrs)
+    w_array = rng.normal(0, 0.1, w_shape).astype(np.float32)
+    if layer == "Conv/Constant":
+        w = g.op("Constant", [], "W", value=numpy_helper.from_array(w_array))
+    else:
+        w = g.init("W", w_array)
+    if layer == "Gemm/transposed":
+        w, w_shape = g.op("Transpose", [w], "W_transposed", perm=[1, 0]), w_shape[::-1]
+    w_scale = g.init("W_scale", np.full(w_scales or w_shape[w_axis], 0.002, np.float32))
+    w_zp = g.init("W_zero_point", np.full(g.inits[w_scale].shape, w_zero_point, w_codes))
+    q = g.op("QuantizeLinear", [w, w_scale, w_zp], "W_QuantizeLinear_Output", axis=w_axis)
+    dq_axis = w_axis if dq_w_axis is None else dq_w_axis
+    w = g.op("DequantizeLinear", [q, w_scale, w_zp], "W_DequantizeLinear_Output", axis=dq_axis)
+    out_channels = y_shape[1]
+    b = g.init("B", np.full(out_channels, 0.1, np.float32))
+    if layer.startswith("Conv"):
+        g.op("Conv", [x, w, b], "y", kernel_shape=[3, 3])
+    elif layer.startswith("Gemm"):
+        g.op("Gemm", [x, w, b], "y", transB=1)
+    else:
+        g.op("Add", [g.op("MatMul", [x, w], "xw"), b], "y")
+    return g.model([tensor("x", x_shape)], [tensor("y", y_shape)], opset=13)
+
+
+def q_dq_int4_weight(quantize_input):
+    """x[2, 128] @ DQ(Q(float W [128, 16], int4, blocks of 64 along axis 0)): an int4 weight as a Q/DQ pair."""
+    g = Graph()
+    w = g.init("W", np.random.default_rng(0).normal(0, 0.1, (128, 16)).astype(np.float32))
+    scale = g.init("W_scale", np.full((2, 16), 0.02, np.float32))
+    zero_point = g.init("W_zero_point", np.zeros((2, 16), ml_dtypes.int4))
+    q = g.op("QuantizeLinear", [w, scale, zero_point], "W_q", axis=0, block_size=64)
+    w = g.op("DequantizeLinear", [q, scale, zero_point], "W_dq", axis=0, block_size=64)
+    x = "x"
+    if quantize_input:
+        s, z = g.init("x_scale", np.float32(0.05)), g.init("x_zero_point", np.int8(0))
+        x = g.op("DequantizeLinear", [g.op("QuantizeLinear", ["x", s, z], "x_q"), s, z], "x_dq")
+    g.op("MatMul", [x, w], "y")
+    return g.model([tensor("x", [2, 128])], [tensor("y", [2, 16])])
+
+
+def float_model():
+    g = Graph()
+    g.op("Gemm", ["x", g.init("W", np.ones((8, 16), np.float32)), g.init("B", np.zeros(8, np.float32))], "y", transB=1)
+    return g.model([tensor("x", [2, 16])], [tensor("y", [2, 8])], opset=13)
+
+
 def concat(same_scale):
     """Two quantized branches -> Concat: TensorRT wants one scale for both."""
     g = Graph()
@@ -146,8 +229,10 @@ def scale_input(bad):
     return model
 
 
-# rule id -> (builder(bad) -> model, target, text the failure names)
+# rule id -> (builder(bad) -> model (or the file's bytes), target, text the failure (or warning) names)
 CASES = {
+    "model.load": (lambda bad: b"\x08\x07garbage" if bad else conv(), ORT, "not a readable ONNX model"),
+    "model.quantized": (lambda bad: float_model() if bad else conv(), TRT, "nothing is quantized"),
     "onnx.checker": (missing_input, ORT, "nowhere"),
     "onnx.shape-inference": (
         lambda bad: conv(y_shape=(1, 5, 4, 4) if bad else (1, 4, 4, 4)),
@@ -179,6 +264,43 @@ CASES = {
     "ort.session": (unknown_op, ORT, "Frobnicate"),
     "qdq.scale/run-time": (scale_input, ORT, "'x_run_time_scale' of QuantizeLinear 'x_q' is computed at run time"),
     "trt.int4/per-channel": (lambda bad: matmul_int4(block_size=0 if bad else 128, scale_rows=1), TRT, "block_size 0"),
+    # TensorRT Model Optimizer's layout (float weight -> Q -> DQ): the weight's Q/DQ pair is a weight quantizer
+    "trt.scale/modelopt": (
+        lambda bad: modelopt_int8(per_channel_activation=bad),
+        TRT,
+        "QuantizeLinear 'x_QuantizeLinear_Output': per-channel scale on activation 'x_QuantizeLinear_Output'",
+    ),
+    "trt.scale/modelopt-gemm": (
+        lambda bad: modelopt_int8("Gemm", per_channel_activation=bad),
+        TRT,
+        "per-channel scale on activation 'x_QuantizeLinear_Output'",
+    ),
+    "trt.channel-axis/modelopt": (
+        lambda bad: modelopt_int8(w_axis=1 if bad else 0),
+        TRT,
+        "QuantizeLinear 'W_QuantizeLinear_Output': per-channel weight of Conv 'y' on axis 1, needs axis 0",
+    ),
+    "trt.zero-point/modelopt": (
+        lambda bad: modelopt_int8("MatMul", w_zero_point=1 if bad else 0),
+        TRT,
+        "zero point 'W_zero_point' of QuantizeLinear 'W_QuantizeLinear_Output' is [1, 1, 1, 1, ...], not 0",
+    ),
+    "trt.uint8/modelopt": (
+        lambda bad: modelopt_int8(w_codes=np.uint8 if bad else np.int8),
+        TRT,
+        "QuantizeLinear 'W_QuantizeLinear_Output' makes uint8 weight 'W_QuantizeLinear_Output'",
+    ),
+    "qdq.pair/modelopt": (
+        lambda bad: modelopt_int8("Gemm", dq_w_axis=1 if bad else 0),
+        ORT,
+        "QuantizeLinear 'W_QuantizeLinear_Output' and DequantizeLinear 'W_DequantizeLinear_Output'",
+    ),
+    "qdq.axis/modelopt": (
+        lambda bad: modelopt_int8("Conv", w_scales=8 if bad else 4),
+        ORT,
+        "'W_QuantizeLinear_Output': 8 scales along axis 0, where the input has 4",
+    ),
+    "trt.int4/q-dq-weight": (q_dq_int4_weight, TRT, "int4 weight read by MatMul 'y'"),
 }
 
 
@@ -190,21 +312,84 @@ def rule_result(report, rule_id):
     return next(r for r in report.results if r.rule.id == rule_id)
 
 
+def save(model_or_bytes, path):
+    if isinstance(model_or_bytes, bytes):
+        path.write_bytes(model_or_bytes)
+    else:
+        onnx.save(model_or_bytes, path)
+    return path
+
+
 @pytest.mark.parametrize("bad", [False, True], ids=["passing", "failing"])
 @pytest.mark.parametrize("case", CASES)
 def test_rule(tmp_path, case, bad):
     build, target, named = CASES[case]
-    path = tmp_path / "model.onnx"
-    onnx.save(build(bad), path)
+    path = save(build(bad), tmp_path / "model.onnx")
     result = rule_result(
         validate.check(path, CheckOptions(target=target, device=onnxbc.Device.CPU)), case.split("/")[0]
     )
     if bad:
-        assert result.status is Status.FAILED, result
-        assert named in result.failures[0].message, result.failures
+        assert result.status is (Status.WARNED if result.rule.warns else Status.FAILED), result
+        assert named in result.findings[0].message, result.findings
         assert all("\n" not in f.message for f in result.findings)
     else:
         assert result.status is Status.PASSED, result.findings
+
+
+@pytest.mark.parametrize("layer", MODELOPT_LAYERS)
+def test_modelopt_int8_layout_passes_tensorrt(tmp_path, layer):
+    """TensorRT Model Optimizer's own int8 output passes --target tensorrt: its float weights quantized by a Q/DQ
+    pair with per-channel scales are weights, not activations."""
+    path = save(modelopt_int8(layer), tmp_path / "modelopt.onnx")
+    report = validate.check(path, CheckOptions(target=TRT))
+    assert report.passed, report.to_text()
+    statuses = {r.rule.id: r.status for r in report.results}
+    assert all(statuses[i] is Status.PASSED for i in validate.RULE_IDS if i.startswith(("model.", "qdq.", "trt."))), (
+        report.to_text()
+    )
+    r = onnxbc_cli("check", path, "--target", "tensorrt")
+    assert r.exit_code == 0 and "ok    trt.scale" in r.stdout, r.stdout
+
+
+def test_modelopt_options_on_onnxruntime_quantize_static_pass_tensorrt(tmp_path):
+    """The real thing: ONNX Runtime's quantize_static with the options TensorRT Model Optimizer passes it."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    for name in ("conv", "gemm", "matmul_add"):
+        graph = test_graphs.build(name)
+        float_path = test_graphs.save(graph, tmp_path / f"{name}.onnx")
+
+        class Reader(CalibrationDataReader):
+            def __init__(self, graph):
+                self.feeds = iter([graph.feeds(4, seed) for seed in range(2)])
+
+            def get_next(self):
+                return next(self.feeds, None)
+
+        out = tmp_path / f"{name}.modelopt.onnx"
+        ort_quantize_static(
+            str(float_path),
+            str(out),
+            Reader(graph),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={
+                "QuantizeBias": False,
+                "ActivationSymmetric": True,
+                "AddQDQPairToWeight": True,
+                "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},
+                "DedicatedQDQPair": False,
+                "ForceQuantizeNoInputCheck": True,
+                "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm", "MatMul", "Add", "Relu"],
+            },
+        )
+        quantizers = [n for n in onnx.load(out).graph.node if n.op_type == "QuantizeLinear"]
+        assert any(n.input[0].endswith("weight") for n in quantizers), name  # the layout: float weight -> Q -> DQ
+        report = validate.check(out, CheckOptions(target=TRT))
+        assert report.passed, report.to_text()
 
 
 def test_shape_checks_read_inferred_ranks(tmp_path):
@@ -331,10 +516,10 @@ def test_json_report_follows_the_documented_schema(failing, tmp_path):
     assert set(report) == {"schema", "tool_version", "model", "target", "options", "passed", "summary", "rules"}
     assert report["schema"] == "onnxbc.check/1" and report["passed"] is False and report["target"] == "tensorrt"
     assert [rule["id"] for rule in report["rules"]] == list(validate.RULE_IDS)
-    assert report["summary"] == {"passed": 13, "failed": 3, "skipped": 2}
+    assert report["summary"] == {"passed": 15, "warned": 0, "failed": 3, "skipped": 2}
     for rule in report["rules"]:
         assert set(rule) == {"id", "profile", "doc", "status", "reason", "seconds", "findings"}
-        assert rule["status"] in ("passed", "failed", "skipped")
+        assert rule["status"] in ("passed", "warned", "failed", "skipped")
         assert (rule["reason"] is not None) == (rule["status"] == "skipped")
         for finding in rule["findings"]:
             assert set(finding) == {"message", "failed", "metrics"}
@@ -342,7 +527,7 @@ def test_json_report_follows_the_documented_schema(failing, tmp_path):
     assert set(failed) == {"trt.zero-point", "trt.uint8", "trt.float-bias"}
     assert len(failed["trt.uint8"]) == 2
     documented = (Path(__file__).parents[1] / "docs" / "check-schema.md").read_text()
-    for field in (*report, *report["rules"][0], "message", "failed", "metrics"):
+    for field in (*report, *report["summary"], *report["rules"][0], "message", "failed", "metrics"):
         assert f"`{field}`" in documented, field
 
 
@@ -363,12 +548,12 @@ def test_junit_report_is_junit_xml(failing, tmp_path):
     assert [c.get("name") for c in skipped] == ["ort.session", "numerics"]
     assert [c.get("name") for c in failures] == ["trt.zero-point", "trt.uint8", "trt.float-bias"]
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == (
-        "18",
+        "20",
         "3",
         "2",
         "0",
     )
-    assert root.get("tests") == "18" and root.get("failures") == "3"
+    assert root.get("tests") == "20" and root.get("failures") == "3"
     uint8 = failures[1].find("failure")
     assert uint8.get("type") == "trt.uint8" and "x_quantize" in uint8.get("message")
     assert len(uint8.text.splitlines()) == 2
@@ -377,7 +562,8 @@ def test_junit_report_is_junit_xml(failing, tmp_path):
 
 def test_text_report_and_exit_codes(failing, tmp_path):
     ok = onnxbc_cli("check", failing, "--target", "onnxruntime", "--device", "cpu")
-    assert ok.exit_code == 0 and ok.stdout.strip().endswith("PASSED: 9 passed, 0 failed, 9 skipped"), ok.stdout
+    assert ok.exit_code == 0, ok.stdout
+    assert ok.stdout.strip().endswith("PASSED: 11 passed, 0 warned, 0 failed, 9 skipped")
     bad = onnxbc_cli("check", failing, "--target", "tensorrt")
     assert bad.exit_code == 1
     assert (
@@ -401,7 +587,7 @@ def test_text_report_and_exit_codes(failing, tmp_path):
     assert onnxbc_cli("check").exit_code == 2
 
 
-def test_unreadable_model_is_a_usage_error_and_checker_failure_a_rule(tmp_path):
+def test_unreadable_model_exits_2_and_checker_failure_is_a_rule(tmp_path):
     (tmp_path / "text.onnx").write_text("hello")
     assert onnxbc_cli("check", tmp_path / "text.onnx").exit_code == 2
     onnx.save(missing_input(True), tmp_path / "broken.onnx")
