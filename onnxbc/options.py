@@ -1,4 +1,9 @@
-"""Typed options of every command: enums and frozen dataclasses, validated once on construction."""
+"""Typed options of every command: enums and frozen dataclasses, validated once on construction.
+
+``CompressOptions`` is one flat record, but each field's metadata says its group (``OptionGroup``), its flag
+and whether data-free mode reads it, so the checks by mode are data: ``--data-free`` with any option it
+ignores set is a usage error naming the flags.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,12 @@ import enum
 import functools
 import typing
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from onnxbc.errors import UsageError
+
+if TYPE_CHECKING:
+    from onnxbc.policy import Policy
 
 
 class WeightType(str, enum.Enum):
@@ -109,42 +118,102 @@ class DataOptions:
             raise UsageError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
 
 
+class OptionGroup(str, enum.Enum):
+    """What part of the work an option of ``compress`` steers (``dataclasses.field`` metadata "group")."""
+
+    WEIGHTS = "weights"
+    ACTIVATIONS = "activations"
+    COMPENSATION = "compensation"
+    BUDGET = "budget"  # mixed precision: each weight's bits chosen under a size budget
+    DATA_FREE = "data_free"
+    RUNTIME = "runtime"  # where calibration runs and the runtime the output is written for
+
+
+def _option(
+    default: Any, group: OptionGroup, flag: str, *, data_free: bool | tuple, by_mode: dict | None = None
+) -> Any:
+    """A ``CompressOptions`` field and its metadata: ``group``; ``flag``, the command-line option
+    (``--on/--off`` for switches); ``data_free``, whether ``onnxbc.datafree`` reads it, or the values it
+    reads (from its code: any other option set to a non-default value with ``--data-free`` is a usage error);
+    ``by_mode``, the default of a field given as None, by ``data_free`` (False / True)."""
+    metadata = {"group": group, "flag": flag, "data_free": data_free}
+    if by_mode is not None:
+        metadata["by_mode"] = by_mode
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_W, _A, _C, _B, _D, _R = (
+    OptionGroup.WEIGHTS,
+    OptionGroup.ACTIVATIONS,
+    OptionGroup.COMPENSATION,
+    OptionGroup.BUDGET,
+    OptionGroup.DATA_FREE,
+    OptionGroup.RUNTIME,
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class CompressOptions:
-    """Everything ``compress`` needs besides the model and the data."""
+    """Everything ``compress`` needs besides the model and the data, one flat record (``options.weights``);
+    each field's group, flag and data-free use are its metadata (``option_groups``, ``flag_of``)."""
 
-    weights: WeightType = WeightType.INT8
-    activations: ActivationType = ActivationType.INT8
-    block_size: int = 0
-    per_tensor_weights: bool = False
-    reduce_range: bool = False
-    weight_range: RangeMethod = RangeMethod.AUTO
-    activation_range: RangeMethod = RangeMethod.MSE
-    percentile: float = 99.99
-    bias_correction: BiasCorrection = BiasCorrection.INDEPENDENT
-    bias_shape: BiasShape = BiasShape.CHANNEL
-    quantize_attention: bool = True
-    smoothing: bool = True
-    device: Device = Device.AUTO
-    target: Target = Target.ONNXRUNTIME
-    opset: int | None = None
-    data_free: bool = False  # DF-MPC + data-free bias correction, no calibration data (onnxbc.datafree)
-    next_weights: WeightType = WeightType.INT8  # --data-free: the layer after each compensated low-bit layer
-    # Mixed precision (onnxbc.precision): a budget picks each weight's bits among the candidates.
-    avg_bits: float | None = None
-    max_size: int | None = None  # bytes of the written model file
-    candidates: tuple[int, ...] = CANDIDATE_BITS
-    price_compensated: bool = True  # price each candidate by its error left after bias compensation
-    price_measured: bool = True  # scale the prices to the model output by running each weight's candidates
-    block_candidates: tuple[int, ...] = ()  # --max-size: blocks to choose from (0: per channel)
-    policy: Path | None = None  # per-layer overrides (onnxbc.policy)
-    rounding: Rounding = Rounding.NEAREST
-    scheme: str = "uniform"  # a solvers.schemes.Scheme value, or "auto" (per layer, least output error)
-    emulate: bool = False  # allow schemes that are not integer codes x scale (written as float weights)
-    int32_bias: bool = False  # Conv/Gemm biases as int32 codes + DequantizeLinear (passes.bias_int32)
+    # weights
+    weights: WeightType = _option(WeightType.INT8, _W, "--weights", data_free=True)
+    block_size: int = _option(0, _W, "--block-size", data_free=True)
+    per_tensor_weights: bool = _option(False, _W, "--per-tensor-weights/--no-per-tensor-weights", data_free=True)
+    reduce_range: bool = _option(False, _W, "--reduce-range/--no-reduce-range", data_free=True)
+    weight_range: RangeMethod = _option(RangeMethod.AUTO, _W, "--weight-range", data_free=True)
+    rounding: Rounding = _option(Rounding.NEAREST, _W, "--rounding", data_free=False)
+    # a solvers.schemes.Scheme value, or "auto" (per layer, least output error)
+    scheme: str = _option("uniform", _W, "--scheme", data_free=False)
+    # allow schemes that are not integer codes x scale (written as float weights)
+    emulate: bool = _option(False, _W, "--emulate/--no-emulate", data_free=False)
+    policy: Path | None = _option(None, _W, "--policy", data_free=False)  # per-layer overrides (onnxbc.policy)
+    # activations (None: int8, or none with data_free: data-free mode is weight-only)
+    activations: ActivationType | None = _option(
+        None, _A, "--activations", data_free=False, by_mode={False: ActivationType.INT8, True: ActivationType.NONE}
+    )
+    activation_range: RangeMethod = _option(RangeMethod.MSE, _A, "--activation-range", data_free=False)
+    # for --weight-range/--activation-range percentile (data-free reads it with --weight-range percentile)
+    percentile: float = _option(99.99, _A, "--percentile", data_free=True)
+    quantize_attention: bool = _option(True, _A, "--quantize-attention/--no-quantize-attention", data_free=False)
+    smoothing: bool = _option(True, _A, "--smoothing/--no-smoothing", data_free=False)
+    # compensation (data-free: none or independent, from BatchNormalization statistics)
+    bias_correction: BiasCorrection = _option(
+        BiasCorrection.INDEPENDENT,
+        _C,
+        "--bias-correction",
+        data_free=(BiasCorrection.NONE, BiasCorrection.INDEPENDENT),  # no data to refit on: no sequential
+    )
+    bias_shape: BiasShape = _option(BiasShape.CHANNEL, _C, "--bias-shape", data_free=False)
+    # budget: mixed precision (onnxbc.precision) picks each weight's bits among the candidates
+    avg_bits: float | None = _option(None, _B, "--avg-bits", data_free=False)
+    max_size: int | None = _option(None, _B, "--max-size", data_free=False)  # bytes of the written model file
+    candidates: tuple[int, ...] = _option(CANDIDATE_BITS, _B, "--candidates", data_free=False)
+    # price each candidate by its error left after bias compensation
+    price_compensated: bool = _option(True, _B, "--compensated-prices/--raw-prices", data_free=False)
+    # scale the prices to the model output by running each weight's candidates
+    price_measured: bool = _option(True, _B, "--measured-prices/--closed-form-prices", data_free=False)
+    # --max-size: blocks to choose from (0: per channel)
+    block_candidates: tuple[int, ...] = _option((), _B, "--block-candidates", data_free=False)
+    # data-free: DF-MPC + data-free bias correction, no calibration data (onnxbc.datafree)
+    data_free: bool = _option(False, _D, "--data-free/--no-data-free", data_free=True)
+    # --data-free: the layer after each compensated low-bit layer, and the unpaired layers
+    next_weights: WeightType = _option(WeightType.INT8, _D, "--next-weights", data_free=True)
+    # runtime and output
+    device: Device = _option(Device.AUTO, _R, "--device", data_free=False)  # data-free never runs the model
+    target: Target = _option(Target.ONNXRUNTIME, _R, "--target", data_free=True)
+    opset: int | None = _option(None, _R, "--opset", data_free=True)
+    # Conv/Gemm biases as int32 codes + DequantizeLinear (passes.bias_int32)
+    int32_bias: bool = _option(False, _R, "--int32-bias/--no-int32-bias", data_free=False)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None and "by_mode" in f.metadata:
+                object.__setattr__(self, f.name, f.metadata["by_mode"][bool(self.data_free)])
         _coerce_enums(self)
+        if self.data_free:
+            self._check_data_free()
         self._check_mixed_precision()
         if self.data_free and self.weights is WeightType.NONE:
             raise UsageError("--data-free needs quantized weights: --weights int2|int3|int4|int8")
@@ -175,6 +244,27 @@ class CompressOptions:
                 raise UsageError("TensorRT runs int4 weights only weight-only: add --activations none")
         if self.opset is not None and not 13 <= self.opset <= 25:
             raise UsageError(f"--opset must be between 13 and 25, got {self.opset}")
+        if self.policy is not None and not self.data_free:
+            _check_policy(self)
+
+    def _check_data_free(self) -> None:
+        """``onnxbc.datafree`` reads only the fields marked ``data_free`` (weights, next_weights, the weight
+        scale layout and range, bias_correction none|independent, target, opset); any other set to a value
+        other than its data-free default would be silently ignored: a usage error naming the flags."""
+        ignored = []
+        for f in dataclasses.fields(self):
+            value, reads = getattr(self, f.name), f.metadata["data_free"]
+            if (reads is False and value != _default(f, data_free=True)) or (
+                isinstance(reads, tuple) and value not in reads
+            ):
+                ignored.append(flag_of(f.name, value))
+        if self.percentile != _FIELDS["percentile"].default and self.weight_range is not RangeMethod.PERCENTILE:
+            ignored.append("--percentile (without --weight-range percentile)")
+        if ignored:
+            raise UsageError(
+                f"--data-free ignores {', '.join(ignored)}: drop {'it' if len(ignored) == 1 else 'them'} "
+                f"(data-free mode reads {', '.join(_data_free_flags())})"
+            )
 
     def _check_mixed_precision(self) -> None:
         from onnxbc.solvers.schemes import Scheme  # here: solvers import nothing from options, keep it so
@@ -192,8 +282,6 @@ class CompressOptions:
             raise UsageError(f"--max-size must be a positive size, got {self.max_size}")
         if self.budget and self.weights is WeightType.NONE:
             raise UsageError("--avg-bits/--max-size choose weight bits: they need quantized weights")
-        if self.budget and self.data_free:
-            raise UsageError("--avg-bits/--max-size need calibration data (they price layers on it), not --data-free")
         if self.block_candidates:
             if self.max_size is None:
                 raise UsageError(
@@ -247,6 +335,61 @@ class CompressOptions:
         return 13
 
 
+_FIELDS = {f.name: f for f in dataclasses.fields(CompressOptions)}
+
+
+def option_groups() -> dict[OptionGroup, tuple[str, ...]]:
+    """``CompressOptions`` field names by group, in declaration order."""
+    return {g: tuple(name for name, f in _FIELDS.items() if f.metadata["group"] is g) for g in OptionGroup}
+
+
+def flag_of(name: str, value: Any = None) -> str:
+    """The command-line spelling of ``CompressOptions.<name>`` set to ``value``: the side of a switch
+    (``--no-smoothing``), an enum, string or path with its value (``--bias-correction sequential``), else the
+    flag."""
+    flag = _FIELDS[name].metadata["flag"]
+    if "/" in flag:
+        on, off = flag.split("/")
+        return on if value or value is None else off
+    if isinstance(value, enum.Enum):
+        return f"{flag} {value.value}"
+    if isinstance(value, (str, Path)):
+        return f"{flag} {value}"
+    return flag
+
+
+def _default(f: dataclasses.Field, data_free: bool) -> Any:
+    return f.metadata["by_mode"][data_free] if "by_mode" in f.metadata else f.default
+
+
+def _data_free_flags() -> list[str]:
+    flags = []
+    for name, f in _FIELDS.items():
+        reads = f.metadata["data_free"]
+        if name == "data_free" or reads is False:
+            continue
+        flag = flag_of(name)
+        flags.append(f"{flag} {'|'.join(v.value for v in reads)}" if isinstance(reads, tuple) else flag)
+    return flags
+
+
+def _check_policy(options: CompressOptions) -> None:
+    """Read ``--policy`` now, so that a bad file or a budget the flags contradict stops before any work."""
+    try:
+        stat = Path(options.policy).stat()
+    except OSError:
+        stat = None  # load_policy says why it cannot read it
+    stamp = (stat.st_mtime_ns, stat.st_size) if stat is not None else None
+    _load_policy(str(options.policy), stamp).check_flags(options)
+
+
+@functools.lru_cache(maxsize=8)  # options are rebuilt often (dataclasses.replace): read each file version once
+def _load_policy(path: str, stamp: tuple[int, int] | None) -> Policy:
+    from onnxbc.policy import load_policy  # here: policy imports this module
+
+    return load_policy(path)
+
+
 class ErrorMetric(str, enum.Enum):
     """How far a model's output is from a reference output (``onnxbc check --metric``).
 
@@ -293,7 +436,7 @@ def _coerce_enums(options: object) -> None:
     that the pipeline compares by identity; an unknown value is a UsageError naming the option."""
     for field, kind in _enum_fields(type(options)).items():
         value = getattr(options, field)
-        if not isinstance(value, kind):
+        if value is not None and not isinstance(value, kind):
             try:
                 object.__setattr__(options, field, kind(value))
             except ValueError:
@@ -304,5 +447,9 @@ def _coerce_enums(options: object) -> None:
 @functools.cache
 def _enum_fields(cls: type) -> dict[str, type[enum.Enum]]:
     """The fields of dataclass ``cls`` typed with one enum (options are built often: resolved once)."""
-    hints = typing.get_type_hints(cls)
-    return {k: t for k, t in hints.items() if isinstance(t, type) and issubclass(t, enum.Enum)}
+    fields = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]  # X | None: X
+        if len(kinds) == 1 and isinstance(kinds[0], type) and issubclass(kinds[0], enum.Enum):
+            fields[name] = kinds[0]
+    return fields

@@ -23,8 +23,11 @@ Schema (TOML)::
 Each rule has exactly one of ``name`` (exact) or ``pattern`` (regex). Rules apply in file order; a later rule
 overrides the fields it sets for the layers it matches, so put general patterns first and exceptions after.
 A layer matched by no rule is left to the automatic choice. ``bits`` is 2, 3, 4 or 8; ``avg_bits`` and
-``max_size`` are exclusive. Errors are ``UsageError``s of one line naming the file, the rule and the problem;
-a rule that matches no layer is only a warning (``Policy.resolve``), since layer names are known late.
+``max_size`` are exclusive, and a budget on the command line must agree with the policy's (``--avg-bits`` with
+the same value, no ``--max-size`` beside ``avg_bits``): ``CompressOptions`` checks that when it is built. Errors
+are ``UsageError``s of one line naming the file, the rule and the problem; a rule that matches no layer is only
+a warning (``Policy.resolve``), since layer names are known late. YAML needs PyYAML (a dependency of onnxbc),
+imported only when a YAML policy is read.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxbc.errors import UsageError
-from onnxbc.options import Rounding
+from onnxbc.options import CompressOptions, Rounding, WeightType
 from onnxbc.solvers.schemes import Scheme
 
 BITS = (2, 3, 4, 8)
@@ -96,6 +99,38 @@ class Policy:
             for n in hits:
                 overrides[n] = _apply(overrides.get(n, LayerOverride()), rule)
         return overrides, warnings
+
+    def check_flags(self, options: CompressOptions) -> None:
+        """The command line must agree with this policy's budget: another budget, another value of the same
+        one, candidates that cannot reach it or unquantized weights are a usage error naming the file and the
+        flag (``CompressOptions`` calls this when it is built, before any work)."""
+        if self.avg_bits is None and self.max_size is None:
+            return
+        key, flag = ("avg_bits", "--avg-bits") if self.avg_bits is not None else ("max_size", "--max-size")
+        mine = _budget_text(key, getattr(self, key))
+        for other_key, other_flag in (("avg_bits", "--avg-bits"), ("max_size", "--max-size")):
+            given = getattr(options, other_key)
+            if given is None:
+                continue
+            if other_key != key:
+                raise UsageError(
+                    f"{self.source} sets the budget {key} = {mine}, and {other_flag} sets another: "
+                    f"drop {other_flag} or the policy's {key}"
+                )
+            if given != getattr(self, key):
+                raise UsageError(
+                    f"{self.source} sets {key} = {mine}, but {flag} {_budget_text(key, given)} contradicts it: "
+                    f"drop {flag} or make them agree"
+                )
+        if options.weights is WeightType.NONE:
+            raise UsageError(f"{self.source} sets the budget {key}, which chooses weight bits: not with --weights none")
+        low, high = min(options.candidates), max(options.candidates)
+        if self.avg_bits is not None and not low <= self.avg_bits <= high:
+            raise UsageError(f"{self.source}: avg_bits = {mine} is outside the range of --candidates [{low}, {high}]")
+
+
+def _budget_text(key: str, value: float) -> str:
+    return f"{value:g}" if key == "avg_bits" else f"{value} bytes"
 
 
 def _apply(current: LayerOverride, rule: LayerRule) -> LayerOverride:

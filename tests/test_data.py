@@ -114,3 +114,113 @@ def test_data_options_are_validated():
         DataOptions(path="x.npz", random=True)
     with pytest.raises(UsageError, match="--samples"):
         DataOptions(path="x.npz", samples=0)
+
+
+# A recurrent-style step model: a sequence batched on a dynamic axis 0 beside states of fixed shape.
+RECURRENT_SPECS = [
+    InputSpec("input", np.dtype(np.float32), ("sequence_length", 576)),
+    InputSpec("h", np.dtype(np.float32), (1, 1, 128)),
+    InputSpec("c", np.dtype(np.float32), (1, 1, 128)),
+]
+
+
+def test_random_data_keeps_each_inputs_rank_when_inputs_are_not_all_batched():
+    data = open_data(DataOptions(random=True, samples=8, batch_size=4), RECURRENT_SPECS)
+    feeds = list(data.batches("all"))
+    assert len(feeds) == 8 and not data.batched and data.batch_size == 1  # one sample per run, never split
+    assert all(f["input"].shape == (1, 576) and f["h"].shape == f["c"].shape == (1, 1, 128) for f in feeds)
+    assert not np.array_equal(feeds[0]["h"], feeds[1]["h"])
+
+
+def test_random_scalar_inputs_are_whole_feeds():
+    specs = [InputSpec("x", np.dtype(np.float32), ("N", 4)), InputSpec("t", np.dtype(np.int64), ())]
+    feeds = list(open_data(DataOptions(random=True, samples=3), specs).batches("all"))
+    assert [(f["x"].shape, f["t"].shape) for f in feeds] == [((1, 4), ())] * 3
+
+
+def test_batched_and_whole_arrays_mix_in_one_file(tmp_path):
+    x = np.arange(5 * 576, dtype=np.float32).reshape(5, 576)
+    states = np.ones((5, 1, 1, 128), np.float32)
+    np.savez(tmp_path / "d.npz", input=x, h=states, c=2 * states)
+    data, feeds = batches(tmp_path / "d.npz", RECURRENT_SPECS, holdout_fraction=0.0)
+    assert len(feeds) == 5 and not data.batched
+    assert all(f["input"].shape == (1, 576) and f["h"].shape == (1, 1, 128) for f in feeds)
+    np.testing.assert_array_equal(feeds[3]["input"], x[3:4])
+
+
+def test_a_fixed_batch_is_never_split_and_fixed_sizes_must_agree(tmp_path):
+    specs = [InputSpec("x", np.dtype(np.float32), (2, 3)), InputSpec("y", np.dtype(np.float32), (2, 4))]
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 3), np.float32), y=np.zeros((6, 4), np.float32))
+    data, feeds = batches(tmp_path / "d.npz", specs, holdout_fraction=0.0)
+    assert not data.batched and [f["x"].shape for f in feeds] == [(2, 3)] * 3  # the collector keeps them whole
+    specs[1] = InputSpec("y", np.dtype(np.float32), (3, 4))
+    np.savez(tmp_path / "e.npz", x=np.zeros((6, 3), np.float32), y=np.zeros((6, 4), np.float32))
+    with pytest.raises(UsageError, match="inputs 'x' and 'y' have different fixed sizes on axis 0 \\(2 and 3\\)"):
+        open_data(DataOptions(path=tmp_path / "e.npz"), specs)
+    np.savez(tmp_path / "f.npz", x=np.zeros((6, 3), np.float32), y=np.zeros((6, 3, 4), np.float32))
+    with pytest.raises(UsageError, match="'x' is batched with a fixed batch of 2 while 'y' holds whole feeds"):
+        open_data(DataOptions(path=tmp_path / "f.npz"), specs)
+
+
+def _recurrent_model(path, lstm: bool):
+    """input [sequence_length, 576], h and c [1, 1, 128] -> a MatMul on the input plus h and c (or an LSTM
+    step on it) -> a MatMul."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    hidden = 128
+    inits = [numpy_helper.from_array(rng.standard_normal((hidden, 64)).astype(np.float32) * 0.1, "W2")]
+    if lstm:
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, 576)).astype(np.float32) * 0.05, "W"),
+            numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32) * 0.05, "R"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis"),
+        ]
+        nodes = [
+            helper.make_node("Unsqueeze", ["input", "axis"], ["x3"]),
+            helper.make_node("LSTM", ["x3", "W", "R", "", "", "h", "c"], ["y", "state"], hidden_size=hidden),
+            helper.make_node("MatMul", ["state", "W2"], ["out"]),
+        ]
+        out_shape = [1, 1, 64]
+    else:
+        inits.append(numpy_helper.from_array(rng.standard_normal((576, hidden)).astype(np.float32) * 0.05, "W"))
+        nodes = [
+            helper.make_node("MatMul", ["input", "W"], ["mm"]),
+            helper.make_node("Add", ["mm", "h"], ["with_h"]),
+            helper.make_node("Add", ["with_h", "c"], ["state"]),
+            helper.make_node("MatMul", ["state", "W2"], ["out"]),
+        ]
+        out_shape = [1, "sequence_length", 64]
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, ["sequence_length", 576]),
+        helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, hidden]),
+        helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 1, hidden]),
+    ]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)]
+    graph = helper.make_graph(nodes, "recurrent_step", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["matmul_add_states", "lstm"])
+def test_compress_with_random_data_on_a_model_not_batched_on_axis0(tmp_path, lstm):
+    import onnxruntime as ort
+
+    import onnxbc
+
+    path = _recurrent_model(tmp_path / "step.onnx", lstm)
+    result = onnxbc.compress(
+        path,
+        tmp_path / "step.q.onnx",
+        data=DataOptions(random=True, samples=8),
+        options=onnxbc.CompressOptions(device="cpu"),
+    )
+    assert result.report.data["batch_size"] == 1 and result.report.data["fit_samples"] > 0
+    quantized = [r.name for r in result.report.layers if r.status == "quantized"]
+    assert len(quantized) == (1 if lstm else 2)
+    session = ort.InferenceSession(str(result.output), providers=["CPUExecutionProvider"])
+    feeds = {"input": np.ones((3, 576), np.float32), "h": np.zeros((1, 1, 128), np.float32)}
+    (out,) = session.run(None, {**feeds, "c": feeds["h"]})
+    assert out.shape == ((1, 1, 64) if lstm else (1, 3, 64)) and np.isfinite(out).all()

@@ -1,11 +1,13 @@
 """Policy files: parsing, one-line errors naming file/rule/problem, resolution order, report round trip."""
 
+import re
 import sys
+from pathlib import Path
 
 import pytest
 
 from onnxbc.errors import UsageError
-from onnxbc.options import Rounding
+from onnxbc.options import CompressOptions, Rounding, WeightType
 from onnxbc.policy import LayerOverride, load_policy, parse_policy, policy_from_report, toml_string
 from onnxbc.solvers.schemes import Scheme
 
@@ -120,14 +122,89 @@ def test_yaml_without_pyyaml_says_what_to_do(tmp_path, monkeypatch):
     path.write_text("layer:\n  - name: a\n    bits: 4\n")
     with pytest.raises(UsageError, match=r"policy\.yaml: YAML policies need PyYAML \(pip install pyyaml\)"):
         load_policy(path)
+    (tmp_path / "policy.toml").write_text('[[layer]]\nname = "a"\nbits = 4\n')
+    assert load_policy(tmp_path / "policy.toml").rules[0].bits == 4  # TOML never imports yaml
+
+
+def test_pyyaml_is_a_dependency():
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert any(re.match(r"pyyaml\b", d, re.IGNORECASE) for d in pyproject["project"]["dependencies"])
 
 
 def test_yaml_with_pyyaml(tmp_path):
-    pytest.importorskip("yaml")
+    """PyYAML is a dependency (pyproject.toml): a YAML policy loads, with the same schema as TOML."""
     path = tmp_path / "policy.yml"
-    path.write_text("avg_bits: 3\nlayer:\n  - pattern: 'encoder\\..*'\n    bits: 3\n")
-    overrides, _ = load_policy(path).resolve(LAYERS)
-    assert overrides["encoder.1.fc2"].bits == 3
+    path.write_text(
+        "avg_bits: 3\n"
+        "layer:\n"
+        "  - pattern: 'encoder\\..*'\n"
+        "    bits: 3\n"
+        "  - name: lm_head\n"
+        "    bits: 8\n"
+        "    rounding: gptq\n"
+        "  - name: classifier\n"
+        "    skip: true\n"
+    )
+    policy = load_policy(path)
+    overrides, warnings = policy.resolve(LAYERS)
+    assert policy.avg_bits == 3.0 and warnings == []
+    assert overrides["encoder.1.fc2"] == LayerOverride(bits=3, rules=(1,))
+    assert overrides["lm_head"] == LayerOverride(bits=8, rounding=Rounding.GPTQ, rules=(2,))
+    assert overrides["classifier"].skip
+    path.write_text("layer: [name: a\n")
+    with pytest.raises(UsageError, match=r"policy\.yml: not valid YAML"):
+        load_policy(path)
+
+
+@pytest.mark.parametrize(
+    "policy, flags, message",
+    [
+        ("avg_bits = 4", {"max_size": 10**6}, r"p\.toml sets the budget avg_bits = 4, and --max-size sets another"),
+        ("avg_bits = 4", {"avg_bits": 5.0}, r"p\.toml sets avg_bits = 4, but --avg-bits 5 contradicts it"),
+        ('max_size = "1MB"', {"avg_bits": 4.0}, r"p\.toml sets the budget max_size = 1000000 bytes, and --avg-bits"),
+        (
+            "max_size = 1000",
+            {"max_size": 2000},
+            r"p\.toml sets max_size = 1000 bytes, but --max-size 2000 bytes contradicts",
+        ),
+        (
+            "avg_bits = 3",
+            {"candidates": (4, 8)},
+            r"p\.toml: avg_bits = 3 is outside the range of --candidates \[4, 8\]",
+        ),
+        ("avg_bits = 4", {"weights": WeightType.NONE}, r"p\.toml sets the budget avg_bits.*not with --weights none"),
+    ],
+)
+def test_a_budget_the_flags_contradict_is_a_usage_error(tmp_path, monkeypatch, policy, flags, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.toml").write_text(policy)
+    with pytest.raises(UsageError, match=message) as info:
+        CompressOptions(policy="p.toml", **flags)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+
+
+def test_a_budget_the_flags_agree_with_is_taken(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("avg_bits = 4")
+    assert CompressOptions(policy=path).policy == path
+    assert CompressOptions(policy=path, avg_bits=4.0, candidates=(2, 4, 8)).avg_bits == 4.0
+    path.write_text('max_size = "1MB"')
+    assert CompressOptions(policy=path, max_size=10**6).max_size == 10**6
+    path.write_text("[[layer]\n")  # a broken policy fails when the options are built, before any work
+    with pytest.raises(UsageError, match="not valid TOML"):
+        CompressOptions(policy=path)
+
+
+def test_cli_refuses_a_contradicted_policy_before_reading_the_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from onnxbc.cli import app
+
+    (tmp_path / "p.toml").write_text("avg_bits = 4\n")
+    args = ["compress", str(tmp_path / "missing.onnx"), "--random-data", "--policy", str(tmp_path / "p.toml")]
+    r = CliRunner().invoke(app, [*args, "--max-size", "2MB"])
+    assert r.exit_code == 2 and "p.toml sets the budget avg_bits = 4, and --max-size sets another" in r.output
+    assert "missing.onnx" not in r.output
 
 
 def _report(layers):
@@ -165,7 +242,7 @@ def test_toml_string_round_trips(text):
 
 
 def test_yaml_goes_through_the_same_validation(tmp_path, monkeypatch):
-    """With a stand-in for PyYAML (not installed here): parsed data is validated like TOML."""
+    """With a stand-in for PyYAML: parsed data is validated like TOML."""
     import types
 
     fake = types.ModuleType("yaml")

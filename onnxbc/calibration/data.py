@@ -5,9 +5,19 @@ Accepted ``--data`` paths:
 - ``.npz``: one array per model input, keyed by input name; axis 0 counts samples. Arrays whose rank
   is the input's rank are batched along axis 0; arrays with one extra leading axis hold whole feeds,
   one per sample (for inputs not batched on axis 0, such as recurrent state ``[2, batch, 128]``).
+  The two layouts may be mixed (a sequence ``[N, 576]`` beside states ``[N, 1, 1, 128]``): then each run
+  takes one sample, the batched arrays sliced to one row (their axis 0 must be dynamic or 1).
 - ``.npy``: the same, for a model with a single input.
 - a folder of ``.npz``/``.npy`` files (read one at a time, in name order), or of ONNX
   ``test_data_set_*`` folders (``input_*.pb``, each folder one whole feed), or one such folder itself.
+
+``--random-data`` follows the same two layouts: an input whose axis 0 is dynamic is batched along it; an
+input whose axis 0 is fixed (or a scalar) gets one whole feed per sample, so a model with both runs one
+sample per run. Every other dimension must be fixed.
+
+A batch is split into smaller runs (``CalibrationData.batched``) only when every input is batched on a
+dynamic axis 0 (or one fixed to 1): concatenating or slicing along an axis that is not a batch would change
+a feed's shape.
 
 Everything is checked against the model's inputs before any work starts (names, dtypes, ranks, fixed
 dimensions, sample counts); non-finite values are refused when a file is read. The last
@@ -44,6 +54,11 @@ class InputSpec:
         d = self.shape[0]
         return d if isinstance(d, int) else None
 
+    @property
+    def batchable(self) -> bool:
+        """Samples can be stacked along axis 0: it exists and is dynamic (unknown ranks are taken as batched)."""
+        return self.shape is None or (len(self.shape) > 0 and self.batch_dim is None)
+
     def describe(self) -> str:
         dims = "?" if self.shape is None else ",".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.dtype.name}[{dims}]"
@@ -68,7 +83,7 @@ class _Chunk:
 
     source: str
     count: int
-    whole_feeds: bool  # True: each sample is a complete feed; False: batch along axis 0
+    whole: frozenset[str]  # inputs whose arrays hold one complete feed per sample; the others batch along axis 0
     load: Callable[[], dict[str, np.ndarray]]
 
 
@@ -86,16 +101,27 @@ class CalibrationData:
         self.n_holdout = min(int(round(self.total * options.holdout_fraction)), self.total - 1)
         self.n_fit = self.total - self.n_holdout
         self.batch_size = options.batch_size
-        fixed = {s.batch_dim for s in specs if s.batch_dim is not None}
-        if fixed:
-            # A model with a fixed batch (often 1) takes exactly that many samples per run.
-            self.batch_size = fixed.pop()
         self._chunks = chunks
+        batched = [s for s in specs if any(s.name not in c.whole for c in chunks)]
+        fixed = {s.batch_dim: s.name for s in batched if s.batch_dim is not None}
+        if len(fixed) > 1:
+            (a, first), (b, second) = list(fixed.items())[:2]
+            raise UsageError(
+                f"inputs '{first}' and '{second}' have different fixed sizes on axis 0 ({a} and {b}): "
+                "they cannot both be batched on it; give whole feeds (one extra leading axis per sample)"
+            )
+        self._fixed_batch = next(iter(fixed), None)
+        if self._fixed_batch is not None:
+            # A model with a fixed batch (often 1) takes exactly that many samples per run.
+            self.batch_size = self._fixed_batch
+        elif all(c.whole for c in chunks):
+            self.batch_size = 1  # whole feeds: one sample per run
 
     @property
     def batched(self) -> bool:
-        """True when feeds are batches along axis 0 (they may be split); False for whole feeds."""
-        return not any(c.whole_feeds for c in self._chunks)
+        """True when every feed is a batch along axis 0 that may be split into smaller runs; False when
+        some input takes whole feeds or a fixed batch of more than 1 (one feed per run, as it is)."""
+        return not any(c.whole for c in self._chunks) and self._fixed_batch in (None, 1)
 
     def count_batches(self, split: str) -> int:
         return sum(1 for _ in self._ranges(split))
@@ -106,19 +132,15 @@ class CalibrationData:
         for chunk_index, start, stop in self._ranges(split):
             if loaded is None or loaded[0] != chunk_index:
                 loaded = (chunk_index, self._load(self._chunks[chunk_index]))
-            arrays = loaded[1]
-            chunk = self._chunks[chunk_index]
-            if chunk.whole_feeds:
-                yield {k: np.asarray(a[start]) for k, a in arrays.items()}
-            else:
-                yield {k: a[start:stop] for k, a in arrays.items()}
+            whole = self._chunks[chunk_index].whole
+            yield {k: np.asarray(a[start]) if k in whole else a[start:stop] for k, a in loaded[1].items()}
 
     def _ranges(self, split: str) -> Iterator[tuple[int, int, int]]:
         lo, hi = {"fit": (0, self.n_fit), "holdout": (self.n_fit, self.total), "all": (0, self.total)}[split]
         offset = 0
         for i, chunk in enumerate(self._chunks):
             start, stop = max(lo - offset, 0), min(hi - offset, chunk.count)
-            step = 1 if chunk.whole_feeds else self.batch_size
+            step = 1 if chunk.whole else self.batch_size
             for s in range(start, stop, step):
                 yield i, s, min(s + step, stop)
             offset += chunk.count
@@ -192,17 +214,30 @@ def _array_chunk(path: Path, specs: list[InputSpec]) -> tuple[_Chunk, list[str]]
     missing = [s.name for s in specs if s.name not in header]
     if missing:
         raise UsageError(f"{path}: no array for model input '{missing[0]}' (it has: {', '.join(header) or 'nothing'})")
-    modes, counts = set(), set()
+    whole, counts = set(), set()
     for spec in specs:
         shape, dtype = header[spec.name]
-        modes.add(_check_array(path, spec, shape, dtype))
+        if _check_array(path, spec, shape, dtype):
+            whole.add(spec.name)
         counts.add(shape[0] if shape else 0)
-    if len(modes) > 1:
-        raise UsageError(f"{path}: some arrays are batched on axis 0 and others hold whole feeds; use one layout")
     if len(counts) > 1:
         raise UsageError(f"{path}: arrays hold different numbers of samples ({sorted(counts)})")
+    _check_mixed(path, specs, whole)
     extra = [k for k in header if k not in {s.name for s in specs}]
-    return _Chunk(str(path), counts.pop(), modes.pop(), load), extra
+    return _Chunk(str(path), counts.pop(), frozenset(whole), load), extra
+
+
+def _check_mixed(source: Path | str, specs: list[InputSpec], whole: set[str]) -> None:
+    """Whole feeds beside batched arrays: one sample per run, so a batched input must take one row."""
+    if not whole:
+        return
+    for spec in specs:
+        if spec.name not in whole and spec.batch_dim not in (None, 1):
+            raise UsageError(
+                f"{source}: input '{spec.name}' is batched with a fixed batch of {spec.batch_dim} while "
+                f"'{sorted(whole)[0]}' holds whole feeds (one sample per run): give '{spec.name}' whole feeds too "
+                f"(shape [N, {spec.batch_dim}, ...])"
+            )
 
 
 def _check_array(path: Path, spec: InputSpec, shape: tuple[int, ...], dtype: np.dtype) -> bool:
@@ -290,32 +325,33 @@ def _pb_chunk(folder: Path, specs: list[InputSpec]) -> _Chunk:
                 f"{folder}: input '{spec.name}': the model expects {spec.describe()}, the data has shape {array.shape}"
             )
         arrays[spec.name] = array[None]
-    return _Chunk(str(folder), 1, True, lambda: arrays)
+    return _Chunk(str(folder), 1, frozenset(arrays), lambda: arrays)
 
 
 def _random_chunk(specs: list[InputSpec], options: DataOptions) -> _Chunk:
-    """Standard-normal floats and small non-negative integers; only fixed dims besides the batch."""
+    """Standard-normal floats and small non-negative integers. An input with a dynamic axis 0 is batched
+    along it; any other input (fixed axis 0, scalar) gets whole feeds of its own shape. Every other
+    dimension must be fixed: there is no size to guess for it."""
     shapes = {}
     for spec in specs:
         if spec.shape is None:
             raise UsageError(f"input '{spec.name}' has an unknown rank: random data needs a known shape; pass --data")
-        dims = list(spec.shape)
-        batched = spec.batch_dim is None
-        for axis, d in enumerate(dims[1:] if batched else dims, start=1 if batched else 0):
+        batched = spec.batchable
+        for axis, d in enumerate(spec.shape[1:] if batched else spec.shape, start=1 if batched else 0):
             if not isinstance(d, int):
                 raise UsageError(
                     f"input '{spec.name}' has a dynamic dimension '{d}' at axis {axis}: "
                     "random data needs fixed sizes; pass --data"
                 )
-        shapes[spec.name] = (dims[1:], batched)
+        shapes[spec.name] = tuple(spec.shape[1:] if batched else spec.shape)
+    whole = frozenset(s.name for s in specs if not s.batchable)
     n = options.samples
 
     def load() -> dict[str, np.ndarray]:
         rng = np.random.default_rng(options.seed)
         out = {}
         for spec in specs:
-            dims, batched = shapes[spec.name]
-            shape = (n, *dims) if batched else (n, *spec.shape)
+            shape = (n, *shapes[spec.name])
             if np.issubdtype(spec.dtype, np.floating):
                 out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
             elif spec.dtype == np.bool_:
@@ -324,5 +360,4 @@ def _random_chunk(specs: list[InputSpec], options: DataOptions) -> _Chunk:
                 out[spec.name] = rng.integers(0, 100, shape).astype(spec.dtype)
         return out
 
-    whole = any(s.batch_dim is not None for s in specs)
     return _Chunk("random data", n, whole, load)
