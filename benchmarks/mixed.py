@@ -555,17 +555,11 @@ def compensation_note(comp: Mapping[str, Any]) -> str:
     """What the report says compensation did: the variant onnxbc kept and its held-out error."""
     if "output_rel_mse_without" not in comp:
         return ""
-    errors = {
-        "without_compensation": comp["output_rel_mse_without"],
-        "with_compensation": comp["output_rel_mse_with"],
-        **comp.get("alternatives", {}),
-    }
-    chosen = comp.get("chosen", "with_compensation" if comp.get("applied") else "without_compensation")
-    if chosen == "without_compensation":
-        return (
-            f"compensation dropped (held-out rel. MSE {errors[chosen]:.3g}; with it {errors['with_compensation']:.3g})"
-        )
-    return f"kept `{chosen}`: held-out rel. MSE {errors['without_compensation']:.3g} -> {errors[chosen]:.3g}"
+    errors, chosen = comp["candidates"], comp["chosen"]
+    if not comp["applied"]:
+        with_ = comp["output_rel_mse_with"]
+        return f"compensation dropped (held-out rel. MSE {errors[chosen]:.3g}; with it {with_:.3g})"
+    return f"kept `{chosen}`: held-out rel. MSE {comp['output_rel_mse_without']:.3g} -> {errors[chosen]:.3g}"
 
 
 def _row_notes(row: dict) -> str:

@@ -10,43 +10,10 @@ Python API (the CLI does the same)::
 
 __version__ = "0.1.0"
 
+from onnxbc import options as _options
 from onnxbc.errors import OnnxbcError, UsageError
-from onnxbc.options import (
-    ActivationType,
-    BiasCorrection,
-    BiasShape,
-    CheckOptions,
-    CompressOptions,
-    DataOptions,
-    Device,
-    ErrorMetric,
-    OutputFormat,
-    RangeMethod,
-    Rounding,
-    Target,
-    WeightType,
-)
+from onnxbc.options import *  # noqa: F403 (the typed options are the API: options.__all__)
 from onnxbc.pipeline import CompressResult, compress
 from onnxbc.validate import check
 
-__all__ = [
-    "ActivationType",
-    "BiasCorrection",
-    "BiasShape",
-    "CheckOptions",
-    "CompressOptions",
-    "CompressResult",
-    "DataOptions",
-    "Device",
-    "ErrorMetric",
-    "OnnxbcError",
-    "OutputFormat",
-    "RangeMethod",
-    "Rounding",
-    "Target",
-    "UsageError",
-    "WeightType",
-    "__version__",
-    "check",
-    "compress",
-]
+__all__ = [*_options.__all__, "CompressResult", "OnnxbcError", "UsageError", "__version__", "check", "compress"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,7 @@ from rich.console import Console
 import onnxbc
 from onnxbc import datafree, inspection, validate
 from onnxbc.compare import compare_models
-from onnxbc.errors import OnnxbcError, UsageError
+from onnxbc.errors import OnnxbcError, UsageError, display_path
 from onnxbc.options import (
     ActivationType,
     BiasCorrection,
@@ -37,11 +38,14 @@ from onnxbc.options import (
 )
 from onnxbc.policy import parse_size
 from onnxbc.progress import Stages
+from onnxbc.solvers.schemes import Scheme
 
 # --activation-range offers RangeMethod without "auto" (which measures weight scales, not ranges)
 ActivationRange = enum.Enum(
     "ActivationRange", {m.name: m.value for m in RangeMethod if m is not RangeMethod.AUTO}, type=str
 )
+# --scheme offers the Scheme values and "auto" (CompressOptions.scheme keeps the string)
+SchemeChoice = enum.Enum("SchemeChoice", {**{s.name: s.value for s in Scheme}, "AUTO": "auto"}, type=str)
 
 app = typer.Typer(
     name="onnxbc",
@@ -52,24 +56,36 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # long lines: the terminal wraps them, rich would fold numbers
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging, and a traceback on errors.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and the output path.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or tables: print only warnings, errors and the output path.")
+]
 
 
-class _LowercaseLevel(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        record.levelname = record.levelname.lower()
-        return super().format(record)
+class _StderrHandler(logging.Handler):
+    """Log records as ``warning: ...`` lines on stderr, through the console the progress bars draw on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))  # basicConfig would set its own otherwise
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            err.print(f"{record.levelname.lower()}: {self.format(record)}", markup=False)
+        except Exception:
+            self.handleError(record)
+
+
+def _warn(message: str) -> None:
+    err.print(f"warning: {message}", markup=False)
 
 
 @contextlib.contextmanager
 def _errors(verbose: bool) -> Iterator[None]:
-    """Turn errors into one line on stderr and the documented exit code."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(_LowercaseLevel("%(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, handlers=[handler], force=True)
+    """Turn errors into one line on stderr and the documented exit code; warnings go to stderr, also with -q."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.ERROR, handlers=[_StderrHandler()], force=True)
     logging.getLogger("onnxbc").setLevel(logging.DEBUG if verbose else logging.WARNING)
     try:
         yield
@@ -79,7 +95,7 @@ def _errors(verbose: bool) -> Iterator[None]:
         err.print(f"error: {e}", markup=False)  # messages hold brackets: shapes, extras
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        err.print("interrupted; nothing was written")
+        err.print("interrupted; nothing was written")  # outputs are renamed into place only once all are complete
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
@@ -109,11 +125,12 @@ def compress(
         ),
     ] = WeightType.INT8,
     activations: Annotated[
-        ActivationType,
+        ActivationType | None,
         typer.Option(
-            help="Activation precision; 'none' = weight-only; int16 and int4 (W4A4) run in ONNX Runtime only."
+            help="Activation precision; 'none' = weight-only; int16 and int4 (W4A4) run in ONNX Runtime only. "
+            "Default: int8, or none with --data-free (weight-only)."
         ),
-    ] = ActivationType.INT8,
+    ] = None,
     block_size: Annotated[
         int,
         typer.Option(help="0 = one scale per output channel; N = blocks of N input features (int4: 64/128; opset 21)."),
@@ -237,12 +254,11 @@ def compress(
         typer.Option(help="'gptq': error feedback from the input second moments (MatMul/Gemm weights)."),
     ] = Rounding.NEAREST,
     scheme: Annotated[
-        str,
+        SchemeChoice,
         typer.Option(
-            help="Weight quantizing scheme: uniform, affine, clipped, pow2, ternary, binary, fixed, "
-            "mul2q, residual (these two need --emulate), or auto (per weight, least output error)."
+            help="Weight quantizing scheme; mul2q and residual need --emulate; auto: per weight, least output error."
         ),
-    ] = "uniform",
+    ] = SchemeChoice.UNIFORM,
     emulate: Annotated[
         bool,
         typer.Option(help="Allow schemes that are not codes x scale, written as float weights (no smaller file)."),
@@ -296,12 +312,12 @@ def compress(
             block_candidates=_int_list(block_candidates, "--block-candidates") if block_candidates else (),
             policy=policy,
             rounding=rounding,
-            scheme=scheme,
+            scheme=scheme.value,
             emulate=emulate,
             int32_bias=int32_bias,
         )
-        if data_free and (data is not None or random_data):
-            raise UsageError("--data-free uses no calibration data: drop --data / --random-data")
+        if data_free:
+            _refuse_data_flags(data, random_data, samples, batch_size, holdout_fraction, seed)
         data_options = (
             None if data_free else DataOptions(data, samples, batch_size, random_data, holdout_fraction, seed)
         )
@@ -314,7 +330,25 @@ def compress(
             force=force,
             stages=Stages(not quiet, err),
         )
+        for warning in result.report.warnings:
+            _warn(warning)
         _print_result(result, quiet)
+
+
+def _refuse_data_flags(data, random_data, samples, batch_size, holdout_fraction, seed) -> None:
+    """--data-free reads no data: every data flag given with it is a usage error."""
+    default = DataOptions(random=True)
+    given = {
+        "--data": data is not None,
+        "--random-data": random_data,
+        "--samples": samples != default.samples,
+        "--batch-size": batch_size != default.batch_size,
+        "--holdout-fraction": holdout_fraction != default.holdout_fraction,
+        "--seed": seed != default.seed,
+    }
+    flags = [flag for flag, is_given in given.items() if is_given]
+    if flags:
+        raise UsageError(f"--data-free uses no calibration data: drop {', '.join(flags)}")
 
 
 def _int_list(text: str, flag: str, example: str = "0,128,64") -> tuple[int, ...]:
@@ -335,23 +369,22 @@ def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:
             out.print(line, markup=False)
     before, after = rep.input["bytes"], rep.output["bytes"]
     out.print(f"Wrote {result.output}: {_mb(before)} -> {_mb(after)} ({before / max(after, 1):.2f}x smaller)")
-    label = "with_compensation" if rep.compensation.get("applied") else "without_compensation"
+    comp = rep.compensation
     split = rep.outputs.get("evaluated_on", "holdout")
     n = rep.data["holdout_samples"] if split == "holdout" else rep.data["fit_samples"]
-    for name, m in rep.outputs.get(label, {}).items():
+    for name, m in rep.outputs.get(comp.get("chosen"), {}).items():  # the saved model's outputs
         top1 = f", top-1 agreement {m['top1_agreement']:.1%}" if m.get("top1_agreement") is not None else ""
         out.print(
             f"Output '{name}' vs FP32 on {n} {'held-out' if split == 'holdout' else 'calibration'} samples: "
-            f"rel. MSE {m['rel_mse']:.3e}, cosine {m['cosine']:.5f}{top1}"
+            f"rel. MSE {m['rel_mse']:.3e}, cosine {m['cosine']:.5f}{top1}",
+            markup=False,
         )
-    comp = rep.compensation
     if "output_rel_mse_with" in comp:
         verdict = "kept" if comp["applied"] else "dropped"
-        alternative = comp.get("chosen") in comp.get("alternatives", {})
-        after = comp["alternatives"][comp["chosen"]] if alternative else comp["output_rel_mse_with"]
-        how = " (with min-max weight scales everywhere, measured better)" if alternative else ""
         out.print(
-            f"Bias compensation {verdict}{how}: output rel. MSE {comp['output_rel_mse_without']:.3e} -> {after:.3e}"
+            f"Bias compensation {verdict}: output rel. MSE {comp['output_rel_mse_without']:.3e} without, "
+            f"{comp['output_rel_mse_with']:.3e} with; saved {comp['description']} ({comp['output_rel_mse']:.3e})",
+            markup=False,
         )
     out.print(f"Device: {rep.device}. Report: {result.report_path}")
 
@@ -395,7 +428,7 @@ def check(
     verbose: Verbose = False,
 ) -> None:
     """Check MODEL against the ONNX, QDQ and target rules (and the float model's outputs): exit 0 if all pass,
-    1 if any fails."""
+    1 if any fails, 2 if MODEL cannot be read (the report says so too) or an option is wrong."""
     with _errors(verbose):
         if list_rules:
             typer.echo(validate.list_rules())
@@ -403,7 +436,7 @@ def check(
         if model is None:
             raise UsageError("missing MODEL (or pass --list-rules)")
         if output is not None and not output.resolve().parent.is_dir():
-            raise UsageError(f"{output}: folder {output.resolve().parent} does not exist")
+            raise UsageError(f"{display_path(output)}: folder {display_path(output.resolve().parent)} does not exist")
         options = CheckOptions(
             target=target,
             device=device,
@@ -418,9 +451,13 @@ def check(
         if output is None:
             typer.echo(result.render(fmt))
         else:
-            output.write_text(result.render(fmt) + "\n")
+            result.write(fmt, output)
             typer.echo(result.summary() if quiet else result.to_text())
-        raise typer.Exit(0 if result.passed else 1)
+        text_on_stdout = fmt is OutputFormat.TEXT if output is None else not quiet
+        if not text_on_stdout:  # else the text report shows the warnings
+            for warning in result.warnings:
+                _warn(warning)
+        raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -451,10 +488,10 @@ def inspect(
         result.print(out if out.is_terminal else Console(highlight=False, width=160))  # files: no folding
         if plot is not None:
             inspection.plot(result, plot)
-            out.print(f"Wrote {plot}")
+            out.print(f"Wrote {display_path(plot)}", markup=False)
         if policy_out is not None:
             inspection.write_policy(path, policy_out, force=force)
-            out.print(f"Wrote {policy_out}")
+            out.print(f"Wrote {display_path(policy_out)}", markup=False)
 
 
 @app.command()
@@ -488,4 +525,7 @@ def version() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 prints escaped, never a crash
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     app(args=argv, prog_name="onnxbc")

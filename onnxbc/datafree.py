@@ -4,7 +4,8 @@ load -> prepare -> targets -> pairs (``onnxbc.pairs``) -> per pair: fold BatchNo
 layer, quantize it at ``--weights``, closed-form factors ``c`` (``solvers.dfmpc``) moved into the low
 layer's bias and the next layer's input channels -> quantize every other layer at ``--next-weights`` ->
 data-free bias correction of every layer whose input mean is modelled from BatchNormalization statistics
--> rewrite (``RescalePairsPass``, ``InsertQDQPass``, ``FoldBiasPass``) -> static checks -> save + report.
+-> rewrite (``RescalePairsPass``, ``InsertQDQPass``, ``FoldBiasPass``) -> static checks -> write model and
+report as one transaction. The front (output paths, load, prepare) and the back (write) are ``onnxbc.flow``'s.
 
 Precision: the low layer of each pair takes ``--weights``; every other layer (the next layers, and layers in
 no pair, which nothing compensates) takes ``--next-weights``. Weight-only: activation ranges need data.
@@ -19,33 +20,25 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx_ir as ir
 
-import onnxbc
-from onnxbc import model_io, validate
-from onnxbc.errors import OnnxbcError
+from onnxbc import flow, validate
+from onnxbc.errors import OnnxbcError, display_path
+from onnxbc.flow import CompressResult
 from onnxbc.options import BiasCorrection, CompressOptions, WeightType
 from onnxbc.pairs import Pair, batchnorm_params, find_pairs, input_mean
 from onnxbc.passes.dfmpc import PairEdit, RescalePairsPass
 from onnxbc.passes.fold_bias import FoldBiasPass
-from onnxbc.passes.prepare import prepare_passes
 from onnxbc.passes.qdq import InsertQDQPass
-from onnxbc.pipeline import CompressResult, default_report, refuse_quantized
 from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
 from onnxbc.progress import Stages
 from onnxbc.quantizers import unsupported_weight, weight_quant
+from onnxbc.records import skipped
 from onnxbc.report import LayerRecord, Report
 from onnxbc.solvers import dfmpc
 from onnxbc.solvers.quant import dequantize
 from onnxbc.targets import Target, Targets, find_targets, weight_array
 
 logger = logging.getLogger(__name__)
-
-
-def default_output(model_path: Path, options: CompressOptions) -> Path:
-    """``model.onnx`` -> ``model.df-w2w8.onnx`` (low-bit layers int2, the others int8)."""
-    high = "f" if options.next_weights is WeightType.NONE else str(options.next_weights.bits)
-    return model_path.with_name(f"{model_path.stem}.df-w{options.weights.bits}w{high}.onnx")
 
 
 @dataclasses.dataclass
@@ -77,27 +70,17 @@ def compress(
 ) -> CompressResult:
     """Quantize ``model`` data-free (see the module docstring) and write it and its report."""
     stages = stages or Stages(enabled=False)
-    model_path = Path(model)
-    out = model_io.check_output_path(model_path, output or default_output(model_path, options), force=force)
-    report_path = model_io.check_output_path(model_path, report or default_report(out), force=force)
-    rep = Report(tool_version=onnxbc.__version__, input={"path": str(model_path)})
-    rep.options = dataclasses.asdict(options)
+    run = flow.start(model, output, report, options=options, force=force, stages=stages)
+    rep = run.report
     rep.data = {"source": "none (--data-free)", "fit_samples": 0, "holdout_samples": 0, "random": False}
     rep.device = "none (data-free: the model is never run)"
-
-    working = model_io.load(model_path)
-    rep.input["bytes"] = model_io.file_bytes(model_path)
-    refuse_quantized(working, model_path)
-    rep.opset["before"] = working.opset_imports.get("", 0)
-    min_opset = max(options.required_opset, options.opset or 0, 19 if _half_floats(working) else 0)
-    working = prepare_passes(min_opset)(working).model
-    rep.opset["after"] = working.opset_imports.get("", 0)
+    working = flow.load_prepared(run, options.required_opset)
     targets = find_targets(working, quantize_attention=False)
     pairs, unused = find_pairs(working, targets)
     if not pairs:
         why = "; ".join(f"{u.low}: {u.reason}" for u in unused[:2]) or "no Conv/Gemm with a constant weight"
         raise OnnxbcError(
-            f"{model_path}: --data-free found no layer pair to compensate "
+            f"{display_path(run.source)}: --data-free found no layer pair to compensate "
             f"(Conv/Gemm -> [BatchNormalization] -> ReLU -> Conv/Gemm, single reader each): {why}"
         )
     compensate = options.bias_correction is not BiasCorrection.NONE
@@ -112,28 +95,19 @@ def compress(
             plan.biases[layer.target.name] = layer.bias
     edits = [_edit(p, layers) for p in pairs]
     names = {t.name: t.weight.source.name for t in targets.targets if t.weight is not None}
-    working = RescalePairsPass(edits)(working).model
-    working = InsertQDQPass(plan)(working).model
-    fold = FoldBiasPass(plan.biases)
-    working = fold(working).model
-    validate.require(working, options.target)
-    files = model_io.save(working, out, external_data=bool(model_io.external_data_files(model_path)) or None)
-
-    rep.output = {"path": str(out), "files": [str(f) for f in files], "bytes": model_io.file_bytes(out)}
+    with run.timer("rewrite"):
+        working = RescalePairsPass(edits)(working).model
+        working = InsertQDQPass(plan)(working).model
+        folded = FoldBiasPass(plan.biases)(working)
+    validate.require(folded.model, options.target)
     rep.compensation = _compensation_report(pairs, unused, layers, compensate)
-    rep.layers = _records(targets, layers, names, fold.sites)
+    rep.layers = _records(targets, layers, names, folded.sites)
     if not any(layer.pair is not None and layer.pair.batchnorm is not None for layer in layers.values()):
         rep.warnings.append(
             "no BatchNormalization in any pair (folded already): factors from the weights alone, "
             "no statistics for data-free bias correction"
         )
-    rep.write(report_path)
-    return CompressResult(out, report_path, rep)
-
-
-def _half_floats(model: ir.Model) -> bool:
-    half = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
-    return any(v.dtype in half for v in [*model.graph.inputs, *model.graph.initializers.values()])
+    return flow.write(run, folded.model)
 
 
 def _solve(
@@ -141,7 +115,8 @@ def _solve(
 ) -> dict[str, _Layer]:
     layers = {t.name: _Layer(t, weight_array(t.weight)) for t in targets.targets if t.weight is not None}
     low_options = dataclasses.replace(options, data_free=False)
-    high_options = dataclasses.replace(options, data_free=False, weights=options.next_weights)
+    high = options.next_weights  # none: the other layers stay float (no options to quantize them)
+    high_options = None if high is WeightType.NONE else dataclasses.replace(options, data_free=False, weights=high)
     for p in pairs:  # 1. low layers: fold BN, quantize, factors
         layer = layers[p.low.name]
         layer.role, layer.pair = "low", p
@@ -175,7 +150,7 @@ def _solve(
         group = targets.weights.get(layer.target.weight.source.name)
         if layer.role == "low" or group is None:
             continue
-        if options.next_weights is WeightType.NONE:
+        if high_options is None:
             layer.notes.append("--next-weights none: left float")
             continue
         unsupported = unsupported_weight(group, high_options)
@@ -323,7 +298,7 @@ def _records(
         elif layer is not None and layer.bias_skip:
             rec.bias = {"applied": False, "reason": layer.bias_skip}
         records.append(rec)
-    records.extend(LayerRecord(s.name, s.op, "other", "skipped", reason=s.reason) for s in targets.skipped)
+    records.extend(skipped(targets))
     return records
 
 

@@ -16,6 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 from onnxbc.errors import UsageError
 
+__all__ = [  # the public API re-exports these (onnxbc/__init__.py)
+    "ActivationType",
+    "BiasCorrection",
+    "BiasShape",
+    "CheckOptions",
+    "CompressOptions",
+    "DataOptions",
+    "Device",
+    "ErrorMetric",
+    "OutputFormat",
+    "RangeMethod",
+    "Rounding",
+    "Target",
+    "WeightType",
+]
+
 if TYPE_CHECKING:
     from onnxbc.policy import Policy
 
@@ -71,17 +87,24 @@ class RangeMethod(str, enum.Enum):
 
 
 class BiasCorrection(str, enum.Enum):
+    """How compensation biases are fitted (``onnxbc.compensation``): not at all, per layer on the float model's
+    inputs, or wave by wave on the compensated upstream model."""
+
     NONE = "none"
     INDEPENDENT = "independent"
     SEQUENTIAL = "sequential"
 
 
 class BiasShape(str, enum.Enum):
+    """A compensation bias per output channel (folds into the layer bias) or per output position."""
+
     CHANNEL = "channel"
     POSITION = "position"
 
 
 class Device(str, enum.Enum):
+    """Where ONNX Runtime runs the calibration: ``auto`` takes CUDA when it really starts."""
+
     AUTO = "auto"
     CUDA = "cuda"
     CPU = "cpu"
@@ -403,6 +426,8 @@ class ErrorMetric(str, enum.Enum):
 
 
 class OutputFormat(str, enum.Enum):
+    """``onnxbc check --format``: text for people, JSON and JUnit XML for CI."""
+
     TEXT = "text"
     JSON = "json"
     JUNIT = "junit"

@@ -8,7 +8,7 @@ A *variant* quantizes a few layers differently from the base plan:
 - ``smoothing``: an activation divided per channel before the layers that read it (``smoothing``).
 - ``uniform``: under a size budget, a weight at the uniform bit width that fits the budget instead of the bits
   the allocation gave it (``uniform_minmax``: with min-max scales); these are not chosen per layer but make
-  whole-model alternatives, checked end to end against the mixed model (``onnxbc.pipeline``).
+  whole-model candidates, checked end to end against the mixed model (``onnxbc.candidates``).
 
 Pass 2 runs every variant's shadows beside the base shadows. Each choice keeps the variant with the least
 error summed over the layers it changes, on held-out samples (on the fit samples when none are held out),
@@ -22,6 +22,7 @@ bundled CNN, scoring before it picked the scales that were worse end to end). A 
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import numpy as np
 import onnx_ir as ir
@@ -39,9 +40,16 @@ from onnxbc.targets import Target, Targets, weight_array
 MUL_GAIN = 0.9  # a smoothing that adds a Mul must cut its readers' error by at least 10 %
 
 
+class VariantKind(str, enum.Enum):
+    WEIGHT_RANGE = "weight_range"
+    SMOOTHING = "smoothing"
+    UNIFORM = "uniform"
+    UNIFORM_MINMAX = "uniform_minmax"
+
+
 @dataclasses.dataclass
 class Variant:
-    kind: str  # "weight_range" | "smoothing" | "uniform" | "uniform_minmax"
+    kind: VariantKind
     key: str  # the weight group or the activation it is about
     label: str  # "minmax", the smoothing alpha, or "uniform"
     plan: QuantPlan  # the changed layers, fully quantized
@@ -60,7 +68,7 @@ def weight_range_variants(
             continue
         minmax = _minmax(targets, base, options)
         if minmax is not None:
-            result.append(_weight_variant("weight_range", "minmax", targets, plan, minmax))
+            result.append(_weight_variant(VariantKind.WEIGHT_RANGE, "minmax", targets, plan, minmax))
     return result
 
 
@@ -75,10 +83,10 @@ def uniform_variants(
     for name, wq in weights.items():
         if not {t.name for t in targets.weights[name].targets} <= observed:
             return []
-        result.append(_weight_variant("uniform", "uniform", targets, plan, wq))
+        result.append(_weight_variant(VariantKind.UNIFORM, "uniform", targets, plan, wq))
         minmax = _minmax(targets, wq, options)
         if minmax is not None:
-            result.append(_weight_variant("uniform_minmax", "minmax", targets, plan, minmax))
+            result.append(_weight_variant(VariantKind.UNIFORM_MINMAX, "minmax", targets, plan, minmax))
     return result
 
 
@@ -91,7 +99,7 @@ def _minmax(targets: Targets, wq: WeightQuant, options: CompressOptions) -> Weig
     return weight_quant(group, weight_array(group), like(wq, options), method=RangeMethod.MINMAX, bits=wq.bits)
 
 
-def _weight_variant(kind: str, label: str, targets: Targets, plan: QuantPlan, wq: WeightQuant) -> Variant:
+def _weight_variant(kind: VariantKind, label: str, targets: Targets, plan: QuantPlan, wq: WeightQuant) -> Variant:
     """A variant with one weight quantized as ``wq``, its layers' inputs as in ``plan``."""
     group = targets.weights[wq.source]
     variant = QuantPlan(weights={wq.source: wq})
@@ -120,7 +128,7 @@ def smoothing_variants(
         if name not in plan.activations or not set(layers) <= observed:
             continue
         for alpha, variant in candidate_plans(name, axis, uses[name], probes[name], targets, plan, options).items():
-            result.append(Variant("smoothing", name, str(alpha), variant, layers))
+            result.append(Variant(VariantKind.SMOOTHING, name, str(alpha), variant, layers))
     return result
 
 
@@ -148,56 +156,50 @@ def score(probes: list[ErrorProbe], biased: set[str]) -> float:
     return float(total)
 
 
+def foldable(model: ir.Model, variants: list[Variant]) -> dict[str, bool]:
+    """Per smoothed activation: whether its division folds into its producer (else it costs a Mul)."""
+    values = {v.name: v for v in main_values(model.graph)}
+    result = {}
+    for v in variants:
+        if v.kind is VariantKind.SMOOTHING and v.key not in result:
+            sm = v.plan.smoothing[v.key]
+            result[v.key] = fold_site(values[v.key], sm.channel_axis, len(sm.factors), len(v.layers)) is not None
+    return result
+
+
 def choose(
-    model: ir.Model,
     variants: list[Variant],
     trials: dict[int, list[LayerErrorProbe]],
     probes: dict[str, ErrorProbe],
     plan: QuantPlan,
     biased: set[str],
-    notes: dict[str, list[str]],
-) -> dict[str, dict[str, dict]]:
-    """Apply the winning variants to ``plan`` and ``probes``; return what was measured, for the report.
+    foldable: dict[str, bool],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Apply the winning variants to ``plan`` and ``probes``; return each choice's scores (label -> summed
+    error of the layers it changes), by kind and key, for the report.
 
     Weight ranges are chosen first; smoothing is then weighed against the base with the chosen ranges.
     """
-    values = {v.name: v for v in main_values(model.graph)}
-    report: dict[str, dict[str, dict]] = {"weight_range": {}, "smoothing": {}}
-    for kind in ("weight_range", "smoothing"):
-        keys = dict.fromkeys(v.key for v in variants if v.kind == kind)
-        for key in keys:
-            options = [i for i, v in enumerate(variants) if v.kind == kind and v.key == key]
+    scores_of: dict[str, dict[str, dict[str, float]]] = {VariantKind.WEIGHT_RANGE.value: {}, "smoothing": {}}
+    for kind in (VariantKind.WEIGHT_RANGE, VariantKind.SMOOTHING):
+        for key in dict.fromkeys(v.key for v in variants if v.kind is kind):
+            options = [i for i, v in enumerate(variants) if v.kind is kind and v.key == key]
             layers = variants[options[0]].layers
-            scores = {"base": score([probes[n] for n in layers], biased)}
+            base_label = plan.weights[key].method if kind is VariantKind.WEIGHT_RANGE else "none"
+            scores = {base_label: score([probes[n] for n in layers], biased)}
             scores.update({variants[i].label: score(trials[i], biased) for i in options})
+            scores_of[kind.value][key] = scores
             best = min(options, key=lambda i: scores[variants[i].label])
-            gain = 1.0
-            if kind == "smoothing":
-                sm = variants[best].plan.smoothing[key]
-                gain = 1.0 if fold_site(values[key], sm.channel_axis, len(sm.factors), len(layers)) else MUL_GAIN
-            chosen = best if scores[variants[best].label] < scores["base"] * gain else None
-            base_label = plan.weights[key].method if kind == "weight_range" else "none"
-            report[kind][key] = {
-                "chosen": variants[chosen].label if chosen is not None else base_label,
-                "rel_mse": {(base_label if k == "base" else k): v for k, v in scores.items()},
-                **({"site": None} if kind == "smoothing" else {}),
-            }
-            if chosen is None:
+            gain = MUL_GAIN if kind is VariantKind.SMOOTHING and not foldable[key] else 1.0
+            if not scores[variants[best].label] < scores[base_label] * gain:
                 continue
-            v = variants[chosen]
+            v = variants[best]
             plan.weights.update(v.plan.weights)
-            if kind == "smoothing":
+            if kind is VariantKind.SMOOTHING:
                 plan.activations[key] = v.plan.activations[key]
                 plan.smoothing[key] = v.plan.smoothing[key]
-            for probe in trials[chosen]:
-                probes[probe.target.name] = probe
-                note = (
-                    f"input smoothed per channel (alpha {v.label})"
-                    if kind == "smoothing"
-                    else "weight scales by min-max (measured better than mse)"
-                )
-                notes[probe.target.name].append(note)
-    return report
+            probes.update({probe.target.name: probe for probe in trials[best]})
+    return scores_of
 
 
 def power_importance(targets: Targets, probes: dict[str, RangeProbe]) -> dict[str, np.ndarray]:

@@ -67,7 +67,7 @@ def test_render_tables(smoke, tmp_path):
     readme.write_text(f"# bench\n\n{render.BEGIN}\nold\n{render.END}\nkept\n")
     render.render(config.results_dir, readme, [config.results_path])
     text = readme.read_text()
-    assert "old" not in text and text.endswith("kept\n")
+    assert "\nold\n" not in text and text.endswith("kept\n")
     assert "| w8a8 | `onnxbc_independent` |" in text and "| w8a8 | `ort_static` |" in text
 
 

@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 import onnxbc
 from models import test_graphs
-from onnxbc import model_io
+from onnxbc import flow, model_io
 from onnxbc.pairs import batchnorm_params, find_pairs, input_mean
 from onnxbc.passes.dfmpc import PairEdit, RescalePairsPass
 from onnxbc.passes.prepare import prepare_passes
@@ -292,9 +292,35 @@ def test_refuses_without_a_pair(tmp_path):
         [sys.executable, "-m", "onnxbc", "compress", path, "--data-free"], capture_output=True, text=True
     )
     assert r.returncode == 1
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--data-free found no layer pair" in lines[0] and "not MatMul" in lines[0]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # besides progress lines
+    assert len(errors) == 1 and "--data-free found no layer pair" in errors[0] and "not MatMul" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hs.onnx"]
+
+
+@pytest.mark.parametrize(
+    "flags", [["--samples", "8"], ["--batch-size", "4", "--seed", "3"], ["--holdout-fraction", "0"]]
+)
+def test_data_flags_are_refused(tmp_path, flags):
+    r = subprocess.run(
+        [sys.executable, "-m", "onnxbc", "compress", FASHION_BN, "--data-free", "-o", tmp_path / "o.onnx", *flags],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "--data-free uses no calibration data: drop " in r.stderr
+    assert all(flag in r.stderr for flag in flags if flag.startswith("--"))
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_next_weights_none_leaves_the_other_layers_float(tmp_path):
+    """Only the compensated low-bit layers are quantized; the rest keep their float weights."""
+    options = onnxbc.CompressOptions(
+        weights=onnxbc.WeightType.INT4, next_weights=onnxbc.WeightType.NONE, data_free=True
+    )
+    result = onnxbc.compress(FASHION_BN, tmp_path / "o.onnx", options=options)
+    roles = {r.name: (r.status, r.weight["role"] if r.weight else None) for r in result.report.layers}
+    assert {status for status, role in roles.values() if role == "low"} == {"quantized"}
+    assert all(status == "skipped" for status, role in roles.values() if role != "low")
+    assert result.output.exists() and flow.default_output(FASHION_BN, options).name == "fashion_cnn_bn.df-w4wf.onnx"
 
 
 @pytest.mark.parametrize("extra", [["--data", "calib.npz"], ["--random-data"]])

@@ -300,7 +300,7 @@ def test_cli_budget_options(tmp_path):
         (["--candidates", "4,5"], "--candidates"),
         (["--avg-bits", "9"], "outside the candidates"),
         (["--max-size", "12 parsecs"], "--max-size must be"),
-        (["--scheme", "octal"], "--scheme must be one of"),
+        (["--scheme", "octal"], "'octal' is not one of"),
         (["--activations", "int4", "--target", "tensorrt"], "TensorRT takes int8 activations"),
         (["--int32-bias", "--activations", "none"], "--int32-bias needs"),
         (["--avg-bits", "4", "--block-candidates", "0,64"], "--block-candidates needs --max-size"),

@@ -5,8 +5,8 @@ import pytest
 from models import test_graphs
 from onnxbc import model_io
 from onnxbc.errors import OnnxbcError
+from onnxbc.flow import refuse_quantized
 from onnxbc.passes.prepare import RaiseOpsetPass, prepare_passes, quantized_nodes
-from onnxbc.pipeline import refuse_quantized
 from onnxbc.targets import find_targets
 
 

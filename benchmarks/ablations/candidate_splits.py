@@ -28,7 +28,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 import onnxbc
-import onnxbc.pipeline
+import onnxbc.candidates
+import onnxbc.flow
 from benchmarks.settings import calibration_arrays, sample_count
 from benchmarks.worker import EXACT_SESSION
 from benchmarks.zoo import DEFAULT_CACHE, MODELS
@@ -40,21 +41,24 @@ LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def capture_candidates(model: Path, data: onnxbc.DataOptions, options: onnxbc.CompressOptions) -> dict[str, ir.Model]:
     """Run compress once; return the float model and every candidate its held-out check compared."""
     captured: dict[str, ir.Model] = {}
-    evaluate = onnxbc.pipeline._evaluate
+    choose, load_prepared = onnxbc.candidates.choose, onnxbc.flow.load_prepared
 
-    def spy(float_model, quantized, compensated, models, *args, **kwargs):
-        captured.update({"fp32": float_model, "without_compensation": quantized, "with_compensation": compensated})
-        captured.update(models)
-        return evaluate(float_model, quantized, compensated, models, *args, **kwargs)
+    def spy_choose(built, *args, **kwargs):
+        captured.update({c.name: c.model for c in built})
+        return choose(built, *args, **kwargs)
 
-    onnxbc.pipeline._evaluate = spy
+    def spy_load(*args, **kwargs):
+        captured["fp32"] = load_prepared(*args, **kwargs)  # the prepared float model the candidates start from
+        return captured["fp32"]
+
+    onnxbc.candidates.choose, onnxbc.flow.load_prepared = spy_choose, spy_load
     try:
         with tempfile.TemporaryDirectory() as tmp:
             result = onnxbc.compress(model, Path(tmp) / "out.onnx", data=data, options=options)
     finally:
-        onnxbc.pipeline._evaluate = evaluate
+        onnxbc.candidates.choose, onnxbc.flow.load_prepared = choose, load_prepared
     print(f"saved: {result.report.compensation.get('chosen', 'see report')}")
-    return {label: m for label, m in captured.items() if m is not None}
+    return captured
 
 
 def run(model: ir.Model, feeds: dict[str, np.ndarray], extra: Sequence[str] = ()) -> Iterator[list[np.ndarray]]:

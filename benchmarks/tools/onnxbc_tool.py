@@ -70,11 +70,12 @@ def _notes(report, setting: Setting, out_path: Path) -> list[str]:
     notes = []
     comp = report.compensation
     if comp.get("applied"):
-        chosen = comp.get("chosen", "with_compensation")  # or an alternative: min-max scales, sequential, ...
-        before = comp["output_rel_mse_without"]
-        after = comp["output_rel_mse_with"] if chosen == "with_compensation" else comp["alternatives"][chosen]
+        chosen = comp["chosen"]  # the saved candidate: the plan, min-max scales, sequential, ...
         which = "" if chosen == "with_compensation" else f": {chosen.replace('_', ' ')}"
-        notes.append(f"compensation kept{which} (held-out rel. MSE {before:.3g} -> {after:.3g})")
+        notes.append(
+            f"compensation kept{which} (held-out rel. MSE {comp['output_rel_mse_without']:.3g} -> "
+            f"{comp['output_rel_mse']:.3g})"
+        )
     elif "output_rel_mse_with" in comp:
         notes.append(
             f"compensation dropped: it raised the held-out rel. MSE ({comp['output_rel_mse_without']:.3g} -> "

@@ -1,0 +1,340 @@
+"""Whole-model candidates: the model as the per-layer plan says, and the alternatives measured beside it.
+
+Per-layer errors do not always add up, so ``compress`` builds a few whole models and saves the one with the
+least output error on held-out samples (``choose``):
+
+- ``PLAN``: the per-layer choices, without and with compensation.
+- ``MINMAX``: min-max scales for every weight the per-layer choice gave mse scales, compensated (measured on
+  the bundled CNN at W4A8: each layer's held-out error was lower with mse scales, yet the whole model with
+  min-max scales everywhere and compensation had half the output error).
+- ``UNIFORM`` (under a size budget): every weight at the most bits that fit the budget uniformly, without and
+  with compensation; ``UNIFORM_MINMAX`` the same with min-max scales, compensated (measured on PP-OCR at
+  W4A8: the priced mixed bits read 6.5 % of the lines, uniform int4 77.5 %).
+- ``--bias-correction sequential``: the biases refitted wave by wave, starting from the compensated candidate
+  that measures best (``onnxbc.compensation.sequential``).
+
+A ``Candidate`` holds its whole plan (weights, activations, smoothing, biases), its layer errors, its model and
+where the rewrite passes put things. Everything reported about the saved model derives from the winner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxbc import model_io
+from onnxbc.calibration.data import CalibrationData
+from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe
+from onnxbc.calibration.session import SessionFactory
+from onnxbc.compare import OutputAgreement, compare_sessions
+from onnxbc.compensation import fold_for, sequential
+from onnxbc.options import BiasCorrection
+from onnxbc.passes.bias_int32 import QuantizeBiasPass
+from onnxbc.passes.fold_bias import FoldBiasPass
+from onnxbc.passes.qdq import InsertQDQPass
+from onnxbc.passes.smooth import SmoothPass
+from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
+from onnxbc.progress import Stages
+from onnxbc.targets import Target
+from onnxbc.variants import Variant, VariantKind
+
+
+class Weights(str, enum.Enum):
+    """Which weights a candidate quantizes with."""
+
+    PLAN = "plan"  # the per-layer choices
+    MINMAX = "minmax"  # min-max scales wherever the per-layer choice kept mse scales
+    UNIFORM = "uniform"  # under a budget: the most bits that fit uniformly
+    UNIFORM_MINMAX = "uniform_minmax"  # the same with min-max scales
+
+
+@dataclasses.dataclass
+class Rewrite:
+    """Where the rewrite passes put things in a candidate's model (layer or activation name -> site)."""
+
+    smoothing: dict[str, str] = dataclasses.field(default_factory=dict)
+    biases: dict[str, str] = dataclasses.field(default_factory=dict)
+    int32_biases: dict[str, str] = dataclasses.field(default_factory=dict)
+    float_biases: dict[str, str] = dataclasses.field(default_factory=dict)  # --int32-bias: why left float
+
+
+@dataclasses.dataclass
+class Candidate:
+    weights: Weights
+    compensation: BiasCorrection
+    plan: QuantPlan  # everything the model's rewrite applies, biases included
+    probes: dict[str, ErrorProbe]  # each measured layer's error in this candidate
+    changed: frozenset[str] = frozenset()  # weights quantized otherwise than the per-layer plan
+    uniform_bits: int | None = None
+    model: ir.Model | None = None
+    rewrite: Rewrite = dataclasses.field(default_factory=Rewrite)
+    outputs: dict[str, OutputAgreement] | None = None  # against FP32, once measured
+
+    @property
+    def compensated(self) -> bool:
+        return self.compensation is not BiasCorrection.NONE
+
+    @property
+    def name(self) -> str:
+        """Its key in the report: ``without_compensation``, ``with_compensation``, ``minmax_with_compensation``,
+        ``uniform_int4``, ``uniform_int4_minmax_with_compensation``, ``sequential_with_compensation``, ..."""
+        weights = {
+            Weights.PLAN: "",
+            Weights.MINMAX: "minmax",
+            Weights.UNIFORM: f"uniform_int{self.uniform_bits}",
+            Weights.UNIFORM_MINMAX: f"uniform_int{self.uniform_bits}_minmax",
+        }[self.weights]
+        if not self.compensated:
+            return weights or "without_compensation"
+        sequential_ = "sequential" if self.compensation is BiasCorrection.SEQUENTIAL else ""
+        return "_".join(part for part in (weights, sequential_, "with_compensation") if part)
+
+    def describe(self) -> str:
+        """In words, for the terminal: what is saved."""
+        weights = {
+            Weights.PLAN: "the per-layer choices",
+            Weights.MINMAX: "min-max scales for every weight smoothing left alone",
+            Weights.UNIFORM: f"uniform int{self.uniform_bits} weights",
+            Weights.UNIFORM_MINMAX: f"uniform int{self.uniform_bits} weights with min-max scales",
+        }[self.weights]
+        how = {
+            BiasCorrection.NONE: "no compensation",
+            BiasCorrection.INDEPENDENT: "compensation fitted per layer",
+            BiasCorrection.SEQUENTIAL: "compensation fitted wave by wave",
+        }[self.compensation]
+        return f"{weights}, {how}"
+
+    def weight_note(self) -> str | None:
+        """The note a layer whose weight this candidate changed gets, when it is saved."""
+        if self.weights is Weights.MINMAX:
+            return "weight scales by min-max (min-max wherever possible measured better end to end)"
+        if self.weights in (Weights.UNIFORM, Weights.UNIFORM_MINMAX):
+            minmax = " (min-max scales)" if self.weights is Weights.UNIFORM_MINMAX else ""
+            return f"uniform int{self.uniform_bits} everywhere measured better end to end than the mixed bits{minmax}"
+        return None
+
+    @property
+    def error(self) -> float:
+        """Mean relative MSE of the outputs against FP32 (once measured)."""
+        if self.outputs is None:
+            raise RuntimeError(f"candidate {self.name} was not measured")
+        return mean_rel_mse(self.outputs)
+
+
+def mean_rel_mse(agreements: dict[str, OutputAgreement]) -> float:
+    values = [a.as_dict()["rel_mse"] for a in agreements.values()]
+    return float(np.mean(values)) if values else 0.0
+
+
+def fit_biases(probes: Iterable[ErrorProbe], compensate: set[str], per_position: bool) -> dict[str, BiasFold]:
+    """Each compensated layer's bias: its mean output error on the fit samples."""
+    return {
+        p.target.name: fold_for(p.target, p.moments["fit"], per_position)
+        for p in probes
+        if p.target.name in compensate and not p.moments["fit"].empty
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Trials:
+    """What pass 2 measured besides the plan's own layers: each variant and its layers' probes."""
+
+    variants: list[Variant]
+    probes: dict[int, list[LayerErrorProbe]]  # by the variant's index
+
+    def of(self, *kinds: VariantKind) -> list[tuple[Variant, list[LayerErrorProbe]]]:
+        """The variants of ``kinds`` (in that order) with their probes."""
+        return [(v, self.probes[i]) for kind in kinds for i, v in enumerate(self.variants) if v.kind is kind]
+
+
+def build(
+    plan: QuantPlan,
+    probes: dict[str, ErrorProbe],
+    unchosen: QuantPlan,
+    unchosen_probes: dict[str, ErrorProbe],
+    trials: Trials,
+    uses: dict[str, list[tuple[Target, int]]],
+    compensate: set[str],
+    per_position: bool,
+    uniform_bits: int | None,
+) -> list[Candidate]:
+    """The candidates, in the order that wins ties: the plan without compensation, with it, min-max scales
+    compensated, then under a budget uniform bits without and with compensation, and uniform bits with min-max
+    scales compensated. ``unchosen``/``unchosen_probes``: the plan's weights and layer errors before the
+    per-layer choices changed them (the uniform trials ran beside those)."""
+
+    def compensated(c: Candidate) -> list[Candidate]:
+        biases = fit_biases(c.probes.values(), compensate, per_position)
+        plan = dataclasses.replace(c.plan, biases=biases)
+        return [dataclasses.replace(c, compensation=BiasCorrection.INDEPENDENT, plan=plan)] if biases else []
+
+    base = Candidate(Weights.PLAN, BiasCorrection.NONE, plan, probes)
+    result = [base, *compensated(base)]
+    minmax = _minmax(plan, probes, trials, compensate)
+    if minmax is not None:
+        result += compensated(minmax)
+    if uniform_bits is None or not trials.of(VariantKind.UNIFORM):
+        return result
+    uniform = _uniform(plan, unchosen, unchosen_probes, probes, trials.of(VariantKind.UNIFORM), uses, uniform_bits)
+    result += [uniform, *compensated(uniform)]
+    if trials.of(VariantKind.UNIFORM_MINMAX):
+        kinds = trials.of(VariantKind.UNIFORM, VariantKind.UNIFORM_MINMAX)
+        both = _uniform(plan, unchosen, unchosen_probes, probes, kinds, uses, uniform_bits)
+        result += compensated(dataclasses.replace(both, weights=Weights.UNIFORM_MINMAX))
+    return result
+
+
+def _minmax(plan: QuantPlan, probes: dict[str, ErrorProbe], trials: Trials, compensate: set[str]) -> Candidate | None:
+    """Min-max scales for every weight the per-layer choice kept otherwise, uncompensated, from the pass-2
+    trials (no extra pass), or None when nothing would change or no changed layer is compensated (it is only
+    measured compensated). Weights of smoothed layers keep their scales (smoothing chose among candidates
+    with them)."""
+    weights: dict[str, WeightQuant] = {}
+    own: dict[str, ErrorProbe] = {}
+    for v, trial in trials.of(VariantKind.WEIGHT_RANGE):
+        smoothed = any(value in plan.smoothing for value in v.plan.activations)
+        if plan.weights[v.key].method == v.label or smoothed:
+            continue
+        weights.update(v.plan.weights)
+        own.update({p.target.name: p for p in trial})
+    if not weights or not compensate & set(own):
+        return None
+    minmax = dataclasses.replace(plan, weights={**plan.weights, **weights})
+    return Candidate(Weights.MINMAX, BiasCorrection.NONE, minmax, {**probes, **own}, frozenset(weights))
+
+
+def _uniform(
+    plan: QuantPlan,
+    unchosen: QuantPlan,
+    unchosen_probes: dict[str, ErrorProbe],
+    probes: dict[str, ErrorProbe],
+    trials: list[tuple[Variant, list[LayerErrorProbe]]],
+    uses: dict[str, list[tuple[Target, int]]],
+    bits: int,
+) -> Candidate:
+    """Uniform bits, uncompensated, from the pass-2 trials (later ones override earlier ones). The trials ran
+    before smoothing was chosen, so the inputs they read unsmoothed are taken back unsmoothed, with every
+    weight that reads them as it was before the choice (and its layer error from before)."""
+    weights: dict[str, WeightQuant] = {}
+    own: dict[str, ErrorProbe] = {}
+    activations = {}
+    for v, trial in trials:
+        weights.update(v.plan.weights)
+        own.update({p.target.name: p for p in trial})
+        activations.update({k: a for k, a in v.plan.activations.items() if k in plan.smoothing})
+    for value in activations:
+        for t, _ in uses[value]:
+            source = t.weight.source.name if t.weight is not None else None
+            if source in unchosen.weights and source not in weights:
+                weights[source] = unchosen.weights[source]
+            if t.name in unchosen_probes:
+                own.setdefault(t.name, unchosen_probes[t.name])
+    uniform = dataclasses.replace(
+        plan,
+        weights={**plan.weights, **weights},
+        activations={**plan.activations, **activations},
+        smoothing={k: s for k, s in plan.smoothing.items() if k not in activations},
+        biases={},
+    )
+    return Candidate(Weights.UNIFORM, BiasCorrection.NONE, uniform, {**probes, **own}, frozenset(weights), bits)
+
+
+def realize(candidate: Candidate, float_model: ir.Model, int32_bias: bool) -> None:
+    """Build the candidate's model from a copy of ``float_model``: smoothing, Q/DQ, the biases folded in,
+    and with ``int32_bias`` the biases stored as int32 codes (rounded once, so the model measured is the one
+    saved)."""
+    model, candidate.rewrite = quantize(float_model.clone(), candidate.plan)
+    if candidate.plan.biases:
+        folded = FoldBiasPass(candidate.plan.biases)(model)
+        candidate.rewrite.biases = folded.sites
+    finish(candidate, model, int32_bias)
+
+
+def quantize(model: ir.Model, plan: QuantPlan) -> tuple[ir.Model, Rewrite]:
+    """Smoothing, then Q/DQ, on ``model`` in place."""
+    smoothed = SmoothPass(plan.smoothing, plan.activation_uses)(model)
+    return InsertQDQPass(plan)(smoothed.model).model, Rewrite(smoothing=dict(smoothed.sites))
+
+
+def finish(candidate: Candidate, model: ir.Model, int32_bias: bool) -> None:
+    if int32_bias:
+        result = QuantizeBiasPass()(model)
+        candidate.rewrite.int32_biases = dict(result.sites)
+        candidate.rewrite.float_biases = dict(result.skipped)
+    candidate.model = model
+
+
+def sequential_candidate(
+    start: Candidate,
+    float_model: ir.Model,
+    layers: list[Target],
+    compensate: set[str],
+    calib: CalibrationData,
+    sessions: SessionFactory,
+    stages: Stages,
+    per_position: bool,
+    int32_bias: bool,
+) -> tuple[Candidate, int]:
+    """Compensation refitted wave by wave on ``start``'s weights; also the passes over the data it took."""
+    base, rewrite = quantize(float_model.clone(), dataclasses.replace(start.plan, biases={}))
+    model, probes, biases, sites, passes = sequential(
+        float_model, base, layers, compensate, calib, sessions, stages, per_position=per_position
+    )
+    rewrite.biases = sites
+    candidate = dataclasses.replace(
+        start,
+        compensation=BiasCorrection.SEQUENTIAL,
+        plan=dataclasses.replace(start.plan, biases=biases),
+        probes={**start.probes, **probes},
+        rewrite=rewrite,
+        outputs=None,
+    )
+    finish(candidate, model, int32_bias)
+    return candidate, passes
+
+
+def measure(
+    candidates: list[Candidate],
+    reference: ort.InferenceSession,
+    calib: CalibrationData,
+    sessions: SessionFactory,
+    stages: Stages,
+) -> None:
+    """Each candidate not yet measured: its outputs against FP32 on the held-out samples (the fit samples when
+    none are held out). One candidate session is alive at a time (big models)."""
+    todo = [c for c in candidates if c.outputs is None]
+    split = evaluated_on(calib)
+    with stages.step("Checking outputs against FP32", calib.count_batches(split) * len(todo)) as advance:
+        for c in todo:
+            c.outputs = compare_sessions(reference, sessions.create(c.model), calib.batches(split), advance)
+
+
+def evaluated_on(calib: CalibrationData) -> str:
+    return "holdout" if calib.n_holdout else "fit"
+
+
+def choose(candidates: list[Candidate], max_size: int | None, split: str) -> tuple[Candidate, list[str]]:
+    """The measured candidate with the least error (ties keep the earlier) whose file fits ``max_size`` (new
+    biases take bytes the allocation did not count), and warnings for the user."""
+    ranked = sorted(candidates, key=lambda c: c.error)  # stable: ties keep the earlier
+    fits = (c for c in ranked if max_size is None or model_io.serialized_bytes(c.model) <= max_size)
+    best = next(fits, ranked[0])  # none fits: the size check of the written file says so
+    warnings = []
+    if best is not ranked[0]:
+        warnings.append(
+            f"the model with {ranked[0].describe()} (least error) would pass --max-size {max_size} bytes: "
+            f"saved the one with {best.describe()}"
+        )
+    compensated = [c for c in candidates if c.compensated]
+    if compensated and not ranked[0].compensated:
+        without = min(c.error for c in candidates if not c.compensated)
+        with_ = min(c.error for c in compensated)
+        warnings.append(
+            f"compensation raised the {split} output error ({without:.3e} -> {with_:.3e}); saved without it"
+        )
+    return best, warnings

@@ -1,0 +1,148 @@
+"""The stages both compress flows share: the front (output paths, load, prepare) and the back (write).
+
+``onnxbc.pipeline`` (calibrated) and ``onnxbc.datafree`` run the same front and back around their own middle:
+
+    start (output paths checked before any work) -> load_prepared -> ... -> write (model, external data and
+    report as one transaction: all of them or none)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+import onnxbc
+from onnxbc import model_io
+from onnxbc.errors import OnnxbcError, display_path
+from onnxbc.options import ActivationType, CompressOptions, WeightType
+from onnxbc.passes.prepare import prepare_passes, quantized_nodes
+from onnxbc.progress import Stages
+from onnxbc.report import Report
+
+HALF_FLOATS = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressResult:
+    output: Path
+    report_path: Path
+    report: Report
+
+
+class Timer:
+    """Seconds per named stage, for the report."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.durations[name] = round(time.perf_counter() - start, 3)
+
+
+@dataclasses.dataclass
+class Run:
+    """One compress run: where it reads and writes, its report as it fills, its timer and progress."""
+
+    source: Path
+    options: CompressOptions
+    paths: model_io.OutputPaths
+    report: Report
+    timer: Timer
+    stages: Stages
+
+
+def default_output(model_path: Path, options: CompressOptions) -> Path:
+    """``model.onnx`` -> ``model.int8.onnx`` (W8A8), ``model.w4a8.onnx``, ``model.w4.onnx`` (weight-only),
+    ``model.mixed4.5a8.onnx`` (--avg-bits 4.5), ``model.df-w2w8.onnx`` (--data-free: low-bit layers int2, the
+    others int8), ..."""
+    if options.data_free:
+        high = "f" if options.next_weights is WeightType.NONE else str(options.next_weights.bits)
+        return model_path.with_name(f"{model_path.stem}.df-w{options.weights.bits}w{high}.onnx")
+    w = "" if options.weights is WeightType.NONE else f"w{options.weights.bits}"
+    if options.budget:
+        w = f"mixed{options.avg_bits:g}" if options.avg_bits is not None else "mixed"
+    a = "" if options.activations is ActivationType.NONE else f"a{options.activations.bits}"
+    tag = "int8" if (w, a) == ("w8", "a8") else w + a
+    return model_path.with_name(f"{model_path.stem}.{tag}.onnx")
+
+
+def default_report(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.report.json")
+
+
+def start(
+    model: str | Path,
+    output: str | Path | None,
+    report: str | Path | None,
+    *,
+    options: CompressOptions,
+    force: bool,
+    stages: Stages,
+    extra_options: dict[str, Any] | None = None,
+) -> Run:
+    """Check the output paths (before any work) and open the report."""
+    source = Path(model)
+    out = Path(output) if output is not None else default_output(source, options)
+    paths = model_io.prepare_outputs(source, out, report if report is not None else default_report(out), force=force)
+    rep = Report(tool_version=onnxbc.__version__, input={"path": str(source)})
+    rep.options = {**dataclasses.asdict(options), **(extra_options or {})}
+    return Run(source, options, paths, rep, Timer(), stages)
+
+
+def load_prepared(run: Run, needed_opset: int) -> ir.Model:
+    """Load the model, refuse a quantized one, and run the prepare passes (opset raised to ``needed_opset``,
+    to ``--opset``, and to 19 for half-float tensors, whose QuantizeLinear/DequantizeLinear need it)."""
+    rep = run.report
+    with run.timer("load"):
+        model = model_io.load(run.source)
+        rep.input["bytes"] = model_io.file_bytes(run.source)
+    refuse_quantized(model, run.source)
+    rep.opset["before"] = model.opset_imports.get("", 0)
+    with run.timer("prepare"), run.stages.step("Preparing the graph", None):
+        opset = max(needed_opset, run.options.opset or 0, 19 if has_half_floats(model) else 0)
+        model = prepare_passes(opset)(model).model
+    rep.opset["after"] = model.opset_imports.get("", 0)
+    return model
+
+
+def refuse_quantized(model: ir.Model, path: Path) -> None:
+    found = quantized_nodes(model)
+    if found:
+        first = found[0]
+        more = f" and {len(found) - 1} more quantized nodes" if len(found) > 1 else ""
+        where = f"node '{first.name}' is {first.op_type}{more}"
+        raise OnnxbcError(f"{display_path(path)}: already quantized ({where}); onnxbc needs the float model")
+
+
+def has_half_floats(model: ir.Model) -> bool:
+    """Float16/bfloat16 tensors need opset 19 QuantizeLinear/DequantizeLinear."""
+    return any(v.dtype in HALF_FLOATS for v in [*model.graph.inputs, *model.graph.initializers.values()])
+
+
+def write(run: Run, model: ir.Model, check_size: Callable[[int], None] = lambda _: None) -> CompressResult:
+    """Write the model, its external data (when the input had some, or it is too big for one file) and the
+    report, all or nothing. ``check_size`` sees the written bytes and may refuse them (nothing is then left)."""
+    rep = run.report
+
+    def report_text(files: list[Path], size: int) -> str:
+        check_size(size)
+        rep.output = {"path": str(run.paths.model), "files": [str(f) for f in files], "bytes": size}
+        rep.timings_s = {**run.timer.durations, "save": round(time.perf_counter() - started, 3)}
+        return rep.to_json()
+
+    external = bool(model_io.external_data_files(run.source)) or None
+    started = time.perf_counter()
+    with run.stages.step("Writing the model and the report", None):
+        model_io.write_outputs(model, run.paths, report_text, external_data=external)
+    return CompressResult(run.paths.model, run.paths.report, rep)
