@@ -56,7 +56,8 @@ class Run:
 
     source: Path
     options: CompressOptions
-    paths: model_io.OutputPaths
+    paths: model_io.OutputPaths  # resolved, for writing
+    shown: model_io.OutputPaths  # as the user gave them (or as defaulted from the input), for messages
     report: Report
     timer: Timer
     stages: Stages
@@ -94,10 +95,11 @@ def start(
     """Check the output paths (before any work) and open the report."""
     source = Path(model)
     out = Path(output) if output is not None else default_output(source, options)
-    paths = model_io.prepare_outputs(source, out, report if report is not None else default_report(out), force=force)
+    shown = model_io.OutputPaths(out, Path(report) if report is not None else default_report(out))
+    paths = model_io.prepare_outputs(source, shown.model, shown.report, force=force)
     rep = Report(tool_version=onnxbc.__version__, input={"path": str(source)})
     rep.options = {**dataclasses.asdict(options), **(extra_options or {})}
-    return Run(source, options, paths, rep, Timer(), stages)
+    return Run(source, options, paths, shown, rep, Timer(), stages)
 
 
 def load_prepared(run: Run, needed_opset: int) -> ir.Model:
@@ -137,7 +139,7 @@ def write(run: Run, model: ir.Model, check_size: Callable[[int], None] = lambda 
 
     def report_text(files: list[Path], size: int) -> str:
         check_size(size)
-        rep.output = {"path": str(run.paths.model), "files": [str(f) for f in files], "bytes": size}
+        rep.output = {"path": str(run.shown.model), "files": [str(f) for f in files], "bytes": size}
         rep.timings_s = {**run.timer.durations, "save": round(time.perf_counter() - started, 3)}
         return rep.to_json()
 
@@ -145,4 +147,4 @@ def write(run: Run, model: ir.Model, check_size: Callable[[int], None] = lambda 
     started = time.perf_counter()
     with run.stages.step("Writing the model and the report", None):
         model_io.write_outputs(model, run.paths, report_text, external_data=external)
-    return CompressResult(run.paths.model, run.paths.report, rep)
+    return CompressResult(run.shown.model, run.shown.report, rep)
