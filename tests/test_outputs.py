@@ -227,3 +227,25 @@ def test_layer_table_never_folds_numbers(width):
     assert "warning" not in text  # the CLI prints warnings, on stderr
     if width >= 200:
         assert "3.09e-02 → 1.23e-03" in text and "Add 'a_rather_long_add_node_name' constant" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-o", "/proc/out.onnx"], "/proc/out.onnx: cannot write in /proc"),
+        (["-o", "{tmp}/m.onnx", "--report", "{tmp}/m.onnx"], "the report path is the output model"),
+        (["-o", "{tmp}/m.onnx", "--report", "{model}"], "the report path is the input model"),
+    ],
+)
+def test_compress_refuses_outputs_before_any_work(conv, tmp_path, args, message):
+    """One error line, exit 2, no progress line (nothing was calibrated), and the folder as it was."""
+    before = files(tmp_path)
+    args = [a.format(tmp=tmp_path, model=conv) for a in args]
+    r = subprocess.run(
+        [sys.executable, "-m", "onnxbc", "compress", conv, "--random-data", "--samples", "4", *args],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.splitlines() == [r.stderr.splitlines()[-1]], r.stderr
+    assert message in r.stderr and r.stderr.startswith("error: ")
+    assert files(tmp_path) == before
