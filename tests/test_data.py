@@ -36,7 +36,10 @@ def test_samples_limit_and_npy_and_folder(tmp_path):
     for i in range(3):
         np.savez(folder / f"part{i}.npz", x=x[:3] * i)
     data, all_batches = batches(folder, batch_size=2, holdout_fraction=0.0)
-    assert data.total == 9 and [b["x"].shape[0] for b in all_batches] == [2, 1, 2, 1, 2, 1]
+    # runs span the files (same layout and shapes), in file order
+    assert data.total == 9 and [b["x"].shape[0] for b in all_batches] == [2, 2, 2, 2, 1]
+    np.testing.assert_array_equal(all_batches[1]["x"][:, 0, 0], [0, 1])
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in all_batches])[:, 0, 0], np.repeat([0, 1, 2], 3))
 
 
 def test_test_data_set_folders(tmp_path):
