@@ -11,9 +11,22 @@ Python API (the CLI does the same)::
 __version__ = "0.1.0"
 
 from onnxbc import options as _options
+from onnxbc.calibration.preprocess import ImageFolder, TokenWindows
+from onnxbc.compare import compare_models
 from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.options import *  # noqa: F403 (the typed options are the API: options.__all__)
 from onnxbc.pipeline import CompressResult, compress
 from onnxbc.validate import check
 
-__all__ = [*_options.__all__, "CompressResult", "OnnxbcError", "UsageError", "__version__", "check", "compress"]
+__all__ = [
+    *_options.__all__,
+    "CompressResult",
+    "ImageFolder",
+    "TokenWindows",
+    "OnnxbcError",
+    "UsageError",
+    "__version__",
+    "check",
+    "compare_models",
+    "compress",
+]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnxbc
-from onnxbc import model_io
+from onnxbc import held, model_io
 from onnxbc.options import CheckOptions, OutputFormat
 
 if TYPE_CHECKING:
@@ -124,8 +124,8 @@ class CheckReport:
             "target": o.target.value,
             "options": {
                 "device": o.device.value,
-                "reference": None if o.reference is None else str(o.reference),
-                "data": None if o.data is None else str(o.data.path),
+                "reference": None if o.reference is None else held.describe(o.reference),
+                "data": None if o.data is None else (o.data.describe()["path"] or o.data.describe()["source"]),
                 "metric": o.metric.value,
                 "max_error": o.max_error,
                 "exact": o.exact,

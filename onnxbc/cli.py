@@ -19,6 +19,14 @@ from rich.console import Console
 
 import onnxbc
 from onnxbc import datafree, inspection, validate
+from onnxbc.calibration.preprocess import (
+    GRAMMAR,
+    ImageFolder,
+    TextSpec,
+    TokenWindows,
+    parse_preprocess,
+    parse_text_preprocess,
+)
 from onnxbc.compare import compare_models
 from onnxbc.errors import OnnxbcError, UsageError, display_path
 from onnxbc.options import (
@@ -59,8 +67,33 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)  # long lines: the terminal wraps them, rich would fold numbers
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging, and a traceback on errors.")]
+Preprocess = Annotated[
+    str | None,
+    typer.Option(
+        metavar="SPEC",
+        help="Read --data as a folder of images (png/jpg/jpeg/bmp/webp, in name order; needs onnxbc[images]), "
+        f"each one sample, preprocessed by SPEC: {GRAMMAR}.",
+    ),
+]
+Tokenizer = Annotated[
+    Path | None,
+    typer.Option(
+        help="Read --data as a UTF-8 text file tokenized by this tokenizer.json (or its folder; needs onnxbc[text]), "
+        "cut into windows of the model's sequence length, one sample each; attention_mask, token_type_ids and "
+        "position_ids are filled when the model takes them.",
+    ),
+]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress or tables: print only warnings, errors and the output path.")
+]
+Shape = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="NAME:DIMS",
+        help="Every size of input NAME, e.g. input:1,3,224,224 or input_ids:8,128 (repeat for more inputs): fixes "
+        "its dynamic dimensions, and those of the same name in other inputs, for --random-data and the checks "
+        "on --data; a batch size given here makes every run exactly that many samples.",
+    ),
 ]
 
 
@@ -193,6 +226,9 @@ def compress(
         bool, typer.Option(help="Calibrate on random inputs (a warning goes into the report).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed for --random-data.")] = 0,
+    shape: Shape = None,
+    preprocess: Preprocess = None,
+    tokenizer: Tokenizer = None,
     data_free: Annotated[
         bool,
         typer.Option(
@@ -317,9 +353,23 @@ def compress(
             int32_bias=int32_bias,
         )
         if data_free:
-            _refuse_data_flags(data, random_data, samples, batch_size, holdout_fraction, seed)
+            _refuse_data_flags(
+                data, random_data, samples, batch_size, holdout_fraction, seed, preprocess, tokenizer, shape
+            )
         data_options = (
-            None if data_free else DataOptions(data, samples, batch_size, random_data, holdout_fraction, seed)
+            None
+            if data_free
+            else _data_options(
+                data,
+                preprocess,
+                tokenizer,
+                samples=samples,
+                batch_size=batch_size,
+                random=random_data,
+                holdout_fraction=holdout_fraction,
+                seed=seed,
+                shapes=tuple(shape or ()),
+            )
         )
         result = onnxbc.compress(
             model,
@@ -335,7 +385,9 @@ def compress(
         _print_result(result, quiet)
 
 
-def _refuse_data_flags(data, random_data, samples, batch_size, holdout_fraction, seed) -> None:
+def _refuse_data_flags(
+    data, random_data, samples, batch_size, holdout_fraction, seed, preprocess, tokenizer, shape
+) -> None:
     """--data-free reads no data: every data flag given with it is a usage error."""
     default = DataOptions(random=True)
     given = {
@@ -345,10 +397,31 @@ def _refuse_data_flags(data, random_data, samples, batch_size, holdout_fraction,
         "--batch-size": batch_size != default.batch_size,
         "--holdout-fraction": holdout_fraction != default.holdout_fraction,
         "--seed": seed != default.seed,
+        "--preprocess": preprocess is not None,
+        "--tokenizer": tokenizer is not None,
+        "--shape": bool(shape),
     }
     flags = [flag for flag, is_given in given.items() if is_given]
     if flags:
         raise UsageError(f"--data-free uses no calibration data: drop {', '.join(flags)}")
+
+
+def _data_options(data: Path | None, preprocess: str | None, tokenizer: Path | None, **fields) -> DataOptions:
+    """--data for the data layer to read, or the model-aware source --preprocess / --tokenizer make of it."""
+    if preprocess is None and tokenizer is None:
+        return DataOptions(path=data, **fields)
+    flag = "--tokenizer" if tokenizer is not None else "--preprocess"
+    if data is None:
+        kind = "a UTF-8 text file" if tokenizer is not None else "a folder of images"
+        raise UsageError(f"{flag} reads --data: pass {kind}")
+    if fields.get("random"):
+        raise UsageError(f"{flag} reads --data; --random-data excludes it")
+    if tokenizer is not None:
+        text = TextSpec() if preprocess is None else parse_text_preprocess(preprocess)
+        source = TokenWindows(data, tokenizer, seq=text.seq, input=text.input)
+    else:
+        source = ImageFolder(data, parse_preprocess(preprocess))
+    return DataOptions(source=source, **fields)
 
 
 def _int_list(text: str, flag: str, example: str = "0,128,64") -> tuple[int, ...]:
@@ -410,6 +483,9 @@ def check(
     exact: Annotated[
         bool, typer.Option(help="Compute MODEL with ONNX Runtime's QDQ fusions off (the graph as written).")
     ] = False,
+    preprocess: Preprocess = None,
+    tokenizer: Tokenizer = None,
+    shape: Shape = None,
     samples: Annotated[int, typer.Option(help="Use at most this many samples of --data.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Samples per ONNX Runtime run.")] = 16,
     device: Annotated[Device, typer.Option(help="Execution provider for the runtime rules.")] = Device.AUTO,
@@ -437,11 +513,23 @@ def check(
             raise UsageError("missing MODEL (or pass --list-rules)")
         if output is not None and not output.resolve().parent.is_dir():
             raise UsageError(f"{display_path(output)}: folder {display_path(output.resolve().parent)} does not exist")
+        if shape and (data, preprocess, tokenizer) == (None, None, None):
+            raise UsageError("--shape needs --data: it sets the sizes the samples are checked against")
         options = CheckOptions(
             target=target,
             device=device,
             reference=reference,
-            data=None if data is None else DataOptions(data, samples, batch_size, holdout_fraction=0.0),
+            data=None
+            if (data, preprocess, tokenizer) == (None, None, None)
+            else _data_options(
+                data,
+                preprocess,
+                tokenizer,
+                samples=samples,
+                batch_size=batch_size,
+                holdout_fraction=0.0,
+                shapes=tuple(shape or ()),
+            ),
             max_error=max_error,
             metric=metric,
             exact=exact,
@@ -502,6 +590,9 @@ def compare(
     exact: Annotated[
         bool, typer.Option(help="Also compute both with ONNX Runtime's QDQ fusions off (the graphs as written).")
     ] = False,
+    preprocess: Preprocess = None,
+    tokenizer: Tokenizer = None,
+    shape: Shape = None,
     samples: Annotated[int, typer.Option(help="Use at most this many samples.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Samples per ONNX Runtime run.")] = 16,
     device: Annotated[Device, typer.Option(help="Execution provider; 'auto' uses CUDA when it really works.")] = (
@@ -512,7 +603,15 @@ def compare(
 ) -> None:
     """Output agreement of B with A on the same samples: cosine, relative MSE, max abs error, top-1 agreement."""
     with _errors(verbose):
-        options = DataOptions(data, samples, batch_size, holdout_fraction=0.0)
+        options = _data_options(
+            data,
+            preprocess,
+            tokenizer,
+            samples=samples,
+            batch_size=batch_size,
+            holdout_fraction=0.0,
+            shapes=tuple(shape or ()),
+        )
         result = compare_models(a, b, options, device=device, exact=exact, stages=Stages(not quiet, err))
         out.print(f"B = {b} against A = {a} on {result.data}, {result.device}", soft_wrap=True, markup=False)
         result.print(out)

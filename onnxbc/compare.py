@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -18,10 +17,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from onnxbc import model_io
+from onnxbc import held
 from onnxbc.calibration.data import InputSpec, input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.errors import UsageError
+from onnxbc.held import ModelLike
 from onnxbc.options import DataOptions, Device, ErrorMetric
 from onnxbc.progress import Stages
 
@@ -117,21 +117,24 @@ class Comparison:
 
 
 def compare_models(
-    a: str | Path,
-    b: str | Path,
+    a: ModelLike,
+    b: ModelLike,
     data: DataOptions,
     *,
     device: Device = Device.AUTO,
     exact: bool = False,
     stages: Stages | None = None,
 ) -> Comparison:
-    """Run A and B in ONNX Runtime's default session and, with ``exact``, with its QDQ fusions off too."""
+    """Run A and B (paths, or models in memory: ``onnxbc.held``) in ONNX Runtime's default session and, with
+    ``exact``, with its QDQ fusions off too."""
     stages = stages or Stages(enabled=False)
-    first, second = model_io.load(a), model_io.load(b)
+    data = data if isinstance(data, DataOptions) else DataOptions(source=data, holdout_fraction=0.0)
+    first, second = held.read(a), held.read(b)
     specs = input_specs(first)
     if list(map(_signature, specs)) != list(map(_signature, input_specs(second))):
         described = [", ".join(f"'{s.name}' {s.describe()}" for s in input_specs(m)) for m in (first, second)]
-        raise UsageError(f"{a} and {b} take different inputs: {described[0]} vs {described[1]}")
+        names = held.describe(a), held.describe(b)
+        raise UsageError(f"{names[0]} and {names[1]} take different inputs: {described[0]} vs {described[1]}")
     samples = open_data(data, specs)
     sessions = SessionFactory(device)
     results = {}
@@ -140,7 +143,7 @@ def compare_models(
         test = sessions.create(second, exact=kind == "exact")
         with stages.step(f"Comparing ({kind} session)", samples.count_batches("all")) as advance:
             results[kind] = compare_sessions(reference, test, samples.batches("all"), advance)
-    return Comparison(f"{data.path} ({samples.total} samples)", sessions.device_name, results)
+    return Comparison(samples.description, sessions.device_name, results)
 
 
 def _signature(spec: InputSpec) -> tuple:

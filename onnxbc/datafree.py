@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from onnxbc import flow, validate
-from onnxbc.errors import OnnxbcError, display_path
+from onnxbc.errors import OnnxbcError
 from onnxbc.flow import CompressResult
+from onnxbc.held import ModelLike
 from onnxbc.options import BiasCorrection, CompressOptions, WeightType
 from onnxbc.pairs import Pair, batchnorm_params, find_pairs, input_mean
 from onnxbc.passes.dfmpc import PairEdit, RescalePairsPass
@@ -60,7 +61,7 @@ class _Layer:
 
 
 def compress(
-    model: str | Path,
+    model: ModelLike,
     output: str | Path | None = None,
     *,
     options: CompressOptions,
@@ -80,7 +81,7 @@ def compress(
     if not pairs:
         why = "; ".join(f"{u.low}: {u.reason}" for u in unused[:2]) or "no Conv/Gemm with a constant weight"
         raise OnnxbcError(
-            f"{display_path(run.source)}: --data-free found no layer pair to compensate "
+            f"{run.name}: --data-free found no layer pair to compensate "
             f"(Conv/Gemm -> [BatchNormalization] -> ReLU -> Conv/Gemm, single reader each): {why}"
         )
     compensate = options.bias_correction is not BiasCorrection.NONE

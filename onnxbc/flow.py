@@ -4,6 +4,10 @@
 
     start (output paths checked before any work) -> load_prepared -> ... -> write (model, external data and
     report as one transaction: all of them or none)
+
+The model may be a file or held in memory (``onnxbc.held``: a ModelProto, an onnx_ir model, a gs.Graph). A
+model in memory with no output path is handed back in its own kind and nothing is written but a report asked
+for with ``report``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Any
 import onnx_ir as ir
 
 import onnxbc
-from onnxbc import model_io
-from onnxbc.errors import OnnxbcError, display_path
+from onnxbc import held, model_io
+from onnxbc.errors import OnnxbcError
 from onnxbc.options import ActivationType, CompressOptions, WeightType
 from onnxbc.passes.prepare import prepare_passes, quantized_nodes
 from onnxbc.progress import Stages
@@ -30,9 +34,10 @@ HALF_FLOATS = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 @dataclasses.dataclass(frozen=True)
 class CompressResult:
-    output: Path
-    report_path: Path
+    output: Path | None  # the model file written (None: a model in memory, handed back in ``model``)
+    report_path: Path | None  # the report file written, if any
     report: Report
+    model: Any = None  # a model given in memory: the quantized one, of the same kind
 
 
 class Timer:
@@ -52,15 +57,26 @@ class Timer:
 
 @dataclasses.dataclass
 class Run:
-    """One compress run: where it reads and writes, its report as it fills, its timer and progress."""
+    """One compress run: what it reads and where it writes, its report as it fills, its timer and progress."""
 
-    source: Path
+    model: held.ModelLike  # as the caller gave it
     options: CompressOptions
-    paths: model_io.OutputPaths  # resolved, for writing
-    shown: model_io.OutputPaths  # as the user gave them (or as defaulted from the input), for messages
+    paths: model_io.OutputPaths | None  # resolved, for writing; None: no model file (a model in memory)
+    shown: model_io.OutputPaths | None  # as the user gave them (or as defaulted from the input), for messages
+    report_file: Path | None  # with no model file: the report written alone, if asked for
     report: Report
     timer: Timer
     stages: Stages
+
+    @property
+    def source(self) -> Path | None:
+        """The model file read (None: a model in memory)."""
+        return Path(self.model) if held.is_path(self.model) else None
+
+    @property
+    def name(self) -> str:
+        """How messages name the model."""
+        return held.describe(self.model)
 
 
 def default_output(model_path: Path, options: CompressOptions) -> Path:
@@ -83,7 +99,7 @@ def default_report(output: Path) -> Path:
 
 
 def start(
-    model: str | Path,
+    model: held.ModelLike,
     output: str | Path | None,
     report: str | Path | None,
     *,
@@ -93,13 +109,17 @@ def start(
     extra_options: dict[str, Any] | None = None,
 ) -> Run:
     """Check the output paths (before any work) and open the report."""
-    source = Path(model)
-    out = Path(output) if output is not None else default_output(source, options)
-    shown = model_io.OutputPaths(out, Path(report) if report is not None else default_report(out))
-    paths = model_io.prepare_outputs(source, shown.model, shown.report, force=force)
-    rep = Report(tool_version=onnxbc.__version__, input={"path": str(source)})
+    source = Path(model) if held.is_path(model) else None
+    paths = shown = report_file = None
+    if source is None and output is None:
+        report_file = model_io.prepare_report(report, force=force) if report is not None else None
+    else:
+        out = Path(output) if output is not None else default_output(source, options)
+        shown = model_io.OutputPaths(out, Path(report) if report is not None else default_report(out))
+        paths = model_io.prepare_outputs(source, shown.model, shown.report, force=force)
+    rep = Report(tool_version=onnxbc.__version__, input={"path": held.describe(model)})
     rep.options = {**dataclasses.asdict(options), **(extra_options or {})}
-    return Run(source, options, paths, shown, rep, Timer(), stages)
+    return Run(model, options, paths, shown, report_file, rep, Timer(), stages)
 
 
 def load_prepared(run: Run, needed_opset: int) -> ir.Model:
@@ -107,9 +127,9 @@ def load_prepared(run: Run, needed_opset: int) -> ir.Model:
     to ``--opset``, and to 19 for half-float tensors, whose QuantizeLinear/DequantizeLinear need it)."""
     rep = run.report
     with run.timer("load"):
-        model = model_io.load(run.source)
-        rep.input["bytes"] = model_io.file_bytes(run.source)
-    refuse_quantized(model, run.source)
+        model = held.read(run.model)
+        rep.input["bytes"] = model_io.file_bytes(run.source) if run.source else model_io.serialized_bytes(model)
+    refuse_quantized(model, run.name)
     rep.opset["before"] = model.opset_imports.get("", 0)
     with run.timer("prepare"), run.stages.step("Preparing the graph", None):
         opset = max(needed_opset, run.options.opset or 0, 19 if has_half_floats(model) else 0)
@@ -118,13 +138,14 @@ def load_prepared(run: Run, needed_opset: int) -> ir.Model:
     return model
 
 
-def refuse_quantized(model: ir.Model, path: Path) -> None:
+def refuse_quantized(model: ir.Model, name: str) -> None:
+    """``name``: how messages name the model (a path, or ``<onnx.ModelProto in memory>``)."""
     found = quantized_nodes(model)
     if found:
         first = found[0]
         more = f" and {len(found) - 1} more quantized nodes" if len(found) > 1 else ""
         where = f"node '{first.name}' is {first.op_type}{more}"
-        raise OnnxbcError(f"{display_path(path)}: already quantized ({where}); onnxbc needs the float model")
+        raise OnnxbcError(f"{name}: already quantized ({where}); onnxbc needs the float model")
 
 
 def has_half_floats(model: ir.Model) -> bool:
@@ -134,8 +155,18 @@ def has_half_floats(model: ir.Model) -> bool:
 
 def write(run: Run, model: ir.Model, check_size: Callable[[int], None] = lambda _: None) -> CompressResult:
     """Write the model, its external data (when the input had some, or it is too big for one file) and the
-    report, all or nothing. ``check_size`` sees the written bytes and may refuse them (nothing is then left)."""
+    report, all or nothing; or, for a model in memory with no output path, hand it back (and write the report
+    alone if asked). ``check_size`` sees the model's bytes and may refuse them (nothing is then left)."""
     rep = run.report
+    if run.paths is None:
+        size = model_io.serialized_bytes(model)
+        check_size(size)
+        rep.output = {"path": None, "files": [], "bytes": size}
+        rep.timings_s = dict(run.timer.durations)
+        result = held.give_back(model, run.model)
+        if run.report_file is not None:
+            model_io.write_text(run.report_file, rep.to_json())
+        return CompressResult(None, run.report_file, rep, result)
 
     def report_text(files: list[Path], size: int) -> str:
         check_size(size)
@@ -143,8 +174,9 @@ def write(run: Run, model: ir.Model, check_size: Callable[[int], None] = lambda 
         rep.timings_s = {**run.timer.durations, "save": round(time.perf_counter() - started, 3)}
         return rep.to_json()
 
-    external = bool(model_io.external_data_files(run.source)) or None
+    has_data = model_io.external_data_files(run.source) if run.source else model_io.has_external_tensors(model)
     started = time.perf_counter()
     with run.stages.step("Writing the model and the report", None):
-        model_io.write_outputs(model, run.paths, report_text, external_data=external)
-    return CompressResult(run.shown.model, run.shown.report, rep)
+        model_io.write_outputs(model, run.paths, report_text, external_data=bool(has_data) or None)
+    in_memory = None if run.source is not None else held.give_back(model, run.model)
+    return CompressResult(run.shown.model, run.shown.report, rep, in_memory)

@@ -57,6 +57,22 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     return model
 
 
+def is_proto(model: object) -> bool:
+    return isinstance(model, onnx.ModelProto)
+
+
+def from_proto(proto: onnx.ModelProto, *, check: bool = True) -> ir.Model:
+    """An onnx_ir model of a ModelProto held in memory (the proto is not changed), checked like a file."""
+    if not proto.graph.node and not proto.graph.output:
+        raise UsageError("the ModelProto has no graph")
+    if check and proto.ByteSize() < PROTO_LIMIT_BYTES:
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as e:
+            raise OnnxbcError(f"the ModelProto fails onnx.checker: {one_line(e)}") from e
+    return ir.serde.deserialize_model(proto)
+
+
 def check_model_file(path: str | os.PathLike, *, full_check: bool = False) -> None:
     """onnx.checker on a model file, its external data included, also under a path that is not UTF-8.
 
@@ -97,38 +113,44 @@ class OutputPaths:
 
 
 def prepare_outputs(
-    input_path: str | os.PathLike, output: str | os.PathLike, report: str | os.PathLike, *, force: bool
+    input_path: str | os.PathLike | None, output: str | os.PathLike, report: str | os.PathLike, *, force: bool
 ) -> OutputPaths:
-    """Every check on the output paths, run before any work: none may be the input or its external data, nor
-    each other; their folders must exist and be writable; existing files need ``force``. Also removes the
-    temporaries that killed runs left for these outputs."""
-    inp = Path(input_path).resolve()
-    input_data = _input_data(inp)
+    """Every check on the output paths, run before any work: none may be the input or its external data
+    (``input_path`` None: a model held in memory), nor each other; their folders must exist and be writable;
+    existing files need ``force``. Also removes the temporaries that killed runs left for these outputs."""
+    inp = Path(input_path).resolve() if input_path is not None else None
+    input_data = _input_data(inp) if inp is not None else set()
     paths = OutputPaths(_check_model_output(inp, input_data, output, force), Path(report).resolve())
     taken = {
         paths.model: "the output model",
         _data_path(paths.model): "the output's external data",
-        _data_path(inp): "the input's external data",
+        **({_data_path(inp): "the input's external data", inp: "the input model"} if inp is not None else {}),
         **dict.fromkeys(input_data, "the input's external data"),
-        inp: "the input model",
     }
-    if paths.report in taken or _same_file(paths.report, inp):
+    if paths.report in taken or (inp is not None and _same_file(paths.report, inp)):
         raise UsageError(
             f"{display_path(report)}: the report path is {taken.get(paths.report, 'the input model')}; "
             "choose another with --report"
         )
-    _check_folder(paths.report, report)
-    _check_existing(paths.report, force)
-    for dest in (paths.model, paths.report):  # the external data is written in the model's temporary folder
-        _remove_stale_temporaries(dest)
+    prepare_report(report, force=force)
+    _remove_stale_temporaries(paths.model)  # the external data is written in the model's temporary folder
     return paths
 
 
-def _check_model_output(inp: Path, input_data: set[Path], given: str | os.PathLike, force: bool) -> Path:
+def prepare_report(report: str | os.PathLike, *, force: bool) -> Path:
+    """The checks for a report written alone (its folder takes files; an existing one needs ``force``)."""
+    path = Path(report).resolve()
+    _check_folder(path, report)
+    _check_existing(path, force)
+    _remove_stale_temporaries(path)
+    return path
+
+
+def _check_model_output(inp: Path | None, input_data: set[Path], given: str | os.PathLike, force: bool) -> Path:
     out = Path(given).resolve()
-    if out == inp or _same_file(out, inp):
+    if inp is not None and (out == inp or _same_file(out, inp)):
         raise UsageError(f"{display_path(given)}: the output path is the input model; choose another with -o")
-    if {out, _data_path(out)} & {inp, _data_path(inp), *input_data}:
+    if inp is not None and {out, _data_path(out)} & {inp, _data_path(inp), *input_data}:
         raise UsageError(f"{display_path(given)}: would overwrite the input's external data; choose another with -o")
     if input_data and not _is_utf8(out.name):  # the output gets external data too
         raise UsageError(f"{display_path(given)}: external data needs a UTF-8 file name; choose another with -o")
@@ -225,7 +247,13 @@ def serialized_bytes(model: ir.Model) -> int:
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """A ModelProto of ``model`` (for onnx.checker and onnx.reference; small models only)."""
+    """A ModelProto of ``model``; one over 2 GiB is an error (protobuf's limit; keep it as an onnx_ir model, or
+    write it to a file with external data)."""
+    if initializer_bytes(model) > PROTO_LIMIT_BYTES and not has_external_tensors(model):
+        raise OnnxbcError(
+            f"the model holds {initializer_bytes(model) / 2**30:.1f} GiB of weights: too big for one ModelProto; "
+            "pass an output path (external data is written beside it) or an onnx_ir model"
+        )
     _set_ir_version(model)
     return ir.serde.serialize_model(model)
 

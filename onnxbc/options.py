@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import operator
+import os
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +122,25 @@ class Target(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
-    """Where calibration samples come from and how they are batched."""
+    """Where calibration samples come from, how they are batched, and the sizes of dynamic input dimensions.
+
+    Exactly one of ``path`` (a file or folder: ``--data``), ``random`` (``--random-data``) and ``source`` (from
+    Python) gives the samples. ``source`` is (``onnxbc.calibration.data`` has the layouts and checks):
+
+    - a dict of arrays keyed by input name, laid out like an ``.npz`` (axis 0 counts samples);
+    - an iterable of feed dicts, each one batch or one sample (read once, as it streams);
+    - an object with ONNX Runtime's ``CalibrationDataReader`` protocol: ``get_next()`` returns a feed dict or
+      None at the end;
+    - a model-aware source: an object with ``feeds(specs) -> Iterator[dict[str, np.ndarray]]``, called once with
+      the model's input specs (``onnxbc.calibration.data.InputSpec``, ``shapes`` applied).
+
+    ``transform`` (NNCF's ``transform_fn``) turns each item of ``source`` (the dict itself, for a dict) into a feed
+    dict before the checks. ``shapes`` (``--shape NAME:DIMS``) gives every dimension of the named inputs: it fixes
+    their dynamic dimensions (and those of the same name in other inputs) for ``random`` data and for the
+    checks; given as ``{"input_ids": (8, 128)}``, pairs, or ``"input_ids:8,128"`` strings, it is kept as a tuple
+    of ``(name, dims)`` pairs. ``source`` and ``transform`` take no part in ``==`` and ``hash`` (an iterator
+    has no value to compare); ``describe()`` is what reports store.
+    """
 
     path: Path | None = None
     samples: int = 256
@@ -127,18 +148,133 @@ class DataOptions:
     random: bool = False
     holdout_fraction: float = 0.2
     seed: int = 0
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    source: Any = dataclasses.field(default=None, compare=False)
+    transform: Callable[[Any], Mapping[str, Any]] | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if self.path is None and not self.random:
-            raise UsageError("calibration data is needed: pass --data PATH (or --random-data to use noise)")
+        if self.path is None and not self.random and self.source is None:
+            raise UsageError(
+                "calibration data is needed: pass --data PATH (or --random-data to use noise; "
+                "from Python, DataOptions(source=...))"
+            )
         if self.path is not None and self.random:
             raise UsageError("--data and --random-data exclude each other")
+        if self.source is not None and (self.path is not None or self.random):
+            raise UsageError("DataOptions(source=...) excludes path= (--data) and random=True (--random-data)")
+        if self.source is not None:
+            source_kind(self.source)  # refuses what it is not
+        if self.transform is not None and self.source is None:
+            raise UsageError("DataOptions(transform=...) applies to the items of source=: give source= too")
+        if self.transform is not None and not callable(self.transform):
+            raise UsageError(f"DataOptions(transform=...) must be callable, got {type(self.transform).__name__}")
         if self.samples < 1:
             raise UsageError(f"--samples must be at least 1, got {self.samples}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise UsageError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
+        object.__setattr__(self, "shapes", _shapes(self.shapes))
+
+    def describe(self) -> dict[str, Any]:
+        """These options as plain JSON values for a report: ``source`` and ``transform`` as short text, never
+        their data."""
+        return {
+            "path": None if self.path is None else str(self.path),
+            "source": None if self.source is None else describe_source(self.source),
+            "transform": None if self.transform is None else callable_name(self.transform),
+            "samples": self.samples,
+            "batch_size": self.batch_size,
+            "random": self.random,
+            "holdout_fraction": self.holdout_fraction,
+            "seed": self.seed,
+            "shapes": {name: list(dims) for name, dims in self.shapes},
+        }
+
+
+def source_kind(source: Any) -> str:
+    """What ``DataOptions.source`` is: "dict" (arrays keyed by input name), "feeds" (a model-aware source),
+    "reader" (ONNX Runtime's ``CalibrationDataReader`` protocol) or "iterable" (of feed dicts); anything else is
+    a UsageError."""
+    if isinstance(source, Mapping):
+        return "dict"
+    if isinstance(source, (str, bytes, os.PathLike)):
+        raise UsageError(f"source= takes samples, not a path ({source!r}): pass path= (--data) for files")
+    if callable(getattr(source, "feeds", None)):
+        return "feeds"
+    if callable(getattr(source, "get_next", None)):
+        return "reader"
+    if hasattr(source, "__array__") or hasattr(source, "shape"):
+        raise UsageError("source= takes a dict of arrays keyed by input name, not one array: source={'input': array}")
+    if isinstance(source, Iterable):
+        return "iterable"
+    raise UsageError(
+        "source= must be a dict of arrays, an iterable of feed dicts, a CalibrationDataReader (get_next()) or "
+        f"an object with feeds(specs); got {type(source).__name__}"
+    )
+
+
+def describe_source(source: Any) -> str:
+    """A short text for ``source``: "dict of 2 arrays", "iterable (generator)", "CalibrationDataReader (Reader)",
+    "ImageFolder.feeds(specs)"."""
+    kind = source_kind(source)
+    name = type(source).__name__
+    if kind == "dict":
+        return f"dict of {len(source)} array{'' if len(source) == 1 else 's'}"
+    if kind == "feeds":
+        return getattr(source, "description", None) or f"{name}.feeds(specs)"
+    if kind == "reader":
+        return f"CalibrationDataReader ({name})"
+    return f"iterable ({name})"
+
+
+def callable_name(f: Callable) -> str:
+    """A transform's name for messages and reports: its ``__qualname__`` (``halve``, ``<lambda>``), or its class's
+    for a callable object."""
+    return getattr(f, "__qualname__", None) or type(f).__qualname__
+
+
+_SHAPE_SYNTAX = "NAME:DIMS with positive sizes, such as input:1,3,224,224"
+
+
+def _shapes(value: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``DataOptions.shapes`` as ``(name, dims)`` pairs, from a mapping, pairs or ``"NAME:DIMS"`` strings."""
+    items = value.items() if isinstance(value, Mapping) else value
+    if isinstance(items, str):
+        items = (items,)
+    pairs: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, dims = _parse_shape(item) if isinstance(item, str) else _shape_pair(item)
+        if name in pairs:
+            raise UsageError(f"--shape gives input '{name}' twice")
+        pairs[name] = dims
+    return tuple(pairs.items())
+
+
+def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"input:1,3,224,224"`` (or ``1x3x224x224``); the name is everything before the last colon, so ONNX
+    names such as ``input_1:0`` work."""
+    name, colon, dims = text.strip().rpartition(":")
+    try:
+        sizes = tuple(int(d) for d in dims.replace("x", ",").split(","))
+    except ValueError:
+        sizes = ()
+    if not colon or not name or not sizes or min(sizes) < 1:
+        raise UsageError(f"--shape takes {_SHAPE_SYNTAX}; got {text!r}")
+    return name, sizes
+
+
+def _shape_pair(item: Any) -> tuple[str, tuple[int, ...]]:
+    try:
+        name, dims = item
+        if any(isinstance(d, bool) for d in dims):
+            raise TypeError
+        sizes = tuple(operator.index(d) for d in dims)  # ints, numpy integers
+    except (TypeError, ValueError):
+        raise UsageError(f"shapes= takes (name, dims) pairs or {_SHAPE_SYNTAX}; got {item!r}") from None
+    if not isinstance(name, str) or not name or not sizes or min(sizes) < 1:
+        raise UsageError(f"shapes= takes (name, dims) pairs with positive integer sizes; got {item!r}")
+    return name, sizes
 
 
 class OptionGroup(str, enum.Enum):
@@ -440,7 +576,7 @@ class CheckOptions:
 
     target: Target = Target.ONNXRUNTIME
     device: Device = Device.AUTO
-    reference: Path | None = None
+    reference: Any = None  # the float model: a path, or in memory (onnxbc.held)
     data: DataOptions | None = None
     max_error: float | None = None
     metric: ErrorMetric = ErrorMetric.REL_MSE

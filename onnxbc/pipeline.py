@@ -11,10 +11,12 @@ and back stages (``onnxbc.flow``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -27,8 +29,9 @@ from onnxbc.calibration.session import SessionFactory
 from onnxbc.candidates import Candidate, Trials
 from onnxbc.compare import compare_sessions
 from onnxbc.compensation import bias_skip_reason
-from onnxbc.errors import OnnxbcError, UsageError, display_path
+from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.flow import CompressResult, Run
+from onnxbc.held import ModelLike
 from onnxbc.options import ActivationType, BiasCorrection, BiasShape, CompressOptions, DataOptions, Rounding
 from onnxbc.plan import QuantPlan
 from onnxbc.policy import LayerOverride, Policy, load_policy
@@ -53,16 +56,21 @@ __all__ = ["CompressResult", "compress"]
 
 
 def compress(
-    model: str | Path,
+    model: ModelLike,
     output: str | Path | None = None,
     *,
-    data: DataOptions | None = None,
+    data: DataOptions | Any = None,
     options: CompressOptions | None = None,
     report: str | Path | None = None,
     force: bool = False,
     stages: Stages | None = None,
 ) -> CompressResult:
-    """Quantize ``model`` and write the result and its report (see the module docstring)."""
+    """Quantize ``model`` and write the result and its report (see the module docstring).
+
+    ``model``: a path, or a model in memory (``onnx.ModelProto``, ``onnx_ir.Model``, onnx-graphsurgeon
+    ``gs.Graph``); for one in memory with no ``output``, ``result.model`` is the quantized model of the same
+    kind and no file is written (but ``report``, if given). ``data``: ``DataOptions``, or the samples themselves
+    (a dict of arrays, an iterable of feed dicts, a CalibrationDataReader: ``DataOptions(source=...)``)."""
     options, stages = options or CompressOptions(), stages or Stages(enabled=False)
     if options.data_free:
         if data is not None:
@@ -70,6 +78,7 @@ def compress(
         return datafree.compress(model, output, options=options, report=report, force=force, stages=stages)
     if data is None:
         raise UsageError("calibration data is needed: pass --data PATH (or --random-data, or --data-free)")
+    data = data if isinstance(data, DataOptions) else DataOptions(source=data)
     policy = load_policy(options.policy) if options.policy is not None else None
     run = flow.start(
         model,
@@ -78,15 +87,16 @@ def compress(
         options=options,
         force=force,
         stages=stages,
-        extra_options={"data": dataclasses.asdict(data)},
+        extra_options={"data": data.describe()},
     )
     working = flow.load_prepared(run, precision.required_opset(options, policy))
     job = _open(run, working, data, options, policy)
-    stats = _first_pass(job)
-    decided = _decide(job, stats)
-    errors = _second_pass(job, stats, decided)
-    built = _candidates(job, stats, decided, errors)
-    winner = _choose(job, built)
+    with contextlib.closing(job.calib):  # a spilled source's temporary folder goes at the end
+        stats = _first_pass(job)
+        decided = _decide(job, stats)
+        errors = _second_pass(job, stats, decided)
+        built = _candidates(job, stats, decided, errors)
+        winner = _choose(job, built)
     records.fill(run.report, job.targets, _decisions(options, decided, errors), winner, built)
     validate.require(winner.model, options.target)
     return flow.write(run, winner.model, lambda size: precision.check_size(size, options, policy))
@@ -146,7 +156,7 @@ def _open(run: Run, working: ir.Model, data: DataOptions, options: CompressOptio
     if not targets.targets:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in targets.skipped[:3])
         raise OnnxbcError(
-            f"{display_path(run.source)}: nothing to quantize "
+            f"{run.name}: nothing to quantize "
             "(no Conv/ConvTranspose/Gemm/MatMul with a constant weight)" + (f": {reasons}" if reasons else "")
         )
     calib = open_data(data, input_specs(working))
@@ -231,8 +241,7 @@ def _decide(job: _Job, stats: _Statistics) -> _Decided:
     if not plan.weights and not plan.activations:
         reasons = sorted({n for t in targets.targets for n in notes[t.name]})
         raise OnnxbcError(
-            f"{display_path(run.source)}: nothing to quantize with these options"
-            + (f" ({'; '.join(reasons[:2])})" if reasons else "")
+            f"{run.name}: nothing to quantize with these options" + (f" ({'; '.join(reasons[:2])})" if reasons else "")
         )
     return _Decided(plan, choice, notes)
 

@@ -37,12 +37,13 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
-from onnxbc import model_io
+from onnxbc import held, model_io
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.check_report import CheckReport, Finding, Rule, RuleResult, Status
 from onnxbc.compare import compare_sessions
-from onnxbc.errors import OnnxbcError, UsageError, display_path, one_line
+from onnxbc.errors import OnnxbcError, UsageError, one_line
+from onnxbc.held import ModelLike
 from onnxbc.options import CheckOptions, Target
 from onnxbc.passes.graph_utils import constant_tensor
 from onnxbc.passes.prepare import QUANTIZED_OPS, quantized_nodes
@@ -648,8 +649,8 @@ def _skip_reason(rule: Rule, options: CheckOptions, runtime: bool, failed: set[s
     return None
 
 
-def check(model_path: str | Path, options: CheckOptions | None = None, *, stages: Stages | None = None) -> CheckReport:
-    """Check a model file against every rule that applies (``onnxbc check``).
+def check(model: ModelLike, options: CheckOptions | None = None, *, stages: Stages | None = None) -> CheckReport:
+    """Check a model (a file, or held in memory: ``onnxbc.held``) against every rule that applies (``onnxbc check``).
 
     A model file that cannot be read is a report too (rule ``model.load`` failed, every other rule skipped, exit
     code 2), so that CI finds one; bad options, and a --reference or --data that cannot be read, raise UsageError.
@@ -660,20 +661,20 @@ def check(model_path: str | Path, options: CheckOptions | None = None, *, stages
         raise UsageError(f"--ignore: no rule '{unknown[0]}' (onnxbc check --list-rules lists them)")
     if "model.load" in options.ignore:
         raise UsageError("--ignore: model.load cannot be ignored (no rule can run on a model that cannot be read)")
-    path = Path(model_path)
+    path = Path(model) if held.is_path(model) else None
     stages = stages or Stages(enabled=False)
-    try:
-        model = _load(path)
+    try:  # the onnx.checker rule says what the checker finds
+        loaded = held.read(model, check=False)
     except OnnxbcError as e:  # missing, not a file, not ONNX, truncated, external data missing
         subject = Subject(None, options, path, load_error=one_line(e), stages=stages)
-        return CheckReport(display_path(path), options, run_rules(subject))
-    subject = Subject(model, options, path, stages=stages)
+        return CheckReport(held.describe(model), options, run_rules(subject))
+    subject = Subject(loaded, options, path, stages=stages)
     if options.reference is not None:
-        subject.reference = model_io.load(options.reference)
+        subject.reference = held.read(options.reference)
     if options.data is not None:
-        subject.data = open_data(options.data, input_specs(model))
-    ShapeInferencePass(strict_mode=False)(model)  # ranks for the axis and block checks, where onnx can infer them
-    return CheckReport(display_path(path), options, run_rules(subject))
+        subject.data = open_data(options.data, input_specs(loaded))
+    ShapeInferencePass(strict_mode=False)(loaded)  # ranks for the axis and block checks, where onnx can infer them
+    return CheckReport(held.describe(model), options, run_rules(subject))
 
 
 def require(model: ir.Model, target: Target) -> None:
@@ -688,9 +689,3 @@ def require(model: ir.Model, target: Target) -> None:
             f"internal error: the quantized model fails check rule {failed[0].rule.id}: {first[0].message}{more}"
             f"{others}; nothing was written"
         )
-
-
-def _load(path: Path) -> ir.Model:
-    """The model as model_io reads it (any path, external data), without onnx.checker: the onnx.checker rule
-    says what the checker finds."""
-    return model_io.load(path, check=False)
