@@ -424,6 +424,19 @@ def _data_options(data: Path | None, preprocess: str | None, tokenizer: Path | N
     return DataOptions(source=source, **fields)
 
 
+def _samples(data, preprocess, tokenizer, samples: int, batch_size: int, shape: list[str] | None) -> DataOptions:
+    """The samples ``check`` and ``compare`` run the models on (all of them: nothing is held out)."""
+    return _data_options(
+        data,
+        preprocess,
+        tokenizer,
+        samples=samples,
+        batch_size=batch_size,
+        holdout_fraction=0.0,
+        shapes=tuple(shape or ()),
+    )
+
+
 def _int_list(text: str, flag: str, example: str = "0,128,64") -> tuple[int, ...]:
     try:
         return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
@@ -521,15 +534,7 @@ def check(
             reference=reference,
             data=None
             if (data, preprocess, tokenizer) == (None, None, None)
-            else _data_options(
-                data,
-                preprocess,
-                tokenizer,
-                samples=samples,
-                batch_size=batch_size,
-                holdout_fraction=0.0,
-                shapes=tuple(shape or ()),
-            ),
+            else _samples(data, preprocess, tokenizer, samples, batch_size, shape),
             max_error=max_error,
             metric=metric,
             exact=exact,
@@ -603,15 +608,7 @@ def compare(
 ) -> None:
     """Output agreement of B with A on the same samples: cosine, relative MSE, max abs error, top-1 agreement."""
     with _errors(verbose):
-        options = _data_options(
-            data,
-            preprocess,
-            tokenizer,
-            samples=samples,
-            batch_size=batch_size,
-            holdout_fraction=0.0,
-            shapes=tuple(shape or ()),
-        )
+        options = _samples(data, preprocess, tokenizer, samples, batch_size, shape)
         result = compare_models(a, b, options, device=device, exact=exact, stages=Stages(not quiet, err))
         out.print(f"B = {b} against A = {a} on {result.data}, {result.device}", soft_wrap=True, markup=False)
         result.print(out)

@@ -66,11 +66,15 @@ class ColorMode(str, enum.Enum):
 
 
 class Layout(str, enum.Enum):
+    """Where the channels go: after the batch axis (PyTorch, ONNX's default) or last (TensorFlow)."""
+
     NCHW = "NCHW"
     NHWC = "NHWC"
 
 
 class Resample(str, enum.Enum):
+    """Pillow's resampling filter for ``resize``."""
+
     NEAREST = "nearest"
     BILINEAR = "bilinear"
     BICUBIC = "bicubic"
