@@ -383,6 +383,8 @@ def compress(
         for warning in result.report.warnings:
             _warn(warning)
         _print_result(result, quiet)
+        if verbose:
+            _print_timings(result.report.timings_s)
 
 
 def _refuse_data_flags(
@@ -442,6 +444,14 @@ def _int_list(text: str, flag: str, example: str = "0,128,64") -> tuple[int, ...
         return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
         raise UsageError(f"{flag} takes comma-separated integers such as {example}, not {text!r}") from None
+
+
+def _print_timings(timings: dict[str, float]) -> None:
+    """--verbose: seconds per stage (the report's ``timings_s``), on stderr with the other diagnostics."""
+    total = sum(timings.values())
+    err.print(
+        "time per stage: " + ", ".join(f"{name} {s:.2f} s ({s / max(total, 1e-9):.0%})" for name, s in timings.items())
+    )
 
 
 def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:

@@ -132,6 +132,15 @@ def test_verbose_adds_the_traceback(model, tmp_path):
     assert r.returncode == 2 and "Traceback" in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:")
 
 
+def test_verbose_prints_the_time_per_stage(model, tmp_path):
+    r = onnxbc("compress", model, "--data", tmp_path / "calib.npz", "--verbose")
+    assert r.returncode == 0, r.stderr
+    line = next(line for line in r.stderr.splitlines() if line.startswith("time per stage: "))
+    report = json.loads((tmp_path / "conv.int8.report.json").read_text())
+    assert [part.split()[0] for part in line.removeprefix("time per stage: ").split(", ")] == list(report["timings_s"])
+    assert "time per stage" not in onnxbc("compress", model, "--data", tmp_path / "calib.npz", "-f").stderr
+
+
 def test_help_and_version():
     r = onnxbc("--help")
     assert r.returncode == 0 and "compress" in r.stdout
