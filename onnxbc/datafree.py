@@ -33,7 +33,7 @@ from onnxbc.passes.qdq import InsertQDQPass
 from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
 from onnxbc.progress import Stages
 from onnxbc.quantizers import unsupported_weight, weight_quant
-from onnxbc.records import skipped
+from onnxbc.records import bias_record, skipped, weight_record
 from onnxbc.report import LayerRecord, Report
 from onnxbc.solvers import dfmpc
 from onnxbc.solvers.quant import dequantize
@@ -95,14 +95,13 @@ def compress(
         if layer.bias is not None:
             plan.biases[layer.target.name] = layer.bias
     edits = [_edit(p, layers) for p in pairs]
-    names = {t.name: t.weight.source.name for t in targets.targets if t.weight is not None}
     with run.timer("rewrite"):
         working = RescalePairsPass(edits)(working).model
         working = InsertQDQPass(plan)(working).model
         folded = FoldBiasPass(plan.biases)(working)
     validate.require(folded.model, options.target)
     rep.compensation = _compensation_report(pairs, unused, layers, compensate)
-    rep.layers = _records(targets, layers, names, folded.sites)
+    rep.layers = _records(targets, layers, folded.sites)
     if not any(layer.pair is not None and layer.pair.batchnorm is not None for layer in layers.values()):
         rep.warnings.append(
             "no BatchNormalization in any pair (folded already): factors from the weights alone, "
@@ -262,9 +261,7 @@ def _compensation_report(pairs: list[Pair], unused, layers: dict[str, _Layer], c
     }
 
 
-def _records(
-    targets: Targets, layers: dict[str, _Layer], names: dict[str, str], sites: dict[str, str]
-) -> list[LayerRecord]:
+def _records(targets: Targets, layers: dict[str, _Layer], sites: dict[str, str]) -> list[LayerRecord]:
     records = []
     for t in targets.targets:
         layer = layers.get(t.name)
@@ -273,29 +270,13 @@ def _records(
         if q is None:
             rec.reason = "; ".join(rec.notes) or "activation x activation MatMul: data-free mode is weight-only"
         else:
-            rec.weight = {
-                "name": names.get(t.name),
-                "bits": q.bits,
-                "stored_bits": q.stored_bits,
-                "granularity": q.granularity.describe(),
-                "axis": q.granularity.axis,
-                "block_size": q.granularity.block_size,
-                "scale_method": q.method,
-                "params": int(q.codes.size),
-                "role": layer.role,
-            }
+            rec.weight = {**weight_record(q), "role": layer.role}
         if layer is not None and layer.weight_error is not None:
             before, after = layer.weight_error
             rec.error = {"weight_space": {"rel_mse_before": before, "rel_mse_after": after}}
         if layer is not None and layer.bias is not None:
-            delta = layer.bias.delta
-            rec.bias = {
-                "applied": True,
-                "site": sites.get(t.name),
-                "delta_norm": float(np.linalg.norm(delta)),
-                "delta_max_abs": float(np.abs(delta).max()),
-                "source": "data-free (BatchNormalization statistics)",
-            }
+            source = "data-free (BatchNormalization statistics)"
+            rec.bias = bias_record(layer.bias.delta, True, sites.get(t.name), source=source)
         elif layer is not None and layer.bias_skip:
             rec.bias = {"applied": False, "reason": layer.bias_skip}
         records.append(rec)

@@ -14,6 +14,7 @@ import numpy as np
 from onnxbc import precision
 from onnxbc.candidates import Candidate, Weights, fit_biases
 from onnxbc.options import BiasCorrection
+from onnxbc.plan import WeightQuant
 from onnxbc.report import LayerRecord, Report
 from onnxbc.targets import Target, Targets
 
@@ -91,7 +92,7 @@ def layer_records(targets: Targets, decisions: Decisions, winner: Candidate) -> 
         if not quantized:
             rec.reason = "; ".join(notes) or "nothing quantized"
         if weight in plan.weights:
-            rec.weight = _weight_record(plan.weights[weight])
+            rec.weight = weight_record(plan.weights[weight])
         rec.activations = [_activation_record(plan.activations[n]) for n in inputs if n in plan.activations]
         fold = biases.get(t.name)
         probe = winner.probes.get(t.name)
@@ -102,13 +103,8 @@ def layer_records(targets: Targets, decisions: Decisions, winner: Candidate) -> 
                 if not m.empty
             }
         if fold is not None:
-            rec.bias = {
-                "applied": winner.compensated,
-                "site": winner.rewrite.biases.get(t.name),
-                "delta_norm": float(np.linalg.norm(fold.delta)),
-                "delta_max_abs": float(np.abs(fold.delta).max()),
-                "reason": None if winner.compensated else "compensation as a whole did not lower the output error",
-            }
+            why = None if winner.compensated else "compensation as a whole did not lower the output error"
+            rec.bias = bias_record(fold.delta, winner.compensated, winner.rewrite.biases.get(t.name), reason=why)
         elif t.name in decisions.bias_skips:
             rec.bias = {"applied": False, "reason": decisions.bias_skips[t.name]}
         records.append(rec)
@@ -140,7 +136,8 @@ def _derived_notes(
     return notes
 
 
-def _weight_record(wq) -> dict:
+def weight_record(wq: WeightQuant) -> dict:
+    """A layer record's ``weight`` (docs/report-schema.md), from its quantized weight."""
     return {
         "name": wq.source,
         "bits": wq.bits,
@@ -153,6 +150,18 @@ def _weight_record(wq) -> dict:
         "rounding": wq.rounding,
         "emulated": wq.emulated is not None,
         "params": int(wq.dequantized().size),
+    }
+
+
+def bias_record(delta: np.ndarray, applied: bool, site: str | None, **extra: str | None) -> dict:
+    """A layer record's ``bias`` for a fitted bias ``delta``: where it went, its size, and ``extra`` (the reason
+    it was not applied, or where it came from)."""
+    return {
+        "applied": applied,
+        "site": site,
+        "delta_norm": float(np.linalg.norm(delta)),
+        "delta_max_abs": float(np.abs(delta).max()),
+        **extra,
     }
 
 
