@@ -44,7 +44,7 @@ def logits(model: Path, images: np.ndarray) -> np.ndarray:
 def ablation(kind: str) -> Iterator[None]:
     """``factors-only``: no data-free bias correction; ``bias-only``: every factor 1."""
     if kind == "factors-only":
-        with mock.patch("onnxbc.datafree.input_mean", lambda t: "ablation: bias correction off"):
+        with mock.patch("onnxbc.datafree.input_mean", lambda t, statistics: "ablation: bias correction off"):
             yield
     elif kind == "bias-only":
         with mock.patch.object(dfmpc, "factors", lambda w, w_hat: np.ones(len(w))):

@@ -1,8 +1,9 @@
 """``compress --data-free``: DF-MPC compensation and data-free bias correction, with no data and no model run.
 
-load -> prepare -> targets -> pairs (``onnxbc.pairs``) -> per pair: fold BatchNormalization into the low
-layer, quantize it at ``--weights``, closed-form factors ``c`` (``solvers.dfmpc``) moved into the low
-layer's bias and the next layer's input channels -> quantize every other layer at ``--next-weights`` ->
+load -> prepare (BatchNormalization folded into the layers, its statistics kept) -> targets -> pairs
+(``onnxbc.pairs``) -> per pair: fold a BatchNormalization still in the graph into the low layer, quantize it at
+``--weights``, closed-form factors ``c`` (``solvers.dfmpc``) moved into the low layer's bias and the next
+layer's input channels -> quantize every other layer at ``--next-weights`` ->
 data-free bias correction of every layer whose input mean is modelled from BatchNormalization statistics
 -> rewrite (``RescalePairsPass``, ``InsertQDQPass``, ``FoldBiasPass``) -> static checks -> write model and
 report as one transaction. The front (output paths, load, prepare) and the back (write) are ``onnxbc.flow``'s.
@@ -29,6 +30,7 @@ from onnxbc.options import BiasCorrection, CompressOptions, WeightType
 from onnxbc.pairs import Pair, batchnorm_params, find_pairs, input_mean
 from onnxbc.passes.dfmpc import PairEdit, RescalePairsPass
 from onnxbc.passes.fold_bias import FoldBiasPass
+from onnxbc.passes.fold_bn import FoldedBatchNorm
 from onnxbc.passes.qdq import InsertQDQPass
 from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
 from onnxbc.progress import Stages
@@ -75,9 +77,10 @@ def compress(
     rep = run.report
     rep.data = {"source": "none (--data-free)", "fit_samples": 0, "holdout_samples": 0, "random": False}
     rep.device = "none (data-free: the model is never run)"
-    working = flow.load_prepared(run, options.required_opset)
+    prepared = flow.load_and_prepare(run, options.required_opset)
+    working, statistics = prepared.model, prepared.folds.batchnorms
     targets = find_targets(working, quantize_attention=False)
-    pairs, unused = find_pairs(working, targets)
+    pairs, unused = find_pairs(working, targets, statistics)
     if not pairs:
         why = "; ".join(f"{u.low}: {u.reason}" for u in unused[:2]) or "no Conv/Gemm with a constant weight"
         raise OnnxbcError(
@@ -86,7 +89,7 @@ def compress(
         )
     compensate = options.bias_correction is not BiasCorrection.NONE
     with stages.step("Solving DF-MPC factors and data-free bias correction", len(targets.targets)) as advance:
-        layers = _solve(targets, pairs, options, compensate, advance)
+        layers = _solve(targets, pairs, statistics, options, compensate, advance)
 
     plan = QuantPlan()
     for layer in layers.values():
@@ -102,7 +105,7 @@ def compress(
     validate.require(folded.model, options.target)
     rep.compensation = _compensation_report(pairs, unused, layers, compensate)
     rep.layers = _records(targets, layers, folded.sites)
-    if not any(layer.pair is not None and layer.pair.batchnorm is not None for layer in layers.values()):
+    if not any(layer.pair is not None and layer.pair.batchnorm_name for layer in layers.values()):
         rep.warnings.append(
             "no BatchNormalization in any pair (folded already): factors from the weights alone, "
             "no statistics for data-free bias correction"
@@ -111,7 +114,12 @@ def compress(
 
 
 def _solve(
-    targets: Targets, pairs: list[Pair], options: CompressOptions, compensate: bool, advance
+    targets: Targets,
+    pairs: list[Pair],
+    statistics: dict[str, FoldedBatchNorm],
+    options: CompressOptions,
+    compensate: bool,
+    advance,
 ) -> dict[str, _Layer]:
     layers = {t.name: _Layer(t, weight_array(t.weight)) for t in targets.targets if t.weight is not None}
     low_options = dataclasses.replace(options, data_free=False)
@@ -128,7 +136,11 @@ def _solve(
             layer.notes.append(f"BatchNormalization '{p.batchnorm.name}' folded in")
         else:
             h = np.zeros(len(w), np.float32) if bias is None else bias
-            layer.notes.append("no BatchNormalization: factors from the weights alone")
+            layer.notes.append(
+                f"BatchNormalization '{p.folded.name}' folded in by the prepare passes"
+                if p.folded is not None
+                else "no BatchNormalization: factors from the weights alone"
+            )
         layer.weight = np.moveaxis(w, 0, group.channel_axis)
         layer.quant = weight_quant(group, layer.weight, low_options)
         w_hat = np.moveaxis(
@@ -171,7 +183,7 @@ def _solve(
         if layer.target.op not in ("Conv", "Gemm", "MatMul"):
             layer.bias_skip = f"no data-free bias correction for {layer.target.op}"
             continue
-        found = input_mean(layer.target)
+        found = input_mean(layer.target, statistics)
         if isinstance(found, str):
             layer.bias_skip = found
             continue
@@ -232,7 +244,7 @@ def _compensation_report(pairs: list[Pair], unused, layers: dict[str, _Layer], c
             {
                 "low": p.low.name,
                 "next": p.next.name,
-                "batchnorm": p.batchnorm.name if p.batchnorm is not None else None,
+                "batchnorm": p.batchnorm_name,
                 "activation": p.activation.op_type,
                 "path": [n.op_type for n in p.path],
                 "low_bits": low.quant.bits,

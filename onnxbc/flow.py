@@ -25,7 +25,8 @@ import onnxbc
 from onnxbc import held, model_io
 from onnxbc.errors import OnnxbcError
 from onnxbc.options import ActivationType, CompressOptions, WeightType
-from onnxbc.passes.prepare import prepare_passes, quantized_nodes
+from onnxbc.passes.fold_bn import FoldResult
+from onnxbc.passes.prepare import Prepared, prepare, quantized_nodes
 from onnxbc.progress import Stages
 from onnxbc.report import Report
 
@@ -123,8 +124,14 @@ def start(
 
 
 def load_prepared(run: Run, needed_opset: int) -> ir.Model:
+    """The prepared model of ``load_and_prepare``."""
+    return load_and_prepare(run, needed_opset).model
+
+
+def load_and_prepare(run: Run, needed_opset: int) -> Prepared:
     """Load the model, refuse a quantized one, and run the prepare passes (opset raised to ``needed_opset``,
-    to ``--opset``, and to 19 for half-float tensors, whose QuantizeLinear/DequantizeLinear need it)."""
+    to ``--opset``, and to 19 for half-float tensors, whose QuantizeLinear/DequantizeLinear need it); the
+    report's ``prepare`` says what was folded into the layers and what was left."""
     rep = run.report
     with run.timer("load"):
         model = held.read(run.model)
@@ -133,9 +140,19 @@ def load_prepared(run: Run, needed_opset: int) -> ir.Model:
     rep.opset["before"] = model.opset_imports.get("", 0)
     with run.timer("prepare"), run.stages.step("Preparing the graph", None):
         opset = max(needed_opset, run.options.opset or 0, 19 if has_half_floats(model) else 0)
-        model = prepare_passes(opset)(model).model
-    rep.opset["after"] = model.opset_imports.get("", 0)
-    return model
+        prepared = prepare(model, opset)
+    rep.opset["after"] = prepared.model.opset_imports.get("", 0)
+    rep.prepare = fold_record(prepared.folds)
+    return prepared
+
+
+def fold_record(folds: FoldResult) -> dict[str, Any]:
+    """The report's ``prepare`` section (docs/report-schema.md)."""
+    return {
+        "folded": len(folds.sites),
+        "fold_sites": [{"node": node, "into": layer} for node, layer in folds.sites.items()],
+        "fold_skipped": [{"node": node, "reason": reason} for node, reason in folds.skipped.items()],
+    }
 
 
 def refuse_quantized(model: ir.Model, name: str) -> None:

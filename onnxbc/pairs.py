@@ -5,7 +5,8 @@ A pair is matched on the prepared graph (``find_pairs``):
 1. a low-bit layer: ``Conv`` or ``Gemm`` (``transA = 0``, ``alpha = 1``, ``beta = 1`` or no ``C``) in the
    main graph, reading its own, unshared initializer weight with a constant bias or none;
 2. optionally ``BatchNormalization`` (inference mode, constant parameters); without it the layer's bias
-   is the folded BN (the weights alone then decide the factors, and no statistics are known);
+   is the folded BN: the prepare passes fold it (``passes.fold_bn``) and hand its statistics on in
+   ``folded``; when nothing did, the weights alone decide the factors and no statistics are known;
 3. a positively homogeneous activation: ``Relu``, ``LeakyRelu`` or ``PRelu``;
 4. any number of per-channel, positively homogeneous ops: ``MaxPool``, ``AveragePool``, the global pools,
    ``Identity``, ``Dropout``, ``Flatten`` (axis 1: channel ``i`` becomes a block of input features);
@@ -17,7 +18,8 @@ order: a layer that is the next layer of a taken pair is not also the low layer 
 not taken gets a reason naming the node.
 
 ``input_mean`` models ``E[x]`` of a layer's input data-free: back through the ops of rule 4 to
-``Relu(BatchNormalization(.))``, whose pre-activation is modelled as ``N(beta, gamma^2)``. ``MaxPool`` is
+``Relu(BatchNormalization(.))``, or to ``Relu(layer)`` with a BatchNormalization folded into the layer (its
+statistics in ``folded``), whose pre-activation is modelled as ``N(beta, gamma^2)``. ``MaxPool`` is
 treated like ``AveragePool`` (its mean is higher: a known underestimate).
 """
 
@@ -25,10 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxbc.passes.fold_bn import FoldedBatchNorm
 from onnxbc.passes.graph_utils import constant_tensor
 from onnxbc.solvers.dfmpc import relu_mean
 from onnxbc.targets import Target, Targets
@@ -45,10 +49,18 @@ class Pair:
     activation: ir.Node
     path: tuple[ir.Node, ...]
     repeat: int  # input features of ``next`` per output channel of ``low`` (Flatten of C x H x W: H * W)
+    folded: FoldedBatchNorm | None = None  # the BatchNormalization the prepare passes folded into ``low``
 
     @property
     def name(self) -> str:
         return f"{self.low.name} -> {self.next.name}"
+
+    @property
+    def batchnorm_name(self) -> str | None:
+        """The pair's BatchNormalization, in the graph or folded into ``low`` by the prepare passes."""
+        if self.batchnorm is not None:
+            return self.batchnorm.name
+        return self.folded.name if self.folded is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +72,16 @@ class Unused:
     reason: str
 
 
-def find_pairs(model: ir.Model, targets: Targets) -> tuple[list[Pair], list[Unused]]:
+def find_pairs(
+    model: ir.Model, targets: Targets, folded: Mapping[str, FoldedBatchNorm] | None = None
+) -> tuple[list[Pair], list[Unused]]:
+    """``folded``: the statistics of the BatchNormalizations the prepare passes folded (``FoldResult.batchnorms``)."""
     by_node = {id(t.node): t for t in targets.targets}
     pairs: list[Pair] = []
     unused: list[Unused] = []
     taken_next: dict[str, Pair] = {}
     for t in targets.targets:
-        found = _match(t, by_node, targets, model.graph)
+        found = _match(t, by_node, targets, folded or {})
         if isinstance(found, Unused):
             unused.append(found)
         elif t.name in taken_next:
@@ -81,7 +96,7 @@ def find_pairs(model: ir.Model, targets: Targets) -> tuple[list[Pair], list[Unus
     return pairs, unused
 
 
-def _match(t: Target, by_node: dict[int, Target], targets: Targets, main: ir.Graph) -> Pair | Unused:
+def _match(t: Target, by_node: dict[int, Target], targets: Targets, folded: Mapping) -> Pair | Unused:
     reason = _low_reason(t, targets)
     if reason:
         return Unused(t.name, None, reason)
@@ -135,7 +150,7 @@ def _match(t: Target, by_node: dict[int, Target], targets: Targets, main: ir.Gra
         return Unused(
             t.name, nxt.name, f"'{nxt.name}' reads {features} input features, not {channels} channels x {repeat}"
         )
-    return Pair(t, nxt, bn, activation, tuple(path), repeat)
+    return Pair(t, nxt, bn, activation, tuple(path), repeat, folded.get(t.node.outputs[0].name))
 
 
 def _low_reason(t: Target, targets: Targets) -> str | None:
@@ -222,8 +237,9 @@ def _repeat(path: list[ir.Node]) -> int | None:
     return math.prod(shape.dims[2:])
 
 
-def input_mean(t: Target) -> tuple[np.ndarray, str] | str:
-    """Modelled ``E[x]`` per input feature of ``t`` and the BatchNormalization it comes from, or why not."""
+def input_mean(t: Target, folded: Mapping[str, FoldedBatchNorm] | None = None) -> tuple[np.ndarray, str] | str:
+    """Modelled ``E[x]`` per input feature of ``t`` and the BatchNormalization it comes from, or why not
+    (``folded`` as for ``find_pairs``)."""
     value = t.node.inputs[t.activation_inputs[0]]
     repeat = 1
     while True:
@@ -240,6 +256,9 @@ def input_mean(t: Target) -> tuple[np.ndarray, str] | str:
             continue
         if producer.op_type != "Relu":
             return f"input comes from {producer.op_type} '{producer.name}', not Relu(BatchNormalization)"
+        before = (folded or {}).get(producer.inputs[0].name)
+        if before is not None:
+            return np.repeat(relu_mean(before.shift, before.scale), repeat), before.name
         bn = producer.inputs[0].producer()
         if bn is None or bn.op_type != "BatchNormalization" or batchnorm_reason(bn):
             return f"input comes from Relu '{producer.name}' without a BatchNormalization before it"

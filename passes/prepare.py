@@ -7,12 +7,18 @@
 4. Raise the ai.onnx opset when the quantization needs a newer one (per-axis scales need 13; int4 and
    ``block_size`` need 21), through onnxscript's version converter (onnx's C converter as a fallback).
 5. Infer shapes and types where onnx can (failure leaves the model unchanged: custom ops are common).
+6. Fold BatchNormalization, and constant per-channel Mul/Add, into the Conv/ConvTranspose/Gemm/MatMul before
+   them (``passes.fold_bn``), for every target: a float BatchNormalization after a layer keeps ONNX Runtime
+   from fusing it into an integer kernel. After 2 (constants lifted), 3 (names for the report) and 5 (MatMul
+   output ranks).
 
-Already-quantized models are refused before any of this (``quantized_nodes``).
+Already-quantized models are refused before any of this (``quantized_nodes``). ``prepare`` runs the sequence
+and keeps what step 6 folded and left, with the BatchNormalization statistics DF-MPC reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import onnx_ir as ir
@@ -20,6 +26,7 @@ import onnx_ir.passes.common as common
 from onnxscript.version_converter import ConvertVersionPass
 
 from onnxbc.errors import OnnxbcError, one_line
+from onnxbc.passes.fold_bn import FoldBatchNormPass, FoldResult
 
 logger = logging.getLogger(__name__)
 
@@ -105,5 +112,24 @@ def prepare_passes(min_opset: int) -> ir.passes.PassManager:
             RaiseOpsetPass(min_opset),
             common.NameFixPass(_OpTypeNames()),
             common.ShapeInferencePass(strict_mode=False),
+            FoldBatchNormPass(),
         ]
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    model: ir.Model
+    folds: FoldResult  # what step 6 folded (``sites``), left (``skipped``) and the statistics it kept
+
+
+def prepare(model: ir.Model, min_opset: int) -> Prepared:
+    """Run ``prepare_passes`` one by one, keeping the fold pass's result (a ``PassManager`` returns a plain
+    ``PassResult``, and wraps a pass's ``OnnxbcError`` in its own error)."""
+    folds = None
+    for pass_ in prepare_passes(min_opset).passes:
+        result = pass_(model)
+        model = result.model
+        if isinstance(result, FoldResult):
+            folds = result
+    return Prepared(model, folds)

@@ -19,7 +19,7 @@ from models import test_graphs
 from onnxbc import flow, model_io
 from onnxbc.pairs import batchnorm_params, find_pairs, input_mean
 from onnxbc.passes.dfmpc import PairEdit, RescalePairsPass
-from onnxbc.passes.prepare import prepare_passes
+from onnxbc.passes.prepare import prepare, prepare_passes
 from onnxbc.solvers import dfmpc
 from onnxbc.solvers.quant import INT2, INT3, Granularity, dequantize, quantize, weight_scale
 from onnxbc.targets import find_targets, weight_array
@@ -89,14 +89,16 @@ def run(model, feeds):
 # ---------------------------------------------------------------------------------------------- pair matching
 
 
-def test_pairs_found_greedily_with_reasons(tmp_path):
-    model = prepared(chain_model(), tmp_path)
-    pairs, unused = find_pairs(model, find_targets(model))
+def test_pairs_found_greedily_with_reasons():
+    result = prepare(model_io.from_proto(chain_model()), 13)  # folds bn1 into c1, keeping its statistics
+    model = result.model
+    pairs, unused = find_pairs(model, find_targets(model), result.folds.batchnorms)
     assert [(p.low.name, p.next.name) for p in pairs] == [("c1", "c2"), ("fc1", "fc2")]
     first = pairs[0]
-    assert first.batchnorm.name == "bn1" and first.activation.op_type == "Relu" and first.repeat == 1
+    assert first.batchnorm is None and first.batchnorm_name == "bn1"
+    assert first.activation.op_type == "Relu" and first.repeat == 1
     assert [n.op_type for n in first.path] == ["MaxPool"]
-    assert pairs[1].batchnorm is None  # folded bias: weights only
+    assert pairs[1].batchnorm_name is None  # folded bias: weights only
     reasons = {u.low: u.reason for u in unused}
     assert "high-precision layer of pair c1 -> c2" in reasons["c2"]
     assert "graph output" in reasons["fc2"]
@@ -120,12 +122,13 @@ def test_unused_candidates_say_why(tmp_path, kwargs, reason):
 
 
 def test_flatten_maps_channels_to_feature_blocks():
-    model = prepared(FASHION_BN)
+    result = prepare(model_io.load(FASHION_BN), 13)
+    model = result.model
     pairs, _ = find_pairs(model, find_targets(model))
     assert [(p.low.op, p.next.op) for p in pairs] == [("Conv", "Conv"), ("Gemm", "Gemm")]
     targets = find_targets(model)
     gemm = next(t for t in targets.targets if t.name == "/classifier/classifier.1/Gemm")
-    mean, bn = input_mean(gemm)  # Flatten of 64 x 7 x 7: each channel's mean repeated 49 times
+    mean, bn = input_mean(gemm, result.folds.batchnorms)  # Flatten of 64 x 7 x 7: each channel's mean repeated 49 times
     assert bn == "/features/features.5/BatchNormalization" and mean.shape == (3136,)
     assert np.all(mean[:49] == mean[0]) and mean[49] != mean[0]
 
