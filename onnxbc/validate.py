@@ -10,7 +10,11 @@ finding per node or tensor that breaks it, a single line naming that node or ten
   blocks consistent with the input, a Q and the DQ reading it agreeing).
 - ``tensorrt`` (``--target tensorrt``): TensorRT explicit quantization, algorithms.md §5.
 - ``onnxruntime`` (``--target onnxruntime``): the model loads (and runs a batch) in ONNX Runtime's default
-  session on the chosen execution provider.
+  session on the chosen execution provider; ``ort.fusion`` lists every quantized layer that ONNX Runtime's
+  CPU session still runs as a float op on dequantized inputs (``onnxbc.fusion``). It *warns*, one finding per
+  layer, and does not fail: such a model computes the right result, only slower, and which layers fuse
+  depends on the ONNX Runtime version and the CPU; a gate that must fail on it counts the rule's findings in
+  the JSON report.
 - ``numerics`` (with ``--reference``): every float output within ``--max-error`` of the float model on data.
 
 Rules that read Q/DQ nodes run only when onnx.checker passes (a malformed node has no parts to read).
@@ -37,7 +41,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import CheckerPass, ShapeInferencePass
 
-from onnxbc import held, model_io
+from onnxbc import fusion, held, model_io
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.check_report import CheckReport, Finding, Rule, RuleResult, Status
@@ -487,6 +491,16 @@ def _ort_session(s: Subject) -> Iterator[Finding]:
         yield Finding(one_line(e))
 
 
+def _ort_fusion(s: Subject) -> Iterator[Finding]:
+    try:
+        audit = fusion.audit(s.model)
+    except OnnxbcError as e:  # ort.session, when not ignored, fails for the same reason
+        yield Finding(f"cannot audit the fusions: {one_line(e)}", failed=False)
+        return
+    for layer in audit.unfused:
+        yield Finding(layer.message(), failed=False)
+
+
 def _numerics(s: Subject) -> Iterator[Finding]:
     options = s.options
     try:
@@ -590,6 +604,13 @@ RULES: tuple[Rule, ...] = (
         needs_checker=False,
     ),
     Rule(
+        "ort.fusion",
+        "onnxruntime",
+        "ONNX Runtime's CPU session runs every quantized layer as an integer kernel (warns per float layer)",
+        _ort_fusion,
+        warns=True,
+    ),
+    Rule(
         "numerics",
         "numerics",
         "every float output is within --max-error of --reference on --data, by --metric",
@@ -611,11 +632,10 @@ def list_rules() -> str:
 
 def run_rules(subject: Subject, *, runtime: bool = True) -> tuple[RuleResult, ...]:
     """Run every rule that applies to ``subject`` (``runtime=False``: only the static ones)."""
-    options = subject.options
     results: list[RuleResult] = []
     failed: set[str] = set()
     for rule in RULES:
-        reason = _skip_reason(rule, options, runtime, failed)
+        reason = _skip_reason(rule, subject, runtime, failed)
         if reason:
             results.append(RuleResult(rule, Status.SKIPPED, reason=reason))
             continue
@@ -631,7 +651,8 @@ def run_rules(subject: Subject, *, runtime: bool = True) -> tuple[RuleResult, ..
     return tuple(results)
 
 
-def _skip_reason(rule: Rule, options: CheckOptions, runtime: bool, failed: set[str]) -> str | None:
+def _skip_reason(rule: Rule, subject: Subject, runtime: bool, failed: set[str]) -> str | None:
+    options = subject.options
     if rule.id in options.ignore:
         return "ignored (--ignore)"
     if rule.profile == "tensorrt" and options.target is not Target.TENSORRT:
@@ -646,6 +667,10 @@ def _skip_reason(rule: Rule, options: CheckOptions, runtime: bool, failed: set[s
         return "model.load failed"
     if rule.needs_checker and "onnx.checker" in failed:
         return "onnx.checker failed"
+    if rule.id == "ort.fusion" and "ort.session" in failed:
+        return "ort.session failed"
+    if rule.id == "ort.fusion" and not fusion.quantized_layers(subject.model):
+        return "no quantized layer (a layer reading a DequantizeLinear) to audit"
     return None
 
 

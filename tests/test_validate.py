@@ -262,6 +262,11 @@ CASES = {
     "trt.float-bias": (lambda bad: conv(bias_dq=bad), TRT, "Conv 'y' reads its bias through DequantizeLinear 'b_dq'"),
     "trt.concat-scale": (lambda bad: concat(same_scale=not bad), TRT, "Concat 'y'"),
     "ort.session": (unknown_op, ORT, "Frobnicate"),
+    "ort.fusion": (
+        lambda bad: conv() if bad else test_graphs.build("quantized_qdq").model,  # no Q after the Conv: float
+        ORT,
+        "Conv 'y' runs as float Conv on dequantized 'x_dq', 'w_dq'",
+    ),
     "qdq.scale/run-time": (scale_input, ORT, "'x_run_time_scale' of QuantizeLinear 'x_q' is computed at run time"),
     "trt.int4/per-channel": (lambda bad: matmul_int4(block_size=0 if bad else 128, scale_rows=1), TRT, "block_size 0"),
     # TensorRT Model Optimizer's layout (float weight -> Q -> DQ): the weight's Q/DQ pair is a weight quantizer
@@ -516,7 +521,7 @@ def test_json_report_follows_the_documented_schema(failing, tmp_path):
     assert set(report) == {"schema", "tool_version", "model", "target", "options", "passed", "summary", "rules"}
     assert report["schema"] == "onnxbc.check/1" and report["passed"] is False and report["target"] == "tensorrt"
     assert [rule["id"] for rule in report["rules"]] == list(validate.RULE_IDS)
-    assert report["summary"] == {"passed": 15, "warned": 0, "failed": 3, "skipped": 2}
+    assert report["summary"] == {"passed": 15, "warned": 0, "failed": 3, "skipped": 3}
     for rule in report["rules"]:
         assert set(rule) == {"id", "profile", "doc", "status", "reason", "seconds", "findings"}
         assert rule["status"] in ("passed", "warned", "failed", "skipped")
@@ -545,15 +550,15 @@ def test_junit_report_is_junit_xml(failing, tmp_path):
     assert [c.get("name") for c in cases] == list(validate.RULE_IDS)
     failures = [c for c in cases if c.find("failure") is not None]
     skipped = [c for c in cases if c.find("skipped") is not None]
-    assert [c.get("name") for c in skipped] == ["ort.session", "numerics"]
+    assert [c.get("name") for c in skipped] == ["ort.session", "ort.fusion", "numerics"]
     assert [c.get("name") for c in failures] == ["trt.zero-point", "trt.uint8", "trt.float-bias"]
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == (
-        "20",
+        "21",
         "3",
-        "2",
+        "3",
         "0",
     )
-    assert root.get("tests") == "20" and root.get("failures") == "3"
+    assert root.get("tests") == "21" and root.get("failures") == "3"
     uint8 = failures[1].find("failure")
     assert uint8.get("type") == "trt.uint8" and "x_quantize" in uint8.get("message")
     assert len(uint8.text.splitlines()) == 2
@@ -563,7 +568,7 @@ def test_junit_report_is_junit_xml(failing, tmp_path):
 def test_text_report_and_exit_codes(failing, tmp_path):
     ok = onnxbc_cli("check", failing, "--target", "onnxruntime", "--device", "cpu")
     assert ok.exit_code == 0, ok.stdout
-    assert ok.stdout.strip().endswith("PASSED: 11 passed, 0 warned, 0 failed, 9 skipped")
+    assert ok.stdout.strip().endswith("PASSED: 12 passed, 0 warned, 0 failed, 9 skipped")
     bad = onnxbc_cli("check", failing, "--target", "tensorrt")
     assert bad.exit_code == 1
     assert (
