@@ -11,6 +11,7 @@ Python API (the CLI does the same)::
 __version__ = "0.1.0"
 
 from onnxbc import options as _options
+from onnxbc.bench import BenchOptions, BenchReport, bench
 from onnxbc.calibration.preprocess import ImageFolder, TokenWindows
 from onnxbc.compare import compare_models
 from onnxbc.errors import OnnxbcError, UsageError
@@ -20,12 +21,15 @@ from onnxbc.validate import check
 
 __all__ = [
     *_options.__all__,
+    "BenchOptions",
+    "BenchReport",
     "CompressResult",
     "ImageFolder",
     "TokenWindows",
     "OnnxbcError",
     "UsageError",
     "__version__",
+    "bench",
     "check",
     "compare_models",
     "compress",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import typer
 from rich.console import Console
 
 import onnxbc
-from onnxbc import datafree, inspection, validate
+from onnxbc import datafree, inspection, model_io, validate
 from onnxbc.calibration.preprocess import (
     GRAMMAR,
     ImageFolder,
@@ -300,12 +301,14 @@ def compress(
         typer.Option(help="Allow schemes that are not codes x scale, written as float weights (no smaller file)."),
     ] = False,
     int32_bias: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             help="Store Conv/Gemm biases as int32 codes round(b / (s_x * s_w)) with a DequantizeLinear, "
-            "as ONNX Runtime's quantize_static does (compensation is folded in first)."
+            "as ONNX Runtime's integer kernels take them (compensation is folded in first). "
+            "Default: on for --target onnxruntime with int8 activations, off otherwise.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     device: Annotated[
         Device, typer.Option(help="Where calibration runs; 'auto' uses CUDA when it really works.")
     ] = Device.AUTO,
@@ -426,8 +429,10 @@ def _data_options(data: Path | None, preprocess: str | None, tokenizer: Path | N
     return DataOptions(source=source, **fields)
 
 
-def _samples(data, preprocess, tokenizer, samples: int, batch_size: int, shape: list[str] | None) -> DataOptions:
-    """The samples ``check`` and ``compare`` run the models on (all of them: nothing is held out)."""
+def _samples(
+    data, preprocess, tokenizer, samples: int, batch_size: int, shape: list[str] | None, *, random: bool = False
+) -> DataOptions:
+    """The samples ``check``, ``compare`` and ``bench`` run the models on (all of them: nothing is held out)."""
     return _data_options(
         data,
         preprocess,
@@ -436,6 +441,7 @@ def _samples(data, preprocess, tokenizer, samples: int, batch_size: int, shape: 
         batch_size=batch_size,
         holdout_fraction=0.0,
         shapes=tuple(shape or ()),
+        random=random,
     )
 
 
@@ -622,6 +628,77 @@ def compare(
         result = compare_models(a, b, options, device=device, exact=exact, stages=Stages(not quiet, err))
         out.print(f"B = {b} against A = {a} on {result.data}, {result.device}", soft_wrap=True, markup=False)
         result.print(out)
+
+
+@app.command()
+def bench(
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="MODEL...",
+            help="ONNX models taking the same inputs (float and quantized); the first is the baseline.",
+        ),
+    ],
+    data: Annotated[
+        Path | None, typer.Option(help="Samples: .npz/.npy, a folder of them, or test_data_set_* folders.")
+    ] = None,
+    random_data: Annotated[
+        bool, typer.Option(help="Time on random inputs instead of --data (all dimensions fixed, or set by --shape).")
+    ] = False,
+    preprocess: Preprocess = None,
+    tokenizer: Tokenizer = None,
+    shape: Shape = None,
+    samples: Annotated[int, typer.Option(help="Samples per round (at most; a last partial batch is left out).")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Samples per ONNX Runtime run: one latency is one run.")] = 16,
+    rounds: Annotated[
+        int, typer.Option(help="Timed rounds; each runs every model over all samples, the models in turn.")
+    ] = 10,
+    warmup: Annotated[
+        int,
+        typer.Option(
+            help="Untimed runs at the start of each model's turn in a round (switching models costs the first runs)."
+        ),
+    ] = 3,
+    threads: Annotated[
+        int, typer.Option(help="Intra-op threads per session; 0 = ONNX Runtime's default (one per physical core).")
+    ] = 0,
+    device: Annotated[Device, typer.Option(help="Execution provider; 'auto' uses CUDA when it really works.")] = (
+        Device.AUTO
+    ),
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            metavar="PATH",
+            help="Write the JSON report (docs/bench-schema.md) to PATH (overwritten); '-' prints it on stdout "
+            "instead of the table.",
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Latency of MODELs in ONNX Runtime's default session on the same samples, in rounds that run the models
+    in turn (each turn after --warmup untimed runs); per model the median, spread, min and max of the per-run
+    latency, samples/s, and the median's ratio to the first model's. The CPU (with VNNI or not) and the threads
+    are printed with it."""
+    with _errors(verbose):
+        options = onnxbc.BenchOptions(rounds=rounds, warmup=warmup, threads=threads, device=device)
+        if data is None and not random_data:
+            raise UsageError("bench needs samples: pass --data PATH, or --random-data")
+        to_stdout = json_path is not None and str(json_path) == "-"
+        if json_path is not None and not to_stdout and not json_path.resolve().parent.is_dir():
+            raise UsageError(
+                f"--json {display_path(json_path)}: folder {display_path(json_path.resolve().parent)} does not exist"
+            )
+        samples_options = _samples(data, preprocess, tokenizer, samples, batch_size, shape, random=random_data)
+        result = onnxbc.bench(models, samples_options, options, stages=Stages(not quiet, err))
+        text = json.dumps(result.to_dict(), indent=2)
+        if to_stdout:
+            typer.echo(text)
+            return
+        if json_path is not None:
+            model_io.write_text(json_path, text + "\n")
+        typer.echo(result.to_text())
 
 
 @app.command()
