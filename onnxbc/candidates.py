@@ -38,6 +38,7 @@ from onnxbc.passes.bias_int32 import QuantizeBiasPass
 from onnxbc.passes.fold_bias import FoldBiasPass
 from onnxbc.passes.qdq import InsertQDQPass
 from onnxbc.passes.smooth import SmoothPass
+from onnxbc.placement import Placement
 from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
 from onnxbc.progress import Stages
 from onnxbc.targets import Target
@@ -61,6 +62,8 @@ class Rewrite:
     biases: dict[str, str] = dataclasses.field(default_factory=dict)
     int32_biases: dict[str, str] = dataclasses.field(default_factory=dict)
     float_biases: dict[str, str] = dataclasses.field(default_factory=dict)  # --int32-bias: why left float
+    placement: dict[str, str] = dataclasses.field(default_factory=dict)  # ONNX Runtime placement: layer -> note
+    placed: frozenset[str] = frozenset()  # layers whose output it quantized for an integer kernel
 
 
 @dataclasses.dataclass
@@ -244,11 +247,16 @@ def _uniform(
     return Candidate(Weights.UNIFORM, BiasCorrection.NONE, uniform, {**probes, **own}, frozenset(weights), bits)
 
 
-def realize(candidate: Candidate, float_model: ir.Model, int32_bias: bool) -> None:
-    """Build the candidate's model from a copy of ``float_model``: smoothing, Q/DQ, the biases folded in,
-    and with ``int32_bias`` the biases stored as int32 codes (rounded once, so the model measured is the one
-    saved)."""
+def realize(candidate: Candidate, float_model: ir.Model, int32_bias: bool, placement: Placement | None) -> None:
+    """Build the candidate's model from a copy of ``float_model``: the ONNX Runtime placement added to its plan
+    (``onnxbc.placement``), smoothing, Q/DQ, the biases folded in, and with ``int32_bias`` the biases stored
+    as int32 codes (rounded once, so the model measured is the one saved)."""
+    if placement is not None:
+        candidate.plan = placement.apply(candidate.plan)
     model, candidate.rewrite = quantize(float_model.clone(), candidate.plan)
+    if placement is not None:
+        candidate.rewrite.placement = placement.notes(candidate.plan)
+        candidate.rewrite.placed = placement.placed(candidate.plan)
     if candidate.plan.biases:
         folded = FoldBiasPass(candidate.plan.biases)(model)
         candidate.rewrite.biases = folded.sites
@@ -285,7 +293,7 @@ def sequential_candidate(
     model, probes, biases, sites, passes = sequential(
         float_model, base, layers, compensate, calib, sessions, stages, per_position=per_position
     )
-    rewrite.biases = sites
+    rewrite.biases, rewrite.placement, rewrite.placed = sites, start.rewrite.placement, start.rewrite.placed
     candidate = dataclasses.replace(
         start,
         compensation=BiasCorrection.SEQUENTIAL,

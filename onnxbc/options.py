@@ -363,14 +363,20 @@ class CompressOptions:
     device: Device = _option(Device.AUTO, _R, "--device", data_free=False)  # data-free never runs the model
     target: Target = _option(Target.ONNXRUNTIME, _R, "--target", data_free=True)
     opset: int | None = _option(None, _R, "--opset", data_free=True)
-    # Conv/Gemm biases as int32 codes + DequantizeLinear (passes.bias_int32)
-    int32_bias: bool = _option(False, _R, "--int32-bias/--no-int32-bias", data_free=False)
+    # Conv/Gemm biases as int32 codes + DequantizeLinear (passes.bias_int32); None: on for --target onnxruntime
+    # with int8 activations (its integer kernels take them), off otherwise
+    int32_bias: bool | None = _option(
+        None, _R, "--int32-bias/--no-int32-bias", data_free=False, by_mode={False: None, True: False}
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if getattr(self, f.name) is None and "by_mode" in f.metadata:
                 object.__setattr__(self, f.name, f.metadata["by_mode"][bool(self.data_free)])
         _coerce_enums(self)
+        if self.int32_bias is None:
+            auto = self.target is Target.ONNXRUNTIME and self.activations is ActivationType.INT8
+            object.__setattr__(self, "int32_bias", auto)
         if self.data_free:
             self._check_data_free()
         self._check_mixed_precision()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc import candidates, datafree, flow, precision, records, sensitivity, validate
+from onnxbc import candidates, datafree, flow, fusion, placement, precision, records, sensitivity, validate
 from onnxbc.calibration.collector import Probe, collect
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
@@ -33,6 +33,8 @@ from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.flow import CompressResult, Run
 from onnxbc.held import ModelLike
 from onnxbc.options import ActivationType, BiasCorrection, BiasShape, CompressOptions, DataOptions, Rounding
+from onnxbc.options import Target as Runtime
+from onnxbc.placement import Placement
 from onnxbc.plan import QuantPlan
 from onnxbc.policy import LayerOverride, Policy, load_policy
 from onnxbc.progress import Stages
@@ -97,7 +99,8 @@ def compress(
         errors = _second_pass(job, stats, decided)
         built = _candidates(job, stats, decided, errors)
         winner = _choose(job, built)
-    records.fill(run.report, job.targets, _decisions(options, decided, errors), winner, built)
+    audit = _audit(job, winner)
+    records.fill(run.report, job.targets, _decisions(options, decided, errors), winner, built, audit)
     validate.require(winner.model, options.target)
     return flow.write(run, winner.model, lambda size: precision.check_size(size, options, policy))
 
@@ -125,6 +128,7 @@ class _Statistics:
     ranges: dict[str, RangeProbe]
     power: list[Probe]
     moments: list[Probe]
+    placement: Placement | None  # --target onnxruntime with int8 activations: where the layers' outputs are quantized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,17 +195,22 @@ def _first_pass(job: _Job) -> _Statistics:
     for name, readers in uses.items():
         axes = {channel_axis(t) for t, _ in readers if t.weight is not None}
         ranges[name] = RangeProbe(name, axes.pop() if len(axes) == 1 else None, channel_histograms=name in smooth_axes)
+    sites = placement.output_sites(targets, uses) if placement.applies(options) else None
+    outputs = {name: RangeProbe(name) for name in placement.own_ranges(sites or {}, smooth_axes) if name not in ranges}
     if uses:
         # Second moments are also taken on held-out samples (GPTQ is priced there); the rest on fit samples only.
         gptq = any(isinstance(p, MomentsProbe) for p in moments) and calib.n_holdout
         splits = ("fit", "holdout") if gptq else ("fit",)
         total = sum(calib.count_batches(s) for s in splits)
         with job.run.timer("ranges"), job.run.stages.step("Calibrating activation ranges", total) as advance:
-            collect(
-                job.model, [*ranges.values(), *power, *moments], calib, job.sessions, splits=splits, advance=advance
-            )
+            probes = [*ranges.values(), *outputs.values(), *power, *moments]
+            collect(job.model, probes, calib, job.sessions, splits=splits, advance=advance)
         job.run.report.passes_over_data += 1
-    return _Statistics(uses, smooth_axes, ranges if uses else {}, power, moments)
+    layout = None
+    if sites is not None:
+        histograms = {name: (p.hist, p.dtype) for name, p in {**ranges, **outputs}.items()}
+        layout = Placement(sites, {t.name: t for t in targets.targets}, histograms, options)
+    return _Statistics(uses, smooth_axes, ranges if uses else {}, power, moments, layout)
 
 
 def _decide(job: _Job, stats: _Statistics) -> _Decided:
@@ -331,7 +340,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
     )
     with run.timer("rewrite"), run.stages.step("Building candidate models", len(built)) as advance:
         for c in built:
-            candidates.realize(c, job.model, options.int32_bias)
+            candidates.realize(c, job.model, options.int32_bias, stats.placement)
             advance()
     compensated = [c for c in built if c.compensated]
     if options.bias_correction is BiasCorrection.SEQUENTIAL and compensated:
@@ -385,6 +394,28 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
             "if you deploy on such CPUs, compress with --reduce-range (7-bit weights)"
         )
     return winner
+
+
+def _audit(job: _Job, winner: Candidate) -> dict[str, dict] | None:
+    """--target onnxruntime: which quantized layers ONNX Runtime runs as integer kernels (``onnxbc.fusion``),
+    by layer; the summary into the report, and a warning for each layer placed for a kernel that did not fuse."""
+    if job.options.target is not Runtime.ONNXRUNTIME:
+        return None
+    rep = job.run.report
+    with job.run.timer("fusion_audit"):
+        try:
+            audit = fusion.audit(winner.model)
+        except OnnxbcError as e:
+            rep.warnings.append(f"fusion audit skipped: {e}")
+            return None
+    rep.fusion = {k: v for k, v in audit.as_dict().items() if k != "layers"}
+    missed = [f.name for f in audit.unfused if f.name in winner.rewrite.placed]
+    if missed:
+        rep.warnings.append(
+            f"ONNX Runtime runs {len(missed)} layer(s) placed for its integer kernels as float ops "
+            f"({', '.join(missed[:5])}{', ...' if len(missed) > 5 else ''}): onnxbc check --target onnxruntime says why"
+        )
+    return audit.by_layer()
 
 
 def _decisions(options: CompressOptions, decided: _Decided, errors: _LayerErrors) -> records.Decisions:

@@ -95,3 +95,10 @@ class QuantPlan:
     activation_uses: dict[str, list[tuple[str, int]]] = dataclasses.field(default_factory=dict)
     biases: dict[str, BiasFold] = dataclasses.field(default_factory=dict)
     smoothing: dict[str, Smoothing] = dataclasses.field(default_factory=dict)
+    # ONNX Runtime placement (``onnxbc.placement``): layer outputs quantized right after their producer for every
+    # reader, so that DQ -> layer -> Q forms one of its integer kernels; planned activations (keys of
+    # ``activations``) that every reader, not only the listed layers, reads quantized; and zero points of 0
+    # written on weights (its QGemm fusion wants them)
+    outputs: dict[str, ActivationQuant] = dataclasses.field(default_factory=dict)
+    every_reader: set[str] = dataclasses.field(default_factory=set)
+    weight_zero_points: bool = False

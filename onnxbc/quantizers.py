@@ -106,15 +106,22 @@ _ACTIVATION_CODES = {
 def activation_quant(name: str, hist: AbsHistogram, dtype: np.dtype, options: CompressOptions) -> ActivationQuant:
     """Per-tensor quantizer (``--activations`` bits) for an activation with histogram ``hist`` of ``|x|``.
 
-    Zero point 0. Unsigned codes for non-negative tensors with --target onnxruntime (one more bit of
-    resolution for ReLU outputs), signed otherwise (TensorRT takes no uint8 activations inside the network).
+    Symmetric: the codes stand for ``[-amax, amax]``, or ``[0, amax]`` for a non-negative tensor with
+    --target onnxruntime (one more bit of resolution for ReLU outputs; TensorRT takes no uint8 activations
+    inside the network). With --target onnxruntime int8 activations are written as uint8 codes, with zero
+    point 128 for a signed tensor (the same values as int8 codes with zero point 0): ONNX Runtime converts int8
+    activations to uint8 itself on x86, but only where a QuantizeLinear has one DequantizeLinear, and an
+    integer kernel needs its input and output codes of one type.
     """
     unsigned = options.target is Target.ONNXRUNTIME and hist.nonnegative
     codes = _ACTIVATION_CODES[options.activations][unsigned]
     qmax = int(ml_dtypes.iinfo(codes).max)
     amax = choose_range(hist, options.activation_range.value, qmax, options.percentile)
     scale = float(representable_scale(np.array(amax / qmax), ir.DataType.from_numpy(np.dtype(dtype))))
-    return ActivationQuant(name, scale, 0, codes, amax, options.activation_range.value, np.dtype(dtype))
+    zero_point = 0
+    if options.target is Target.ONNXRUNTIME and codes == np.dtype(np.int8):
+        codes, zero_point = np.dtype(np.uint8), 128
+    return ActivationQuant(name, scale, zero_point, codes, amax, options.activation_range.value, np.dtype(dtype))
 
 
 def representable_scale(scale: np.ndarray, dtype: ir.DataType) -> np.ndarray:

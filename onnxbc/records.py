@@ -32,9 +32,19 @@ class Decisions:
     uniform_bits: int | None  # a uniform-bits candidate was measured at these bits
 
 
-def fill(rep: Report, targets: Targets, decisions: Decisions, winner: Candidate, candidates: list[Candidate]) -> None:
-    """The report's layer records and its compensation, outputs, weight range, smoothing and precision sections."""
+def fill(
+    rep: Report,
+    targets: Targets,
+    decisions: Decisions,
+    winner: Candidate,
+    candidates: list[Candidate],
+    fusion: dict[str, dict] | None = None,
+) -> None:
+    """The report's layer records and its compensation, outputs, weight range, smoothing and precision sections;
+    ``fusion``: the fusion audit of the winner's model by layer (``onnxbc.fusion``), when it ran."""
     rep.layers = layer_records(targets, decisions, winner)
+    for rec in rep.layers:
+        rec.fusion = (fusion or {}).get(rec.name)
     rep.compensation = compensation(winner, candidates, rep.outputs["evaluated_on"])
     rep.outputs.update({c.name: {n: a.as_dict() for n, a in c.outputs.items()} for c in candidates})
     ranges = decisions.scores.get("weight_range", {})
@@ -128,6 +138,8 @@ def _derived_notes(
         notes.append(winner.weight_note())
     elif wq is not None and wq.method == "minmax" and weight in decisions.scores.get("weight_range", {}):
         notes.append("weight scales by min-max (measured better than mse)")
+    if t.name in winner.rewrite.placement:
+        notes.append(winner.rewrite.placement[t.name])
     if t.name in winner.rewrite.int32_biases:
         notes.append(f"bias stored as int32 codes ({winner.rewrite.int32_biases[t.name]})")
     why = winner.rewrite.float_biases.get(t.name)

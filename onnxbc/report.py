@@ -32,6 +32,7 @@ class LayerRecord:
     activations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     error: dict[str, Any] | None = None
     bias: dict[str, Any] | None = None
+    fusion: dict[str, Any] | None = None  # --target onnxruntime: how ONNX Runtime runs it (onnxbc.fusion)
 
 
 @dataclasses.dataclass
@@ -43,6 +44,7 @@ class Report:
     device: str = "cpu"
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     opset: dict[str, int] = dataclasses.field(default_factory=dict)
+    prepare: dict[str, Any] = dataclasses.field(default_factory=dict)
     passes_over_data: int = 0
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
     layers: list[LayerRecord] = dataclasses.field(default_factory=list)
@@ -51,6 +53,7 @@ class Report:
     smoothing: dict[str, Any] = dataclasses.field(default_factory=dict)
     weight_ranges: dict[str, Any] = dataclasses.field(default_factory=dict)
     precision: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fusion: dict[str, Any] = dataclasses.field(default_factory=dict)  # --target onnxruntime: the audit's summary
     warnings: list[str] = dataclasses.field(default_factory=list)
     schema: str = SCHEMA
 

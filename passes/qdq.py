@@ -11,7 +11,11 @@ Rewrite rules:
    (or at the top of the graph for a graph input). Only the layer inputs listed in the plan read the
    dequantized tensor; other readers keep the float one (TensorRT: quantize op *inputs*). The tensor is
    found through those layer inputs, so a smoothed activation (``x / s``, see ``passes.smooth``) is the
-   one quantized.
+   one quantized. With ``every_reader`` (ONNX Runtime placement) every reader of the tensor reads the
+   dequantized one, so that its producer's output goes only to the QuantizeLinear.
+3. A quantized layer output (``plan.outputs``, ONNX Runtime placement) gets ``QuantizeLinear ->
+   DequantizeLinear`` right after its producer, and every reader reads the dequantized tensor (a graph output
+   stays float): ONNX Runtime then fuses ``DQ -> layer -> Q`` into an integer kernel.
 
 The pass decides nothing: it applies the plan. It requires every planned weight to be a constant initializer
 and every listed layer to exist, and ensures every planned weight and every listed layer input is read
@@ -42,9 +46,13 @@ def float_array(array: np.ndarray, dtype: ir.DataType) -> np.ndarray:
     return np.asarray(array, dtype=np.float32).astype(dtype.numpy())
 
 
-def weight_dequantize(namer: Namer, wq: WeightQuant, dtype: ir.DataType) -> tuple[list[ir.Value], ir.Node]:
+def weight_dequantize(
+    namer: Namer, wq: WeightQuant, dtype: ir.DataType, *, zero_point: bool = False
+) -> tuple[list[ir.Value], ir.Node]:
     """Initializers (codes, scale[, zero point]) and the DequantizeLinear node that rebuilds weight
-    ``wq.source``; for an emulated scheme, the float values and an Identity (which runtimes fold away)."""
+    ``wq.source``; for an emulated scheme, the float values and an Identity (which runtimes fold away).
+    ``zero_point``: write the zero point of 8-bit symmetric codes (0) too (ONNX Runtime's QGemm fusion
+    needs it)."""
     if wq.emulated is not None:
         values = const(namer, f"{wq.source}_{wq.scheme}", float_array(wq.emulated, dtype))
         node = ir.node("Identity", [values], name=namer(f"{wq.source}_Identity"))
@@ -56,6 +64,9 @@ def weight_dequantize(namer: Namer, wq: WeightQuant, dtype: ir.DataType) -> tupl
     inputs = [codes, const(namer, f"{wq.source}_scale", float_array(wq.scale, dtype))]
     if wq.zero_point is not None:
         inputs.append(const(namer, f"{wq.source}_zero_point", wq.zero_point))
+    elif zero_point and wq.codes.dtype in (np.int8, np.uint8):
+        zeros = np.zeros(np.shape(wq.scale), wq.codes.dtype)
+        inputs.append(const(namer, f"{wq.source}_zero_point", zeros))
     attrs: dict[str, int] = {}
     if wq.granularity.axis is not None:
         attrs["axis"] = wq.granularity.axis
@@ -120,6 +131,13 @@ class InsertQDQPass(ir.passes.InPlacePass):
             # The layers' inputs now, which an earlier pass (smoothing) may have rewired.
             if len({nodes[n].inputs[i] for n, i in uses}) != 1:
                 raise ir.passes.PreconditionError(f"the layers planned to read '{name}' no longer read one tensor")
+        for name in self.plan.outputs:
+            value = values.get(name)
+            if value is None or value.producer() is None or value.graph is not model.graph:
+                raise ir.passes.PreconditionError(f"planned layer output '{name}' is not computed in the main graph")
+            uses = self.plan.activation_uses.get(name)
+            if name in self.plan.activations and nodes[uses[0][0]].inputs[uses[0][1]] is value:
+                raise ir.passes.PreconditionError(f"'{name}' is planned as a layer output and a layer input")
 
     def ensures(self, model: ir.Model) -> None:
         values, nodes = values_by_name(model), nodes_by_name(model)
@@ -133,6 +151,10 @@ class InsertQDQPass(ir.passes.InPlacePass):
                     raise ir.passes.PostconditionError(
                         f"input {index} of '{node}' does not read activation '{name}' through a DequantizeLinear"
                     )
+        for name in self.plan.outputs:
+            for use in values[name].uses():
+                if use.node.op_type != "QuantizeLinear":
+                    raise ir.passes.PostconditionError(f"'{use.node.name}' reads layer output '{name}' unquantized")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         namer = Namer(model)
@@ -145,14 +167,19 @@ class InsertQDQPass(ir.passes.InPlacePass):
         for name, aq in self.plan.activations.items():
             uses = self.plan.activation_uses[name]
             node, index = uses[0]  # all of them read one tensor (see requires)
-            self._quantize_activation(model.graph, nodes[node].inputs[index], aq, uses, nodes, namer)
+            readers = None if name in self.plan.every_reader else [(nodes[n], i) for n, i in uses]
+            self._quantize_activation(model.graph, nodes[node].inputs[index], aq, readers, namer)
+            count += 1
+        for name, aq in self.plan.outputs.items():
+            self._quantize_activation(model.graph, values[name], aq, None, namer)
             count += 1
         logger.debug("inserted %d quantizers", count)
         return ir.passes.PassResult(model, modified=count > 0)
 
     def _quantize_weight(self, source: ir.Value, wq: WeightQuant, namer: Namer) -> None:
         graph = source.graph
-        initializers, dq = weight_dequantize(namer, wq, source.const_value.dtype)
+        zero_point = self.plan.weight_zero_points
+        initializers, dq = weight_dequantize(namer, wq, source.const_value.dtype, zero_point=zero_point)
         for init in initializers:
             graph.register_initializer(init)
         insert_after_producer(source, [dq])  # at the start of the graph
@@ -169,17 +196,19 @@ class InsertQDQPass(ir.passes.InPlacePass):
         graph: ir.Graph,
         x: ir.Value,
         aq: ActivationQuant,
-        uses: list[tuple[str, int]],
-        nodes: dict[str, ir.Node],
+        readers: list[tuple[ir.Node, int]] | None,
         namer: Namer,
     ) -> None:
+        """Q/DQ after ``x``'s producer, read by ``readers`` (None: every reader of ``x``)."""
         dtype = ir.DataType.from_numpy(aq.float_dtype)
         initializers, new_nodes, out = activation_qdq(namer, x, aq, dtype)
         for init in initializers:
             graph.register_initializer(init)
+        if readers is None:
+            readers = [(use.node, use.idx) for use in x.uses() if use.node is not new_nodes[0]]
         insert_after_producer(x, new_nodes)
-        for node_name, index in uses:
-            nodes[node_name].replace_input_with(index, out)
+        for node, index in readers:
+            node.replace_input_with(index, out)
         logger.debug("quantized activation %s (scale %g)", x.name, aq.scale)
 
 

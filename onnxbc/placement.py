@@ -1,0 +1,228 @@
+"""Where quantizers go for ``--target onnxruntime``, so that ONNX Runtime runs the layers as integer kernels.
+
+ONNX Runtime's QDQ transformers turn ``DQ(x), DQ(W)[, DQ(int32 bias)] -> Conv/Gemm/MatMul -> Q`` into
+QLinearConv / QGemm / QLinearMatMul only when the layer's output goes to a QuantizeLinear and nowhere else.
+Quantizing layer *inputs* only (TensorRT's placement) leaves that Q out, and ONNX Runtime then dequantizes
+the weights and runs the float op: slower than the float model. So for this target:
+
+1. Each quantized Conv/Gemm (and a MatMul whose output flows into a quantized layer) gets an
+   *output site*: its output, or the output of the Relu/Clip it alone feeds (ONNX Runtime removes that
+   activation when the Q's range implies it: unsigned codes with zero point 0 after a Relu, which
+   ``quantizers.activation_quant`` gives every non-negative tensor).
+2. From the site, data-movement ops (MaxPool, Reshape, Flatten, Transpose, ...) each read by one node lead to
+   the tensor a later layer reads quantized: the site shares that quantizer (ONNX Runtime drops equal Q/DQ
+   pairs around those ops and runs them on the codes). A site that is itself a layer input is read quantized
+   by every reader. Elsewhere the site gets a quantizer of its own from its pass-1 histogram
+   (``probes``), except after a MatMul: ONNX Runtime fuses ``DQ -> MatMul`` without an output Q
+   (MatMulIntegerToFloat, with the bias Add after it) and an extra rounding would only cost accuracy.
+3. Every reader of a site reads the dequantized tensor (a graph output stays float); weight quantizers carry
+   an explicit zero point of 0 (ONNX Runtime's QGemm fusion needs it); biases become int32 codes
+   (``--int32-bias``, on by default for this target).
+
+A layer is left as it was (and the report says why) when its weight is not 8-bit codes, its activations are
+not int8/uint8, or its output is a graph output. Whether ONNX Runtime really fused each layer is checked on
+the written model (``onnxbc.fusion``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxbc.options import ActivationType, CompressOptions, Target
+from onnxbc.plan import ActivationQuant, QuantPlan
+from onnxbc.quantizers import activation_quant
+from onnxbc.solvers.ranges import AbsHistogram
+from onnxbc.targets import Target as Layer
+from onnxbc.targets import Targets
+
+# ONNX Runtime folds these into the Q after them when the Q's range implies them (ReluQuantFusion,
+# ClipQuantFusion).
+IMPLIED_BY_Q = frozenset({"Relu", "Clip"})
+# Ops that move values without computing new ones: ONNX Runtime runs them on the codes when the Q/DQ around
+# them share one scale and zero point (its DropQDQNodes rules, and QDQ propagation).
+DATA_MOVEMENT = frozenset(
+    {
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "MaxPool",
+        "GlobalMaxPool",
+        "Slice",
+        "Gather",
+        "Expand",
+        "Tile",
+        "Resize",
+        "DepthToSpace",
+        "SpaceToDepth",
+    }
+)
+# ConvTranspose is left out: ONNX Runtime 1.31 has no CPU integer kernel it fuses to (an output Q would only
+# cost accuracy).
+LAYERS = frozenset({"Conv", "Gemm", "MatMul"})
+_FUSABLE_CODES = (np.dtype(np.int8), np.dtype(np.uint8))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSite:
+    """Where a layer's output quantizer goes."""
+
+    layer: str
+    value: str | None  # the layer's output, or the Relu/Clip output after it (None: no site, see ``reason``)
+    reaches: str | None = None  # a layer input the value flows into through data-movement ops only (or itself)
+    reason: str | None = None  # why ONNX Runtime cannot run the layer as an integer kernel, whatever the plan
+
+
+def applies(options: CompressOptions) -> bool:
+    """The placement is for ONNX Runtime with int8 activations."""
+    return options.target is Target.ONNXRUNTIME and options.activations is ActivationType.INT8
+
+
+def output_sites(targets: Targets, uses: dict[str, list[tuple[Layer, int]]]) -> dict[str, OutputSite]:
+    """Each layer's output site (rules 1 and 2 of the module docstring), before anything is decided; a layer
+    that cannot be an integer kernel whatever is decided gets a site with only the reason."""
+    sites = {}
+    for t in targets.targets:
+        if t.in_subgraph or t.op not in LAYERS:
+            continue
+        value = t.node.outputs[0]
+        readers = value.uses()
+        if len(readers) == 1 and readers[0].node.op_type in IMPLIED_BY_Q and readers[0].idx == 0:
+            if not value.is_graph_output():
+                value = readers[0].node.outputs[0]
+        reaches = _reach(value, uses)
+        reason = _never_fused(t, value, reaches)
+        if reason is not None:
+            sites[t.name] = OutputSite(t.name, None, reason=reason)
+        elif t.op != "MatMul" or reaches is not None:
+            sites[t.name] = OutputSite(t.name, value.name, reaches)
+    return sites
+
+
+def _never_fused(t: Layer, value: ir.Value, reaches: str | None) -> str | None:
+    """Why ONNX Runtime cannot run ``t`` as an integer kernel whatever the plan (None: it may)."""
+    if value.is_graph_output() or value.name is None:
+        return f"its output '{value.name}' is a graph output, kept float"
+    if t.node.outputs[0].dtype not in (None, ir.DataType.FLOAT):
+        return "ONNX Runtime's CPU integer kernels take float32 layers (it runs float16 through casts)"
+    if t.weight is not None and t.weight.chain:
+        ops = ", ".join(n.op_type for n in t.weight.chain)
+        return f"its weight is read through {ops}, which ONNX Runtime does not fold into the kernel"
+    if t.op == "Gemm" and len(t.node.inputs) > 2 and t.node.inputs[2] is not None:
+        alpha, beta = (t.node.attributes.get_float(a, 1.0) for a in ("alpha", "beta"))
+        if (alpha, beta) != (1.0, 1.0):
+            return f"Gemm alpha {alpha:g}, beta {beta:g}: its bias cannot be the int32 codes the kernel adds"
+    if t.op == "MatMul" and reaches is None and _rank(t.node.inputs[0]) == 2:
+        readers = t.node.outputs[0].uses()
+        if len(readers) == 1 and readers[0].node.op_type == "Add":
+            return "ONNX Runtime merges this 2-D MatMul and its bias Add into a Gemm with a float bias"
+    return None
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    return len(value.shape) if value is not None and value.shape is not None else None
+
+
+def own_ranges(sites: dict[str, OutputSite], smoothable: Iterable[str]) -> list[str]:
+    """The site values whose quantizer may have to come from their own histogram (pass 1 collects them): those
+    that reach no layer input, or one that may be smoothed (a smoothed quantizer cannot be shared)."""
+    smoothable = set(smoothable)
+    return sorted({s.value for s in sites.values() if s.value and (s.reaches is None or s.reaches in smoothable)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """The output sites of a model and the pass-1 histograms their own quantizers come from; ``apply`` adds
+    the ONNX Runtime placement to any candidate's plan (after its smoothing is chosen)."""
+
+    sites: dict[str, OutputSite]
+    layers: dict[str, Layer]
+    histograms: dict[str, tuple[AbsHistogram, np.dtype | None]]  # value -> |x| histogram, dtype
+    options: CompressOptions
+
+    def apply(self, plan: QuantPlan) -> QuantPlan:
+        """``plan`` with ``outputs``, ``every_reader`` and ``weight_zero_points`` filled for its layers."""
+        outputs, every_reader = {}, set()
+        for site in self.sites.values():
+            how = self._quantizer(site, plan)
+            if how.every_reader:
+                every_reader.add(site.value)
+            elif how.quant is not None:
+                outputs[site.value] = how.quant
+        return dataclasses.replace(plan, outputs=outputs, every_reader=every_reader, weight_zero_points=True)
+
+    def placed(self, plan: QuantPlan) -> frozenset[str]:
+        """The layers whose output ``apply`` quantizes (ONNX Runtime should run them as integer kernels)."""
+        return frozenset(s.layer for s in self.sites.values() if self._quantizer(s, plan).reason is None)
+
+    def notes(self, plan: QuantPlan) -> dict[str, str]:
+        """Per layer with a site, in words: its output quantized, or why ONNX Runtime cannot fuse it."""
+        result = {}
+        for site in self.sites.values():
+            how = self._quantizer(site, plan)
+            if how.reason is None:
+                result[site.layer] = f"output '{site.value}' quantized, so that ONNX Runtime runs an integer kernel"
+            else:
+                result[site.layer] = f"not an ONNX Runtime integer kernel: {how.reason}"
+        return result
+
+    def _quantizer(self, site: OutputSite, plan: QuantPlan) -> _Quantizer:
+        reason = site.reason or _unfusable(self.layers[site.layer], plan)
+        if reason is not None:
+            return _Quantizer(reason=reason)
+        shared = site.reaches if site.reaches in plan.activations and site.reaches not in plan.smoothing else None
+        if shared == site.value:
+            return _Quantizer(every_reader=True)
+        if shared is not None:
+            return _Quantizer(dataclasses.replace(plan.activations[shared], value=site.value))
+        hist, dtype = self.histograms.get(site.value, (None, None))
+        if hist is None or dtype is None or not np.issubdtype(dtype, np.floating):
+            return _Quantizer(reason="its output is not a float tensor seen in calibration")
+        return _Quantizer(activation_quant(site.value, hist, dtype, self.options))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Quantizer:
+    """A site's quantizer of its own or shared; or the layer input quantizer at the site read by every reader;
+    or why there is none."""
+
+    quant: ActivationQuant | None = None
+    every_reader: bool = False
+    reason: str | None = None
+
+
+def _unfusable(t: Layer, plan: QuantPlan) -> str | None:
+    """Why ONNX Runtime cannot run ``t`` as an integer kernel under ``plan`` (None: it can)."""
+    if t.weight is not None:
+        wq = plan.weights.get(t.weight.source.name)
+        if wq is None:
+            return "its weight stays float"
+        if wq.emulated is not None or wq.codes.dtype not in _FUSABLE_CODES or wq.granularity.block_size:
+            return f"{wq.bits}-bit weight codes (integer kernels take 8-bit codes per tensor or channel)"
+    for i in t.activation_inputs:
+        aq = plan.activations.get(t.node.inputs[i].name)
+        if aq is None:
+            return f"input {i} stays float"
+        if np.dtype(aq.dtype) not in _FUSABLE_CODES:
+            return f"input {i} has {np.dtype(aq.dtype).name} codes"
+    return None
+
+
+def _reach(value: ir.Value, uses: dict[str, list], depth: int = 16) -> str | None:
+    """The layer input ``value`` flows into through single-reader data-movement ops (None: none)."""
+    for _ in range(depth):
+        if value.name in uses:
+            return value.name
+        readers = value.uses()
+        if len(readers) != 1 or readers[0].node.op_type not in DATA_MOVEMENT or readers[0].idx != 0:
+            return None
+        value = readers[0].node.outputs[0]
+        if value.is_graph_output():
+            return None
+    return None

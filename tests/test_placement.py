@@ -1,0 +1,118 @@
+"""The ONNX Runtime placement (onnxbc.placement): after ONNX Runtime's own optimizer, every layer onnxbc
+quantized for --target onnxruntime runs as an integer kernel, unless the report says why it cannot; the
+TensorRT target keeps quantizing layer inputs only."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import onnxbc
+from models import test_graphs
+from onnxbc import fusion
+from onnxbc.options import CompressOptions, DataOptions, Target
+from onnxbc.quantizers import activation_quant
+from onnxbc.solvers.ranges import AbsHistogram
+
+LAYERS = ("Conv", "Gemm", "MatMul")
+# Float test graphs whose layers are all in the main graph (If/Loop bodies are quantized, not placed).
+GRAPHS = [
+    n
+    for n in test_graphs.names(quantized=False)
+    if n not in ("if_conv", "loop_matmul") and test_graphs.build(n).batched
+]
+
+
+def _compress(name: str, tmp_path, **options):
+    graph = test_graphs.build(name)
+    path = test_graphs.save(graph, tmp_path / f"{name}.onnx")
+    data = graph.feeds(24, 0)
+    opts = CompressOptions(device="cpu", **options)
+    return onnxbc.compress(path, tmp_path / f"{name}.q.onnx", data=data, options=opts)
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_every_placed_layer_runs_as_an_integer_kernel(name, tmp_path):
+    result = _compress(name, tmp_path)
+    audit = fusion.audit(ir.load(result.output)).by_layer()
+    records = {r["name"]: r for r in result.report.to_dict()["layers"]}
+    placed = [
+        n for n, r in records.items() if any("so that ONNX Runtime runs an integer kernel" in x for x in r["notes"])
+    ]
+    for layer in placed:
+        assert audit[layer]["status"] == "fused", (layer, audit[layer])
+    # Every quantized Conv/Gemm/MatMul is either placed or says why not (or is a MatMul that fuses without
+    # an output quantizer).
+    for layer, entry in audit.items():
+        if entry["op"] not in LAYERS or layer not in records:
+            continue
+        notes = records[layer]["notes"]
+        explained = any("not an ONNX Runtime integer kernel" in x for x in notes)
+        assert entry["status"] == "fused" or explained, (layer, entry, notes)
+
+
+def test_cnn_layers_all_fuse_and_placement_costs_little_accuracy(tmp_path):
+    """The bundled CNN: both Convs become QLinearConv, both Gemms QGemm; the output error stays within 1.2x of
+    the inputs-only placement's."""
+    data = DataOptions(path="models/data/fashion_calib.npz")
+    ort_run = onnxbc.compress("models/fashion_cnn.onnx", tmp_path / "ort.onnx", data=data)
+    statuses = {e["op"]: e["status"] for e in fusion.audit(ir.load(ort_run.output)).by_layer().values()}
+    assert statuses == {"Conv": "fused", "Gemm": "fused"}
+    inputs_only = onnxbc.compress(
+        "models/fashion_cnn.onnx",
+        tmp_path / "trt.onnx",
+        data=data,
+        options=CompressOptions(target=Target.TENSORRT),
+    )
+    assert ort_run.report.compensation["output_rel_mse"] <= 1.2 * inputs_only.report.compensation["output_rel_mse"]
+
+
+def test_placement_writes_output_quantizers_zero_points_and_int32_biases(tmp_path):
+    result = _compress("conv", tmp_path)
+    model = ir.load(result.output)
+    qs = [n for n in model.graph if n.op_type == "QuantizeLinear"]
+    relu_outputs = {n.outputs[0].name for n in model.graph if n.op_type == "Relu"}
+    quantized = {q.inputs[0].name for q in qs}
+    assert relu_outputs and relu_outputs <= quantized  # the first Conv's Relu output, read quantized by all
+    assert "y" not in quantized  # the last Conv's output is the graph output: kept float, and said so
+    notes = {r["name"]: r["notes"] for r in result.report.to_dict()["layers"]}
+    assert "not an ONNX Runtime integer kernel: its output 'y' is a graph output, kept float" in notes["conv2"]
+    for n in model.graph:
+        if n.op_type == "DequantizeLinear" and n.inputs[0].const_value is not None:
+            codes = n.inputs[0].const_value.dtype
+            if codes == ir.DataType.INT8:  # an int8 weight: an explicit zero point of 0
+                assert len(n.inputs) == 3 and not n.inputs[2].const_value.numpy().any()
+    assert any(n.op_type == "DequantizeLinear" and n.inputs[0].dtype == ir.DataType.INT32 for n in model.graph)
+
+
+def test_tensorrt_target_quantizes_layer_inputs_only(tmp_path):
+    result = _compress("conv", tmp_path, target=Target.TENSORRT)
+    model = ir.load(result.output)
+    conv_outputs = {n.outputs[0].name for n in model.graph if n.op_type == "Conv"}
+    assert not any(n.op_type == "QuantizeLinear" and n.inputs[0].name in conv_outputs for n in model.graph)
+    weight_dqs = [n for n in model.graph if n.op_type == "DequantizeLinear" and n.inputs[0].const_value is not None]
+    assert weight_dqs and all(len(n.inputs) == 2 for n in weight_dqs)  # no zero point, float biases
+    notes = [x for r in result.report.to_dict()["layers"] for x in r["notes"]]
+    assert not any("ONNX Runtime" in x for x in notes)
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_onnxruntime_activation_codes_are_uint8_with_the_same_values(nonnegative):
+    """Signed tensors get uint8 codes with zero point 128 for --target onnxruntime: the same dequantized values
+    as TensorRT's int8 codes with zero point 0."""
+    x = np.random.default_rng(0).normal(size=4096).astype(np.float32)
+    x = np.abs(x) if nonnegative else x
+    hist = AbsHistogram()
+    hist.update(x)
+    ort_q = activation_quant("x", hist, np.float32, CompressOptions(target=Target.ONNXRUNTIME))
+    assert ort_q.dtype == np.uint8 and ort_q.zero_point == (0 if nonnegative else 128)
+    if nonnegative:
+        return
+    trt_q = activation_quant("x", hist, np.float32, CompressOptions(target=Target.TENSORRT))
+    assert trt_q.dtype == np.int8 and trt_q.zero_point == 0 and trt_q.scale == ort_q.scale
+
+    def fake(q, lo, hi):
+        return (np.clip(np.round(x / q.scale) + q.zero_point, lo, hi) - q.zero_point) * q.scale
+
+    np.testing.assert_array_equal(fake(ort_q, 0, 255), fake(trt_q, -128, 127))
