@@ -128,7 +128,7 @@ class _Statistics:
     ranges: dict[str, RangeProbe]
     power: list[Probe]
     moments: list[Probe]
-    placement: Placement | None  # --target onnxruntime with int8 activations: where the layers' outputs are quantized
+    placement: Placement | None  # int8 activations: the target's placement (onnxbc.placement)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +195,10 @@ def _first_pass(job: _Job) -> _Statistics:
     for name, readers in uses.items():
         axes = {channel_axis(t) for t, _ in readers if t.weight is not None}
         ranges[name] = RangeProbe(name, axes.pop() if len(axes) == 1 else None, channel_histograms=name in smooth_axes)
-    sites = placement.output_sites(targets, uses) if placement.applies(options) else None
-    outputs = {name: RangeProbe(name) for name in placement.own_ranges(sites or {}, smooth_axes) if name not in ranges}
+    sites = placement.find_sites(targets, uses, options)
+    outputs = {
+        name: RangeProbe(name) for name in (sites.own_ranges(smooth_axes) if sites else []) if name not in ranges
+    }
     if uses:
         # Second moments are also taken on held-out samples (GPTQ is priced there); the rest on fit samples only.
         gptq = any(isinstance(p, MomentsProbe) for p in moments) and calib.n_holdout

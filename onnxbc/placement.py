@@ -1,9 +1,11 @@
-"""Where quantizers go for ``--target onnxruntime``, so that ONNX Runtime runs the layers as integer kernels.
+"""Where quantizers go besides the layer inputs, so that the target runtime runs the layers as integer kernels
+(int8 activations; int16/int4 activations and weight-only runs quantize layer inputs only).
 
-ONNX Runtime's QDQ transformers turn ``DQ(x), DQ(W)[, DQ(int32 bias)] -> Conv/Gemm/MatMul -> Q`` into
-QLinearConv / QGemm / QLinearMatMul only when the layer's output goes to a QuantizeLinear and nowhere else.
-Quantizing layer *inputs* only (TensorRT's placement) leaves that Q out, and ONNX Runtime then dequantizes
-the weights and runs the float op: slower than the float model. So for this target:
+``--target onnxruntime``. ONNX Runtime's QDQ transformers turn
+``DQ(x), DQ(W)[, DQ(int32 bias)] -> Conv/Gemm/MatMul -> Q`` into QLinearConv / QGemm / QLinearMatMul only
+when the layer's output goes to a QuantizeLinear and nowhere else. Quantizing layer *inputs* only (TensorRT's
+placement) leaves that Q out, and ONNX Runtime then dequantizes the weights and runs the float op: slower than
+the float model. So for this target:
 
 1. Each quantized Conv/Gemm (and a MatMul whose output flows into a quantized layer) gets an
    *output site*: its output, or the output of the Relu/Clip it alone feeds (ONNX Runtime removes that
@@ -22,6 +24,11 @@ the weights and runs the float op: slower than the float model. So for this targ
 A layer is left as it was (and the report says why) when its weight is not 8-bit codes, its activations are
 not int8/uint8, or its output is a graph output. Whether ONNX Runtime really fused each layer is checked on
 the written model (``onnxbc.fusion``).
+
+``--target tensorrt``. TensorRT wants Q/DQ on layer inputs only (its explicit-quantization guide); it fuses a
+residual Add into the Conv/Gemm computing one of its inputs when the other input is quantized too, so that
+input of an Add that alone reads a quantized layer's output is read through a quantizer by the Add (the
+layer input quantizer of the same tensor when there is one and it is not smoothed, else its own).
 """
 
 from __future__ import annotations
@@ -79,9 +86,55 @@ class OutputSite:
     reason: str | None = None  # why ONNX Runtime cannot run the layer as an integer kernel, whatever the plan
 
 
-def applies(options: CompressOptions) -> bool:
-    """The placement is for ONNX Runtime with int8 activations."""
-    return options.target is Target.ONNXRUNTIME and options.activations is ActivationType.INT8
+@dataclasses.dataclass(frozen=True)
+class ResidualSite:
+    """A residual Add reading a quantized layer's output: TensorRT fuses the Add into that layer when its
+    other input is quantized too (its explicit-quantization guide: quantize the residual input)."""
+
+    add: ir.Node
+    index: int  # the Add input read quantized
+    value: str  # the tensor at that input
+    layer: str  # the quantized layer computing the other input
+
+
+@dataclasses.dataclass(frozen=True)
+class Sites:
+    """Where the target's placement may put quantizers, found before anything is decided."""
+
+    outputs: dict[str, OutputSite]  # ONNX Runtime: by layer
+    residuals: list[ResidualSite]  # TensorRT
+
+    def own_ranges(self, smoothable: Iterable[str]) -> list[str]:
+        """The values whose quantizer may have to come from their own histogram (pass 1 collects them): those
+        that reach no layer input, or reach one that may be smoothed (a smoothed quantizer cannot be shared)."""
+        smoothable = set(smoothable)
+        values = [s.value for s in self.outputs.values() if s.value and (s.reaches is None or s.reaches in smoothable)]
+        return sorted({*values, *(r.value for r in self.residuals)})
+
+
+def find_sites(targets: Targets, uses: dict[str, list[tuple[Layer, int]]], options: CompressOptions) -> Sites | None:
+    """The sites of the target's placement (None: layer inputs only, as int16/int4 activations or weight-only)."""
+    if options.activations is not ActivationType.INT8:
+        return None
+    if options.target is Target.ONNXRUNTIME:
+        return Sites(output_sites(targets, uses), [])
+    return Sites({}, residual_sites(targets))
+
+
+def residual_sites(targets: Targets) -> list[ResidualSite]:
+    """Each Add that alone reads a weighted layer's output, with its other input (not a constant)."""
+    sites = []
+    for t in targets.targets:
+        if t.in_subgraph or t.op not in LAYERS or t.weight is None:
+            continue
+        readers = t.node.outputs[0].uses()
+        if len(readers) != 1 or readers[0].node.op_type != "Add" or len(readers[0].node.inputs) != 2:
+            continue
+        add, index = readers[0].node, 1 - readers[0].idx
+        other = add.inputs[index]
+        if other is not None and other.name and not other.is_initializer() and other.const_value is None:
+            sites.append(ResidualSite(add, index, other.name, t.name))
+    return sites
 
 
 def output_sites(targets: Targets, uses: dict[str, list[tuple[Layer, int]]]) -> dict[str, OutputSite]:
@@ -129,27 +182,23 @@ def _rank(value: ir.Value | None) -> int | None:
     return len(value.shape) if value is not None and value.shape is not None else None
 
 
-def own_ranges(sites: dict[str, OutputSite], smoothable: Iterable[str]) -> list[str]:
-    """The site values whose quantizer may have to come from their own histogram (pass 1 collects them): those
-    that reach no layer input, or one that may be smoothed (a smoothed quantizer cannot be shared)."""
-    smoothable = set(smoothable)
-    return sorted({s.value for s in sites.values() if s.value and (s.reaches is None or s.reaches in smoothable)})
-
-
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """The output sites of a model and the pass-1 histograms their own quantizers come from; ``apply`` adds
-    the ONNX Runtime placement to any candidate's plan (after its smoothing is chosen)."""
+    """The sites of a model and the pass-1 histograms their own quantizers come from; ``apply`` adds the
+    target's placement to any candidate's plan (after its smoothing is chosen)."""
 
-    sites: dict[str, OutputSite]
+    sites: Sites
     layers: dict[str, Layer]
     histograms: dict[str, tuple[AbsHistogram, np.dtype | None]]  # value -> |x| histogram, dtype
     options: CompressOptions
 
     def apply(self, plan: QuantPlan) -> QuantPlan:
-        """``plan`` with ``outputs``, ``every_reader`` and ``weight_zero_points`` filled for its layers."""
+        """``plan`` with the placement: ONNX Runtime: ``outputs``, ``every_reader`` and ``weight_zero_points``;
+        TensorRT: the residual inputs added to the activations, read quantized by their Add only."""
+        if self.options.target is Target.TENSORRT:
+            return self._residuals(plan)
         outputs, every_reader = {}, set()
-        for site in self.sites.values():
+        for site in self.sites.outputs.values():
             how = self._quantizer(site, plan)
             if how.every_reader:
                 every_reader.add(site.value)
@@ -157,14 +206,29 @@ class Placement:
                 outputs[site.value] = how.quant
         return dataclasses.replace(plan, outputs=outputs, every_reader=every_reader, weight_zero_points=True)
 
+    def _residuals(self, plan: QuantPlan) -> QuantPlan:
+        activations, uses = dict(plan.activations), {k: list(v) for k, v in plan.activation_uses.items()}
+        for site in self.sites.residuals:
+            layer = self.layers[site.layer]
+            if layer.weight is None or layer.weight.source.name not in plan.weights or site.value in plan.smoothing:
+                continue
+            if site.value not in activations:
+                hist, dtype = self.histograms.get(site.value, (None, None))
+                if hist is None or dtype is None or not np.issubdtype(dtype, np.floating):
+                    continue
+                activations[site.value] = activation_quant(site.value, hist, dtype, self.options)
+            uses.setdefault(site.value, []).append((site.add.name, site.index))
+        return dataclasses.replace(plan, activations=activations, activation_uses=uses)
+
     def placed(self, plan: QuantPlan) -> frozenset[str]:
         """The layers whose output ``apply`` quantizes (ONNX Runtime should run them as integer kernels)."""
-        return frozenset(s.layer for s in self.sites.values() if self._quantizer(s, plan).reason is None)
+        outputs = self.sites.outputs.values()
+        return frozenset(s.layer for s in outputs if self._quantizer(s, plan).reason is None)
 
     def notes(self, plan: QuantPlan) -> dict[str, str]:
         """Per layer with a site, in words: its output quantized, or why ONNX Runtime cannot fuse it."""
         result = {}
-        for site in self.sites.values():
+        for site in self.sites.outputs.values():
             how = self._quantizer(site, plan)
             if how.reason is None:
                 result[site.layer] = f"output '{site.value}' quantized, so that ONNX Runtime runs an integer kernel"

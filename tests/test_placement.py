@@ -4,6 +4,8 @@ TensorRT target keeps quantizing layer inputs only."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -116,3 +118,61 @@ def test_onnxruntime_activation_codes_are_uint8_with_the_same_values(nonnegative
         return (np.clip(np.round(x / q.scale) + q.zero_point, lo, hi) - q.zero_point) * q.scale
 
     np.testing.assert_array_equal(fake(ort_q, 0, 255), fake(trt_q, -128, 127))
+
+
+def _residual_model(path):
+    """x -> Conv -> Relu (r) -> Conv -> Add(., r) -> Relu -> Conv -> y: a ResNet block."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def conv(name, x, cin, cout):
+        w = numpy_helper.from_array(rng.normal(0, 0.3, (cout, cin, 3, 3)).astype(np.float32), f"{name}.w")
+        b = numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32), f"{name}.b")
+        node = helper.make_node("Conv", [x, w.name, b.name], [f"{name}_out"], name=name, pads=[1, 1, 1, 1])
+        return node, [w, b]
+
+    c1, i1 = conv("c1", "x", 3, 8)
+    c2, i2 = conv("c2", "r", 8, 8)
+    c3, i3 = conv("c3", "s", 8, 4)
+    nodes = [
+        c1,
+        helper.make_node("Relu", ["c1_out"], ["r"], name="relu1"),
+        c2,
+        helper.make_node("Add", ["c2_out", "r"], ["sum"], name="residual"),
+        helper.make_node("Relu", ["sum"], ["s"], name="relu2"),
+        c3,
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("c3_out", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        initializer=i1 + i2 + i3,
+    )
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return {"x": rng.normal(size=(32, 3, 8, 8)).astype(np.float32)}
+
+
+def test_tensorrt_residual_add_reads_its_skip_input_quantized(tmp_path):
+    """TensorRT fuses the Add into c2 when the skip input is quantized too: the Add reads 'r' through the same
+    DequantizeLinear as c2 (TensorRT's rules still pass: compress checks them before writing)."""
+    data = _residual_model(tmp_path / "res.onnx")
+    options = CompressOptions(target=Target.TENSORRT, device="cpu", smoothing=False)
+    result = onnxbc.compress(tmp_path / "res.onnx", tmp_path / "res.q.onnx", data=data, options=options)
+    model = ir.load(result.output)
+    nodes = {n.name: n for n in model.graph}
+    skip, conv_input = nodes["residual"].inputs[1], nodes["c2"].inputs[0]
+    assert skip.producer().op_type == "DequantizeLinear" and skip is conv_input
+    assert nodes["residual"].inputs[0].producer().op_type == "Conv"  # the layer's output stays float
+    ort_run = onnxbc.compress(
+        tmp_path / "res.onnx",
+        tmp_path / "ort.q.onnx",
+        data=data,
+        options=dataclasses.replace(options, target=Target.ONNXRUNTIME),
+    )
+    audit = fusion.audit(ir.load(ort_run.output)).by_layer()
+    # ONNX Runtime: both Convs and the residual Add (QLinearAdd) run on integer codes; c3's output is the graph's
+    assert {audit[n]["status"] for n in ("c1", "c2", "residual")} == {"fused"}
