@@ -42,6 +42,7 @@ import onnx_ir as ir
 from onnxbc.options import ActivationType, CompressOptions, Target
 from onnxbc.plan import ActivationQuant, QuantPlan
 from onnxbc.quantizers import activation_quant
+from onnxbc.smoothing import fold_into_layers
 from onnxbc.solvers.ranges import AbsHistogram
 from onnxbc.targets import Target as Layer
 from onnxbc.targets import Targets
@@ -195,6 +196,7 @@ class Placement:
     def apply(self, plan: QuantPlan) -> QuantPlan:
         """``plan`` with the placement: ONNX Runtime: ``outputs``, ``every_reader`` and ``weight_zero_points``;
         TensorRT: the residual inputs added to the activations, read quantized by their Add only."""
+        plan = fold_into_layers(plan, self.layers)
         if self.options.target is Target.TENSORRT:
             return self._residuals(plan)
         outputs, every_reader = {}, set()
@@ -210,7 +212,7 @@ class Placement:
         activations, uses = dict(plan.activations), {k: list(v) for k, v in plan.activation_uses.items()}
         for site in self.sites.residuals:
             layer = self.layers[site.layer]
-            if layer.weight is None or layer.weight.source.name not in plan.weights or site.value in plan.smoothing:
+            if layer.weight is None or layer.weight.source.name not in plan.weights or _by_mul(plan, site.value):
                 continue
             if site.value not in activations:
                 hist, dtype = self.histograms.get(site.value, (None, None))
@@ -240,7 +242,7 @@ class Placement:
         reason = site.reason or _unfusable(self.layers[site.layer], plan)
         if reason is not None:
             return _Quantizer(reason=reason)
-        shared = site.reaches if site.reaches in plan.activations and site.reaches not in plan.smoothing else None
+        shared = site.reaches if site.reaches in plan.activations and not _by_mul(plan, site.reaches) else None
         if shared == site.value:
             return _Quantizer(every_reader=True)
         if shared is not None:
@@ -259,6 +261,11 @@ class _Quantizer:
     quant: ActivationQuant | None = None
     every_reader: bool = False
     reason: str | None = None
+
+
+def _by_mul(plan: QuantPlan, name: str) -> bool:
+    """Activation ``name`` is smoothed by a Mul before its quantizer (not folded into the layer computing it)."""
+    return name in plan.smoothing and plan.smoothing[name].into is None
 
 
 def _unfusable(t: Layer, plan: QuantPlan) -> str | None:

@@ -69,6 +69,7 @@ class Smoothing:
     channel_axis: int  # of the activation (negative: counted from the last axis)
     alpha: float
     rank: int | None = None  # of the activation, when the channel axis is counted from the front
+    into: str | None = None  # the Conv/Gemm computing the activation, whose weight scales and bias carry the division
 
     def divisor_shape(self) -> tuple[int, ...]:
         """Shape of ``1 / factors`` broadcasting along the channel axis of the activation."""

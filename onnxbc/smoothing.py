@@ -11,11 +11,14 @@ smoothing, and the activation keeps whichever gives the least held-out error sum
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import onnx_ir as ir
 
 from onnxbc.calibration.probes import RangeProbe
 from onnxbc.options import CompressOptions
-from onnxbc.plan import QuantPlan, Smoothing
+from onnxbc.plan import QuantPlan, Smoothing, WeightQuant
 from onnxbc.quantizers import activation_quant, like, weight_quant
 from onnxbc.solvers.smooth import (
     ALPHAS,
@@ -116,3 +119,65 @@ def candidate_plans(
             )
         plans[alpha] = plan
     return plans
+
+
+# Ops a division by positive per-channel factors passes through: f(x / s) = f(x) / s, channels kept in place.
+HOMOGENEOUS = frozenset(
+    {"Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity"}
+)
+
+
+def fold_into_layers(plan: QuantPlan, layers: dict[str, Target]) -> QuantPlan:
+    """``plan`` with each smoothing division moved into the Conv/Gemm that computes the smoothed activation
+    (through ReLU, pooling and the like, each read by one node): that layer's per-output-channel weight scales
+    and compensation bias are divided by the factors (the codes stay; exact), and ``Smoothing.into`` tells the
+    rewrite to divide its float bias instead of inserting a Mul, which runtimes would run in float between
+    the integer kernels."""
+    by_output = {t.node.outputs[0]: t for t in layers.values() if t.op in ("Conv", "Gemm") and not t.in_subgraph}
+    smoothing, weights, biases = dict(plan.smoothing), dict(plan.weights), dict(plan.biases)
+    for name, sm in plan.smoothing.items():
+        node, index = plan.activation_uses[name][0]
+        t = by_output.get(_homogeneous_source(layers[node].node.inputs[index]))
+        wq = weights.get(t.weight.source.name) if t is not None and t.weight is not None else None
+        if wq is None or not _foldable(t, wq, sm, biases.get(t.name)):
+            continue
+        weights[wq.source] = dataclasses.replace(wq, scale=(wq.scale / sm.factors).astype(np.float32))
+        if t.name in biases:
+            biases[t.name] = dataclasses.replace(biases[t.name], delta=biases[t.name].delta / sm.factors)
+        smoothing[name] = dataclasses.replace(sm, into=t.name)
+    return dataclasses.replace(plan, smoothing=smoothing, weights=weights, biases=biases)
+
+
+def _homogeneous_source(value: ir.Value) -> ir.Value | None:
+    """The tensor ``value`` is computed from through single-reader ``HOMOGENEOUS`` ops (None: not so)."""
+    for _ in range(16):
+        producer = value.producer()
+        if producer is None or value.is_graph_output() or len(value.uses()) != 1:
+            return None
+        if producer.op_type not in HOMOGENEOUS:
+            return value
+        value = producer.inputs[0]
+    return None
+
+
+def _foldable(t: Target, wq: WeightQuant, sm: Smoothing, bias) -> bool:
+    """The division fits ``t``'s output channels: float32, one scale per output channel of an unshared weight,
+    a bias (if any) with one value per channel, the same channel axis."""
+    channels = len(sm.factors)
+    weight = t.weight
+    if t.node.outputs[0].dtype not in (None, ir.DataType.FLOAT) or weight.chain or len(weight.source.uses()) != 1:
+        return False
+    if (
+        wq.emulated is not None
+        or wq.zero_point is not None
+        or wq.granularity.block_size
+        or wq.scale.shape != (channels,)
+    ):
+        return False
+    if wq.granularity.axis != weight.channel_axis or (bias is not None and bias.per_position):
+        return False
+    b = t.node.inputs[2] if len(t.node.inputs) > 2 else None
+    if b is not None and (b.const_value is None or b.const_value.size != channels):
+        return False
+    rank = 2 if t.op == "Gemm" else len(weight.source.const_value.shape)
+    return sm.channel_axis % rank == t.output_channel_axis % rank

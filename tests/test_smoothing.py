@@ -167,3 +167,49 @@ def test_smoothing_is_chosen_where_it_helps_and_reported(tmp_path):
     assert err(smoothed) < 0.5 * err(plain)
     assert any("smoothed" in note for note in smoothed.report.layers[0].notes)
     assert [n.op_type for n in onnx.load(smoothed.output).graph.node].count("Mul") == 1
+
+
+def test_smoothing_folded_into_the_layer_before_equals_the_mul():
+    """fold_into_layers moves the division of 'relu1_out' into conv1 (weight scales and bias, through the ReLU):
+    the model computes what the Mul would, and has no Mul."""
+    from models import test_graphs
+    from onnxbc import model_io
+    from onnxbc.calibration.session import SessionFactory
+    from onnxbc.candidates import quantize
+    from onnxbc.passes.prepare import prepare_passes
+    from onnxbc.plan import QuantPlan, Smoothing, WeightQuant
+    from onnxbc.smoothing import fold_into_layers
+    from onnxbc.solvers.quant import Granularity
+    from onnxbc.targets import find_targets
+
+    graph = test_graphs.build("conv")
+    model = prepare_passes(13)(model_io.from_proto(graph.model)).model
+    layers = {t.name: t for t in find_targets(model).targets}
+    conv1, conv2 = layers["conv1"], layers["conv2"]
+    w1, w2 = (t.weight.source.const_value.numpy() for t in (conv1, conv2))
+    s = np.random.default_rng(0).uniform(0.5, 2.0, w1.shape[0]).astype(np.float32)
+
+    def int8(name, w):
+        scale = np.abs(w).reshape(len(w), -1).max(axis=1) / 127
+        codes = np.round(w / scale.reshape(-1, 1, 1, 1)).astype(np.int8)
+        return WeightQuant(name, codes, scale.astype(np.float32), Granularity(0), 8, "minmax")
+
+    x = conv2.node.inputs[0].name
+    plan = QuantPlan(
+        weights={
+            conv1.weight.source.name: int8(conv1.weight.source.name, w1),
+            conv2.weight.source.name: int8(conv2.weight.source.name, w2 * s.reshape(1, -1, 1, 1)),
+        },
+        activation_uses={x: [("conv2", 0)]},
+        smoothing={x: Smoothing(x, s, 1, 0.5, 4)},
+    )
+    folded = fold_into_layers(plan, layers)
+    assert folded.smoothing[x].into == "conv1"
+    feeds = graph.feeds(4, 0)
+    sessions = SessionFactory()
+    outputs = []
+    for p in (plan, folded):
+        quantized, rewrite = quantize(model.clone(), p)
+        assert ("Mul" in {n.op_type for n in quantized.graph}) is (p is plan)
+        outputs.append(sessions.create(quantized).run(None, feeds)[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
