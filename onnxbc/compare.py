@@ -4,12 +4,15 @@ Per output: relative MSE ``sum (a - b)^2 / sum a^2`` (a = reference), mean per-s
 absolute error, and for outputs of rank >= 2 the top-1 agreement of the argmax over the last axis
 (meaningful for classifier logits and token predictions). Only sums are kept: memory does not depend on
 the number of samples. ``onnxbc compare`` and ``onnxbc check --reference`` use the same numbers.
+
+``Reference`` runs the reference model once per batch for any number of models compared against it: its float
+outputs are kept after the first pass when they are small enough, else it runs again on each pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -82,15 +85,76 @@ def compare_sessions(
     advance=lambda: None,
 ) -> dict[str, OutputAgreement]:
     """Run both sessions on each batch and accumulate the agreement of every float output."""
-    names = [o.name for o in reference.get_outputs()]
-    stats = {n: OutputAgreement(n) for n in names}
-    for feeds in batches:
-        ref_out = reference.run(names, dict(feeds))
-        test_out = test.run(names, dict(feeds))
-        for name, a, b in zip(names, ref_out, test_out):
-            if np.issubdtype(np.asarray(a).dtype, np.floating):
-                stats[name].update(np.asarray(a), np.asarray(b))
-        advance()
+    return Reference(reference, lambda: batches).compare(test, advance)
+
+
+Outputs = list[np.ndarray | None]  # a session's outputs on one batch, in ``Reference.names`` order; None: not float
+
+
+class Reference:
+    """The reference session's outputs on each batch, for comparing other sessions against it.
+
+    ``batches()`` is one pass: each feed with the reference's outputs on it. The first pass that completes keeps
+    the float outputs when they total at most ``keep_bytes``; later passes reuse them instead of running the
+    reference again (``kept`` says which happened; None before a pass completes). ``runs`` counts its runs.
+    ``feeds`` gives the same batches on every call."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        feeds: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+        keep_bytes: int = 0,
+    ) -> None:
+        self.session = session
+        self.names = [o.name for o in session.get_outputs()]
+        self.kept: bool | None = None
+        self.runs = 0
+        self._feeds = feeds
+        self._keep_bytes = keep_bytes
+        self._outputs: list[Outputs] | None = None
+
+    def batches(self) -> Iterator[tuple[Mapping[str, np.ndarray], Outputs]]:
+        if self._outputs is not None:
+            yield from zip(self._feeds(), self._outputs, strict=True)
+            return
+        kept: list[Outputs] | None = []
+        size = 0
+        for feeds in self._feeds():
+            outputs = [a if np.issubdtype(a.dtype, np.floating) else None for a in self._run(feeds)]
+            size += sum(a.nbytes for a in outputs if a is not None)
+            if kept is not None and size <= self._keep_bytes:
+                kept.append(outputs)
+            else:
+                kept = None  # too big to keep: every pass runs the reference
+            yield feeds, outputs
+        self.kept, self._outputs = kept is not None, kept
+
+    def agreements(self) -> dict[str, OutputAgreement]:
+        """Empty sums for one model compared against this reference (fill with ``update``)."""
+        return {n: OutputAgreement(n) for n in self.names}
+
+    def update(self, stats: dict[str, OutputAgreement], reference: Outputs, test: list) -> None:
+        for name, a, b in zip(self.names, reference, test):
+            if a is not None:
+                stats[name].update(a, np.asarray(b))
+
+    def compare(
+        self, test: ort.InferenceSession, advance: Callable[[], None] = lambda: None
+    ) -> dict[str, OutputAgreement]:
+        """``test`` against the reference on every batch: the agreement of each float output."""
+        stats = self.agreements()
+        for feeds, outputs in self.batches():
+            self.update(stats, outputs, test.run(self.names, dict(feeds)))
+            advance()
+        return measured(stats)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        self.runs += 1
+        return [np.asarray(a) for a in self.session.run(self.names, dict(feeds))]
+
+
+def measured(stats: dict[str, OutputAgreement]) -> dict[str, OutputAgreement]:
+    """The outputs that were compared (float ones)."""
     return {n: s for n, s in stats.items() if s.rows}
 
 

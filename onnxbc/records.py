@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from onnxbc import precision
-from onnxbc.candidates import Candidate, Weights, fit_biases
+from onnxbc.candidates import Candidate, Weights, fit_biases, least
 from onnxbc.options import BiasCorrection
 from onnxbc.plan import WeightQuant
 from onnxbc.report import LayerRecord, Report
@@ -46,7 +46,9 @@ def fill(
     for rec in rep.layers:
         rec.fusion = (fusion or {}).get(rec.name)
     rep.compensation = compensation(winner, candidates, rep.outputs["evaluated_on"])
-    rep.outputs.update({c.name: {n: a.as_dict() for n, a in c.outputs.items()} for c in candidates})
+    rep.outputs.update(
+        {c.name: {n: a.as_dict() for n, a in c.outputs.items()} for c in candidates if c.outputs is not None}
+    )
     ranges = decisions.scores.get("weight_range", {})
     rep.weight_ranges = {k: {"chosen": winner.plan.weights[k].method, "rel_mse": s} for k, s in ranges.items()}
     rep.smoothing = {
@@ -68,7 +70,8 @@ def fill(
 
 def compensation(winner: Candidate, candidates: list[Candidate], split: str) -> dict:
     """``applied``, ``mode`` and ``chosen`` (the saved candidate), ``output_rel_mse`` (its error on ``split``);
-    when compensation ran, the least error without and with it; and every candidate's error."""
+    when compensation ran, the least error without and with it; every candidate's error, and for those stopped
+    once they could not win (``candidates.measure``) their lower bound and where they stopped."""
     section = {
         "applied": winner.compensated,
         "mode": winner.compensation.value,
@@ -77,12 +80,18 @@ def compensation(winner: Candidate, candidates: list[Candidate], split: str) -> 
         "description": winner.describe(),
         "output_rel_mse": winner.error,
         "decided_on": split,
-        "candidates": {c.name: c.error for c in candidates},
+        "candidates": {c.name: c.least_error for c in candidates},
+        "stopped": {
+            c.name: {"rel_mse_at_least": s.bound, "batches": s.batches, "of_batches": s.of, "beaten_by": s.by}
+            for c in candidates
+            if (s := c.stopped) is not None
+        },
     }
-    compensated = [c.error for c in candidates if c.compensated]
+    compensated = [c for c in candidates if c.compensated]
     if compensated:
-        section["output_rel_mse_without"] = min(c.error for c in candidates if not c.compensated)
-        section["output_rel_mse_with"] = min(compensated)
+        without = [c for c in candidates if not c.compensated]
+        section["output_rel_mse_without"], section["output_rel_mse_without_is_bound"] = least(without)
+        section["output_rel_mse_with"], section["output_rel_mse_with_is_bound"] = least(compensated)
     return section
 
 

@@ -1,0 +1,280 @@
+"""The held-out check (``candidates.measure``): the float model runs once per batch for every candidate, and a
+candidate stops being measured once it cannot win, without changing what is saved or the errors reported.
+
+Small models built here (the float model and copies with noise of a chosen size in their weights) give
+candidates whose errors are computed again in numpy; a real compress of the bundled CNN and of a test graph
+checks the errors against the old computation (the float model re-run beside each candidate) and the saved bytes
+against a run that measures every candidate to the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+import onnxbc
+from models import test_graphs
+from onnxbc import candidates, model_io, records
+from onnxbc.calibration.data import input_specs, open_data
+from onnxbc.calibration.session import SessionFactory
+from onnxbc.candidates import Candidate, Weights
+from onnxbc.compare import Reference, compare_sessions
+from onnxbc.options import BiasCorrection, CompressOptions, DataOptions, Device, WeightType
+from onnxbc.plan import QuantPlan
+from onnxbc.progress import Stages
+
+FASHION = Path("models/fashion_cnn.onnx")
+FASHION_DATA = Path("models/data/fashion_calib.npz")
+RNG = np.random.default_rng(0)
+W = RNG.standard_normal((8, 4)).astype(np.float32)
+V = 100 * RNG.standard_normal((8, 3)).astype(np.float32)  # a second output 100x larger: weighed per output
+X = RNG.standard_normal((64, 8)).astype(np.float32)
+NAMES = {  # one name per (weights, compensation), as the report keys candidates
+    0: (Weights.PLAN, BiasCorrection.NONE),
+    1: (Weights.PLAN, BiasCorrection.INDEPENDENT),
+    2: (Weights.MINMAX, BiasCorrection.INDEPENDENT),
+}
+
+
+def two_outputs(w: np.ndarray, v: np.ndarray, pad: int = 0) -> ir.Model:
+    """y = x @ w and z = x @ v; ``pad`` floats of an unused initializer make the file bigger."""
+    x = ir.val("x", ir.DataType.FLOAT, ir.Shape(["N", 8]))
+    inits = [ir.Value(name=n, const_value=ir.tensor(a, name=n)) for n, a in (("w", w), ("v", v))]
+    if pad:
+        inits.append(ir.Value(name="pad", const_value=ir.tensor(np.zeros(pad, np.float32), name="pad")))
+    nodes = [ir.node("MatMul", [x, inits[0]], name="mw"), ir.node("MatMul", [x, inits[1]], name="mv")]
+    for node, name, width in zip(nodes, ("y", "z"), (4, 3)):
+        y = node.outputs[0]
+        y.name, y.dtype, y.shape = name, ir.DataType.FLOAT, ir.Shape(["N", width])
+    graph = ir.Graph([x], [n.outputs[0] for n in nodes], nodes=nodes, initializers=inits, opset_imports={"": 17})
+    return ir.Model(graph, ir_version=8)
+
+
+def candidate(index: int, noise: float, pad: int = 0) -> Candidate:
+    """Candidate ``index`` (its name: ``NAMES``) whose weights carry relative noise of size ``noise``."""
+    rng = np.random.default_rng(index + 1)
+    w, v = (a * (1 + noise * rng.standard_normal(a.shape)).astype(np.float32) for a in (W, V))
+    weights, compensation = NAMES[index]
+    return Candidate(weights, compensation, QuantPlan(), {}, model=two_outputs(w, v, pad))
+
+
+class Counting:
+    """A session whose runs are counted."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, names, feeds):
+        self.runs += 1
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+@pytest.fixture
+def calib():
+    data = open_data(DataOptions(source={"x": X}, batch_size=4, holdout_fraction=0.5), input_specs(two_outputs(W, V)))
+    assert data.count_batches("holdout") == 8
+    return data
+
+
+def reference_of(calib, sessions: SessionFactory) -> tuple[Reference, Counting]:
+    session = Counting(sessions.create(two_outputs(W, V)))
+    return candidates.reference(session, calib), session
+
+
+def numpy_error(c: Candidate) -> float:
+    """The candidate's error on the held-out half, from its weights alone."""
+    held = X[32:].astype(np.float64)
+    inits = c.model.graph.initializers
+    errors = []
+    for ref, test in ((W, inits["w"].const_value.numpy()), (V, inits["v"].const_value.numpy())):
+        a, b = held @ ref.astype(np.float64), held @ test.astype(np.float64)
+        errors.append(np.sum((a - b) ** 2) / np.sum(a**2))
+    return float(np.mean(errors))
+
+
+def measure(cands, calib, max_size=None):
+    sessions = SessionFactory(Device.CPU)
+    reference, counted = reference_of(calib, sessions)
+    candidates.measure(cands, reference, calib, sessions, Stages(enabled=False), max_size)
+    return reference, counted
+
+
+def test_a_clearly_worse_candidate_is_stopped_and_reported(calib):
+    good, bad = candidate(1, 0.01), candidate(0, 0.2)
+    reference, counted = measure([good, bad], calib)
+    assert good.outputs is not None and good.error == pytest.approx(numpy_error(good), rel=1e-4)
+    assert bad.outputs is None and bad.stopped is not None
+    assert bad.stopped.by == good.name and bad.stopped.of == 8 and bad.stopped.batches < 8
+    # the bound is a lower bound of the error it would have had, and above the winner's
+    assert good.error < bad.stopped.bound <= numpy_error(bad) * (1 + 1e-4)
+    assert counted.runs == reference.runs == 8  # once per batch for both
+    winner, warnings = candidates.choose([good, bad], None, "holdout")
+    assert winner is good and warnings == []
+    section = records.compensation(winner, [good, bad], "holdout")
+    assert section["candidates"] == {good.name: good.error, bad.name: bad.stopped.bound}
+    assert section["stopped"] == {
+        bad.name: {
+            "rel_mse_at_least": bad.stopped.bound,
+            "batches": bad.stopped.batches,
+            "of_batches": 8,
+            "beaten_by": good.name,
+        }
+    }
+    assert section["output_rel_mse_without"] == bad.stopped.bound and section["output_rel_mse_without_is_bound"]
+    assert section["output_rel_mse_with"] == good.error and not section["output_rel_mse_with_is_bound"]
+    with pytest.raises(RuntimeError, match="was stopped"):
+        _ = bad.error
+
+
+def test_a_candidate_worse_only_once_every_batch_is_in_is_measured(calib):
+    """Its bound stays below the winner's error until the last batch (0.99x after 7 of 8), and on the last
+    batch its error is known: it is measured to the end, not stopped."""
+    good, close = candidate(1, 0.01), candidate(0, 0.013)
+    measure([good, close], calib)
+    assert close.stopped is None and good.error < close.error < 1.2 * good.error
+
+
+def test_pruning_never_changes_the_winner(calib):
+    """Every order of three candidates: the same winner and errors as measuring all to the end, and the
+    compensation warning says a stopped candidate's error is a lower bound."""
+    noises = {0: 0.01, 1: 0.05, 2: 0.3}
+    full = {i: numpy_error(candidate(i, n)) for i, n in noises.items()}
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]):
+        cands = [candidate(i, noises[i]) for i in order]
+        measure(cands, calib)
+        winner, warnings = candidates.choose(cands, None, "holdout")
+        assert winner.name == candidate(0, 0).name
+        for i, c in zip(order, cands):
+            assert (c.error if c.outputs is not None else c.stopped.bound) <= full[i] * (1 + 1e-4)
+            if c.outputs is not None:
+                assert c.error == pytest.approx(full[i], rel=1e-4)
+        assert cands[order.index(0)].outputs is not None
+        # the least compensated error, a lower bound where a stopped candidate's bound is below the others' errors
+        value, bound = min((c.stopped.bound, True) if c.stopped else (c.error, False) for c in cands if c.compensated)
+        assert warnings == [
+            f"compensation raised the holdout output error ({full[0]:.3e} -> {'at least ' if bound else ''}"
+            f"{value:.3e}); saved without it"
+        ]
+    assert any(c.stopped for c in cands)
+
+
+def test_only_candidates_that_fit_the_budget_stop_others(calib):
+    """The best candidate does not fit --max-size: it cannot stop the next one, which fits and is saved; that
+    one stops the worst."""
+    best, fitting, worst = candidate(1, 0.01, pad=4096), candidate(0, 0.05), candidate(2, 0.5)
+    budget = model_io.serialized_bytes(fitting.model) + 100
+    assert model_io.serialized_bytes(best.model) > budget
+    measure([best, fitting, worst], calib, max_size=budget)
+    assert best.outputs is not None and fitting.outputs is not None and fitting.error > best.error
+    assert worst.stopped is not None and worst.stopped.by == fitting.name
+    winner, warnings = candidates.choose([best, fitting, worst], budget, "holdout")
+    assert winner is fitting and "would pass --max-size" in warnings[0]
+    # without the budget the same candidates stop the fitting one
+    again = [candidate(1, 0.01, pad=4096), candidate(0, 0.05), candidate(2, 0.5)]
+    measure(again, calib)
+    assert again[1].stopped is not None and again[1].stopped.by == again[0].name
+
+
+@pytest.mark.parametrize("keep, side_by_side, passes", [(2**20, 2**30, 1), (0, 2**30, 2), (0, 1, 3)])
+def test_reference_runs(calib, monkeypatch, keep, side_by_side, passes):
+    """Outputs kept: one reference pass for every candidate. Too big to keep: the first candidate alone, then the
+    rest side by side in one pass (as many as fit ``SIDE_BY_SIDE_BYTES``). The errors are the same."""
+    monkeypatch.setattr(candidates, "KEEP_REFERENCE_BYTES", keep)
+    monkeypatch.setattr(candidates, "SIDE_BY_SIDE_BYTES", side_by_side)
+    cands = [candidate(i, 0.01 * (3 - i)) for i in range(3)]  # each better than the one before
+    reference, counted = measure(cands, calib)
+    assert reference.kept is (keep > 0)
+    assert counted.runs == reference.runs == passes * 8
+    assert all(c.outputs is not None for c in cands)  # none can be stopped
+    for c in cands:
+        assert c.error == pytest.approx(numpy_error(c), rel=1e-4)
+    other = SessionFactory(Device.CPU).create(cands[0].model)
+    agreement = reference.compare(other)  # the default-session comparison: kept outputs, when kept
+    assert counted.runs == (passes + (keep == 0)) * 8
+    assert candidates.mean_rel_mse(agreement) == cands[0].error
+
+
+def test_a_pass_left_early_keeps_nothing(calib):
+    reference, counted = reference_of(calib, SessionFactory(Device.CPU))
+    for _ in zip(range(3), reference.batches()):
+        pass
+    assert reference.kept is None
+    assert sum(1 for _ in reference.batches()) == 8 and reference.kept
+    assert sum(1 for _ in reference.batches()) == 8 and counted.runs == 3 + 8
+
+
+def old_errors(model: ir.Model, cands: list[Candidate], calib) -> dict[str, dict[str, dict]]:
+    """The old computation: the float model re-run beside each candidate, in its own session."""
+    sessions = SessionFactory(Device.CPU)
+    split = candidates.evaluated_on(calib)
+    return {
+        c.name: {
+            n: a.as_dict()
+            for n, a in compare_sessions(sessions.create(model), sessions.create(c.model), calib.batches(split)).items()
+        }
+        for c in cands
+    }
+
+
+@pytest.mark.parametrize(
+    "source, options",
+    [("fashion", CompressOptions(weights=WeightType.INT4)), ("multi_output", CompressOptions(weights=WeightType.INT4))],
+)
+def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, monkeypatch):
+    """The errors equal the old per-candidate computation; the saved file is the one a run that measures every
+    candidate to the end saves; the float model ran once per held-out batch, the default session included."""
+    if source == "fashion":
+        model, data = FASHION, FASHION_DATA
+    else:
+        graph = test_graphs.build(source)
+        model, data = test_graphs.save(graph, tmp_path / f"{source}.onnx"), tmp_path / f"{source}.npz"
+        np.savez(data, **graph.feeds(64, 0))
+    seen = {}
+    make, choose = candidates.reference, candidates.choose
+
+    def reference(session, calib):
+        seen["session"], seen["calib"] = Counting(session), calib
+        seen["reference"] = make(seen["session"], calib)
+        return seen["reference"]
+
+    def chosen(cands, max_size, split):
+        seen["candidates"] = list(cands)
+        return choose(cands, max_size, split)
+
+    monkeypatch.setattr(candidates, "reference", reference)
+    monkeypatch.setattr(candidates, "choose", chosen)
+    result = onnxbc.compress(model, tmp_path / "new.onnx", data=DataOptions(path=data), options=options)
+    calib, cands = seen["calib"], seen["candidates"]
+    holdout = calib.count_batches("holdout")
+    assert seen["reference"].kept and seen["session"].runs == holdout
+    old = old_errors(model_io.load(model), cands, calib)
+    comp = result.report.compensation
+    for c in cands:
+        if c.outputs is not None:
+            for name, values in old[c.name].items():
+                for key, value in values.items():
+                    assert result.report.outputs[c.name][name][key] == pytest.approx(value, rel=1e-12, abs=1e-300)
+            assert comp["candidates"][c.name] == pytest.approx(np.mean([v["rel_mse"] for v in old[c.name].values()]))
+        else:
+            assert c.stopped.bound <= np.mean([v["rel_mse"] for v in old[c.name].values()])
+            assert comp["stopped"][c.name]["rel_mse_at_least"] == c.stopped.bound
+
+    monkeypatch.setattr(candidates, "MARGIN", math.inf)  # nothing stops: every candidate measured to the end
+    monkeypatch.setattr(candidates, "KEEP_REFERENCE_BYTES", 0)  # and the float model run again each time
+    full = onnxbc.compress(model, tmp_path / "full.onnx", data=DataOptions(path=data), options=options)
+    digest = [hashlib.sha256(Path(r.output).read_bytes()).hexdigest() for r in (result, full)]
+    assert digest[0] == digest[1]
+    assert full.report.compensation["chosen"] == comp["chosen"]
+    assert full.report.compensation["stopped"] == {}
+    assert {k: full.report.compensation["candidates"][k] for k in comp["candidates"] if k not in comp["stopped"]} == {
+        k: v for k, v in comp["candidates"].items() if k not in comp["stopped"]
+    }
