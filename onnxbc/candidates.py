@@ -13,6 +13,8 @@ least output error on held-out samples (``choose``):
 - ``--bias-correction sequential``: the biases refitted wave by wave, starting from the compensated candidate
   that measures best (``onnxbc.compensation.sequential``).
 
+``measure`` runs the float model once per batch for all candidates and stops measuring one once it cannot win.
+
 A ``Candidate`` holds its whole plan (weights, activations, smoothing, biases), its layer errors, its model and
 where the rewrite passes put things. Everything reported about the saved model derives from the winner.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx_ir as ir
@@ -31,7 +33,7 @@ from onnxbc import model_io
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe
 from onnxbc.calibration.session import SessionFactory
-from onnxbc.compare import OutputAgreement, compare_sessions
+from onnxbc.compare import OutputAgreement, Reference, measured
 from onnxbc.compensation import fold_for, sequential
 from onnxbc.options import BiasCorrection
 from onnxbc.passes.bias_int32 import QuantizeBiasPass
@@ -66,6 +68,16 @@ class Rewrite:
     placed: frozenset[str] = frozenset()  # layers whose output it quantized for an integer kernel
 
 
+@dataclasses.dataclass(frozen=True)
+class Stopped:
+    """A candidate whose measurement stopped once it could not win: its output error is at least ``bound``."""
+
+    bound: float
+    batches: int  # it was measured on this many batches of the split
+    of: int  # the split's batches
+    by: str  # the candidate whose error it exceeded
+
+
 @dataclasses.dataclass
 class Candidate:
     weights: Weights
@@ -76,7 +88,8 @@ class Candidate:
     uniform_bits: int | None = None
     model: ir.Model | None = None
     rewrite: Rewrite = dataclasses.field(default_factory=Rewrite)
-    outputs: dict[str, OutputAgreement] | None = None  # against FP32, once measured
+    outputs: dict[str, OutputAgreement] | None = None  # against FP32, once measured to the end
+    stopped: Stopped | None = None  # or: measured only until it could not win (``measure``)
 
     @property
     def compensated(self) -> bool:
@@ -125,8 +138,13 @@ class Candidate:
     def error(self) -> float:
         """Mean relative MSE of the outputs against FP32 (once measured)."""
         if self.outputs is None:
-            raise RuntimeError(f"candidate {self.name} was not measured")
+            raise RuntimeError(f"candidate {self.name} was {'stopped' if self.stopped else 'not measured'}")
         return mean_rel_mse(self.outputs)
+
+    @property
+    def least_error(self) -> float:
+        """Its error, or for a stopped candidate the least its error can be."""
+        return self.stopped.bound if self.stopped is not None else self.error
 
 
 def mean_rel_mse(agreements: dict[str, OutputAgreement]) -> float:
@@ -248,17 +266,18 @@ def _uniform(
 
 
 def realize(candidate: Candidate, float_model: ir.Model, int32_bias: bool, placement: Placement | None) -> None:
-    """Build the candidate's model from a copy of ``float_model``: the ONNX Runtime placement added to its plan
-    (``onnxbc.placement``), smoothing, Q/DQ, the biases folded in, and with ``int32_bias`` the biases stored
-    as int32 codes (rounded once, so the model measured is the one saved)."""
+    """Build the candidate's model from a copy of ``float_model``: its plan with the target's placement
+    (``onnxbc.placement``: output quantizers, smoothing folded into layers), smoothing, Q/DQ, the biases folded
+    in, and with ``int32_bias`` the biases stored as int32 codes (rounded once, so the model measured is the one
+    saved). The candidate's plan stays as decided (weights, biases and layer errors in the float model's units);
+    only the model carries the placement."""
+    plan = placement.apply(candidate.plan) if placement is not None else candidate.plan
+    model, candidate.rewrite = quantize(float_model.clone(), plan)
     if placement is not None:
-        candidate.plan = placement.apply(candidate.plan)
-    model, candidate.rewrite = quantize(float_model.clone(), candidate.plan)
-    if placement is not None:
-        candidate.rewrite.placement = placement.notes(candidate.plan)
-        candidate.rewrite.placed = placement.placed(candidate.plan)
-    if candidate.plan.biases:
-        folded = FoldBiasPass(candidate.plan.biases)(model)
+        candidate.rewrite.placement = placement.notes(plan)
+        candidate.rewrite.placed = placement.placed(plan)
+    if plan.biases:
+        folded = FoldBiasPass(plan.biases)(model)
         candidate.rewrite.biases = folded.sites
     finish(candidate, model, int32_bias)
 
@@ -287,39 +306,120 @@ def sequential_candidate(
     stages: Stages,
     per_position: bool,
     int32_bias: bool,
+    placement: Placement | None,
 ) -> tuple[Candidate, int]:
-    """Compensation refitted wave by wave on ``start``'s weights; also the passes over the data it took."""
-    base, rewrite = quantize(float_model.clone(), dataclasses.replace(start.plan, biases={}))
-    model, probes, biases, sites, passes = sequential(
+    """Compensation refitted wave by wave on ``start``'s weights; also the passes over the data it took.
+
+    The refit compares each layer's output with the float model's, so it runs on the placement without the
+    smoothing folded into layers (which divides their outputs); the candidate is then built with all of it."""
+    plan = dataclasses.replace(start.plan, biases={})
+    base, _ = quantize(float_model.clone(), placement.apply(plan, fold=False) if placement is not None else plan)
+    _, probes, biases, _, passes = sequential(
         float_model, base, layers, compensate, calib, sessions, stages, per_position=per_position
     )
-    rewrite.biases, rewrite.placement, rewrite.placed = sites, start.rewrite.placement, start.rewrite.placed
     candidate = dataclasses.replace(
         start,
         compensation=BiasCorrection.SEQUENTIAL,
         plan=dataclasses.replace(start.plan, biases=biases),
         probes={**start.probes, **probes},
-        rewrite=rewrite,
         outputs=None,
     )
-    finish(candidate, model, int32_bias)
+    realize(candidate, float_model, int32_bias, placement)
     return candidate, passes
+
+
+KEEP_REFERENCE_BYTES = 256 * 2**20  # the float model's outputs on the split, kept for every candidate
+SIDE_BY_SIDE_BYTES = 1 * 2**30  # weights of candidate sessions alive together when the outputs are not kept
+MARGIN = 1e-9  # relative: a re-run reference's sums may differ in the last bits (GPU kernels need not repeat)
+
+
+def reference(session: ort.InferenceSession, calib: CalibrationData) -> Reference:
+    """The float model's outputs on the split candidates are measured on (``evaluated_on``)."""
+    split = evaluated_on(calib)
+    return Reference(session, lambda: calib.batches(split), KEEP_REFERENCE_BYTES)
 
 
 def measure(
     candidates: list[Candidate],
-    reference: ort.InferenceSession,
+    reference: Reference,
     calib: CalibrationData,
     sessions: SessionFactory,
     stages: Stages,
+    max_size: int | None = None,
 ) -> None:
-    """Each candidate not yet measured: its outputs against FP32 on the held-out samples (the fit samples when
-    none are held out). One candidate session is alive at a time (big models)."""
-    todo = [c for c in candidates if c.outputs is None]
-    split = evaluated_on(calib)
-    with stages.step("Checking outputs against FP32", calib.count_batches(split) * len(todo)) as advance:
-        for c in todo:
-            c.outputs = compare_sessions(reference, sessions.create(c.model), calib.batches(split), advance)
+    """Each candidate neither measured nor stopped: its outputs against FP32 on the held-out samples (the fit
+    samples when none are held out), with the float model run once per batch for all of them.
+
+    Candidates are measured in order, one session at a time, while ``reference`` keeps its outputs (it tries on
+    its first pass; ``KEEP_REFERENCE_BYTES``). When they are too big to keep (LM logits), the rest are measured
+    side by side, as many sessions at once as their weights fit ``SIDE_BY_SIDE_BYTES``, one reference pass each.
+
+    A candidate stops as soon as it cannot win. Its error is the mean over outputs of ``err2 / ref2``, where
+    ``ref2`` (the float output's sum of squares over the split) is the same for every candidate and ``err2``
+    only grows batch by batch; so ``err2`` so far over a measured candidate's ``ref2`` bounds its error from
+    below (exactly, also in floating point: sums of non-negative terms, a division and a mean are monotone).
+    Once the bound exceeds the least error measured, it is stopped (``Stopped``). Only candidates whose file fits
+    ``max_size`` stop others, so the best that fits, and the least error of all, are always measured."""
+    todo = [c for c in candidates if c.outputs is None and c.stopped is None]
+    total = calib.count_batches(evaluated_on(calib))
+    fits: dict[int, bool] = {}  # id -> the file fits max_size
+
+    def fitting(c: Candidate) -> bool:
+        if id(c) not in fits:
+            fits[id(c)] = max_size is None or model_io.serialized_bytes(c.model) <= max_size
+        return fits[id(c)]
+
+    with stages.step("Checking outputs against FP32", total * len(todo)) as advance:
+        while todo:
+            group = _side_by_side(todo) if reference.kept is False else todo[:1]
+            todo = todo[len(group) :]
+            best = min((c for c in candidates if c.outputs is not None and fitting(c)), key=_error, default=None)
+            _measure(group, best, reference, sessions, total, advance)
+
+
+def _measure(
+    group: list[Candidate],
+    best: Candidate | None,
+    reference: Reference,
+    sessions: SessionFactory,
+    total: int,
+    advance: Callable[[], None],
+) -> None:
+    """One pass of ``reference`` for the candidates of ``group``, each stopped once it cannot beat ``best``."""
+    live = [(c, sessions.create(c.model), reference.agreements()) for c in group]
+    for done, (feeds, outputs) in enumerate(reference.batches(), 1):
+        for _, session, stats in live:
+            reference.update(stats, outputs, session.run(reference.names, dict(feeds)))
+            advance()
+        if best is not None and done < total:
+            for c, _, stats in live:
+                if (bound := _bound(stats, best)) > best.error * (1 + MARGIN):
+                    c.stopped = Stopped(bound, done, total, best.name)
+            live = [run for run in live if run[0].stopped is None]  # a stopped candidate's session goes
+        if not live:
+            return
+    for c, _, stats in live:
+        c.outputs = measured(stats)
+
+
+def _bound(stats: dict[str, OutputAgreement], best: Candidate) -> float:
+    """The least the error of a candidate measured on some batches can be: its error sums so far over the whole
+    split's reference sums, which ``best`` has."""
+    return mean_rel_mse({n: dataclasses.replace(a, ref2=best.outputs[n].ref2) for n, a in measured(stats).items()})
+
+
+def _side_by_side(todo: list[Candidate]) -> list[Candidate]:
+    """The first candidates whose weights fit ``SIDE_BY_SIDE_BYTES`` together (at least one)."""
+    size = 0
+    for i, c in enumerate(todo):
+        size += model_io.initializer_bytes(c.model)
+        if size > SIDE_BY_SIDE_BYTES:
+            return todo[: max(i, 1)]
+    return todo
+
+
+def _error(c: Candidate) -> float:
+    return c.error
 
 
 def evaluated_on(calib: CalibrationData) -> str:
@@ -328,8 +428,9 @@ def evaluated_on(calib: CalibrationData) -> str:
 
 def choose(candidates: list[Candidate], max_size: int | None, split: str) -> tuple[Candidate, list[str]]:
     """The measured candidate with the least error (ties keep the earlier) whose file fits ``max_size`` (new
-    biases take bytes the allocation did not count), and warnings for the user."""
-    ranked = sorted(candidates, key=lambda c: c.error)  # stable: ties keep the earlier
+    biases take bytes the allocation did not count), and warnings for the user. Stopped candidates cannot win
+    (``measure``)."""
+    ranked = sorted((c for c in candidates if c.outputs is not None), key=_error)  # stable: ties keep the earlier
     fits = (c for c in ranked if max_size is None or model_io.serialized_bytes(c.model) <= max_size)
     best = next(fits, ranked[0])  # none fits: the size check of the written file says so
     warnings = []
@@ -340,9 +441,16 @@ def choose(candidates: list[Candidate], max_size: int | None, split: str) -> tup
         )
     compensated = [c for c in candidates if c.compensated]
     if compensated and not ranked[0].compensated:
-        without = min(c.error for c in candidates if not c.compensated)
-        with_ = min(c.error for c in compensated)
+        without = min(c.error for c in ranked if not c.compensated)
+        with_, bound = least(compensated)
         warnings.append(
-            f"compensation raised the {split} output error ({without:.3e} -> {with_:.3e}); saved without it"
+            f"compensation raised the {split} output error ({without:.3e} -> {'at least ' if bound else ''}"
+            f"{with_:.3e}); saved without it"
         )
     return best, warnings
+
+
+def least(candidates: list[Candidate]) -> tuple[float, bool]:
+    """The least error among ``candidates``, and whether it is only a lower bound (a stopped candidate's)."""
+    lowest = min(candidates, key=lambda c: (c.least_error, c.stopped is not None))
+    return lowest.least_error, lowest.stopped is not None

@@ -27,7 +27,6 @@ from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.candidates import Candidate, Trials
-from onnxbc.compare import compare_sessions
 from onnxbc.compensation import bias_skip_reason
 from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.flow import CompressResult, Run
@@ -348,8 +347,12 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
     if options.bias_correction is BiasCorrection.SEQUENTIAL and compensated:
         with run.timer("sequential_compensation"):
             if len(compensated) > 1:
-                candidates.measure(compensated, job.sessions.create(job.model), job.calib, job.sessions, run.stages)
-            start = min(compensated, key=lambda c: c.error) if len(compensated) > 1 else compensated[0]
+                reference = candidates.reference(job.sessions.create(job.model), job.calib)
+                budget = precision.budget_of(options, job.policy)[1]  # as _choose: a stopped one cannot win there
+                candidates.measure(compensated, reference, job.calib, job.sessions, run.stages, budget)
+                start = min((c for c in compensated if c.outputs is not None), key=lambda c: c.error)  # not stopped
+            else:
+                start = compensated[0]
             refit, passes = candidates.sequential_candidate(
                 start,
                 job.model,
@@ -360,6 +363,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
                 run.stages,
                 per_position,
                 options.int32_bias,
+                stats.placement,
             )
         built.append(refit)
         run.report.passes_over_data += passes
@@ -372,9 +376,10 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
     rep, calib, sessions = job.run.report, job.calib, job.sessions
     split = candidates.evaluated_on(calib)
     with job.run.timer("verify"):
-        reference = sessions.create(job.model)
-        candidates.measure(built, reference, calib, sessions, job.run.stages)
-        winner, warnings = candidates.choose(built, precision.budget_of(job.options, job.policy)[1], split)
+        budget = precision.budget_of(job.options, job.policy)[1]
+        reference = candidates.reference(sessions.create(job.model), calib)  # runs once for all (see measure)
+        candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
+        winner, warnings = candidates.choose(built, budget, split)
         rep.warnings.extend(warnings + records.sequential_warning(winner, job.options.bias_correction))
         rep.device = sessions.device_name
         rep.outputs = {"evaluated_on": split}
@@ -386,7 +391,7 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
                 "graph_optimization_level ORT_ENABLE_BASIC or the QDQ optimizers off (session.disable_quant_qdq)"
             )
             return winner
-        deployed = compare_sessions(reference, default_session, calib.batches(split))
+        deployed = reference.compare(default_session)  # its outputs kept from measure when they were small
     rep.outputs["onnxruntime_default_session"] = {n: a.as_dict() for n, a in deployed.items()}
     fused = candidates.mean_rel_mse(deployed)
     if fused > 3 * winner.error and fused > 1e-4:

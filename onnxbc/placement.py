@@ -193,10 +193,12 @@ class Placement:
     histograms: dict[str, tuple[AbsHistogram, np.dtype | None]]  # value -> |x| histogram, dtype
     options: CompressOptions
 
-    def apply(self, plan: QuantPlan) -> QuantPlan:
-        """``plan`` with the placement: ONNX Runtime: ``outputs``, ``every_reader`` and ``weight_zero_points``;
-        TensorRT: the residual inputs added to the activations, read quantized by their Add only."""
-        plan = fold_into_layers(plan, self.layers)
+    def apply(self, plan: QuantPlan, *, fold: bool = True) -> QuantPlan:
+        """``plan`` with the placement: smoothing folded into the layers computing the smoothed activations
+        (``fold``); ONNX Runtime: ``outputs``, ``every_reader`` and ``weight_zero_points``; TensorRT: the
+        residual inputs added to the activations, read quantized by their Add only."""
+        if fold:
+            plan = fold_into_layers(plan, self.layers)
         if self.options.target is Target.TENSORRT:
             return self._residuals(plan)
         outputs, every_reader = {}, set()

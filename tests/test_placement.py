@@ -176,3 +176,19 @@ def test_tensorrt_residual_add_reads_its_skip_input_quantized(tmp_path):
     audit = fusion.audit(ir.load(ort_run.output)).by_layer()
     # ONNX Runtime: both Convs and the residual Add (QLinearAdd) run on integer codes; c3's output is the graph's
     assert {audit[n]["status"] for n in ("c1", "c2", "residual")} == {"fused"}
+
+
+def test_sequential_compensation_refits_layers_whose_output_carries_a_folded_smoothing(tmp_path):
+    """A smoothing folded into the Conv before it divides that Conv's output: the sequential refit compares
+    layer outputs with the float model's, so it must run without the fold (it measured 16x the independent
+    candidate's error when it did not)."""
+    result = onnxbc.compress(
+        "models/fashion_cnn.onnx",
+        tmp_path / "seq.onnx",
+        data=DataOptions(path="models/data/fashion_calib.npz"),
+        options=CompressOptions(bias_correction="sequential", device="cpu"),
+    )
+    assert any("folded into Conv" in (s["site"] or "") for s in result.report.smoothing.values())
+    errors = result.report.compensation["candidates"]
+    sequential = next(v for k, v in errors.items() if "sequential" in k)
+    assert sequential <= 1.5 * errors["with_compensation"]
