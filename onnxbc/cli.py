@@ -47,6 +47,7 @@ from onnxbc.options import (
 )
 from onnxbc.policy import parse_size
 from onnxbc.progress import Stages
+from onnxbc.report import least_error
 from onnxbc.solvers.schemes import Scheme
 
 # --activation-range offers RangeMethod without "auto" (which measures weight scales, not ranges)
@@ -483,20 +484,13 @@ def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:
         )
     if "output_rel_mse_with" in comp:
         verdict = "kept" if comp["applied"] else "dropped"
-        without, with_ = _least(comp, "without"), _least(comp, "with")
+        without, with_ = least_error(comp, "without"), least_error(comp, "with")
         out.print(
             f"Bias compensation {verdict}: output rel. MSE {without} without, {with_} with; "
             f"saved {comp['description']} ({comp['output_rel_mse']:.3e})",
             markup=False,
         )
     out.print(f"Device: {rep.device}. Report: {result.report_path}")
-
-
-def _least(comp: dict, kind: str) -> str:
-    """The least error without or with compensation; a lower bound when those candidates were stopped once they
-    could not win."""
-    bound = "at least " if comp.get(f"output_rel_mse_{kind}_is_bound") else ""
-    return f"{bound}{comp[f'output_rel_mse_{kind}']:.3e}"
 
 
 def _mb(n: int) -> str:

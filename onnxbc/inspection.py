@@ -33,7 +33,7 @@ from onnxbc import model_io
 from onnxbc.errors import UsageError, display_path, one_line
 from onnxbc.passes.graph_utils import constant_tensor
 from onnxbc.policy import policy_from_report
-from onnxbc.report import SCHEMA
+from onnxbc.report import SCHEMA, least_error
 from onnxbc.targets import CHAIN_OPS, WEIGHTED_OPS
 
 DQ = "DequantizeLinear"
@@ -182,8 +182,8 @@ def _report_totals(report: dict[str, Any], rows: tuple[LayerRow, ...]) -> dict[s
     if "output_rel_mse_with" in compensation:
         verdict = "kept" if compensation["applied"] else "dropped"
         totals["bias compensation"] = (
-            f"{verdict}: output rel. MSE {compensation['output_rel_mse_without']:.3e} without, "
-            f"{compensation['output_rel_mse_with']:.3e} with ({compensation.get('decided_on', 'holdout')} samples)"
+            f"{verdict}: output rel. MSE {least_error(compensation, 'without')} without, "
+            f"{least_error(compensation, 'with')} with ({compensation.get('decided_on', 'holdout')} samples)"
         )
     if "chosen" in compensation and "output_rel_mse" in compensation:
         totals["saved"] = (

@@ -150,6 +150,13 @@ def _bias_cell(bias: dict[str, Any] | None, site: bool = True) -> str:
     return f"|Δ|={bias['delta_norm']:.2e} ({bias['site']})" if site else f"{bias['delta_norm']:.2e}"
 
 
+def least_error(compensation: dict[str, Any], kind: str) -> str:
+    """The report's least output error ``without`` or ``with`` compensation, in words: a lower bound ("at least")
+    when those candidates were stopped once they could not win."""
+    bound = "at least " if compensation.get(f"output_rel_mse_{kind}_is_bound") else ""
+    return f"{bound}{compensation[f'output_rel_mse_{kind}']:.3e}"
+
+
 def _plain(x: Any) -> Any:
     """JSON-ready: enums to values, numpy to Python, paths to strings."""
     if isinstance(x, dict):
