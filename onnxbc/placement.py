@@ -14,8 +14,8 @@ the float model. So for this target:
 2. From the site, data-movement ops (MaxPool, Reshape, Flatten, Transpose, ...) each read by one node lead to
    the tensor a later layer reads quantized: the site shares that quantizer (ONNX Runtime drops equal Q/DQ
    pairs around those ops and runs them on the codes). A site that is itself a layer input is read quantized
-   by every reader. Elsewhere the site gets a quantizer of its own from its pass-1 histogram
-   (``probes``), except after a MatMul: ONNX Runtime fuses ``DQ -> MatMul`` without an output Q
+   by every reader. Elsewhere the site gets a quantizer of its own from its pass-1 histogram, with a
+   min-max range (``Placement._own``), except after a MatMul: ONNX Runtime fuses ``DQ -> MatMul`` without an output Q
    (MatMulIntegerToFloat, with the bias Add after it) and an extra rounding would only cost accuracy.
 3. Every reader of a site reads the dequantized tensor (a graph output stays float); weight quantizers carry
    an explicit zero point of 0 (ONNX Runtime's QGemm fusion needs it); biases become int32 codes
@@ -39,7 +39,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.options import ActivationType, CompressOptions, Target
+from onnxbc.options import ActivationType, CompressOptions, RangeMethod, Target
 from onnxbc.plan import ActivationQuant, QuantPlan
 from onnxbc.quantizers import activation_quant
 from onnxbc.smoothing import fold_into_layers
@@ -220,7 +220,7 @@ class Placement:
                 hist, dtype = self.histograms.get(site.value, (None, None))
                 if hist is None or dtype is None or not np.issubdtype(dtype, np.floating):
                     continue
-                activations[site.value] = activation_quant(site.value, hist, dtype, self.options)
+                activations[site.value] = self._own(site.value, hist, dtype)
             uses.setdefault(site.value, []).append((site.add.name, site.index))
         return dataclasses.replace(plan, activations=activations, activation_uses=uses)
 
@@ -252,7 +252,14 @@ class Placement:
         hist, dtype = self.histograms.get(site.value, (None, None))
         if hist is None or dtype is None or not np.issubdtype(dtype, np.floating):
             return _Quantizer(reason="its output is not a float tensor seen in calibration")
-        return _Quantizer(activation_quant(site.value, hist, dtype, self.options))
+        return _Quantizer(self._own(site.value, hist, dtype))
+
+    def _own(self, name: str, hist: AbsHistogram, dtype: np.dtype) -> ActivationQuant:
+        """A site's quantizer of its own: min-max range. Unlike a layer input's, what it clips reaches every
+        reader (residual streams, activations, pooling): on PP-OCR's recognizer, mse ranges at these sites took
+        line accuracy from 0.915 to 0.795, min-max ranges gave 0.985."""
+        options = dataclasses.replace(self.options, activation_range=RangeMethod.MINMAX)
+        return activation_quant(name, hist, dtype, options)
 
 
 @dataclasses.dataclass(frozen=True)
