@@ -138,7 +138,8 @@ class UpdateClock:
         from onnxbc.calibration import probes
         from onnxbc.solvers import ranges
 
-        # top level: everything a probe does with a fetched batch; nested: the histograms within RangeProbe
+        # top level: everything a probe does with a fetched batch; nested: the histograms' counting within
+        # RangeProbe (ranges.observe calls each histogram's _count per block)
         self.top = {
             "RangeProbe": (probes.RangeProbe, "update"),
             "OutputPowerProbe": (probes.OutputPowerProbe, "update"),
@@ -146,8 +147,8 @@ class UpdateClock:
             "ErrorProbe": (probes.ErrorProbe, "update"),
         }
         self.nested = {
-            "AbsHistogram": (ranges.AbsHistogram, "update"),
-            "ChannelHistograms": (ranges.ChannelHistograms, "update"),
+            "AbsHistogram": (ranges.AbsHistogram, "_count"),
+            "ChannelHistograms": (ranges.ChannelHistograms, "_count"),
         }
         self.seconds: dict[str, float] = {}
 
@@ -297,7 +298,7 @@ def _collect_kind(job: Any, kind: Kind, clock: UpdateClock) -> dict[str, Any]:
 def probe_kinds(job: Any, stats: Any, decided: Any) -> tuple[list[Kind], dict[str, float]]:
     """Each probe kind of the two passes, built as ``_first_pass`` and ``_second_pass`` build them; and the
     seconds ``_second_pass`` spends making each kind of variant (quantized weights, before its collect)."""
-    from onnxbc import pipeline, precision
+    from onnxbc import pipeline, placement, precision
     from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
     from onnxbc.options import BiasShape, Rounding
     from onnxbc.smoothing import channel_axis
@@ -346,6 +347,8 @@ def probe_kinds(job: Any, stats: Any, decided: Any) -> tuple[list[Kind], dict[st
 
         return build
 
+    sites = placement.find_sites(targets, uses, options)
+    outputs = [n for n in (sites.own_ranges(smooth) if sites else []) if n not in uses]  # as _first_pass
     fit, both = ("fit",), ("fit", "holdout")
     default_power = stats_probes(0)
     default_moments = stats_probes(1)
@@ -353,6 +356,7 @@ def probe_kinds(job: Any, stats: Any, decided: Any) -> tuple[list[Kind], dict[st
         Kind("ranges, no channel histograms: every layer input", ranges(list(uses), False), fit),
         Kind("ranges, no channel histograms: the smoothable inputs", ranges(list(smooth), False), fit),
         Kind("ranges with channel histograms: the smoothable inputs", ranges(list(smooth), True), fit),
+        Kind("ranges of the placement's own sites", lambda: [RangeProbe(n) for n in outputs], fit),
         Kind(
             "output power",
             default_power if default_power() else stats_probes(0, scheme="auto"),
@@ -390,7 +394,7 @@ def _verify(job: Any, built: list) -> tuple[dict[str, Any], Any]:
     from onnxbc import pipeline
 
     for c in built:
-        c.outputs = None  # measure() skips measured candidates
+        c.outputs = c.stopped = None  # measure() skips measured and stopped candidates
     first = len(job.sessions.uses)
     begun = time.perf_counter()
     winner = pipeline._choose(job, built)

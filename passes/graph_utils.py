@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -145,6 +145,7 @@ class GraphBuilder:
         self.values = {v.name: v for v in main_values(model.graph)}
         self.nodes = nodes_by_name(model)
         self._cursor: ir.Node | None = None
+        self._once: dict[Hashable, ir.Value] = {}
 
     @contextlib.contextmanager
     def after(self, node: ir.Node) -> Iterator[None]:
@@ -153,6 +154,19 @@ class GraphBuilder:
             yield
         finally:
             self._cursor = previous
+
+    def once(self, key: Hashable, make: Callable[[], ir.Value]) -> ir.Value:
+        """The value ``make`` built the first time ``key`` was asked for (probes of one tensor share it)."""
+        if key not in self._once:
+            self._once[key] = make()
+        return self._once[key]
+
+    def last(self, *nodes: ir.Node) -> ir.Node:
+        """Whichever of ``nodes`` (of the main graph) comes last in it: nodes reading all their outputs go
+        after it."""
+        wanted = set(nodes)
+        found = [node for node in self.graph if node in wanted]
+        return found[-1]
 
     def const(self, array: np.ndarray, hint: str = "const") -> ir.Value:
         value = const(self.namer, hint, array)

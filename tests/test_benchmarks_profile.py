@@ -48,16 +48,21 @@ def test_probe_kinds_are_the_ones_compress_builds(profiled):
     assert (fashion["layers"], fashion["activations"], fashion["smoothable"]) == (4, 4, 4)
     plain = kinds["ranges, no channel histograms: every layer input"]
     per_channel = kinds["ranges with channel histograms: the smoothable inputs"]
-    assert plain["probes"] == plain["graph_outputs"] == fashion["pass1"]["graph_outputs"] == 4
+    outputs = kinds["ranges of the placement's own sites"]
+    assert plain["probes"] == plain["graph_outputs"] == 4
+    assert fashion["pass1"]["graph_outputs"] == 4 + outputs.get("graph_outputs", 0)
     assert plain["channel_histogram_s"] == 0 < per_channel["channel_histogram_s"]
     # pass 1 fetches what its range probes fetch
-    assert fashion["pass1"]["fetched_mb"] == pytest.approx(plain["fetched_mb"])
+    assert fashion["pass1"]["fetched_mb"] == pytest.approx(plain["fetched_mb"] + outputs.get("fetched_mb", 0))
     shadows = kinds["layer-error shadows of the plan"]
     # 4 outputs per layer (sums of d, d^2, y^2 and the size), 4 more after each of the 3 ReLUs
     assert shadows["probes"] == 4 and shadows["graph_outputs"] == 4 * 4 + 3 * 4
     trials = [k for name, k in kinds.items() if name.startswith("variant trials")]
     pass2_outputs = shadows["graph_outputs"] + sum(k.get("graph_outputs", 0) for k in trials)
-    assert fashion["pass2"]["graph_outputs"] == pass2_outputs
+    # in one graph the probes of a layer share the float output's sums of y^2 (one, or two after a ReLU, per
+    # trial probe), which each kind alone computes for itself
+    trial_probes = sum(k["probes"] for k in trials)
+    assert pass2_outputs - 2 * trial_probes <= fashion["pass2"]["graph_outputs"] <= pass2_outputs - trial_probes
     assert kinds["variant trials: uniform bits"]["probes"] == 0  # no size budget
     assert "not in the default run" in kinds["moments (GPTQ)"]["note"]
 
@@ -71,9 +76,10 @@ def test_breakdowns_add_up(profiled):
     assert fashion["pass1"]["timer_s"] <= fashion["pass1"]["wall_s"] + 1e-3
     v = fashion["verify"]
     holdout = fashion["batches"]["holdout"]
-    # each candidate against the reference, then the winner in ONNX Runtime's default session
-    assert v["candidate_runs"] == v["candidates"] * holdout
-    assert v["reference_runs"] == (v["candidates"] + 1) * holdout
+    # each candidate against the reference (a candidate stops once it cannot win), then the winner in ONNX
+    # Runtime's default session; the reference runs once per batch for all (its outputs kept)
+    assert v["candidate_runs"] <= v["candidates"] * holdout
+    assert v["reference_runs"] == holdout
     untimed = fashion["untimed"]
     assert set(untimed["variants_s"]) == {"weight_range", "smoothing", "uniform"}
     assert untimed["open_s"] > 0 and untimed["pass2_outside_timer_s"] > 0

@@ -24,24 +24,23 @@ from onnxbc.passes.qdq import activation_qdq, weight_dequantize
 from onnxbc.plan import QuantPlan
 from onnxbc.solvers.bias import ErrorMoments
 from onnxbc.solvers.gptq import SecondMoments
-from onnxbc.solvers.ranges import AbsHistogram, ChannelHistograms
+from onnxbc.solvers.ranges import AbsHistogram, ChannelHistograms, ChannelMoments, observe
 from onnxbc.targets import Target
 
 
 class RangeProbe:
     """Statistics of one layer input: the histogram of ``|x|`` and the dtype it was seen with; along
     ``channel_axis``, the mean square per channel (to weigh weight errors by the input they multiply) and,
-    with ``channel_histograms``, per-channel histograms (to price smoothing)."""
+    with ``channel_histograms``, per-channel histograms (to price smoothing). All are folded in one blocked
+    pass over each batch (``ranges.observe``)."""
 
     def __init__(self, value: str, channel_axis: int | None = None, *, channel_histograms: bool = False) -> None:
         self.value = value
         self.channel_axis = channel_axis
         self.hist = AbsHistogram()
         self.channels = ChannelHistograms(channel_axis) if channel_histograms else None
+        self.moments = ChannelMoments() if channel_axis is not None else None
         self.dtype: np.dtype | None = None
-        self._square_sum: np.ndarray | None = None
-        self._sum: np.ndarray | None = None
-        self._count = 0
 
     def attach(self, builder: GraphBuilder) -> list[ir.Value]:
         return [builder.values[self.value]]
@@ -53,24 +52,18 @@ class RangeProbe:
         self.dtype = x.dtype
         if not np.issubdtype(self.dtype, np.floating):
             return
-        self.hist.update(x)
-        if self.channels is not None:
-            self.channels.update(x)
-        if self.channel_axis is not None:
-            rows = np.moveaxis(x, self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis]).astype(np.float64)
-            rows = np.where(np.isfinite(rows), rows, 0.0)
-            squares, sums = np.square(rows).sum(axis=0), rows.sum(axis=0)
-            self._square_sum = squares if self._square_sum is None else self._square_sum + squares
-            self._sum = sums if self._sum is None else self._sum + sums
-            self._count += len(rows)
+        try:
+            observe(x, self.channel_axis, hist=self.hist, channels=self.channels, moments=self.moments)
+        except ValueError as e:
+            raise OnnxbcError(f"activation '{self.value}': {e}") from e
 
     def channel_power(self) -> np.ndarray | None:
         """Mean of ``x^2`` per channel (None when not collected)."""
-        return None if self._square_sum is None else self._square_sum / max(self._count, 1)
+        return None if self.moments is None else self.moments.mean_square()
 
     def channel_mean(self) -> np.ndarray | None:
         """Mean of ``x`` per channel (None when not collected)."""
-        return None if self._sum is None else self._sum / max(self._count, 1)
+        return None if self.moments is None else self.moments.mean()
 
 
 class OutputPowerProbe:
@@ -158,28 +151,28 @@ class ErrorProbe:
 
     def _error_outputs(self, b: GraphBuilder, y: ir.Value, y_quant: ir.Value) -> list[ir.Value]:
         """In-graph sums of d = y - y_quant, d^2 and y^2 (in float32) and the element count; again after
-        the pointwise activation ``y`` flows into, if it flows into exactly one."""
+        the pointwise activation ``y`` flows into, if it flows into exactly one. The float model's own tensors
+        (``y``, its activation's output) and their sums are shared by every probe of the layer."""
         outputs = self._sums(b, y, y_quant)
         uses = self.target.node.outputs[0].uses()  # in the model itself: probes add readers to the copy
         if len(uses) == 1 and uses[0].node.op_type in POINTWISE and uses[0].idx == 0:
             act = b.nodes[uses[0].node.name]
-            after = [
-                b.add(ir.Node(act.domain, act.op_type, [v, *act.inputs[1:]], act.attributes.values()), "act")
-                for v in (y, y_quant)
-            ]
-            self.after = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
-            outputs += self._sums(b, *after)
+            with b.after(b.last(act, y_quant.producer())):
+                node = ir.Node(act.domain, act.op_type, [y_quant, *act.inputs[1:]], act.attributes.values())
+                self.after = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
+                outputs += self._sums(b, act.outputs[0], b.add(node, "act"))
         return outputs
 
     def _sums(self, b: GraphBuilder, y: ir.Value, y_quant: ir.Value) -> list[ir.Value]:
         if y.dtype not in (None, ir.DataType.FLOAT):
-            y = b.op("Cast", [y], {"to": ir.DataType.FLOAT})
+            y = b.once(("float", y.name), lambda: b.op("Cast", [y], {"to": ir.DataType.FLOAT}))
             y_quant = b.op("Cast", [y_quant], {"to": ir.DataType.FLOAT})
         d = b.op("Sub", [y, y_quant], hint=f"{self.target.name}_error")
+        key = (y.name, self.per_position)  # the reduction axes follow from the target and the mode
         return [
             self._reduce(b, d),
             self._reduce(b, b.op("Mul", [d, d])),
-            self._reduce(b, b.op("Mul", [y, y])),
+            b.once(("sum_y2", *key), lambda: self._reduce(b, b.op("Mul", [y, y]))),
             b.op("Size", [d]),
         ]
 
