@@ -431,13 +431,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
 
 def write_markdown(path: Path, results: dict[str, Any]) -> None:
     """The generated part between ``BEGIN`` and ``END``; what stands outside them is kept."""
-    generated = f"{BEGIN}\n{render(results)}\n{END}"
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        text = old[: old.index(BEGIN)] + generated + old[old.index(END) + len(END) :]
-    else:
-        text = generated + "\n"
-    path.write_text(text)
+    runner.write_between(path, BEGIN, END, render(results))
 
 
 def _g(value: float | None) -> str:

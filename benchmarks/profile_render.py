@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks import runner
 from benchmarks.profile import STAGES
 
 BEGIN, END = "<!-- profile:begin -->", "<!-- profile:end -->"
@@ -13,13 +14,7 @@ BEGIN, END = "<!-- profile:begin -->", "<!-- profile:end -->"
 
 def write(path: Path, results: dict[str, Any]) -> None:
     """The generated tables between ``BEGIN`` and ``END``; what stands outside them (the findings) is kept."""
-    generated = f"{BEGIN}\n{render(results)}\n{END}"
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        text = old[: old.index(BEGIN)] + generated + old[old.index(END) + len(END) :]
-    else:
-        text = generated + "\n"
-    path.write_text(text)
+    runner.write_between(path, BEGIN, END, render(results))
 
 
 def _x(seconds: float, unit_s: float) -> str:

@@ -364,6 +364,18 @@ def write_json(path: Path, results: dict) -> None:
     tmp.replace(path)
 
 
+def write_between(path: Path, begin: str, end: str, generated: str) -> None:
+    """Put ``generated`` between the markers ``begin`` and ``end`` of the markdown file ``path`` (the whole file
+    when it has none); what stands outside them (hand-written findings) is kept."""
+    block = f"{begin}\n{generated}\n{end}"
+    old = path.read_text() if path.exists() else ""
+    if begin in old and end in old:
+        text = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
+    else:
+        text = block + "\n"
+    path.write_text(text)
+
+
 def run(config: RunConfig, log: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     results: dict[str, Any] = {
