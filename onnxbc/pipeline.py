@@ -1,11 +1,13 @@
 """``compress``: the whole flow, in one direction, as named stages.
 
-start (outputs checked) -> load + prepare -> targets -> pass 1: activation ranges and input statistics ->
-decide: each weight's precision and each activation's quantizer -> pass 2: every quantized layer's output
-error, beside the variants' (min-max scales, smoothing, uniform bits) -> per-layer choices -> candidates:
-whole models with and without compensation (``onnxbc.candidates``; sequential compensation refits one) ->
-choose: the least output error against FP32 on held-out samples -> report (``onnxbc.records``) -> check ->
-write model and report as one transaction. ``--data-free`` runs ``onnxbc.datafree`` between the same front
+start (outputs checked) -> load + prepare (BatchNorm folded) -> targets -> pass 1: activation ranges and input
+statistics (and the ranges of the target's placement sites, ``onnxbc.placement``) -> decide: each weight's
+precision and each activation's quantizer -> pass 2: every quantized layer's output error, beside the
+variants' (min-max scales, smoothing, uniform bits) -> per-layer choices -> candidates: whole models with and
+without compensation, each built with the target's placement (``onnxbc.candidates``; sequential compensation
+refits one) -> choose: the least output error against FP32 on held-out samples -> ONNX Runtime: the fusion
+audit (``onnxbc.fusion``) -> report (``onnxbc.records``) -> check -> write model and report as one
+transaction. ``--data-free`` runs ``onnxbc.datafree`` between the same front
 and back stages (``onnxbc.flow``).
 """
 
