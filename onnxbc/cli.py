@@ -490,6 +490,14 @@ def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:
             f"saved {comp['description']} ({comp['output_rel_mse']:.3e})",
             markup=False,
         )
+    weighted = [r.fusion for r in rep.layers if r.fusion is not None and r.kind != "other"]
+    if weighted:
+        fused = sum(f["status"] == "fused" for f in weighted)
+        out.print(
+            f"ONNX Runtime (CPU) runs {fused} of {len(weighted)} quantized layers as integer kernels "
+            "(each layer's 'fusion' in the report says which, or what is missing)",
+            markup=False,
+        )
     out.print(f"Device: {rep.device}. Report: {result.report_path}")
 
 

@@ -192,3 +192,15 @@ def test_sequential_compensation_refits_layers_whose_output_carries_a_folded_smo
     errors = result.report.compensation["candidates"]
     sequential = next(v for k, v in errors.items() if "sequential" in k)
     assert sequential <= 1.5 * errors["with_compensation"]
+
+
+def test_compress_prints_how_many_layers_onnx_runtime_fuses(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "onnxbc", "compress", "models/fashion_cnn.onnx", "-o", str(tmp_path / "q.onnx")]
+    command += ["--data", "models/data/fashion_calib.npz", "--device", "cpu"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "ONNX Runtime (CPU) runs 4 of 4 quantized layers as integer kernels" in out
+    tensorrt = subprocess.run([*command, "--target", "tensorrt", "--force"], capture_output=True, text=True, check=True)
+    assert "integer kernels" not in tensorrt.stdout  # no audit for TensorRT
