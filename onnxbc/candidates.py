@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -140,6 +141,14 @@ class Candidate:
         if self.outputs is None:
             raise RuntimeError(f"candidate {self.name} was {'stopped' if self.stopped else 'not measured'}")
         return mean_rel_mse(self.outputs)
+
+    @functools.cached_property
+    def file_bytes(self) -> int:
+        """The size of its model's file (serialized once; measure and choose both ask under a size budget)."""
+        return model_io.serialized_bytes(self.model)
+
+    def fits(self, max_size: int | None) -> bool:
+        return max_size is None or self.file_bytes <= max_size
 
     @property
     def least_error(self) -> float:
@@ -274,8 +283,7 @@ def realize(candidate: Candidate, float_model: ir.Model, int32_bias: bool, place
     plan = placement.apply(candidate.plan) if placement is not None else candidate.plan
     model, candidate.rewrite = quantize(float_model.clone(), plan)
     if placement is not None:
-        candidate.rewrite.placement = placement.notes(plan)
-        candidate.rewrite.placed = placement.placed(plan)
+        candidate.rewrite.placement, candidate.rewrite.placed = placement.describe(plan)
     if plan.biases:
         folded = FoldBiasPass(plan.biases)(model)
         candidate.rewrite.biases = folded.sites
@@ -362,18 +370,11 @@ def measure(
     ``max_size`` stop others, so the best that fits, and the least error of all, are always measured."""
     todo = [c for c in candidates if c.outputs is None and c.stopped is None]
     total = calib.count_batches(evaluated_on(calib))
-    fits: dict[int, bool] = {}  # id -> the file fits max_size
-
-    def fitting(c: Candidate) -> bool:
-        if id(c) not in fits:
-            fits[id(c)] = max_size is None or model_io.serialized_bytes(c.model) <= max_size
-        return fits[id(c)]
-
     with stages.step("Checking outputs against FP32", total * len(todo)) as advance:
         while todo:
             group = _side_by_side(todo) if reference.kept is False else todo[:1]
             todo = todo[len(group) :]
-            best = min((c for c in candidates if c.outputs is not None and fitting(c)), key=_error, default=None)
+            best = min((c for c in candidates if c.outputs is not None and c.fits(max_size)), key=_error, default=None)
             _measure(group, best, reference, sessions, total, advance)
 
 
@@ -431,7 +432,7 @@ def choose(candidates: list[Candidate], max_size: int | None, split: str) -> tup
     biases take bytes the allocation did not count), and warnings for the user. Stopped candidates cannot win
     (``measure``)."""
     ranked = sorted((c for c in candidates if c.outputs is not None), key=_error)  # stable: ties keep the earlier
-    fits = (c for c in ranked if max_size is None or model_io.serialized_bytes(c.model) <= max_size)
+    fits = (c for c in ranked if c.fits(max_size))
     best = next(fits, ranked[0])  # none fits: the size check of the written file says so
     warnings = []
     if best is not ranked[0]:

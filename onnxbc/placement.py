@@ -217,28 +217,25 @@ class Placement:
             if layer.weight is None or layer.weight.source.name not in plan.weights or _by_mul(plan, site.value):
                 continue
             if site.value not in activations:
-                hist, dtype = self.histograms.get(site.value, (None, None))
-                if hist is None or dtype is None or not np.issubdtype(dtype, np.floating):
+                own = self._own(site.value)
+                if own is None:
                     continue
-                activations[site.value] = self._own(site.value, hist, dtype)
+                activations[site.value] = own
             uses.setdefault(site.value, []).append((site.add.name, site.index))
         return dataclasses.replace(plan, activations=activations, activation_uses=uses)
 
-    def placed(self, plan: QuantPlan) -> frozenset[str]:
-        """The layers whose output ``apply`` quantizes (ONNX Runtime should run them as integer kernels)."""
-        outputs = self.sites.outputs.values()
-        return frozenset(s.layer for s in outputs if self._quantizer(s, plan).reason is None)
-
-    def notes(self, plan: QuantPlan) -> dict[str, str]:
-        """Per layer with a site, in words: its output quantized, or why ONNX Runtime cannot fuse it."""
-        result = {}
+    def describe(self, plan: QuantPlan) -> tuple[dict[str, str], frozenset[str]]:
+        """For the report, per layer with a site: in words, its output quantized or why ONNX Runtime cannot fuse
+        it; and the layers whose output ``apply`` quantizes (ONNX Runtime should run them as integer kernels)."""
+        notes, placed = {}, set()
         for site in self.sites.outputs.values():
-            how = self._quantizer(site, plan)
-            if how.reason is None:
-                result[site.layer] = f"output '{site.value}' quantized, so that ONNX Runtime runs an integer kernel"
+            reason = self._quantizer(site, plan).reason
+            if reason is None:
+                notes[site.layer] = f"output '{site.value}' quantized, so that ONNX Runtime runs an integer kernel"
+                placed.add(site.layer)
             else:
-                result[site.layer] = f"not an ONNX Runtime integer kernel: {how.reason}"
-        return result
+                notes[site.layer] = f"not an ONNX Runtime integer kernel: {reason}"
+        return notes, frozenset(placed)
 
     def _quantizer(self, site: OutputSite, plan: QuantPlan) -> _Quantizer:
         reason = site.reason or _unfusable(self.layers[site.layer], plan)
@@ -249,15 +246,19 @@ class Placement:
             return _Quantizer(every_reader=True)
         if shared is not None:
             return _Quantizer(dataclasses.replace(plan.activations[shared], value=site.value))
-        hist, dtype = self.histograms.get(site.value, (None, None))
-        if hist is None or dtype is None or not np.issubdtype(dtype, np.floating):
+        own = self._own(site.value)
+        if own is None:
             return _Quantizer(reason="its output is not a float tensor seen in calibration")
-        return _Quantizer(self._own(site.value, hist, dtype))
+        return _Quantizer(own)
 
-    def _own(self, name: str, hist: AbsHistogram, dtype: np.dtype) -> ActivationQuant:
-        """A site's quantizer of its own: min-max range. Unlike a layer input's, what it clips reaches every
-        reader (residual streams, activations, pooling): on PP-OCR's recognizer, mse ranges at these sites took
-        line accuracy from 0.915 to 0.795, min-max ranges gave 0.985."""
+    def _own(self, name: str) -> ActivationQuant | None:
+        """A site's quantizer of its own from its pass-1 histogram (None: not a float tensor seen there), with a
+        min-max range. Unlike a layer input's, what it clips reaches every reader (residual streams, activations,
+        pooling): on PP-OCR's recognizer, mse ranges at these sites took line accuracy from 0.915 to 0.795,
+        min-max ranges give 0.99 (``python -m benchmarks.latency``)."""
+        hist, dtype = self.histograms.get(name, (None, None))
+        if hist is None or dtype is None or not np.issubdtype(dtype, np.floating):
+            return None
         options = dataclasses.replace(self.options, activation_range=RangeMethod.MINMAX)
         return activation_quant(name, hist, dtype, options)
 

@@ -1,3 +1,5 @@
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -31,3 +33,12 @@ def zoo(tmp_path):
         return path, data, graph
 
     return make
+
+
+@pytest.fixture
+def system_tmp(tmp_path, monkeypatch):
+    """tempfile's folder, moved here and watched: to see what a run leaves in the system temp folder."""
+    folder = tmp_path / "system_tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

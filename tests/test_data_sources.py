@@ -6,7 +6,6 @@ read back like files, and runs span the spilled files, so the runs are the file'
 
 import gc
 import json
-import tempfile
 
 import numpy as np
 import onnx
@@ -105,17 +104,8 @@ def from_file(calib, tmp_path_factory):
     return compress(FASHION, folder, DataOptions(path=folder / "calib.npz", holdout_fraction=0.25, batch_size=8))
 
 
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    """tempfile's folder, watched: spill folders go here."""
-    folder = tmp_path / "system_tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
 @pytest.mark.parametrize("kind", SOURCES)
-def test_every_source_gives_the_report_of_the_same_samples_in_a_file(kind, calib, from_file, tmp_path, private_tmp):
+def test_every_source_gives_the_report_of_the_same_samples_in_a_file(kind, calib, from_file, tmp_path, system_tmp):
     make, transform, described = SOURCES[kind]
     source = make(calib)
     data = DataOptions(source=source, transform=transform, holdout_fraction=0.25, batch_size=8)
@@ -128,12 +118,12 @@ def test_every_source_gives_the_report_of_the_same_samples_in_a_file(kind, calib
     assert report.options["data"] == data.describe()  # text for the source and transform, never their data
     json.dumps(report.to_dict())
     gc.collect()
-    assert list(private_tmp.iterdir()) == []  # the spill folder went with the data
+    assert list(system_tmp.iterdir()) == []  # the spill folder went with the data
     if kind.startswith("feeds"):
         assert [(s.name, s.shape) for s in source.seen] == [("input", ("N", 1, 28, 28))]
 
 
-def test_a_generator_is_read_once_and_only_as_far_as_samples(calib, private_tmp):
+def test_a_generator_is_read_once_and_only_as_far_as_samples(calib, system_tmp):
     pulled = []
 
     def items():
@@ -147,11 +137,11 @@ def test_a_generator_is_read_once_and_only_as_far_as_samples(calib, private_tmp)
     assert pulled == [0, 1, 2, 3]  # 1 + 1 + 5 + 8 >= 10: the fifth item is never asked for
     assert data.total == 10 and [len(b["input"]) for b in data.batches("all")] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate(list(b["input"] for b in data.batches("all"))), calib[:10])
-    (folder,) = private_tmp.iterdir()
+    (folder,) = system_tmp.iterdir()
     assert folder.name.startswith("onnxbc-data-") and sorted(p.suffix for p in folder.iterdir()) == [".npz"]
     assert "spilled to 1 file" in data.description
     data.close()
-    assert list(private_tmp.iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
     assert next(gen)["input"].shape[0] == SIZES[4]  # left where reading stopped, not read again
 
 
@@ -172,14 +162,14 @@ def test_runs_span_the_spilled_files_as_they_would_one_file(calib, tmp_path, mon
     assert [len(b["input"]) for b in spilled.batches("fit")] == [8, 8, 8, 4]  # 28 fit, 12 held out
 
 
-def test_spilled_files_are_grouped_by_layout(private_tmp):
+def test_spilled_files_are_grouped_by_layout(system_tmp):
     """One-sample items share files; a change of per-sample shape (a dynamic axis) starts a new file."""
     specs = [InputSpec("x", np.dtype(np.float32), ("N", "T"))]
     items = [{"x": np.full((1, 3), i, np.float32)} for i in range(5)] + [{"x": np.ones((2, 4), np.float32)}]
     with open_data(DataOptions(source=items, batch_size=4, holdout_fraction=0.0), specs) as data:
         assert "spilled to 2 files" in data.description
         assert [b["x"].shape for b in data.batches("all")] == [(4, 3), (1, 3), (2, 4)]
-    assert list(private_tmp.iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
 
 
 def test_a_dict_source_is_read_like_an_npz_with_both_layouts():
@@ -220,11 +210,11 @@ def nan_at_1():
         ((np.zeros((2, 3, 4), np.float32),), "item 2: a feed is a dict of arrays keyed by input name; got tuple"),
     ],
 )
-def test_a_bad_item_is_refused_with_its_index_and_nothing_is_left(bad, match, private_tmp):
+def test_a_bad_item_is_refused_with_its_index_and_nothing_is_left(bad, match, system_tmp):
     items = iter([good(), good(1), bad, good()])
     with pytest.raises(UsageError, match=match):
         open_data(DataOptions(source=items), SPECS)
-    assert list(private_tmp.iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
     assert next(items)["x"].shape == (2, 3, 4)  # nothing read after the bad item
 
 

@@ -284,26 +284,17 @@ def test_layer_in_a_subgraph():
     assert (layer.name, layer.verdict, layer.ort_op) == ("mm", Verdict.FUSED, "MatMulNBits")
 
 
-@pytest.fixture
-def temp_folder(tmp_path, monkeypatch):
-    """The system temp folder, here, to see what the audit leaves in it."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def test_external_data_and_nothing_left_behind(tmp_path, temp_folder):
+def test_external_data_and_nothing_left_behind(tmp_path, system_tmp):
     """Weights in external data: ONNX Runtime reads a temporary copy and writes the optimized weights to a file
     of their own (what a model over 2 GB needs); both go with the temporary folder."""
     model_io.save(ir.serde.deserialize_model(conv()), tmp_path / "m.onnx", external_data=True)
     model = model_io.load(tmp_path / "m.onnx")
     assert model_io.has_external_tensors(model)
     assert only(fusion.audit(model)).verdict is Verdict.FUSED
-    assert list(temp_folder.iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
 
 
-def test_an_error_is_one_line_with_the_layer_names(temp_folder):
+def test_an_error_is_one_line_with_the_layer_names(system_tmp):
     proto = conv()
     layer = next(n for n in proto.graph.node if n.name == "conv")
     layer.attribute.append(helper.make_attribute("strides", [1]))  # a 2-D Conv needs two
@@ -312,7 +303,7 @@ def test_an_error_is_one_line_with_the_layer_names(temp_folder):
     message = str(e.value)
     assert message.startswith("ONNX Runtime cannot build its CPU session for the fusion audit: ")
     assert "\n" not in message and "onnxbc-layer" not in message and "Node (conv)" in message, message
-    assert list(temp_folder.iterdir()) == []
+    assert list(system_tmp.iterdir()) == []
 
 
 def test_float_model_has_nothing_to_audit(tmp_path):
