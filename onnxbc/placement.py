@@ -42,7 +42,7 @@ import onnx_ir as ir
 from onnxbc.options import ActivationType, CompressOptions, RangeMethod, Target
 from onnxbc.plan import ActivationQuant, QuantPlan
 from onnxbc.quantizers import activation_quant
-from onnxbc.smoothing import fold_into_layers
+from onnxbc.smoothing import fold_divisions
 from onnxbc.solvers.ranges import AbsHistogram
 from onnxbc.targets import Target as Layer
 from onnxbc.targets import Targets
@@ -194,11 +194,13 @@ class Placement:
     options: CompressOptions
 
     def apply(self, plan: QuantPlan, *, fold: bool = True) -> QuantPlan:
-        """``plan`` with the placement: smoothing folded into the layers computing the smoothed activations
-        (``fold``); ONNX Runtime: ``outputs``, ``every_reader`` and ``weight_zero_points``; TensorRT: the
-        residual inputs added to the activations, read quantized by their Add only."""
+        """``plan`` with the placement: smoothing divisions folded into what computes the smoothed activations
+        (``fold``, see ``smoothing.fold_divisions``); ONNX Runtime: ``outputs``, ``every_reader`` and
+        ``weight_zero_points``; TensorRT: the residual inputs added to the activations, read quantized by their
+        Add only."""
         if fold:
-            plan = fold_into_layers(plan, self.layers)
+            sites = {s.value: s.reaches for s in self.sites.outputs.values() if s.value is not None}
+            plan = fold_divisions(plan, self.layers, sites)
         if self.options.target is Target.TENSORRT:
             return self._residuals(plan)
         outputs, every_reader = {}, set()

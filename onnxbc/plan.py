@@ -60,6 +60,49 @@ class ActivationQuant:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConstantEdit:
+    """Divide (or, for a divisor, multiply) the constant ``node.inputs[index]`` by a smoothing's factors at
+    ``positions`` along ``axis`` (counted from the last, as the constant broadcasts), whose size is ``size``."""
+
+    node: str
+    index: int
+    axis: int
+    size: int
+    positions: np.ndarray
+    multiply: bool = False
+
+    def apply(self, old: np.ndarray, factors: np.ndarray) -> np.ndarray:
+        """The new constant (float64): ``old`` broadcast to ``size`` along the axis, then edited."""
+        rank = max(old.ndim, -self.axis)
+        padded = old.reshape((1,) * (rank - old.ndim) + old.shape)
+        shape = list(padded.shape)
+        shape[self.axis] = self.size
+        new = np.broadcast_to(padded, shape).astype(np.float64)
+        view = np.moveaxis(new, self.axis, -1)
+        view[..., self.positions] *= factors if self.multiply else 1.0 / factors
+        return new
+
+
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """Where a smoothing's division went instead of a Mul (``onnxbc.channel_trace``): the layer whose weight
+    scales and compensation carry it (its output channels, one per factor), and the constants to edit."""
+
+    layer: str | None
+    positions: np.ndarray | None
+    constants: tuple[ConstantEdit, ...]
+    path: tuple[str, ...]  # the ops walked through, for the report
+    layer_op: str = ""
+
+    def describe(self) -> str:
+        through = f", through {', '.join(self.path)}" if self.path else ""
+        if self.layer is not None:
+            return f"folded into {self.layer_op} '{self.layer}' (weight scales and bias){through}"
+        edited = ", ".join(f"'{c.node}'" for c in self.constants)
+        return f"folded into the constants of {edited}{through}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Smoothing:
     """Activation ``value`` divided per channel by ``factors`` before the layers that read it (whose weights
     were multiplied by the same factors along their input channels, see ``solvers.smooth``)."""
@@ -69,7 +112,7 @@ class Smoothing:
     channel_axis: int  # of the activation (negative: counted from the last axis)
     alpha: float
     rank: int | None = None  # of the activation, when the channel axis is counted from the front
-    into: str | None = None  # the Conv/Gemm computing the activation, whose weight scales and bias carry the division
+    into: Fold | None = None  # where the division went instead of a Mul (``smoothing.fold_divisions``)
 
     def divisor_shape(self) -> tuple[int, ...]:
         """Shape of ``1 / factors`` broadcasting along the channel axis of the activation."""

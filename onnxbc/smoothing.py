@@ -12,13 +12,15 @@ smoothing, and the activation keeps whichever gives the least held-out error sum
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxbc.calibration.probes import RangeProbe
+from onnxbc.channel_trace import trace
 from onnxbc.options import CompressOptions
-from onnxbc.plan import QuantPlan, Smoothing, WeightQuant
+from onnxbc.plan import ConstantEdit, QuantPlan, Smoothing, WeightQuant
 from onnxbc.quantizers import activation_quant, like, weight_quant
 from onnxbc.solvers.smooth import (
     ALPHAS,
@@ -121,63 +123,71 @@ def candidate_plans(
     return plans
 
 
-# Ops a division by positive per-channel factors passes through: f(x / s) = f(x) / s, channels kept in place.
-HOMOGENEOUS = frozenset(
-    {"Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity"}
-)
+LAYERS = frozenset({"Conv", "Gemm", "MatMul"})
 
 
-def fold_into_layers(plan: QuantPlan, layers: dict[str, Target]) -> QuantPlan:
-    """``plan`` with each smoothing division moved into the Conv/Gemm that computes the smoothed activation
-    (through ReLU, pooling and the like, each read by one node): that layer's per-output-channel weight scales
-    and compensation bias are divided by the factors (the codes stay; exact), and ``Smoothing.into`` tells the
-    rewrite to divide its float bias instead of inserting a Mul, which runtimes would run in float between
-    the integer kernels."""
-    by_output = {t.node.outputs[0]: t for t in layers.values() if t.op in ("Conv", "Gemm") and not t.in_subgraph}
+def fold_divisions(plan: QuantPlan, layers: dict[str, Target], sites: Mapping[str, str | None] = {}) -> QuantPlan:
+    """``plan`` with each smoothing division moved, where ``channel_trace`` finds a way, into what computes the
+    smoothed activation instead of a Mul, which runtimes would run in float between the integer kernels: a
+    Conv/Gemm/MatMul's per-output-channel weight scales, compensation and float bias (the codes stay; exact), and
+    constants on the way (a bias Add, GELU's 0.5, ...). ``Smoothing.into`` records the fold for the rewrite.
+    ``sites``: tensors quantized besides the plan's activations (the placement's output sites), each with the
+    layer input whose quantizer it shares, if any (a division may pass a site only when that is its own)."""
+    by_output = {t.node.outputs[0]: t for t in layers.values() if t.op in LAYERS and not t.in_subgraph}
     smoothing, weights, biases = dict(plan.smoothing), dict(plan.weights), dict(plan.biases)
-    for name, sm in plan.smoothing.items():
-        node, index = plan.activation_uses[name][0]
-        t = by_output.get(_homogeneous_source(layers[node].node.inputs[index]))
+
+    def layer_of(value: ir.Value, axis: int) -> str | None:
+        t = by_output.get(value)
         wq = weights.get(t.weight.source.name) if t is not None and t.weight is not None else None
-        if wq is None or not _foldable(t, wq, sm, biases.get(t.name)):
+        return t.name if wq is not None and _carries(t, wq, biases.get(t.name), axis) else None
+
+    for name, sm in plan.smoothing.items():
+        uses = plan.activation_uses[name]
+        x = layers[uses[0][0]].node.inputs[uses[0][1]]
+        if len(x.uses()) != len(uses):
+            continue  # a reader that does not divide its weight by the factors would see x / s
+        blocked = {*plan.activations, *(v for v, shared in sites.items() if shared != name)} - {name}
+        fold = trace(x, sm.channel_axis, len(sm.factors), layer_of, blocked)
+        if fold is None:
             continue
-        weights[wq.source] = dataclasses.replace(wq, scale=(wq.scale / sm.factors).astype(np.float32))
-        if t.name in biases:
-            biases[t.name] = dataclasses.replace(biases[t.name], delta=biases[t.name].delta / sm.factors)
-        smoothing[name] = dataclasses.replace(sm, into=t.name)
+        if fold.layer is not None:
+            t = layers[fold.layer]
+            fold = dataclasses.replace(fold, layer_op=t.op)
+            wq = weights[t.weight.source.name]
+            weights[wq.source] = dataclasses.replace(wq, scale=_divided(wq.scale, fold.positions, sm.factors))
+            if t.name in biases:
+                delta = _divided(biases[t.name].delta, fold.positions, sm.factors)
+                biases[t.name] = dataclasses.replace(biases[t.name], delta=delta)
+            if t.op != "MatMul" and len(t.node.inputs) > 2 and t.node.inputs[2] is not None:
+                bias = ConstantEdit(t.node.name, 2, -1, len(wq.scale), fold.positions)
+                fold = dataclasses.replace(fold, constants=(*fold.constants, bias))
+        smoothing[name] = dataclasses.replace(sm, into=fold)
     return dataclasses.replace(plan, smoothing=smoothing, weights=weights, biases=biases)
 
 
-def _homogeneous_source(value: ir.Value) -> ir.Value | None:
-    """The tensor ``value`` is computed from through single-reader ``HOMOGENEOUS`` ops (None: not so)."""
-    for _ in range(16):
-        producer = value.producer()
-        if producer is None or value.is_graph_output() or len(value.uses()) != 1:
-            return None
-        if producer.op_type not in HOMOGENEOUS:
-            return value
-        value = producer.inputs[0]
-    return None
+def _divided(array: np.ndarray, positions: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    result = array.astype(np.float64)
+    result[positions] /= factors
+    return result.astype(array.dtype)
 
 
-def _foldable(t: Target, wq: WeightQuant, sm: Smoothing, bias) -> bool:
-    """The division fits ``t``'s output channels: float32, one scale per output channel of an unshared weight,
-    a bias (if any) with one value per channel, the same channel axis."""
-    channels = len(sm.factors)
+def _carries(t: Target, wq: WeightQuant, bias, axis: int) -> bool:
+    """``t``'s weight scales can carry a division of its output along ``axis`` (counted from the last): float32,
+    one scale per output channel of an unshared weight, a compensation and a bias (if any) per channel."""
     weight = t.weight
-    if t.node.outputs[0].dtype not in (None, ir.DataType.FLOAT) or weight.chain or len(weight.source.uses()) != 1:
+    output = t.node.outputs[0]
+    if output.dtype not in (None, ir.DataType.FLOAT) or weight.chain or len(weight.source.uses()) != 1:
         return False
-    if (
-        wq.emulated is not None
-        or wq.zero_point is not None
-        or wq.granularity.block_size
-        or wq.scale.shape != (channels,)
-    ):
+    if wq.emulated is not None or wq.zero_point is not None or wq.granularity.block_size or wq.scale.ndim != 1:
         return False
     if wq.granularity.axis != weight.channel_axis or (bias is not None and bias.per_position):
         return False
-    b = t.node.inputs[2] if len(t.node.inputs) > 2 else None
-    if b is not None and (b.const_value is None or b.const_value.size != channels):
+    b = t.node.inputs[2] if t.op != "MatMul" and len(t.node.inputs) > 2 else None
+    if b is not None and (b.const_value is None or b.const_value.size != wq.scale.size):
         return False
-    rank = 2 if t.op == "Gemm" else len(weight.source.const_value.shape)
-    return sm.channel_axis % rank == t.output_channel_axis % rank
+    out_axis = t.output_channel_axis
+    if out_axis >= 0:
+        if output.shape is None:
+            return False
+        out_axis -= len(output.shape)
+    return out_axis == axis

@@ -7,9 +7,9 @@ carry the factors, see ``solvers.smooth``):
    whose parameters are constants, the division is folded into it, so the graph gains no work:
    ``BatchNormalization`` (scale and B, channel axis 1), ``LayerNormalization`` (Scale and B, last axis),
    or ``Add(Mul(n, gamma), beta)`` (a decomposed LayerNorm, last axis).
-2. A smoothing whose division the plan moved into the layer computing ``x`` (``Smoothing.into``: the layer's
-   quantized weight scales already carry it, see ``smoothing.fold_into_layers``): that layer's float bias is
-   divided too, and nothing is inserted.
+2. A smoothing whose division the plan moved into what computes ``x`` (``Smoothing.into``, a ``Fold``: a
+   layer's quantized weight scales already carry it, see ``smoothing.fold_divisions``): the constants it lists
+   (a layer's float bias, a bias Add, a constant factor) are edited, and nothing is inserted.
 3. Otherwise ``x -> Mul(1/s)`` feeds those layers; other readers keep ``x``.
 
 Folding divides constants: a constant shared with other nodes is copied first (``graph_utils.set_constant``).
@@ -73,7 +73,7 @@ class SmoothPass(ir.passes.InPlacePass):
             x = find_value(model, name)
             readers = [(nodes[n], i) for n, i in self.uses[name]]
             if sm.into is not None:
-                sites[name] = self._into_layer(nodes[sm.into], sm, namer)
+                sites[name] = self._edit(nodes, sm, namer)
             else:
                 sites[name] = self._fold(x, sm, readers, namer) or self._divide(x, sm, readers, namer)
             logger.debug("smoothed %s: %s", name, sites[name])
@@ -89,11 +89,18 @@ class SmoothPass(ir.passes.InPlacePass):
             set_constant(node, index, old.astype(np.float64) * inverse.reshape(old.shape), namer, "smoothed")
         return site[0]
 
-    def _into_layer(self, layer: ir.Node, sm: Smoothing, namer: Namer) -> str:
-        if len(layer.inputs) > 2 and layer.inputs[2] is not None:
-            old = constant_tensor(layer.inputs[2]).numpy()
-            set_constant(layer, 2, old.astype(np.float64) / sm.factors.reshape(old.shape), namer, "smoothed")
-        return f"folded into {layer.op_type} '{layer.name}' (weight scales and bias)"
+    def _edit(self, nodes: dict[str, ir.Node], sm: Smoothing, namer: Namer) -> str:
+        factors = sm.factors.astype(np.float64)
+        for edit in sm.into.constants:
+            node = nodes[edit.node]
+            set_constant(
+                node,
+                edit.index,
+                edit.apply(constant_tensor(node.inputs[edit.index]).numpy(), factors),
+                namer,
+                "smoothed",
+            )
+        return sm.into.describe()
 
     def _divide(self, x: ir.Value, sm: Smoothing, readers: list, namer: Namer) -> str:
         graph = readers[0][0].graph

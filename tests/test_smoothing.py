@@ -170,7 +170,7 @@ def test_smoothing_is_chosen_where_it_helps_and_reported(tmp_path):
 
 
 def test_smoothing_folded_into_the_layer_before_equals_the_mul():
-    """fold_into_layers moves the division of 'relu1_out' into conv1 (weight scales and bias, through the ReLU):
+    """fold_divisions moves the division of 'relu1_out' into conv1 (weight scales and bias, through the ReLU):
     the model computes what the Mul would, and has no Mul."""
     from models import test_graphs
     from onnxbc import model_io
@@ -178,7 +178,7 @@ def test_smoothing_folded_into_the_layer_before_equals_the_mul():
     from onnxbc.candidates import quantize
     from onnxbc.passes.prepare import prepare_passes
     from onnxbc.plan import QuantPlan, Smoothing, WeightQuant
-    from onnxbc.smoothing import fold_into_layers
+    from onnxbc.smoothing import fold_divisions
     from onnxbc.solvers.quant import Granularity
     from onnxbc.targets import find_targets
 
@@ -203,8 +203,9 @@ def test_smoothing_folded_into_the_layer_before_equals_the_mul():
         activation_uses={x: [("conv2", 0)]},
         smoothing={x: Smoothing(x, s, 1, 0.5, 4)},
     )
-    folded = fold_into_layers(plan, layers)
-    assert folded.smoothing[x].into == "conv1"
+    folded = fold_divisions(plan, layers)
+    assert folded.smoothing[x].into.layer == "conv1"
+    assert folded.smoothing[x].into.path == ("Relu",)
     feeds = graph.feeds(4, 0)
     sessions = SessionFactory()
     outputs = []
