@@ -335,7 +335,7 @@ class CompressOptions:
     activation_range: RangeMethod = _option(RangeMethod.MSE, _A, "--activation-range", data_free=False)
     # for --weight-range/--activation-range percentile (data-free reads it with --weight-range percentile)
     percentile: float = _option(99.99, _A, "--percentile", data_free=True)
-    quantize_attention: bool = _option(True, _A, "--quantize-attention/--no-quantize-attention", data_free=False)
+    quantize_attention: bool = _option(False, _A, "--quantize-attention/--no-quantize-attention", data_free=False)
     smoothing: bool = _option(True, _A, "--smoothing/--no-smoothing", data_free=False)
     # compensation (data-free: none or independent, from BatchNormalization statistics)
     bias_correction: BiasCorrection = _option(

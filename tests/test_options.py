@@ -81,7 +81,7 @@ IGNORED_BY_DATA_FREE = [
     ({"percentile": 99.9}, "--percentile"),  # read only with --weight-range percentile
     ({"bias_correction": BiasCorrection.SEQUENTIAL}, "--bias-correction sequential"),
     ({"bias_shape": BiasShape.POSITION}, "--bias-shape position"),
-    ({"quantize_attention": False}, "--no-quantize-attention"),
+    ({"quantize_attention": True}, "--quantize-attention"),
     ({"smoothing": False}, "--no-smoothing"),
     ({"device": Device.CUDA}, "--device cuda"),
     ({"avg_bits": 4.0}, "--avg-bits"),
