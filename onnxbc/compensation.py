@@ -9,8 +9,10 @@
   one pass over the data fits a whole wave. Updating all layers at once (Jacobi) diverges
   (docs/algorithms: each layer re-corrects error its upstream layers also correct).
 
-Layers that get no bias, with the reason: activation x activation MatMuls (nothing to fold), layers inside
-subgraphs (no statistics), attention key projections (softmax ignores a per-channel bias on K).
+Layers that get no bias, with the reason: activation x activation MatMuls (nothing to fold), recurrent layers
+(LSTM/GRU/RNN: the closed form is for a layer whose output error is ``dW x`` alone; a recurrent layer's error
+goes round through its state), layers inside subgraphs (no statistics), attention key projections (softmax
+ignores a per-channel bias on K).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def bias_skip_reason(t: Target) -> str | None:
     """Why layer ``t`` gets no compensation bias (None: it gets one)."""
     if t.weight is None:
         return "activation x activation MatMul: no bias to fold"
+    if t.recurrence is not None:
+        return (
+            "no compensation for recurrent layers: the closed-form bias is for Conv/Gemm/MatMul outputs; "
+            f"the {t.op}'s error goes round through its state"
+        )
     if t.in_subgraph:
         return "inside a subgraph: no calibration statistics"
     return _attention_key(t)

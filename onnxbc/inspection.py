@@ -6,11 +6,11 @@
   the allocation's priced error-vs-cost curve (``Tradeoff``) and, for comparison, every weight at one bit
   width: the summed price of its options at that width (with ``--scheme auto`` the scheme of least error),
   so no new measurement. A report can also be turned into a policy file (``write_policy``).
-- A model (anything else): what its QDQ structure says. For every Conv, ConvTranspose, Gemm and MatMul: the
-  weight, traced back through ops that only move weights (Transpose, Reshape, ...) to a DequantizeLinear of
-  constant codes (type, bits the codes use, granularity, axis, block size) or to a float constant; and the
-  type of each activation input (from the DequantizeLinear feeding it, or float). Errors need data: they come
-  from reports only.
+- A model (anything else): what its QDQ structure says. For every Conv, ConvTranspose, Gemm and MatMul (and
+  LSTM/GRU/RNN: W and R): the weight, traced back through ops that only move weights (Transpose, Reshape, ...)
+  to a DequantizeLinear of constant codes (type, bits the codes use, granularity, axis, block size) or to a
+  float constant; and the type of each activation input (from the DequantizeLinear feeding it, or float).
+  Errors need data: they come from reports only.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from onnxbc import model_io
 from onnxbc.errors import UsageError, display_path, one_line
 from onnxbc.passes.graph_utils import constant_tensor
 from onnxbc.policy import policy_from_report
-from onnxbc.report import SCHEMA, least_error
-from onnxbc.targets import CHAIN_OPS, WEIGHTED_OPS
+from onnxbc.report import SCHEMA, least_error, w_and_r
+from onnxbc.targets import CHAIN_OPS, RECURRENT_OPS, WEIGHTED_OPS
 
 DQ = "DequantizeLinear"
 SIGNED = (ir.DataType.INT2, ir.DataType.INT4, ir.DataType.INT8, ir.DataType.INT16)
@@ -137,6 +137,8 @@ def _report_row(layer: dict[str, Any], split: str) -> LayerRow:
         weight_cell = _weight_cell(weight)
     else:
         weight_cell = "-" if layer["kind"] == "activation_matmul" else "float"
+    if layer["status"] != "skipped" and layer.get("recurrence") is not None:  # LSTM/GRU/RNN: W and R
+        weight_cell = w_and_r(weight_cell, _weight_cell(layer["recurrence"]))
     return LayerRow(
         name=layer["name"],
         op=layer["op"],
@@ -166,9 +168,14 @@ def _weight_cell(weight: dict[str, Any]) -> str:
     return cell
 
 
+def _weights(layer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A layer record's quantized weights: ``weight``, and ``recurrence`` (R) for LSTM/GRU/RNN."""
+    return [w for w in (layer.get("weight"), layer.get("recurrence")) if w]
+
+
 def _report_totals(report: dict[str, Any], rows: tuple[LayerRow, ...]) -> dict[str, str]:
     quantized = [layer for layer in report["layers"] if layer["status"] == "quantized"]
-    weights = [layer["weight"] for layer in quantized if layer.get("weight")]
+    weights = [w for layer in quantized for w in _weights(layer)]
     params = sum(w["params"] for w in weights)
     stored = sum(w["params"] * w["stored_bits"] for w in weights) / max(params, 1)
     before, after = report.get("input", {}).get("bytes"), report.get("output", {}).get("bytes")
@@ -215,9 +222,9 @@ def tradeoff(report: Mapping[str, Any]) -> Tradeoff | None:
     unit = curve[0]["unit"]
     params = {}
     for layer in report.get("layers", []):
-        weight = layer.get("weight") or {}
-        if weight.get("name") in options:
-            params[weight["name"]] = weight["params"]
+        for weight in _weights(layer):
+            if weight.get("name") in options:
+                params[weight["name"]] = weight["params"]
     total_params = sum(params.values())
     bits_unit = unit == "bits"
     if bits_unit and set(params) != set(options):  # cannot happen in reports compress writes
@@ -289,13 +296,15 @@ def inspect_model(path: Path) -> Inspection:
     model = model_io.load(path)
     ShapeInferencePass(strict_mode=False)(model)  # types of the quantized activations, where files omit them
     rows = tuple(
-        _model_row(node) for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.op_type in WEIGHTED_OPS
+        _model_row(node)
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        if node.op_type in WEIGHTED_OPS + RECURRENT_OPS
     )
     quantized_weights = [r for r in rows if r.bits is not None]
     quantized_inputs = [r for r in rows if any(t != "float" for t in r.inputs)]
     bits = sorted({r.bits for r in quantized_weights})
     totals = {
-        "layers": f"{len(rows)} (Conv, ConvTranspose, Gemm, MatMul)",
+        "layers": f"{len(rows)} (Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN)",
         "quantized weights": f"{len(quantized_weights)}"
         + (f" ({', '.join(f'{b} bits' for b in bits)})" if bits else ""),
         "quantized inputs": f"{len(quantized_inputs)} layers",
@@ -308,10 +317,18 @@ def inspect_model(path: Path) -> Inspection:
 def _model_row(node: ir.Node) -> LayerRow:
     index = _weight_index(node)
     inputs = tuple(_activation_type(v) for i, v in enumerate(node.inputs[:2]) if i != index and v is not None)
-    source = None if index is None else _weight_source(node.inputs[index])
+    bits, weight = _model_weight(node, index)
+    if node.op_type in RECURRENT_OPS and len(node.inputs) > 2:  # W and R
+        r_bits, r_weight = _model_weight(node, 2)
+        bits, weight = max(bits or 0, r_bits or 0) or None, w_and_r(weight, r_weight)
+    return LayerRow(node.name, node.op_type, bits, weight, inputs)
+
+
+def _model_weight(node: ir.Node, index: int | None) -> tuple[int | None, str]:
+    """The bits and the description of the weight ``node`` reads at input ``index``."""
+    source = None if index is None or node.inputs[index] is None else _weight_source(node.inputs[index])
     if source is None or source.producer() is None or source.producer().op_type != DQ:
-        weight = "-" if index is None else "float" if source is not None else "computed"
-        return LayerRow(node.name, node.op_type, None, weight, inputs)
+        return None, "-" if index is None else "float" if source is not None else "computed"
     dq = source.producer()
     codes = ir.convenience.get_const_tensor(dq.inputs[0])
     scale = ir.convenience.get_const_tensor(dq.inputs[1])
@@ -321,12 +338,12 @@ def _model_row(node: ir.Node) -> LayerRow:
         scheme = "tensor"
     else:
         scheme = f"{f'block{block}' if block else 'channel'} axis {axis}"
-    bits = _code_bits(codes, zero_point)
-    return LayerRow(node.name, node.op_type, bits, f"{codes.dtype.name.lower()} {scheme}", inputs)
+    return _code_bits(codes, zero_point), f"{codes.dtype.name.lower()} {scheme}"
 
 
 def _weight_index(node: ir.Node) -> int | None:
-    """Conv, ConvTranspose and Gemm read their weight at input 1; a MatMul at whichever input is constant."""
+    """Conv, ConvTranspose and Gemm read their weight at input 1 (LSTM/GRU/RNN their W; R at 2); a MatMul at
+    whichever input is constant."""
     if node.op_type != "MatMul":
         return 1
     return next((i for i in (1, 0) if node.inputs[i] is not None and _weight_source(node.inputs[i]) is not None), None)

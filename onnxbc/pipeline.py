@@ -162,7 +162,8 @@ def _open(run: Run, working: ir.Model, data: DataOptions, options: CompressOptio
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in targets.skipped[:3])
         raise OnnxbcError(
             f"{run.name}: nothing to quantize "
-            "(no Conv/ConvTranspose/Gemm/MatMul with a constant weight)" + (f": {reasons}" if reasons else "")
+            "(no Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN with a constant weight)"
+            + (f": {reasons}" if reasons else "")
         )
     calib = open_data(data, input_specs(working))
     rep = run.report
@@ -239,10 +240,11 @@ def _decide(job: _Job, stats: _Statistics) -> _Decided:
     notes = {t.name: list(t.notes) for t in targets.targets}
     for group in targets.weights.values():
         granularity = weight_granularity(group, options)[1] if group.name in plan.weights else None
-        for t in group.targets:
-            notes[t.name].extend(choice.notes.get(group.name, []) + ([granularity] if granularity else []))
+        for t in group.targets:  # a recurrent layer is in two groups (W and R): each note once
+            more = choice.notes.get(group.name, []) + ([granularity] if granularity else [])
             if t.name in choice.skipped_layers:
-                notes[t.name].append("left float by the policy (skip = true)")
+                more.append("left float by the policy (skip = true)")
+            notes[t.name].extend(n for n in more if n not in notes[t.name])
     if quantize_activations:
         live = {n: [(t, i) for t, i in u if t.name not in choice.skipped_layers] for n, u in stats.uses.items()}
         _plan_activations(stats.ranges, {n: u for n, u in live.items() if u}, plan, options, notes, run.report)
@@ -294,10 +296,11 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     then the per-layer choices among the variants (``variants.choose``), which update the plan."""
     options, targets, plan = job.options, job.targets, decided.plan
     per_position = options.bias_shape is BiasShape.POSITION
-    observed = [t for t in targets.targets if not t.in_subgraph and _is_quantized(t, plan)]
-    bias_skips = {t.name: reason for t in observed if (reason := bias_skip_reason(t))}
+    quantized = [t for t in targets.targets if _is_quantized(t, plan)]
+    observed = [t for t in quantized if t.observable]
+    bias_skips = {t.name: reason for t in quantized if (reason := bias_skip_reason(t))}
     if options.bias_correction is BiasCorrection.NONE:
-        bias_skips = {t.name: "compensation off (--bias-correction none)" for t in observed}
+        bias_skips.update({t.name: "compensation off (--bias-correction none)" for t in observed})
     compensate = {t.name for t in observed} - set(bias_skips)
     by_name = {t.name: t for t in observed}
     layers = set(by_name)
@@ -321,8 +324,9 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
 
 
 def _is_quantized(t: Target, plan: QuantPlan) -> bool:
-    weight = t.weight.source.name if t.weight is not None else None
-    return weight in plan.weights or any(t.node.inputs[i].name in plan.activations for i in t.activation_inputs)
+    return any(s.source.name in plan.weights for s in t.sites) or any(
+        t.node.inputs[i].name in plan.activations for i in t.activation_inputs
+    )
 
 
 def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _LayerErrors) -> list[Candidate]:

@@ -24,10 +24,16 @@ from onnxbc.solvers.quant import (
     weight_scale,
 )
 from onnxbc.solvers.ranges import AbsHistogram, choose_range
-from onnxbc.targets import WeightGroup
+from onnxbc.targets import RECURRENT_OPS, WeightGroup
 
 # (w, scale, fmt, granularity) -> codes: rounding other than to nearest (GPTQ)
 Rounder = Callable[[np.ndarray, np.ndarray, IntFormat, Granularity], np.ndarray]
+# Why recurrent weights stay float for TensorRT (also the ``trt.recurrent`` check rule's finding).
+TENSORRT_RECURRENT = (
+    "TensorRT: recurrent weights stay float (its ONNX parser runs the layer as a loop whose MatMuls read W and R; "
+    "its explicit quantization is documented for weights dequantized right before a Conv/MatMul/Gemm, not "
+    "across a loop boundary); --target onnxruntime quantizes them"
+)
 
 
 def weight_format(options: CompressOptions, bits: int | None = None) -> IntFormat:
@@ -57,7 +63,11 @@ def like(wq: WeightQuant, options: CompressOptions) -> CompressOptions:
 def unsupported_weight(group: WeightGroup, options: CompressOptions, bits: int | None = None) -> str | None:
     """Why the target runtime cannot take this weight at ``bits`` (default ``--weights``; None: it can)."""
     bits = options.weights.bits if bits is None else bits
-    if options.target is not Target.TENSORRT or bits > 4:
+    if options.target is not Target.TENSORRT:
+        return None
+    if any(t.op in RECURRENT_OPS for t in group.targets):
+        return TENSORRT_RECURRENT
+    if bits > 4:
         return None
     rank = len(group.source.const_value.shape)
     if any(t.op not in ("MatMul", "Gemm") for t in group.targets):

@@ -104,14 +104,17 @@ def layer_records(targets: Targets, decisions: Decisions, winner: Candidate) -> 
     records = []
     for t in targets.targets:
         weight = t.weight.source.name if t.weight is not None else None
+        recurrence = t.recurrence.source.name if t.recurrence is not None else None
         inputs = [t.node.inputs[i].name for i in t.activation_inputs]
         notes = [*decisions.notes[t.name], *_derived_notes(t, weight, inputs, decisions, winner)]
-        quantized = weight in plan.weights or any(name in plan.activations for name in inputs)
+        quantized = weight in plan.weights or recurrence in plan.weights or any(n in plan.activations for n in inputs)
         rec = LayerRecord(t.name, t.op, t.kind, "quantized" if quantized else "skipped", notes=notes)
         if not quantized:
             rec.reason = "; ".join(notes) or "nothing quantized"
         if weight in plan.weights:
             rec.weight = weight_record(plan.weights[weight])
+        if recurrence in plan.weights:
+            rec.recurrence = weight_record(plan.weights[recurrence])
         rec.activations = [_activation_record(plan.activations[n]) for n in inputs if n in plan.activations]
         fold = biases.get(t.name)
         probe = winner.probes.get(t.name)

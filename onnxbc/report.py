@@ -33,6 +33,7 @@ class LayerRecord:
     error: dict[str, Any] | None = None
     bias: dict[str, Any] | None = None
     fusion: dict[str, Any] | None = None  # --target onnxruntime: how ONNX Runtime runs it (onnxbc.fusion)
+    recurrence: dict[str, Any] | None = None  # LSTM/GRU/RNN: the recurrence weight R (``weight`` is W)
 
 
 @dataclasses.dataclass
@@ -106,7 +107,7 @@ def _columns(records: list[LayerRecord], wide: bool) -> dict[str, list[str]]:
     """The table's cells but the layer names, by column header."""
     columns = {
         "op": [r.op for r in records],
-        "weights": [_weight_cell(r.weight) for r in records],
+        "weights": [_weight_cell(r.weight, r.recurrence) for r in records],
         "input": [", ".join(a["dtype"] for a in r.activations) or "float" for r in records],
     }
     if wide:
@@ -127,10 +128,16 @@ def _width(columns: dict[str, list[str]]) -> int:
     return sum(max(map(cell_len, [header, *cells])) + 3 for header, cells in columns.items()) + 4
 
 
-def _weight_cell(weight: dict[str, Any] | None) -> str:
+def _weight_cell(weight: dict[str, Any] | None, recurrence: dict[str, Any] | None = None) -> str:
     if not weight:
         return "float"
-    return f"int{weight['bits']} {weight['granularity']}"
+    cell = f"int{weight['bits']} {weight['granularity']}"
+    return cell if not recurrence else w_and_r(cell, f"int{recurrence['bits']} {recurrence['granularity']}")
+
+
+def w_and_r(w: str, r: str) -> str:
+    """A recurrent layer's weight cell: ``int8 channel (W, R)``, or each with its own when they differ."""
+    return f"{w} (W, R)" if w == r else f"{w} (W), {r} (R)"
 
 
 def _error_cell(error: dict[str, Any] | None, split: str) -> str:

@@ -8,6 +8,11 @@ Targets:
    (tied embeddings read the table through a Transpose). The activation input is quantized per tensor,
    the weight per output channel (or per block / per tensor).
 2. ``MatMul`` of two activations (attention scores and context): both inputs are quantized; no weight.
+3. ``LSTM``, ``GRU`` and ``RNN`` whose ``W`` [directions, gates x hidden, input] and ``R`` [directions,
+   gates x hidden, hidden] are constants: both are quantized per row (axis 1: one channel per gate and hidden
+   unit), weight-only. ``weight`` is the W site, ``recurrence`` the R site. The input and the states stay
+   float whatever ``--activations`` says (ONNX has no integer recurrent op: the recurrence runs in float), and
+   the layer gets no compensation bias (``compensation.bias_skip_reason``).
 
 Weights are grouped by initializer. An initializer shared by several layers is quantized once, along one
 channel axis; a ``Gather`` on axis 0 may share it when that axis is the channel axis (an embedding table
@@ -27,14 +32,19 @@ import onnx_ir as ir
 from onnxbc.passes.graph_utils import constant_tensor
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 CHAIN_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast")
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
 UNSUPPORTED_WEIGHT_OPS = {
-    "LSTM": "recurrent layers are not quantized",
-    "GRU": "recurrent layers are not quantized",
-    "RNN": "recurrent layers are not quantized",
     "Einsum": "Einsum is not quantized (rewrite it as MatMul to quantize it)",
 }
+RECURRENT_NOTE = (
+    "recurrent layer: weight-only, W and R per gate-channel; its input and states stay float "
+    "(ONNX has no integer LSTM/GRU/RNN: the recurrence runs in float on the dequantized weights; ONNX Runtime's "
+    "CPU kernel pre-packs only initializer weights, so it may run slower: 1.5x on a bidirectional LSTM measured; "
+    "a policy rule 'skip = true' keeps a layer float)"
+)
+SUBGRAPH_NOTE = "inside a subgraph: weights quantized, input left float (no calibration statistics there)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +62,26 @@ class WeightSite:
 class Target:
     node: ir.Node
     activation_inputs: tuple[int, ...]  # node input indices quantized as activations
-    weight: WeightSite | None  # None for activation x activation MatMul
+    weight: WeightSite | None  # None for activation x activation MatMul; W for a recurrent layer
     output_channel_axis: int  # channel axis of the node output (may be negative)
     in_subgraph: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
+    recurrence: WeightSite | None = None  # LSTM/GRU/RNN: the recurrence weight R
 
     @property
     def name(self) -> str:
         return self.node.name
+
+    @property
+    def sites(self) -> tuple[WeightSite, ...]:
+        """Every weight the layer reads: W, and R for a recurrent layer."""
+        return tuple(s for s in (self.weight, self.recurrence) if s is not None)
+
+    @property
+    def observable(self) -> bool:
+        """Calibration sees the layer's input and output, so its error is measured and compensated: a layer of
+        the main graph that is not recurrent (a recurrent layer is weight-only and feeds its error back)."""
+        return not self.in_subgraph and self.recurrence is None
 
     @property
     def op(self) -> str:
@@ -116,7 +138,7 @@ def find_targets(model: ir.Model, *, quantize_attention: bool = True) -> Targets
         if node.op_type in UNSUPPORTED_WEIGHT_OPS and any(constant_tensor(v) is not None for v in node.inputs[1:]):
             skipped.append(Skipped(node.name, node.op_type, UNSUPPORTED_WEIGHT_OPS[node.op_type]))
             continue
-        if node.op_type not in WEIGHTED_OPS:
+        if node.op_type not in WEIGHTED_OPS + RECURRENT_OPS:
             continue
         result = _match(node, model.graph, quantize_attention)
         if isinstance(result, str):
@@ -135,6 +157,8 @@ def _match(node: ir.Node, main: ir.Graph, quantize_attention: bool) -> Target | 
     inputs = node.inputs
     if len(inputs) < 2 or inputs[0] is None or inputs[1] is None:
         return "missing input"
+    if op in RECURRENT_OPS:
+        return _recurrent(node, in_subgraph)
     if op == "MatMul":
         a, b = inputs[0], inputs[1]
         if _dtype(a) not in FLOAT_TYPES + (None,) or _dtype(b) not in FLOAT_TYPES + (None,):
@@ -183,8 +207,25 @@ def _weighted(
     activations: tuple[int, ...] = (x_index,)
     if in_subgraph:
         activations = ()
-        notes.append("inside a subgraph: weights quantized, input left float (no calibration statistics there)")
+        notes.append(SUBGRAPH_NOTE)
     return Target(node, activations, site, out_axis, in_subgraph, notes)
+
+
+def _recurrent(node: ir.Node, in_subgraph: bool) -> Target | str:
+    """A weight-only target for an LSTM/GRU/RNN: W (input 1) and R (input 2), channels on axis 1 (gates x
+    hidden), input features on axis 2; its output's channel axis is Y's last (hidden)."""
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return "missing input"
+    sites = []
+    for index in (1, 2):
+        site = _trace_weight(node.inputs[index], index, (1, 2))
+        if isinstance(site, str):
+            return site
+        if _dtype(site.source) not in FLOAT_TYPES:
+            return f"weight '{site.source.name}' has type {_dtype(site.source)}, not a float type"
+        sites.append(site)
+    notes = [RECURRENT_NOTE] + ([SUBGRAPH_NOTE] if in_subgraph else [])
+    return Target(node, (), sites[0], -1, in_subgraph, notes, recurrence=sites[1])
 
 
 def _trace_weight(value: ir.Value, input_index: int, axes: tuple[int, int]) -> WeightSite | str:
@@ -297,43 +338,62 @@ def _axis_before(node: ir.Node, axis: int, shape_in: tuple[int, ...]) -> int | N
 
 
 def _group_weights(targets: list[Target]) -> tuple[list[Target], dict[str, WeightGroup], list[Skipped]]:
-    """Group targets by weight initializer; refuse groups that cannot share one quantized tensor."""
-    by_source: dict[str, list[Target]] = defaultdict(list)
+    """Group targets by weight initializer; refuse groups that cannot share one quantized tensor (and a
+    recurrent layer whole when one of its two weights is refused)."""
+    by_source: dict[str, list[tuple[Target, WeightSite]]] = defaultdict(list)
     for t in targets:
-        if t.weight is not None:
-            by_source[t.weight.source.name].append(t)
-    refused: set[int] = set()
-    skipped: list[Skipped] = []
+        for site in t.sites:
+            by_source[site.source.name].append((t, site))
+    refused: dict[int, str] = {}  # id(target) -> reason
+    gathers: dict[str, list[ir.Node]] = {}
+    for name, members in by_source.items():
+        reason, gathers[name] = _sharing(name, members)
+        if reason:
+            refused.update((id(t), reason) for t, _ in members if id(t) not in refused)
+    spread = True
+    while spread:  # a layer refused for one weight leaves its other weight float for every layer sharing it
+        spread = False
+        for name, members in by_source.items():
+            why = next((refused[id(t)] for t, _ in members if id(t) in refused), None)
+            for t, _ in members:
+                if why and id(t) not in refused:
+                    refused[id(t)], spread = f"weight '{name}' is shared with a layer left float: {why}", True
     groups: dict[str, WeightGroup] = {}
     for name, members in by_source.items():
-        source = members[0].weight.source
-        reason = None
-        axes = {t.weight.channel_axis for t in members}
-        if len(axes) > 1:
-            reason = f"weight '{name}' is shared by layers that need different channel axes"
-        entry_nodes = {id(t.weight.chain[0] if t.weight.chain else t.node) for t in members}
-        gathers = []
-        for use in source.uses():
-            if id(use.node) in entry_nodes:
-                continue
-            if use.node.op_type == "Gather" and use.idx == 0 and use.node.attributes.get_int("axis", 0) == 0:
-                gathers.append(use.node)
-                continue
-            reason = (
-                reason
-                or f"weight '{name}' is also read by '{use.node.name}' ({use.node.op_type}), which is not quantized"
-            )
-        if gathers and axes != {0}:
-            reason = reason or f"weight '{name}' is shared with an embedding lookup along another axis"
-        if reason:
-            refused.update(id(t) for t in members)
-            skipped.extend(Skipped(t.name, t.op, reason) for t in members)
+        if any(id(t) in refused for t, _ in members):
             continue
-        input_axes = {t.weight.input_axis for t in members}
+        source = members[0][1].source
+        input_axes = {site.input_axis for _, site in members}
         input_axis = input_axes.pop() if len(input_axes) == 1 else None
-        groups[name] = WeightGroup(source, axes.pop(), input_axis, members, gathers)
+        layers = list({id(t): t for t, _ in members}.values())
+        groups[name] = WeightGroup(source, members[0][1].channel_axis, input_axis, layers, gathers[name])
     kept = [t for t in targets if id(t) not in refused]
+    skipped = [Skipped(t.name, t.op, refused[id(t)]) for t in targets if id(t) in refused]
     return kept, groups, skipped
+
+
+def _sharing(name: str, members: list[tuple[Target, WeightSite]]) -> tuple[str | None, list[ir.Node]]:
+    """Why the layers reading initializer ``name`` cannot share one quantized tensor (None: they can), and the
+    embedding lookups that read it too."""
+    source = members[0][1].source
+    reason = None
+    axes = {site.channel_axis for _, site in members}
+    if len(axes) > 1:
+        reason = f"weight '{name}' is shared by layers that need different channel axes"
+    entries = {id(site.chain[0] if site.chain else t.node) for t, site in members}
+    gathers = []
+    for use in source.uses():
+        if id(use.node) in entries:
+            continue
+        if use.node.op_type == "Gather" and use.idx == 0 and use.node.attributes.get_int("axis", 0) == 0:
+            gathers.append(use.node)
+            continue
+        reason = (
+            reason or f"weight '{name}' is also read by '{use.node.name}' ({use.node.op_type}), which is not quantized"
+        )
+    if gathers and axes != {0}:
+        reason = reason or f"weight '{name}' is shared with an embedding lookup along another axis"
+    return reason, gathers
 
 
 def _traces_to_constant(value: ir.Value) -> bool:

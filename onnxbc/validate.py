@@ -8,7 +8,8 @@ finding per node or tensor that breaks it, a single line naming that node or ten
 - ``onnx``, ``qdq``: always run. onnx.checker, strict shape inference, the opset the Q/DQ types need, and
   well-formed QuantizeLinear/DequantizeLinear nodes (constant positive scales, matching zero points, axis and
   blocks consistent with the input, a Q and the DQ reading it agreeing).
-- ``tensorrt`` (``--target tensorrt``): TensorRT explicit quantization, algorithms.md §5.
+- ``tensorrt`` (``--target tensorrt``): TensorRT explicit quantization, algorithms.md §5; ``trt.recurrent``
+  warns on LSTM/GRU/RNN weights read through a DequantizeLinear (``compress`` leaves them float for TensorRT).
 - ``onnxruntime`` (``--target onnxruntime``): the model loads (and runs a batch) in ONNX Runtime's default
   session on the chosen execution provider; ``ort.fusion`` lists every quantized layer that ONNX Runtime's
   CPU session still runs as a float op on dequantized inputs (``onnxbc.fusion``). It *warns*, one finding per
@@ -52,7 +53,7 @@ from onnxbc.options import CheckOptions, Target
 from onnxbc.passes.graph_utils import constant_tensor
 from onnxbc.passes.prepare import QUANTIZED_OPS, quantized_nodes
 from onnxbc.progress import Stages
-from onnxbc.targets import CHAIN_OPS
+from onnxbc.targets import CHAIN_OPS, RECURRENT_OPS
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 INT4_TYPES = (ir.DataType.INT4, ir.DataType.UINT4)
@@ -478,6 +479,21 @@ def _trt_concat(s: Subject) -> Iterator[Finding]:
             yield Finding(f"Concat '{node.name}' has inputs quantized with different scales: {scales}")
 
 
+def _trt_recurrent(s: Subject) -> Iterator[Finding]:
+    for node in _all_nodes(s.model):
+        if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        read = [f"{role} '{v.name}'" for role, v in zip("WR", node.inputs[1:3]) if s.dequantized(v) is not None]
+        if read:
+            yield Finding(
+                f"{node.op_type} '{node.name}' reads {' and '.join(read)} through DequantizeLinear: TensorRT's ONNX "
+                "parser runs it as a loop whose MatMuls read the weights, and its explicit quantization is documented "
+                "for weights dequantized right before a Conv/MatMul/Gemm only (compress leaves them float for "
+                "--target tensorrt)",
+                failed=False,
+            )
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Runtime rules
 
@@ -595,6 +611,13 @@ RULES: tuple[Rule, ...] = (
     Rule("trt.float-bias", "tensorrt", "Conv/ConvTranspose/Gemm biases are float, not dequantized", _trt_float_bias),
     Rule(
         "trt.concat-scale", "tensorrt", "the quantized inputs of a Concat share one scale and zero point", _trt_concat
+    ),
+    Rule(
+        "trt.recurrent",
+        "tensorrt",
+        "LSTM/GRU/RNN weights are float (warns: TensorRT documents no dequantized weight into its recurrent loop)",
+        _trt_recurrent,
+        warns=True,
     ),
     Rule(
         "ort.session",

@@ -22,9 +22,15 @@ def onnxbc_cli(*args):
 
 @pytest.fixture
 def compressed(zoo, tmp_path):
-    """The zoo's attention block, W8A8 (weighted and activation x activation MatMuls) with its report."""
+    """The zoo's attention block, W8A8 with --quantize-attention (weighted and activation x activation MatMuls)
+    with its report."""
     path, data, _ = zoo("attention")
-    return path, data, onnxbc.compress(path, tmp_path / "attention.int8.onnx", data=DataOptions(path=data))
+    options = CompressOptions(quantize_attention=True)
+    return (
+        path,
+        data,
+        onnxbc.compress(path, tmp_path / "attention.int8.onnx", data=DataOptions(path=data), options=options),
+    )
 
 
 def test_inspect_report(compressed):

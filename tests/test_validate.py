@@ -205,6 +205,20 @@ def concat(same_scale):
     return g.model([tensor("a", [1, 4]), tensor("b", [1, 4])], [tensor("y", [1, 8])])
 
 
+def recurrent(bad):
+    """An LSTM reading W and R as float initializers, or (bad for TensorRT) through DequantizeLinear."""
+    g = Graph()
+    w, r = np.full((1, 8, 3), 0.1, np.float32), np.full((1, 8, 2), 0.1, np.float32)
+    if bad:
+        scale = g.init("scale", np.full(8, 0.01, np.float32))
+        w = g.op("DequantizeLinear", [g.init("W_codes", np.full(w.shape, 10, np.int8)), scale], "W", axis=1)
+        r = g.op("DequantizeLinear", [g.init("R_codes", np.full(r.shape, 10, np.int8)), scale], "R", axis=1)
+    else:
+        w, r = g.init("W", w), g.init("R", r)
+    g.op("LSTM", ["x", w, r], "y", hidden_size=2)
+    return g.model([tensor("x", [4, 1, 3])], [tensor("y", [4, 1, 1, 2])])
+
+
 def unknown_op(bad):
     """onnx.checker skips custom domains; ONNX Runtime has no kernel for this one."""
     g = Graph()
@@ -261,6 +275,7 @@ CASES = {
     ),
     "trt.float-bias": (lambda bad: conv(bias_dq=bad), TRT, "Conv 'y' reads its bias through DequantizeLinear 'b_dq'"),
     "trt.concat-scale": (lambda bad: concat(same_scale=not bad), TRT, "Concat 'y'"),
+    "trt.recurrent": (recurrent, TRT, "LSTM 'y' reads W 'W' and R 'R' through DequantizeLinear"),
     "ort.session": (unknown_op, ORT, "Frobnicate"),
     "ort.fusion": (
         lambda bad: conv() if bad else test_graphs.build("quantized_qdq").model,  # no Q after the Conv: float
@@ -521,7 +536,7 @@ def test_json_report_follows_the_documented_schema(failing, tmp_path):
     assert set(report) == {"schema", "tool_version", "model", "target", "options", "passed", "summary", "rules"}
     assert report["schema"] == "onnxbc.check/1" and report["passed"] is False and report["target"] == "tensorrt"
     assert [rule["id"] for rule in report["rules"]] == list(validate.RULE_IDS)
-    assert report["summary"] == {"passed": 15, "warned": 0, "failed": 3, "skipped": 3}
+    assert report["summary"] == {"passed": 16, "warned": 0, "failed": 3, "skipped": 3}
     for rule in report["rules"]:
         assert set(rule) == {"id", "profile", "doc", "status", "reason", "seconds", "findings"}
         assert rule["status"] in ("passed", "warned", "failed", "skipped")
@@ -553,12 +568,12 @@ def test_junit_report_is_junit_xml(failing, tmp_path):
     assert [c.get("name") for c in skipped] == ["ort.session", "ort.fusion", "numerics"]
     assert [c.get("name") for c in failures] == ["trt.zero-point", "trt.uint8", "trt.float-bias"]
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == (
-        "21",
+        "22",
         "3",
         "3",
         "0",
     )
-    assert root.get("tests") == "21" and root.get("failures") == "3"
+    assert root.get("tests") == "22" and root.get("failures") == "3"
     uint8 = failures[1].find("failure")
     assert uint8.get("type") == "trt.uint8" and "x_quantize" in uint8.get("message")
     assert len(uint8.text.splitlines()) == 2
@@ -568,7 +583,7 @@ def test_junit_report_is_junit_xml(failing, tmp_path):
 def test_text_report_and_exit_codes(failing, tmp_path):
     ok = onnxbc_cli("check", failing, "--target", "onnxruntime", "--device", "cpu")
     assert ok.exit_code == 0, ok.stdout
-    assert ok.stdout.strip().endswith("PASSED: 12 passed, 0 warned, 0 failed, 9 skipped")
+    assert ok.stdout.strip().endswith("PASSED: 12 passed, 0 warned, 0 failed, 10 skipped")
     bad = onnxbc_cli("check", failing, "--target", "tensorrt")
     assert bad.exit_code == 1
     assert (
