@@ -17,27 +17,34 @@ Every value on the way has exactly one reader and is not a graph output. Pairs a
 order: a layer that is the next layer of a taken pair is not also the low layer of another. Every candidate
 not taken gets a reason naming the node.
 
-``input_mean`` models ``E[x]`` of a layer's input data-free: back through the ops of rule 4 to
-``Relu(BatchNormalization(.))``, or to ``Relu(layer)`` with a BatchNormalization folded into the layer (its
-statistics in ``folded``), whose pre-activation is modelled as ``N(beta, gamma^2)``. ``MaxPool`` is
-treated like ``AveragePool`` (its mean is higher: a known underestimate).
+``input_moments`` models the mean and variance of a layer's input per feature, data-free: back from the
+input to a BatchNormalization (in the graph, or folded into a layer, its statistics in ``folded``), whose
+output is modelled per channel as ``N(beta, gamma^2)``, then forward through what lies between:
+
+- elementwise activations (``ACTIVATIONS``; ``Mul(v, Sigmoid(b v))`` is SiLU / swish): the moments of the activation of
+  a normal variable with the moments so far (exact for one activation after a BatchNormalization; a normal
+  approximation of its input for a second one);
+- the ops of rule 4: unchanged moments (``MaxPool`` is treated like ``AveragePool``, whose mean is the same:
+  a known underestimate; pools lower the variance: ignored), ``Flatten`` repeats each channel's moments;
+- ``Add`` of two modelled values (a residual): means and variances add (independent branches).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxbc.passes.fold_bn import FoldedBatchNorm
 from onnxbc.passes.graph_utils import constant_tensor
-from onnxbc.solvers.dfmpc import relu_mean
+from onnxbc.solvers.dfmpc import clipped_moments, gaussian_moments
 from onnxbc.targets import Target, Targets
 
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CHANNELWISE = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Identity", "Dropout", "Flatten")
 
 
@@ -237,30 +244,134 @@ def _repeat(path: list[ir.Node]) -> int | None:
     return math.prod(shape.dims[2:])
 
 
-def input_mean(t: Target, folded: Mapping[str, FoldedBatchNorm] | None = None) -> tuple[np.ndarray, str] | str:
-    """Modelled ``E[x]`` per input feature of ``t`` and the BatchNormalization it comes from, or why not
-    (``folded`` as for ``find_pairs``)."""
-    value = t.node.inputs[t.activation_inputs[0]]
-    repeat = 1
-    while True:
-        producer = value.producer()
-        if producer is None:
-            return f"input '{value.name}' is a graph input: no statistics without data"
-        if producer.op_type in CHANNELWISE:
-            if producer.op_type == "Flatten":
-                found = _repeat([producer])
-                if found is None or producer.attributes.get_int("axis", 1) != 1:
-                    return f"Flatten '{producer.name}': cannot map features to channels"
-                repeat *= found
-            value = producer.inputs[0]
-            continue
-        if producer.op_type != "Relu":
-            return f"input comes from {producer.op_type} '{producer.name}', not Relu(BatchNormalization)"
-        before = (folded or {}).get(producer.inputs[0].name)
-        if before is not None:
-            return np.repeat(relu_mean(before.shift, before.scale), repeat), before.name
-        bn = producer.inputs[0].producer()
-        if bn is None or bn.op_type != "BatchNormalization" or batchnorm_reason(bn):
-            return f"input comes from Relu '{producer.name}' without a BatchNormalization before it"
-        gamma, beta, *_ = batchnorm_params(bn)
-        return np.repeat(relu_mean(beta, gamma), repeat), bn.name
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _function(node: ir.Node) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A smooth or piecewise elementwise activation as a numpy function (ReLU and Clip: ``_activation``)."""
+    op, attrs = node.op_type, node.attributes
+    if op == "LeakyRelu":
+        alpha = attrs.get_float("alpha", 0.01)
+        return lambda z: np.where(z > 0, z, alpha * z)
+    if op == "HardSigmoid":
+        alpha, beta = attrs.get_float("alpha", 0.2), attrs.get_float("beta", 0.5)
+        return lambda z: np.clip(alpha * z + beta, 0.0, 1.0)
+    functions = {"HardSwish": lambda z: z * np.clip(z + 3.0, 0.0, 6.0) / 6.0, "Sigmoid": _sigmoid, "Tanh": np.tanh}
+    return functions.get(op)
+
+
+ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Mul(x, Sigmoid(b x))")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputModel:
+    """Modelled mean and variance of a layer's input per feature, and where they come from."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    batchnorms: tuple[str, ...]
+    activations: tuple[str, ...]  # op types between the BatchNormalization(s) and the layer
+
+    def describe(self) -> str:
+        names = ", ".join(f"'{n}'" for n in self.batchnorms[:3])
+        names += f" and {len(self.batchnorms) - 3} more" if len(self.batchnorms) > 3 else ""
+        through = f" through {', '.join(dict.fromkeys(self.activations))}" if self.activations else ""
+        return f"BatchNormalization {names}{through}"
+
+
+def input_moments(t: Target, folded: Mapping[str, FoldedBatchNorm] | None = None) -> InputModel | str:
+    """The modelled moments of ``t``'s input (see the module docstring), or why there are none (``folded`` as
+    for ``find_pairs``)."""
+    if not t.activation_inputs:
+        return "no activation input is modelled (a recurrent layer, or a layer inside a subgraph)"
+    return _moments(t.node.inputs[t.activation_inputs[0]], folded or {})
+
+
+def _moments(value: ir.Value, folded: Mapping[str, FoldedBatchNorm]) -> InputModel | str:
+    stats = folded.get(value.name)
+    if stats is not None:
+        return InputModel(stats.shift, np.square(stats.scale), (stats.name,), ())
+    node = value.producer()
+    if node is None:
+        return f"'{value.name}' is a graph input: no statistics without data"
+    if node.op_type == "BatchNormalization" and not batchnorm_reason(node):
+        gamma, beta, *_ = batchnorm_params(node)
+        return InputModel(beta, np.square(gamma), (node.name,), ())
+    if node.op_type in CHANNELWISE:
+        found = _moments(node.inputs[0], folded)
+        if isinstance(found, str) or node.op_type != "Flatten":
+            return found
+        repeat = _repeat([node])
+        if repeat is None or node.attributes.get_int("axis", 1) != 1:
+            return f"Flatten '{node.name}': cannot map features to channels"
+        return dataclasses.replace(found, mean=np.repeat(found.mean, repeat), var=np.repeat(found.var, repeat))
+    if node.op_type == "Add" and len(node.inputs) == 2:
+        a, b = (_moments(v, folded) for v in node.inputs)
+        if isinstance(a, str) or isinstance(b, str):
+            return a if isinstance(a, str) else b
+        if a.mean.shape != b.mean.shape:
+            return f"Add '{node.name}': its inputs have different channel counts"
+        return InputModel(a.mean + b.mean, a.var + b.var, a.batchnorms + b.batchnorms, a.activations + b.activations)
+    found = _activation(node)
+    if isinstance(found, str):
+        return found
+    f, source = found
+    inner = _moments(source, folded)
+    if isinstance(inner, str):
+        return inner
+    mean, var = (
+        clipped_moments(inner.mean, inner.var, *f)
+        if isinstance(f, tuple)
+        else gaussian_moments(f, inner.mean, inner.var)
+    )
+    op = "SiLU" if node.op_type == "Mul" else node.op_type
+    return InputModel(mean, var, inner.batchnorms, (*inner.activations, op))
+
+
+def _swish_beta(x: ir.Value | None, gate: ir.Value | None) -> float | None:
+    """``b`` when ``gate`` is ``Sigmoid(x)`` (1) or ``Sigmoid(x * b)`` with a scalar constant ``b`` (Paddle's swish)."""
+    producer = gate.producer() if gate is not None else None
+    if x is None or producer is None or producer.op_type != "Sigmoid":
+        return None
+    inner = producer.inputs[0]
+    if inner is x:
+        return 1.0
+    scaled = inner.producer()
+    if scaled is None or scaled.op_type != "Mul" or x not in scaled.inputs:
+        return None
+    tensor = constant_tensor(scaled.inputs[1] if scaled.inputs[0] is x else scaled.inputs[0])
+    values = None if tensor is None else tensor.numpy().reshape(-1)
+    return float(values[0]) if values is not None and values.size == 1 else None
+
+
+def _activation(
+    node: ir.Node,
+) -> tuple[tuple[float, float] | Callable[[np.ndarray], np.ndarray], ir.Value] | str:
+    """An elementwise activation as clip bounds or a numpy function, and the value it reads; or why not."""
+    op = node.op_type
+    if op == "Relu":
+        return (0.0, math.inf), node.inputs[0]
+    if op == "Clip":
+        bounds = []
+        for i, key, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+            value = node.inputs[i] if len(node.inputs) > i else None
+            if value is None:  # opset 6: attributes; opset 11+: optional inputs
+                bounds.append(node.attributes.get_float(key, default))
+                continue
+            tensor = constant_tensor(value)
+            if tensor is None:
+                return f"Clip '{node.name}' has a bound computed at run time"
+            bounds.append(float(tensor.numpy().reshape(-1)[0]))
+        return tuple(bounds), node.inputs[0]
+    f = _function(node)
+    if f is not None:
+        return f, node.inputs[0]
+    if op == "Mul" and len(node.inputs) == 2:
+        for x, gate in (node.inputs, node.inputs[::-1]):
+            beta = _swish_beta(x, gate)
+            if beta is not None:
+                return (lambda z, b=beta: z * _sigmoid(b * z)), x
+    if op in LAYER_OPS:
+        return f"'{node.name}' ({op}) has no BatchNormalization statistics"
+    return f"input comes from {op} '{node.name}': no data-free model for it"

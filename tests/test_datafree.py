@@ -2,7 +2,6 @@
 command end to end without data and without running the model."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from onnx import helper, numpy_helper
 import onnxbc
 from models import test_graphs
 from onnxbc import flow, model_io
-from onnxbc.pairs import batchnorm_params, find_pairs, input_mean
+from onnxbc.pairs import batchnorm_params, find_pairs, input_moments
 from onnxbc.passes.dfmpc import PairEdit, RescalePairsPass
 from onnxbc.passes.prepare import prepare, prepare_passes
 from onnxbc.solvers import dfmpc
@@ -128,8 +127,10 @@ def test_flatten_maps_channels_to_feature_blocks():
     assert [(p.low.op, p.next.op) for p in pairs] == [("Conv", "Conv"), ("Gemm", "Gemm")]
     targets = find_targets(model)
     gemm = next(t for t in targets.targets if t.name == "/classifier/classifier.1/Gemm")
-    mean, bn = input_mean(gemm, result.folds.batchnorms)  # Flatten of 64 x 7 x 7: each channel's mean repeated 49 times
-    assert bn == "/features/features.5/BatchNormalization" and mean.shape == (3136,)
+    model = input_moments(gemm, result.folds.batchnorms)  # Flatten of 64 x 7 x 7: each channel repeated 49 times
+    assert model.batchnorms == ("/features/features.5/BatchNormalization",) and model.activations == ("Relu",)
+    mean = model.mean
+    assert mean.shape == model.var.shape == (3136,)
     assert np.all(mean[:49] == mean[0]) and mean[49] != mean[0]
 
 
@@ -158,13 +159,6 @@ def test_factors_lower_weight_space_error(fmt, gran):
     assert after <= before
     if gran.axis is None:  # one scale per tensor cannot fit each channel: the factors must help clearly
         assert after < 0.95 * before
-
-
-def test_relu_mean_matches_sampling():
-    mu, sigma = np.array([-1.0, 0.0, 0.5, 3.0, 2.0]), np.array([1.0, 1.0, 2.0, 0.5, 0.0])
-    z = np.random.default_rng(0).standard_normal((400_000, 1)) * sigma + mu
-    np.testing.assert_allclose(dfmpc.relu_mean(mu, sigma), np.maximum(z, 0).mean(axis=0), atol=6e-3)
-    assert dfmpc.relu_mean(np.array([0.0]), np.array([1.0]))[0] == pytest.approx(1 / math.sqrt(2 * math.pi))
 
 
 @pytest.mark.parametrize("group", [1, 2])
@@ -280,24 +274,42 @@ def test_cli_end_to_end(tmp_path):
     assert accuracy(out) > accuracy(FASHION_BN) - 0.03
 
 
-def test_bn_already_folded_uses_weights_only(tmp_path, no_runtime):
+def test_bn_already_folded_applies_no_factors(tmp_path, no_runtime):
+    """Without statistics the factors cannot be checked: none is applied, and nothing is bias-corrected."""
     options = onnxbc.CompressOptions(weights=onnxbc.WeightType.INT3, data_free=True)
     result = onnxbc.compress(FASHION_FOLDED, tmp_path / "m.onnx", options=options)
     comp = result.report.compensation
     assert len(comp["pairs"]) == 2 and all(p["batchnorm"] is None for p in comp["pairs"])
+    assert all(p["factors"]["min"] == p["factors"]["max"] == 1.0 for p in comp["pairs"])
+    assert all(p["validation"]["decision"].startswith("not applied: no statistics") for p in comp["pairs"])
+    assert all(p["validation"]["proposed"]["min"] != 1.0 for p in comp["pairs"])  # there were factors to check
     assert comp["bias_correction"]["layers"] == []
-    assert any("factors from the weights alone" in w for w in result.report.warnings)
+    assert any("no BatchNormalization statistics for any layer's input" in w for w in result.report.warnings)
 
 
-def test_refuses_without_a_pair(tmp_path):
+def test_without_a_pair_every_layer_is_rounded(tmp_path):
+    """A model with no pair at all (MatMul MLP) is quantized all the same; only nothing to quantize is refused."""
     path = test_graphs.save(test_graphs.build("gelu_mlp"), tmp_path / "hs.onnx")
     r = subprocess.run(
-        [sys.executable, "-m", "onnxbc", "compress", path, "--data-free"], capture_output=True, text=True
+        [sys.executable, "-m", "onnxbc", "compress", path, "--data-free", "-o", tmp_path / "o.onnx"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "o.report.json").read_text())
+    assert report["compensation"]["pairs"] == [] and len(report["compensation"]["fallback"]) == 2
+    notes = [n for layer in report["layers"] for n in layer["notes"] if n.startswith("no DF-MPC pair")]
+    assert len(notes) == 2 and all("pairs start at a Conv or Gemm, not MatMul" in n for n in notes)
+    assert "warning: no DF-MPC pair" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "onnxbc", "compress", path, "--data-free", "--next-weights", "none"],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 1
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # besides progress lines
-    assert len(errors) == 1 and "--data-free found no layer pair" in errors[0] and "not MatMul" in errors[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hs.onnx"]
+    assert len(errors) == 1 and "--data-free found nothing to quantize" in errors[0] and "left float" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hs.onnx", "o.onnx", "o.report.json"]
 
 
 @pytest.mark.parametrize(

@@ -324,3 +324,21 @@ def test_recurrent_layer_in_an_if_branch_is_quantized_as_a_conv_there_is(tmp_pat
     test = {"x": feeds(model, 1, 99)["x"][0]}
     ref, out = run_both(model, test)[0][0], run_both(onnx.load(result.output), test)[0][0]
     assert rel_mse(ref, out) < 1e-3
+
+
+@pytest.mark.parametrize("op", GATES)
+def test_data_free_quantizes_w_and_r(tmp_path, op):
+    """--data-free (no pair, no statistics) rounds W and R at --next-weights; the layer's record has both."""
+    model = recurrent_model(op, "bidirectional")
+    onnx.save(model, tmp_path / "rnn.onnx")
+    options = CompressOptions(data_free=True)
+    result = onnxbc.compress(tmp_path / "rnn.onnx", tmp_path / "rnn.q.onnx", options=options)
+    quantized = onnx.load(result.output)
+    layer = next(n for n in quantized.graph.node if n.op_type == op)
+    assert [producer(quantized.graph, layer.input[i]).op_type for i in (1, 2)] == ["DequantizeLinear"] * 2
+    [record] = [r for r in result.report.layers if r.op == op]
+    assert record.weight["bits"] == record.recurrence["bits"] == 8
+    feed = {k: v[0] for k, v in feeds(model, 1, 1).items()}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    out, _ = run_both(dequantized_float_model(model, quantized), feed)
+    assert rel_mse(ref, out[0]) < 1e-3
