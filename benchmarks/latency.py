@@ -16,7 +16,8 @@ Per model of the zoo, in ``--work`` (default ``benchmarks/.cache/latency/<model>
 3. ``quantize_static``: ONNX Runtime's recommended ``quant_pre_process`` first (with the fallbacks of
    ``benchmarks.tools.ort.pre_process``), then ``quantize_static(model, out, reader)`` with every argument at
    its default (ONNX Runtime 1.31: QDQ, per-tensor, int8 activations *and* weights, MinMax; the JSON records
-   the defaults read from its signature), on the same calibration samples in batches of 16.
+   the defaults read from its signature), on the same calibration samples in batches of 16 (of 1 for a model
+   over 256 MiB, as ``benchmarks.tools.ort`` does: its calibration keeps every tensor of a batch).
 4. ``onnxbc bench FP32 ONNXBC ORT --data eval.npz --batch-size B --device cpu --json ...`` in a fresh
    process: the three models interleaved in rounds, ONNX Runtime's default CPU session with ``--threads``
    intra-op threads; ratios are medians over the FP32 median of the same run.
@@ -188,7 +189,8 @@ def quantize_static_defaults(bench, work: Path) -> dict[str, Any]:
     try:
         source, notes = ort_tool.pre_process(bench, out, per_channel_qdq=False)
         arrays = calibration_arrays(bench)
-        quantize_static(str(source), str(out), ort_tool._Reader(arrays, ort_tool.CALIBRATION_BATCH))
+        batch = ort_tool.calibration_batch(bench, notes)
+        quantize_static(str(source), str(out), ort_tool._Reader(arrays, batch))
     except Exception as e:  # ONNX Runtime raises bare Exceptions
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         return {"status": "failed", "reason": reason[:400], "defaults": defaults}
@@ -199,7 +201,7 @@ def quantize_static_defaults(bench, work: Path) -> dict[str, Any]:
         "call": "quantize_static(model, output, reader)",
         "defaults": defaults,
         "calibration_samples": sample_count(arrays),
-        "calibration_batch": ort_tool.CALIBRATION_BATCH,
+        "calibration_batch": batch,
         "notes": notes,
         "wall_s": round(time.perf_counter() - start, 2),
         "path": _rel(out),

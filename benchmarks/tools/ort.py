@@ -51,6 +51,15 @@ def quantize(
 # --------------------------------------------------------------------------- pre-processing
 
 
+def calibration_batch(bench, notes: list[str]) -> int:
+    """Samples per calibration batch: ``CALIBRATION_BATCH``, or 1 for a large model (its calibration keeps
+    every tensor of a batch; min-max ranges do not depend on the batching), noted in ``notes``."""
+    if bench.onnx_path.stat().st_size > LARGE_MODEL_BYTES:
+        notes.append("large model: calibration batches of 1 sample (same min-max ranges, less memory)")
+        return 1
+    return CALIBRATION_BATCH
+
+
 def pre_process(bench: BenchModel, out_path: Path, *, per_channel_qdq: bool) -> tuple[Path, list[str]]:
     """The model after ``quant_pre_process`` (or as it is), and notes on what was not the plain recipe."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -132,10 +141,7 @@ def _static(
         extra["TensorQuantOverrides"] = {name: [{"axis": axis}] for name, axis in axes.items()}
         notes.append(f"BlockSize {setting.block_size}, blocks along each weight's input dim (axis override)")
     arrays = calibration_arrays(bench)
-    batch = CALIBRATION_BATCH
-    if bench.onnx_path.stat().st_size > LARGE_MODEL_BYTES:
-        batch = 1
-        notes.append("large model: calibration batches of 1 sample (same min-max ranges, less memory)")
+    batch = calibration_batch(bench, notes)
     try:
         quantize_static(
             str(source),
