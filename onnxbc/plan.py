@@ -113,12 +113,6 @@ class Smoothing:
     alpha: float
     rank: int | None = None  # of the activation, when the channel axis is counted from the front
     into: Fold | None = None  # where the division went instead of a Mul (``smoothing.fold_divisions``)
-    range_factor: float = 1.0  # the smoothed activation's clipping range, times its --activation-range's
-
-    @property
-    def label(self) -> str:
-        """``alpha``, and the range factor when not 1: the candidate's name in the report."""
-        return str(self.alpha) if self.range_factor == 1.0 else f"{self.alpha} range x{self.range_factor:g}"
 
     def divisor_shape(self) -> tuple[int, ...]:
         """Shape of ``1 / factors`` broadcasting along the channel axis of the activation."""

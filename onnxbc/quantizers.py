@@ -134,15 +134,6 @@ def activation_quant(name: str, hist: AbsHistogram, dtype: np.dtype, options: Co
     return ActivationQuant(name, scale, zero_point, codes, amax, options.activation_range.value, np.dtype(dtype))
 
 
-def widened(quant: ActivationQuant, factor: float) -> ActivationQuant:
-    """``quant`` with its clipping range (and scale) times ``factor`` (``quant`` itself for 1)."""
-    if factor == 1.0:
-        return quant
-    dtype = ir.DataType.from_numpy(np.dtype(quant.float_dtype))
-    scale = float(representable_scale(np.array(quant.scale * factor), dtype))
-    return dataclasses.replace(quant, scale=scale, amax=quant.amax * factor, method=f"{quant.method} x{factor:g}")
-
-
 def representable_scale(scale: np.ndarray, dtype: ir.DataType) -> np.ndarray:
     """Round scales to the float type they will be stored in (fp16 models keep fp16 scales)."""
     np_type = dtype.numpy()

@@ -53,7 +53,7 @@ def fill(
     rep.weight_ranges = {k: {"chosen": winner.plan.weights[k].method, "rel_mse": s} for k, s in ranges.items()}
     rep.smoothing = {
         key: {
-            "chosen": winner.plan.smoothing[key].label if key in winner.plan.smoothing else "none",
+            "chosen": str(winner.plan.smoothing[key].alpha) if key in winner.plan.smoothing else "none",
             "rel_mse": scores,
             "site": winner.rewrite.smoothing.get(key),
         }
@@ -144,7 +144,7 @@ def _derived_notes(
 ) -> list[str]:
     """The notes the saved candidate implies for layer ``t``."""
     smoothing = winner.plan.smoothing
-    notes = [f"input smoothed per channel (alpha {smoothing[n].label})" for n in inputs if n in smoothing]
+    notes = [f"input smoothed per channel (alpha {smoothing[n].alpha})" for n in inputs if n in smoothing]
     wq = winner.plan.weights.get(weight)
     if weight in winner.changed and winner.weight_note():
         notes.append(winner.weight_note())

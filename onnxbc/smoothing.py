@@ -3,10 +3,10 @@
 An activation can be smoothed when every layer reading it is a weighted layer in the main graph whose weight
 input axis is traceable and whose weight is read only by layers reading this same activation (no tied
 embedding). For each such activation, pass 1 keeps per-channel histograms; each candidate alpha gives factors
-``s``, the histogram of ``x / s`` (rescaled channel histograms, no extra pass), a range for it (and that range
-widened, ``RANGE_FACTORS``), and the readers' weights ``W * s`` quantized. Pass 2 measures every reader's
-output error under each candidate and under no smoothing, and the activation keeps whichever gives the least
-held-out error summed over its readers (see ``variants``). So smoothing is used only where it measurably helps.
+``s``, the histogram of ``x / s`` (rescaled channel histograms, no extra pass), a range for it, and the readers'
+weights ``W * s`` quantized. Pass 2 measures every reader's output error under each candidate and under no
+smoothing, and the activation keeps whichever gives the least held-out error summed over its readers (see
+``variants``). So smoothing is used only where it measurably helps.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from onnxbc.calibration.probes import RangeProbe
 from onnxbc.channel_trace import trace
 from onnxbc.options import CompressOptions
 from onnxbc.plan import ConstantEdit, QuantPlan, Smoothing, WeightQuant
-from onnxbc.quantizers import activation_quant, like, weight_quant, widened
+from onnxbc.quantizers import activation_quant, like, weight_quant
 from onnxbc.solvers.smooth import (
     ALPHAS,
     input_channel_max,
@@ -30,11 +30,6 @@ from onnxbc.solvers.smooth import (
     smoothing_factors,
 )
 from onnxbc.targets import Target, Targets, weight_array
-
-# Each alpha's activation range (by --activation-range) and that range widened: the mse range of a smoothed
-# activation can sit just before an error cliff, where the clipped values of different channels come on the same
-# tokens and add up in the reading layer's output (MiniLM's GELU outputs, benchmarks/README.md); pass 2 judges.
-RANGE_FACTORS = (1.0, 1.25)
 
 
 def channel_axis(t: Target) -> int:
@@ -88,49 +83,43 @@ def candidate_plans(
     targets: Targets,
     base: QuantPlan,
     options: CompressOptions,
-) -> list[QuantPlan]:
-    """The readers quantized with ``name`` smoothed, one plan per alpha and range factor (none when the
-    statistics do not fit)."""
+) -> dict[float, QuantPlan]:
+    """alpha -> the readers quantized with ``name`` smoothed (empty when the statistics do not fit)."""
     hists, power = probe.channels, probe.channel_power()
     if hists is None or hists.max is None:
-        return []
+        return {}
     sources = {t.weight.source.name: t for t, _ in readers}
     bases = [base.weights.get(source) for source in sources]
     if any(b is None or (b.scheme, b.rounding) != ("uniform", "nearest") for b in bases):
-        return []  # smoothing re-scales uniform, nearest-rounded weights only
+        return {}  # smoothing re-scales uniform, nearest-rounded weights only
     weight_max = np.zeros_like(hists.max)
     for source, t in sources.items():
         per_channel = input_channel_max(weight_array(targets.weights[source]), t.weight.input_axis, groups(t))
         if per_channel.shape != weight_max.shape:
-            return []
+            return {}
         weight_max = np.maximum(weight_max, per_channel)
-    plans = []
+    plans = {}
     for alpha in ALPHAS:
         s = smoothing_factors(hists.max, weight_max, alpha)
-        weights = {}
+        plan = QuantPlan(
+            activations={name: activation_quant(name, hists.rescaled(s, probe.hist.min_value), probe.dtype, options)},
+            activation_uses={name: base.activation_uses[name]},
+            smoothing={name: Smoothing(name, s, axis, alpha, input_rank(readers[0][0]))},
+        )
         for source, t in sources.items():
             group = targets.weights[source]
             w = weight_array(group)
             importance = (
                 None if power is None else per_input_channel(power / s**2, w.shape, t.weight.input_axis, groups(t))
             )
-            weights[source] = weight_quant(
+            plan.weights[source] = weight_quant(
                 group,
                 scale_input_channels(w, s, t.weight.input_axis, groups(t)),
                 like(base.weights[source], options),
                 importance,
                 bits=base.weights[source].bits,
             )
-        quant = activation_quant(name, hists.rescaled(s, probe.hist.min_value), probe.dtype, options)
-        for factor in RANGE_FACTORS:
-            plans.append(
-                QuantPlan(
-                    weights=dict(weights),
-                    activations={name: widened(quant, factor)},
-                    activation_uses={name: base.activation_uses[name]},
-                    smoothing={name: Smoothing(name, s, axis, alpha, input_rank(readers[0][0]), range_factor=factor)},
-                )
-            )
+        plans[alpha] = plan
     return plans
 
 

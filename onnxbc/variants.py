@@ -121,15 +121,15 @@ def smoothing_variants(
     axes: dict[str, int],
     options: CompressOptions,
 ) -> list[Variant]:
-    """One variant per alpha and range factor for each smoothable activation whose readers are all measured."""
+    """One variant per alpha for each smoothable activation whose readers are all measured."""
     uses = targets.activation_uses()
     result = []
     for name, axis in axes.items():
         layers = tuple(t.name for t, _ in uses[name])
         if name not in plan.activations or not set(layers) <= observed:
             continue
-        for variant in candidate_plans(name, axis, uses[name], probes[name], targets, plan, options):
-            result.append(Variant(VariantKind.SMOOTHING, name, variant.smoothing[name].label, variant, layers))
+        for alpha, variant in candidate_plans(name, axis, uses[name], probes[name], targets, plan, options).items():
+            result.append(Variant(VariantKind.SMOOTHING, name, str(alpha), variant, layers))
     return result
 
 
