@@ -317,8 +317,7 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     run.report.passes_over_data += 1
     probes: dict[str, ErrorProbe] = {p.target.name: p for p in shadows}
     unchosen, unchosen_probes = QuantPlan(weights=dict(plan.weights)), dict(probes)
-    fold = stats.placement.fold if stats.placement is not None else None
-    scores = choose_variants(variants, trials, probes, plan, compensate, foldable(job.model, variants, plan, fold))
+    scores = choose_variants(variants, trials, probes, plan, compensate, foldable(job.model, variants))
     return _LayerErrors(
         observed, compensate, bias_skips, probes, unchosen, unchosen_probes, Trials(variants, trials), scores
     )

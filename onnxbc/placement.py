@@ -199,7 +199,8 @@ class Placement:
         ``weight_zero_points``; TensorRT: the residual inputs added to the activations, read quantized by their
         Add only."""
         if fold:
-            plan = self.fold(plan)
+            sites = {s.value: s.reaches for s in self.sites.outputs.values() if s.value is not None}
+            plan = fold_divisions(plan, self.layers, sites)
         if self.options.target is Target.TENSORRT:
             return self._residuals(plan)
         outputs, every_reader = {}, set()
@@ -210,12 +211,6 @@ class Placement:
             elif how.quant is not None:
                 outputs[site.value] = how.quant
         return dataclasses.replace(plan, outputs=outputs, every_reader=every_reader, weight_zero_points=True)
-
-    def fold(self, plan: QuantPlan) -> QuantPlan:
-        """``plan`` with its smoothing divisions folded where ``smoothing.fold_divisions`` finds a way past the
-        tensors quantized here."""
-        sites = {s.value: s.reaches for s in self.sites.outputs.values() if s.value is not None}
-        return fold_divisions(plan, self.layers, sites)
 
     def _residuals(self, plan: QuantPlan) -> QuantPlan:
         activations, uses = dict(plan.activations), {k: list(v) for k, v in plan.activation_uses.items()}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -157,30 +156,14 @@ def score(probes: list[ErrorProbe], biased: set[str]) -> float:
     return float(total)
 
 
-def foldable(
-    model: ir.Model,
-    variants: list[Variant],
-    plan: QuantPlan,
-    fold: Callable[[QuantPlan], QuantPlan] | None = None,
-) -> dict[str, bool]:
-    """Per smoothed activation: whether its division folds into its producer's constants, or, through ``fold``
-    (the placement's, with int8 activations), up the graph into a layer or constants (else it costs a Mul)."""
+def foldable(model: ir.Model, variants: list[Variant]) -> dict[str, bool]:
+    """Per smoothed activation: whether its division folds into its producer (else it costs a Mul)."""
     values = {v.name: v for v in main_values(model.graph)}
     result = {}
     for v in variants:
-        if v.kind is not VariantKind.SMOOTHING or v.key in result:
-            continue
-        sm = v.plan.smoothing[v.key]
-        folds = fold_site(values[v.key], sm.channel_axis, len(sm.factors), len(v.layers)) is not None
-        if not folds and fold is not None:
-            trial = dataclasses.replace(
-                plan,
-                activations={**plan.activations, **v.plan.activations},
-                activation_uses={**plan.activation_uses, **v.plan.activation_uses},
-                smoothing={v.key: sm},
-            )
-            folds = fold(trial).smoothing[v.key].into is not None
-        result[v.key] = folds
+        if v.kind is VariantKind.SMOOTHING and v.key not in result:
+            sm = v.plan.smoothing[v.key]
+            result[v.key] = fold_site(values[v.key], sm.channel_axis, len(sm.factors), len(v.layers)) is not None
     return result
 
 

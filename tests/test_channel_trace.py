@@ -216,16 +216,3 @@ def _broadcast_v():
     _linear(nodes, inits, "context", "out", 2 * D, D, bias=False)
     nodes[-1].output[0] = "y"
     return _model(nodes, inits)
-
-
-def test_foldable_sees_folds_up_the_graph():
-    """variants.foldable (which spares a folded smoothing the gain a new Mul must earn): the attention context
-    folds only up the graph, into the V projection, so it is foldable with the placement's fold, not without."""
-    from onnxbc.variants import Variant, VariantKind, foldable
-
-    model, layers, x, plan = _smoothed(test_graphs.build("attention").model, "attn.out_proj/MatMul")
-    trial = QuantPlan(smoothing=dict(plan.smoothing), activation_uses=dict(plan.activation_uses))
-    variant = Variant(VariantKind.SMOOTHING, x, "0.5", trial, ("attn.out_proj/MatMul",))
-    base = dataclasses.replace(plan, smoothing={})
-    assert foldable(model, [variant], base) == {x: False}
-    assert foldable(model, [variant], base, lambda p: fold_divisions(p, layers)) == {x: True}
