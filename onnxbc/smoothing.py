@@ -186,8 +186,6 @@ def _carries(t: Target, wq: WeightQuant, bias, axis: int) -> bool:
     if b is not None and (b.const_value is None or b.const_value.size != wq.scale.size):
         return False
     out_axis = t.output_channel_axis
-    if out_axis >= 0:
-        if output.shape is None:
-            return False
-        out_axis -= len(output.shape)
+    if out_axis >= 0:  # Conv, Gemm: the output has the rank of the weight (2 for Gemm)
+        out_axis -= len(output.shape) if output.shape is not None else len(weight.source.const_value.shape)
     return out_axis == axis
