@@ -177,13 +177,10 @@ def _reshaped(source: ir.Value, ch: _Channels) -> _Channels | None:
 
 def _sliced(node: ir.Node, source: ir.Value, ch: _Channels) -> _Channels | None:
     """Through a Slice: the channels' axis may be sliced alone, with step 1 (the offset is its start)."""
-    offset = 0
-    for a in ch.axes:
-        span = _slice_span(node, a)
-        if span is None or (span != () and len(ch.axes) != 1):
-            return None
-        offset = span[0] if span else 0
-    return _Channels(source, ch.axes, ch.positions + offset)
+    spans = [_slice_span(node, a) for a in ch.axes]
+    if None in spans or (len(spans) > 1 and any(spans)):
+        return None
+    return _Channels(source, ch.axes, ch.positions + (spans[0][0] if spans[0] else 0))
 
 
 def _slice_span(node: ir.Node, axis: int) -> tuple[int, int] | tuple[()] | None:
