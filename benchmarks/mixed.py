@@ -82,6 +82,7 @@ class Variant:
     tool: str = "onnxbc"  # "fp32" | "onnxbc" | "nncf"
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     size_of: str | None = None  # the row whose file size is this row's budget (max-size) or target (nncf)
+    policy: str | None = None  # an --policy file's text (written beside the row's output)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +125,18 @@ def plan(model: str, config: MixedConfig) -> list[Variant]:
     weight_only = {"activations": A.NONE}
     if "size" in sections:
         for b in config.uniform_bits:
-            rows.append(Variant(f"int{b}", "size", f"uniform int{b}", options={**weight_only, "weights": W.of_bits(b)}))
+            # every weight at b bits: without the rule, --weights int4 keeps the few weights that cost the model
+            # far more than their bytes at 8 bits (onnxbc.precision, "Kept at 8 bits")
+            options = {**weight_only, "weights": W.of_bits(b)}
+            rows.append(
+                Variant(
+                    f"int{b}",
+                    "size",
+                    f"uniform int{b} (policy: every layer)",
+                    options=options,
+                    policy=_every_layer_at(b),
+                )
+            )
         for x in config.avg_bits:
             for comp in (True, False):
                 label = f"mixed {x:g} bits, {'compensated' if comp else 'raw'} prices"
@@ -142,7 +154,13 @@ def plan(model: str, config: MixedConfig) -> list[Variant]:
             # 4.5-bit mixed precision, so the claim can be asked at equal file size
             uniform_b64 = {**weight_only, "weights": W.INT4, "block_size": 64}
             rows.append(
-                Variant("int4-b64", "size", "uniform int4, blocks of 64 (4.5 bits stored)", options=uniform_b64)
+                Variant(
+                    "int4-b64",
+                    "size",
+                    "uniform int4, blocks of 64 (4.5 bits stored; policy: every layer)",
+                    options=uniform_b64,
+                    policy=_every_layer_at(4),
+                )
             )
             label = "mixed, max size = int4 blocks-of-64 file (opset 25: int2 packed)"
             rows.append(Variant("max-size-int4-b64", "size", label, options=options, size_of="int4-b64"))
@@ -167,6 +185,10 @@ def plan(model: str, config: MixedConfig) -> list[Variant]:
     return rows
 
 
+def _every_layer_at(bits: int) -> str:
+    return f'[[layer]]\npattern = ".*"\nbits = {bits}\n'
+
+
 def cli_flags(options: Mapping[str, Any]) -> str:
     """The ``onnxbc compress`` flags that give ``options`` (besides --data/--samples/--device cpu)."""
     parts = []
@@ -180,6 +202,8 @@ def cli_flags(options: Mapping[str, Any]) -> str:
             value = ",".join(str(v) for v in value)
         elif isinstance(value, float):
             value = f"{value:g}"
+        elif isinstance(value, Path):  # a file the run wrote (a policy): its rules are in the row's label
+            value = value.name
         parts.append(f"--{key.replace('_', '-')} {value}")
     return " ".join(parts)
 
@@ -396,6 +420,10 @@ def _run_variant(variant, config, bench, data, cell, done, quantized, module, re
     options = dict(variant.options)
     if variant.tool == "onnxbc" and variant.size_of:
         options["max_size"] = base["size_bytes"]
+    if variant.policy is not None:
+        cell.mkdir(parents=True, exist_ok=True)
+        options["policy"] = cell / f"{variant.key}-policy.toml"
+        options["policy"].write_text(variant.policy)
     head = {"cli": cli_flags(options)} if variant.tool == "onnxbc" else {}
     try:
         if variant.tool == "nncf":

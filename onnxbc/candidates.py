@@ -9,7 +9,11 @@ least output error on held-out samples (``choose``):
   min-max scales everywhere and compensation had half the output error).
 - ``UNIFORM`` (under a size budget): every weight at the most bits that fit the budget uniformly, without and
   with compensation; ``UNIFORM_MINMAX`` the same with min-max scales, compensated (measured on PP-OCR at
-  W4A8: the priced mixed bits read 6.5 % of the lines, uniform int4 77.5 %).
+  W4A8: the priced mixed bits read 6.5 % of the lines, uniform int4 77.5 %). With ``--weights intN`` and
+  weights the plan keeps at 8 bits (``precision.keep_at_8``): strict int-N, the same three ways.
+- ``NEAREST`` (``--rounding auto``): every weight GPTQ rounds in the plan rounded to nearest instead,
+  compensated (uncompensated when nothing is): GPTQ is chosen per layer on held-out layer errors, and this
+  checks it end to end.
 - ``--bias-correction sequential``: the biases refitted wave by wave, starting from the compensated candidate
   that measures best (``onnxbc.compensation.sequential``).
 
@@ -21,6 +25,7 @@ where the rewrite passes put things. Everything reported about the saved model d
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import functools
@@ -53,8 +58,9 @@ class Weights(str, enum.Enum):
 
     PLAN = "plan"  # the per-layer choices
     MINMAX = "minmax"  # min-max scales wherever the per-layer choice kept mse scales
-    UNIFORM = "uniform"  # under a budget: the most bits that fit uniformly
+    UNIFORM = "uniform"  # under a budget: the most bits that fit uniformly (with --weights intN: N everywhere)
     UNIFORM_MINMAX = "uniform_minmax"  # the same with min-max scales
+    NEAREST = "nearest"  # --rounding auto: no GPTQ
 
 
 @dataclasses.dataclass
@@ -99,12 +105,14 @@ class Candidate:
     @property
     def name(self) -> str:
         """Its key in the report: ``without_compensation``, ``with_compensation``, ``minmax_with_compensation``,
-        ``uniform_int4``, ``uniform_int4_minmax_with_compensation``, ``sequential_with_compensation``, ..."""
+        ``uniform_int4``, ``uniform_int4_minmax_with_compensation``, ``nearest_with_compensation``,
+        ``sequential_with_compensation``, ..."""
         weights = {
             Weights.PLAN: "",
             Weights.MINMAX: "minmax",
             Weights.UNIFORM: f"uniform_int{self.uniform_bits}",
             Weights.UNIFORM_MINMAX: f"uniform_int{self.uniform_bits}_minmax",
+            Weights.NEAREST: "nearest",
         }[self.weights]
         if not self.compensated:
             return weights or "without_compensation"
@@ -114,10 +122,11 @@ class Candidate:
     def describe(self) -> str:
         """In words, for the terminal: what is saved."""
         weights = {
-            Weights.PLAN: "the per-layer choices",
-            Weights.MINMAX: "min-max scales for every weight smoothing left alone",
+            Weights.PLAN: f"the per-layer choices{self._widths()}",
+            Weights.MINMAX: f"min-max scales for every weight smoothing and GPTQ left alone{self._widths()}",
             Weights.UNIFORM: f"uniform int{self.uniform_bits} weights",
             Weights.UNIFORM_MINMAX: f"uniform int{self.uniform_bits} weights with min-max scales",
+            Weights.NEAREST: f"the per-layer choices rounded to nearest (no GPTQ){self._widths()}",
         }[self.weights]
         how = {
             BiasCorrection.NONE: "no compensation",
@@ -126,6 +135,19 @@ class Candidate:
         }[self.compensation]
         return f"{weights}, {how}"
 
+    def _widths(self) -> str:
+        """`` (int4 weights, 14 at int8)`` when its weights have several bit widths (the first holding the most
+        parameters), else nothing."""
+        counts = collections.Counter(wq.bits for wq in self.plan.weights.values())
+        if len(counts) < 2:
+            return ""
+        params = collections.Counter()
+        for wq in self.plan.weights.values():
+            params[wq.bits] += wq.codes.size
+        most = params.most_common(1)[0][0]
+        rest = ", ".join(f"{n} at int{bits}" for bits, n in sorted(counts.items()) if bits != most)
+        return f" (int{most} weights, {rest})"
+
     def weight_note(self) -> str | None:
         """The note a layer whose weight this candidate changed gets, when it is saved."""
         if self.weights is Weights.MINMAX:
@@ -133,6 +155,8 @@ class Candidate:
         if self.weights in (Weights.UNIFORM, Weights.UNIFORM_MINMAX):
             minmax = " (min-max scales)" if self.weights is Weights.UNIFORM_MINMAX else ""
             return f"uniform int{self.uniform_bits} everywhere measured better end to end than the mixed bits{minmax}"
+        if self.weights is Weights.NEAREST:
+            return "rounded to nearest: the model with GPTQ's rounding measured worse end to end"
         return None
 
     @property
@@ -194,8 +218,8 @@ def build(
     uniform_bits: int | None,
 ) -> list[Candidate]:
     """The candidates, in the order that wins ties: the plan without compensation, with it, min-max scales
-    compensated, then under a budget uniform bits without and with compensation, and uniform bits with min-max
-    scales compensated. ``unchosen``/``unchosen_probes``: the plan's weights and layer errors before the
+    compensated, no GPTQ compensated, then uniform bits without and with compensation, and uniform bits with
+    min-max scales compensated. ``unchosen``/``unchosen_probes``: the plan's weights and layer errors before the
     per-layer choices changed them (the uniform trials ran beside those)."""
 
     def compensated(c: Candidate) -> list[Candidate]:
@@ -208,6 +232,9 @@ def build(
     minmax = _minmax(plan, probes, trials, compensate)
     if minmax is not None:
         result += compensated(minmax)
+    nearest = _nearest(plan, probes, trials)
+    if nearest is not None:
+        result += compensated(nearest) or [nearest]
     if uniform_bits is None or not trials.of(VariantKind.UNIFORM):
         return result
     uniform = _uniform(plan, unchosen, unchosen_probes, probes, trials.of(VariantKind.UNIFORM), uses, uniform_bits)
@@ -236,6 +263,21 @@ def _minmax(plan: QuantPlan, probes: dict[str, ErrorProbe], trials: Trials, comp
         return None
     minmax = dataclasses.replace(plan, weights={**plan.weights, **weights})
     return Candidate(Weights.MINMAX, BiasCorrection.NONE, minmax, {**probes, **own}, frozenset(weights))
+
+
+def _nearest(plan: QuantPlan, probes: dict[str, ErrorProbe], trials: Trials) -> Candidate | None:
+    """Every weight the plan still rounds by GPTQ (smoothing may have replaced some) rounded to nearest,
+    uncompensated, from the pass-2 trials; None when there is none."""
+    weights: dict[str, WeightQuant] = {}
+    own: dict[str, ErrorProbe] = {}
+    for v, trial in trials.of(VariantKind.NEAREST):
+        if plan.weights[v.key].rounding == "gptq":
+            weights.update(v.plan.weights)
+            own.update({p.target.name: p for p in trial})
+    if not weights:
+        return None
+    nearest = dataclasses.replace(plan, weights={**plan.weights, **weights})
+    return Candidate(Weights.NEAREST, BiasCorrection.NONE, nearest, {**probes, **own}, frozenset(weights))
 
 
 def _uniform(

@@ -46,6 +46,7 @@ from onnxbc.targets import Target, Targets, find_targets
 from onnxbc.variants import choose as choose_variants
 from onnxbc.variants import (
     foldable,
+    nearest_variants,
     power_importance,
     smoothing_variants,
     trial_probes,
@@ -189,10 +190,10 @@ def _first_pass(job: _Job) -> _Statistics:
     square; per-channel histograms too for inputs that may be smoothed; and the precision's probes."""
     options, targets, calib = job.options, job.targets, job.calib
     uses = targets.activation_uses()
-    uniform = options.scheme == "uniform" and options.rounding is Rounding.NEAREST
+    uniform = options.scheme == "uniform" and options.rounding is not Rounding.GPTQ
     quantized = options.activations is not ActivationType.NONE
     smooth_axes = smoothable(targets, uses) if options.smoothing and quantized and uniform else {}
-    power, moments = precision.stats_probes(targets, options, job.overrides)
+    power, moments = precision.stats_probes(targets, options, job.overrides, job.policy)
     ranges = {}
     for name, readers in uses.items():
         axes = {channel_axis(t) for t, _ in readers if t.weight is not None}
@@ -307,6 +308,7 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     variants = weight_range_variants(targets, plan, layers, options)
     variants += smoothing_variants(targets, plan, layers, stats.ranges, stats.smooth_axes, options)
     variants += uniform_variants(targets, plan, layers, decided.choice.uniform, options)
+    variants += nearest_variants(targets, plan, layers, decided.choice.nearest)
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
     trials = trial_probes(variants, by_name, per_position)
     every = shadows + [p for trial in trials.values() for p in trial]

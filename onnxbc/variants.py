@@ -7,8 +7,11 @@ A *variant* quantizes a few layers differently from the base plan:
   better, on MiniLM and the char-GPT the MSE search did.
 - ``smoothing``: an activation divided per channel before the layers that read it (``smoothing``).
 - ``uniform``: under a size budget, a weight at the uniform bit width that fits the budget instead of the bits
-  the allocation gave it (``uniform_minmax``: with min-max scales); these are not chosen per layer but make
-  whole-model candidates, checked end to end against the mixed model (``onnxbc.candidates``).
+  the allocation gave it (``uniform_minmax``: with min-max scales), and with ``--weights intN`` a weight kept
+  at 8 bits back at N; these are not chosen per layer but make whole-model candidates, checked end to end
+  against the plan (``onnxbc.candidates``).
+- ``nearest``: with ``--rounding auto``, a weight GPTQ rounds rounded to nearest instead; a whole-model
+  candidate too.
 
 Pass 2 runs every variant's shadows beside the base shadows. Each choice keeps the variant with the least
 error summed over the layers it changes, on held-out samples (on the fit samples when none are held out),
@@ -45,6 +48,7 @@ class VariantKind(str, enum.Enum):
     SMOOTHING = "smoothing"
     UNIFORM = "uniform"
     UNIFORM_MINMAX = "uniform_minmax"
+    NEAREST = "nearest"
 
 
 @dataclasses.dataclass
@@ -88,6 +92,16 @@ def uniform_variants(
         if minmax is not None:
             result.append(_weight_variant(VariantKind.UNIFORM_MINMAX, "minmax", targets, plan, minmax))
     return result
+
+
+def nearest_variants(
+    targets: Targets, plan: QuantPlan, observed: set[str], weights: dict[str, WeightQuant]
+) -> list[Variant]:
+    """One variant per weight of ``weights`` (GPTQ's, rounded to nearest), or none when some layer of them
+    cannot be measured: the whole-model candidate without GPTQ is all of them or nothing."""
+    if any(not {t.name for t in targets.weights[name].targets} <= observed for name in weights):
+        return []
+    return [_weight_variant(VariantKind.NEAREST, "nearest", targets, plan, wq) for wq in weights.values()]
 
 
 def _minmax(targets: Targets, wq: WeightQuant, options: CompressOptions) -> WeightQuant | None:

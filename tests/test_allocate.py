@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onnxbc.errors import UsageError
-from onnxbc.solvers.allocate import Allocation, LayerChoices, Option, allocate, stored_bytes
+from onnxbc.solvers.allocate import Allocation, LayerChoices, Option, allocate, keep_at_8, stored_bytes
 
 
 def _random_layers(rng: np.random.Generator, n_layers: int, bit_set=(2, 4, 8)) -> list[LayerChoices]:
@@ -177,3 +177,29 @@ def test_ties_and_dominated_options():
     result: Allocation = allocate([layer], max_bytes=1000)
     assert result.choice["a"] == Option(4, 100, 1.0)
     assert [p.cost for p in result.curve] == [60, 80, 100]
+
+
+def _two_widths(name: str, size: int, error: float, error_at_8: float) -> LayerChoices:
+    return LayerChoices(name, (Option(4, size, error), Option(8, 2 * size, error_at_8)))
+
+
+def test_keep_at_8_by_hand():
+    """Model at int4: 1000 bytes, error 1.0, so 1e-3 per byte. ``dw`` saves 0.49 for 10 bytes (49x that
+    rate), ``head`` 0.099 for 10 (9.9x: below 10x), ``big`` 0.4 for 600 bytes (0.67x)."""
+    layers = [_two_widths("dw", 10, 0.5, 0.01), _two_widths("head", 10, 0.1, 0.001), _two_widths("big", 980, 0.4, 0.0)]
+    low, high = dict.fromkeys(["dw", "head", "big"], 0), dict.fromkeys(["dw", "head", "big"], 1)
+    kept = keep_at_8(layers, low, high, max_extra=0.05, min_ratio=10)
+    assert kept == {"dw": pytest.approx(49.0)}
+    assert keep_at_8(layers, low, high, max_extra=0.05, min_ratio=9) == pytest.approx({"dw": 49.0, "head": 9.9})
+    assert keep_at_8(layers, low, high, max_extra=0.005, min_ratio=9) == {}  # 10 bytes > 0.5 % of 1000
+
+
+def test_keep_at_8_passes_over_what_does_not_fit_and_keeps_uniform_models():
+    # 1110 bytes, error 52.5: "a" is the densest (10.6x) but adds 100 bytes, over 5 %; "b" (4.2x), "c" (2.1x) fit
+    sizes = {"a": (100, 50.0), "b": (5, 1.0), "c": (5, 0.5), "f": (1000, 1.0)}
+    layers = [_two_widths(n, size, error, 0.0) for n, (size, error) in sizes.items()]
+    kept = keep_at_8(layers, dict.fromkeys(sizes, 0), dict.fromkeys(sizes, 1), max_extra=0.05, min_ratio=2)
+    assert kept == pytest.approx({"b": 0.2 / (52.5 / 1110), "c": 0.1 / (52.5 / 1110)})
+    # every layer costs its share of the error: nothing is worth 10x its bytes
+    even = [_two_widths(n, s, s * 1e-3, 0.0) for n, s in (("x", 10), ("y", 200), ("z", 4000))]
+    assert keep_at_8(even, dict.fromkeys("xyz", 0), dict.fromkeys("xyz", 1), 0.05, 10) == {}

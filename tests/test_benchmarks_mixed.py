@@ -91,7 +91,9 @@ def test_claim_and_markdown(smoke):
     assert entry["same_or_smaller_file"] is (entry["size_bytes"] <= claim["int4"]["size_bytes"])
     text = config.markdown.read_text()
     assert "## Claim check" in text and "fashion: claim (" in text
-    assert "| uniform int4 | `--activations none --weights int4` |" in text
+    assert (
+        "| uniform int4 (policy: every layer) | `--activations none --weights int4 --policy int4-policy.toml` |" in text
+    )
     if importlib.util.find_spec("matplotlib"):
         assert (config.results_path.parent / "mixed_fashion.png").stat().st_size > 0
         assert "](results/mixed_fashion.png)" in text

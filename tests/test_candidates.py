@@ -1,8 +1,9 @@
 """Whatever candidate compress saves, the error it prints and reports is the written file's.
 
 Each test forces the held-out choice to one kind of candidate (plain, compensated, min-max scales, uniform bits,
-sequential compensation, int32 biases) and measures the written file independently: its own ONNX Runtime
-session against the float model's on the held-out samples of the same data.
+strict int4 beside weights kept at 8, no GPTQ, sequential compensation, int32 biases) and measures the written
+file independently: its own ONNX Runtime session against the float model's on the held-out samples of the same
+data.
 """
 
 import json
@@ -32,6 +33,8 @@ KINDS = {
     "minmax": (["--weights", "int4"], Weights.MINMAX, BiasCorrection.INDEPENDENT),
     "uniform": (["--avg-bits", "6", "--candidates", "4,8"], Weights.UNIFORM, BiasCorrection.NONE),
     "uniform_compensated": (["--avg-bits", "6", "--candidates", "4,8"], Weights.UNIFORM, BiasCorrection.INDEPENDENT),
+    "strict_int4": (["--weights", "int4"], Weights.UNIFORM, BiasCorrection.INDEPENDENT),  # the plan keeps some at 8
+    "nearest": (["--weights", "int4"], Weights.NEAREST, BiasCorrection.INDEPENDENT),  # GPTQ rounds the classifier
     "sequential": (["--bias-correction", "sequential"], None, BiasCorrection.SEQUENTIAL),  # from the best start
     "int32_bias": (["--int32-bias"], Weights.PLAN, BiasCorrection.INDEPENDENT),
 }
@@ -93,5 +96,11 @@ def test_saved_error_is_the_written_files(kind, tmp_path, monkeypatch):
     if weights is Weights.UNIFORM:
         assert rep["precision"]["saved"].startswith("uniform int")
         assert len({layer["bits"] for layer in rep["precision"]["layers"].values()}) == 1
-    if weights is Weights.MINMAX:
-        assert all(r["weight"]["scale_method"] == "minmax" for r in rep["layers"] if r["weight"])
+    quantized = [r["weight"] for r in rep["layers"] if r["weight"]]
+    if weights is Weights.MINMAX:  # smoothing and GPTQ (--rounding auto) keep their own scales
+        smoothed = {r["weight"]["name"] for r in rep["layers"] if any("input smoothed" in n for n in r["notes"])}
+        alone = [w for w in quantized if w["rounding"] == "nearest" and w["name"] not in smoothed]
+        assert alone and all(w["scale_method"] == "minmax" for w in alone), quantized
+    if weights is Weights.NEAREST:
+        assert {w["rounding"] for w in quantized} == {"nearest"}
+        assert rep["precision"]["rounding"]["gptq"] >= 1

@@ -10,7 +10,7 @@ import onnxbc
 from models import test_graphs
 from onnxbc import model_io
 from onnxbc.compensation import QUANTIZED_PREFIX, waves
-from onnxbc.options import BiasCorrection, CompressOptions, DataOptions, RangeMethod, WeightType
+from onnxbc.options import BiasCorrection, CompressOptions, DataOptions, RangeMethod, Rounding, WeightType
 from onnxbc.passes.graph_utils import pair_models
 from onnxbc.passes.prepare import prepare_passes
 from onnxbc.targets import find_targets
@@ -64,6 +64,7 @@ def test_sequential_mode_end_to_end(zoo, tmp_path):
         bias_correction=BiasCorrection.SEQUENTIAL,
         smoothing=False,
         weight_range=RangeMethod.MSE,  # nothing to choose between: no pass for choices
+        rounding=Rounding.NEAREST,  # every weight gets min-max scale candidates below (GPTQ's keep their own)
     )
     result = onnxbc.compress(path, tmp_path / "o.onnx", data=DataOptions(path=data), options=options)
     rep = result.report

@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from onnxbc.solvers.gptq import SecondMoments, gptq_quantize, output_error
+from onnxbc.solvers.gptq import SecondMoments, _inverse_cholesky, _lower_inverse, gptq_quantize, output_error
 from onnxbc.solvers.quant import INT3, INT4, INT8, Granularity, dequantize, quantize, weight_scale
 
 
@@ -133,3 +133,24 @@ def test_output_error_is_the_mean_squared_output_difference():
     after_bc = np.square(centred @ dw).sum(axis=1).mean()
     cov = np.cov(x.T, bias=True)
     assert output_error(w, w_hat, cov, input_axis=0) == pytest.approx(after_bc, rel=1e-9)
+
+
+def test_inverse_cholesky_factor_is_that_of_the_inverse():
+    """``U`` upper triangular with ``U^T U = (H + damp I)^-1`` (the factor GPTQ's updates read), as the direct
+    route computes it: invert, then factor."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((400, 96)) @ rng.standard_normal((96, 96))
+    h = x.T @ x / len(x)
+    u = _inverse_cholesky(h, 0.01)
+    damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(96)
+    np.testing.assert_allclose(np.triu(u), u)
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), rtol=1e-8, atol=1e-10 * np.abs(u).max() ** 2)
+    inverse = np.linalg.inv(np.linalg.cholesky(damped))
+    np.testing.assert_allclose(u, np.linalg.cholesky(inverse.T @ inverse).T, rtol=1e-7, atol=1e-12)
+
+
+def test_lower_inverse_by_halves():
+    rng = np.random.default_rng(8)
+    for n in (5, 300, 777):
+        lower = np.tril(rng.standard_normal((n, n))) + n * np.eye(n)
+        np.testing.assert_allclose(_lower_inverse(lower) @ lower, np.eye(n), atol=1e-12)

@@ -16,7 +16,7 @@ from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
-from onnxbc.options import ActivationType, BiasCorrection, CompressOptions, DataOptions, WeightType
+from onnxbc.options import ActivationType, BiasCorrection, CompressOptions, DataOptions, Rounding, WeightType
 from onnxbc.passes.prepare import prepare_passes
 from onnxbc.plan import QuantPlan, WeightQuant
 from onnxbc.solvers.quant import INT4, Granularity, dequantize, quantize, weight_scale
@@ -295,11 +295,13 @@ def _conv2d(inp, weight, pad):
 def test_minmax_alternative_is_measured_end_to_end_and_records_follow_the_saved_model(tmp_path):
     """W4A8 on the bundled CNN with --weight-range auto: the model with every mse-scaled weight switched to
     min-max (compensated) is one more candidate; the least held-out error wins, and the report's layers and the
-    saved scales agree with the winner."""
+    saved scales agree with the winner. (Every weight at int4, rounded to nearest: the candidates without the
+    weights kept at 8 bits and without GPTQ are tested in test_candidates.)"""
     data = DataOptions(path=Path("models/data/fashion_calib.npz"))
-    result = onnxbc.compress(
-        "models/fashion_cnn.onnx", tmp_path / "o.onnx", data=data, options=CompressOptions(weights=WeightType.INT4)
-    )
+    strict = tmp_path / "strict.toml"
+    strict.write_text('[[layer]]\npattern = ".*"\nbits = 4\n')
+    options = CompressOptions(weights=WeightType.INT4, rounding=Rounding.NEAREST, policy=strict)
+    result = onnxbc.compress("models/fashion_cnn.onnx", tmp_path / "o.onnx", data=data, options=options)
     comp = result.report.compensation
     errors = comp["candidates"]
     assert set(errors) == {"without_compensation", "with_compensation", "minmax_with_compensation"}

@@ -92,7 +92,10 @@ def test_load_from_file_and_sizes(tmp_path):
         ('[[layer]]\nname = "a"\nskip = "yes"', "skip must be true or false"),
         ('[[layer]]\nname = "a"\nskip = true\nbits = 4', "skip = true leaves the layer float"),
         ('[[layer]]\nname = "a"\nblock_size = 0', "block_size must be an integer >= 2"),
-        ('[[layer]]\nname = "a"\nrounding = "stochastic"', "unknown rounding 'stochastic' \\(known: nearest, gptq\\)"),
+        (
+            '[[layer]]\nname = "a"\nrounding = "stochastic"',
+            "unknown rounding 'stochastic' \\(known: nearest, gptq, auto\\)",
+        ),
         ('[[layer]]\nname = "a"\nskip = true\nrounding = "gptq"', "skip = true leaves the layer float"),
         ('[[layer]]\nname = ""\nbits = 4', "name must be a non-empty string"),
         ("avg_bits = 4\nmax_size = 100", "avg_bits or max_size, not both"),

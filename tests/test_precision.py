@@ -94,12 +94,20 @@ def test_max_size_of_a_uniform_file_admits_that_file(tmp_path):
 def test_uniform_alternative_is_the_uniform_model_even_where_smoothing_was_chosen(tmp_path, monkeypatch):
     """Under a budget the held-out check measures every weight at the uniform bits that fit: on the CNN at W4A8,
     where pass 2 smooths the classifier's input for the mixed model, that alternative takes the smoothing back
-    and is exactly what --weights int4 writes."""
+    and is exactly what --weights int4 writes when a policy gives every layer 4 bits (no weight kept at 8)."""
     monkeypatch.setattr(onnxbc.candidates, "MARGIN", float("inf"))  # measured to the end, though it cannot win
     mixed = run(FASHION, tmp_path / "m.onnx", FASHION_DATA, samples=256, avg_bits=4.5, bias_correction="none")
     assert any(s["chosen"] != "none" for s in mixed.smoothing.values())
+    strict = tmp_path / "strict.toml"
+    strict.write_text('[[layer]]\npattern = ".*"\nbits = 4\n')
     uniform = run(
-        FASHION, tmp_path / "u.onnx", FASHION_DATA, samples=256, weights=WeightType.INT4, bias_correction="none"
+        FASHION,
+        tmp_path / "u.onnx",
+        FASHION_DATA,
+        samples=256,
+        weights=WeightType.INT4,
+        bias_correction="none",
+        policy=strict,
     )
     assert mixed.outputs["uniform_int4"]["logits"]["rel_mse"] == pytest.approx(
         uniform.outputs["without_compensation"]["logits"]["rel_mse"], rel=1e-6
@@ -345,9 +353,11 @@ def test_block_candidates_buy_finer_scales_within_the_file_budget(tmp_path):
 
 def test_int2_weights_are_packed_at_opset_25(tmp_path):
     sizes = {}
+    strict = tmp_path / "strict.toml"  # every weight at 2 bits (none kept at 8)
+    strict.write_text('[[layer]]\npattern = ".*"\nbits = 2\n')
     for opset in (21, 25):
         out = tmp_path / f"m{opset}.onnx"
-        rep = run(FASHION, out, FASHION_DATA, weights=WeightType.INT2, opset=opset, **WEIGHT_ONLY)
+        rep = run(FASHION, out, FASHION_DATA, weights=WeightType.INT2, opset=opset, policy=strict, **WEIGHT_ONLY)
         assert {r.weight["stored_bits"] for r in rep.layers if r.weight} == {4 if opset == 21 else 2}
         x = np.load(FASHION_DATA)
         model = onnx.load(out)

@@ -15,7 +15,7 @@ import onnxbc
 from onnxbc import sensitivity
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
-from onnxbc.options import ActivationType, CompressOptions, DataOptions
+from onnxbc.options import ActivationType, CompressOptions, DataOptions, Rounding
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = ROOT / "models" / "fashion_cnn.onnx"
@@ -113,7 +113,9 @@ def test_measured_prices_give_the_bits_to_the_weight_the_output_feels(tmp_path):
 
 def test_summed_measured_prices_predict_the_output_error(tmp_path):
     """The allocation's summed measured prices against the written model's held-out output error (weight-only,
-    no compensation): within 30 %. And the model they choose has less error than the closed-form choice."""
+    no compensation, rounding to nearest): within 30 %. And the model they choose has less error than the
+    closed-form choice. (With GPTQ tried, the classifier is priced on its full input covariance, and there the
+    closed form chooses as well.)"""
     reports = {}
     for measured in (True, False):
         options = CompressOptions(
@@ -122,6 +124,7 @@ def test_summed_measured_prices_predict_the_output_error(tmp_path):
             bias_correction="none",
             price_compensated=False,
             price_measured=measured,
+            rounding=Rounding.NEAREST,
         )
         path = tmp_path / f"{measured}.onnx"
         reports[measured] = onnxbc.compress(FASHION, path, data=DataOptions(FASHION_DATA, samples=256), options=options)

@@ -321,3 +321,48 @@ def _knapsack(
         chosen[i] = k
         g -= math.ceil(costs[i][k] / unit)
     return chosen if sum(costs[i][k] for i, k in enumerate(chosen)) <= budget else None
+
+
+def upgrade_ratios(layers: Sequence[LayerChoices], low: Mapping[str, int], high: Mapping[str, int]) -> dict[str, float]:
+    """Per layer whose ``high`` option costs more and errs less than its ``low`` one: the error it saves per unit
+    of extra cost, over the whole model's error per unit of cost at ``low`` (``keep_at_8``)."""
+    total_cost = sum(layer.options[low[layer.name]].size for layer in layers)
+    total_error = math.fsum(layer.options[low[layer.name]].error for layer in layers)
+    if total_cost <= 0 or total_error <= 0:
+        return {}
+    ratios = {}
+    for layer in layers:
+        a, b = layer.options[low[layer.name]], layer.options[high[layer.name]]
+        if b.size > a.size and a.error > b.error:
+            ratios[layer.name] = (a.error - b.error) / (b.size - a.size) / (total_error / total_cost)
+    return ratios
+
+
+def keep_at_8(
+    layers: Sequence[LayerChoices],
+    low: Mapping[str, int],
+    high: Mapping[str, int],
+    max_extra: float,
+    min_ratio: float,
+) -> dict[str, float]:
+    """The layers worth moving from their ``low`` option to their ``high`` one (8 bits), with their ratios.
+
+    With ``e`` the error and ``c`` the cost of an option, layer ``l`` saves ``e_low - e_high`` for
+    ``c_high - c_low`` more; its ratio is that error per unit of cost over the whole model's at ``low``,
+    ``sum e_low / sum c_low``. Layers move in decreasing ratio while it is at least ``min_ratio``, each one
+    whose extra cost keeps the total extra within ``max_extra`` times ``sum c_low`` (a larger one is passed
+    over). A model whose layers all cost about their share of the error keeps every layer at ``low``.
+    """
+    total_cost = sum(layer.options[low[layer.name]].size for layer in layers)
+    ratios = upgrade_ratios(layers, low, high)
+    kept, extra = {}, 0
+    by_name = {layer.name: layer for layer in layers}
+    for name in sorted(ratios, key=ratios.get, reverse=True):
+        cost = by_name[name].options[high[name]].size - by_name[name].options[low[name]].size
+        if ratios[name] < min_ratio:
+            break
+        if extra + cost > max_extra * total_cost:
+            continue
+        kept[name] = ratios[name]
+        extra += cost
+    return kept
