@@ -313,7 +313,8 @@ def compress(
         bool | None,
         typer.Option(
             help="Store Conv/Gemm biases as int32 codes round(b / (s_x * s_w)) with a DequantizeLinear, "
-            "as ONNX Runtime's integer kernels take them (compensation is folded in first). "
+            "as ONNX Runtime's integer kernels take them (compensation is folded in first); a MatMul and its "
+            "bias Add become a Gemm with such a bias. "
             "Default: on for --target onnxruntime with int8 activations, off otherwise.",
             show_default=False,
         ),

@@ -364,7 +364,8 @@ class CompressOptions:
     device: Device = _option(Device.AUTO, _R, "--device", data_free=False)  # data-free never runs the model
     target: Target = _option(Target.ONNXRUNTIME, _R, "--target", data_free=True)
     opset: int | None = _option(None, _R, "--opset", data_free=True)
-    # Conv/Gemm biases as int32 codes + DequantizeLinear (passes.bias_int32); None: on for --target onnxruntime
+    # Conv/Gemm biases (and MatMul + bias Add, as a Gemm) as int32 codes + DequantizeLinear (passes.bias_int32);
+    # None: on for --target onnxruntime
     # with int8 activations (its integer kernels take them), off otherwise
     int32_bias: bool | None = _option(
         None, _R, "--int32-bias/--no-int32-bias", data_free=False, by_mode={False: None, True: False}

@@ -16,7 +16,9 @@ the float model. So for this target:
    pairs around those ops and runs them on the codes). A site that is itself a layer input is read quantized
    by every reader. Elsewhere the site gets a quantizer of its own from its pass-1 histogram, with a
    min-max range (``Placement._own``), except after a MatMul: ONNX Runtime fuses ``DQ -> MatMul`` without an output Q
-   (MatMulIntegerToFloat, with the bias Add after it) and an extra rounding would only cost accuracy.
+   (MatMulIntegerToFloat) and an extra rounding would only cost accuracy. A MatMul followed by a bias Add is
+   written as a Gemm with int32 bias codes (``passes.bias_int32`` rule 3, ``--int32-bias``): QGemm with a float
+   output adds the bias in its kernel, where MatMulIntegerToFloat leaves a float Add over the whole output.
 3. Every reader of a site reads the dequantized tensor (a graph output stays float); weight quantizers carry
    an explicit zero point of 0 (ONNX Runtime's QGemm fusion needs it); biases become int32 codes
    (``--int32-bias``, on by default for this target).
@@ -118,7 +120,7 @@ def find_sites(targets: Targets, uses: dict[str, list[tuple[Layer, int]]], optio
     if options.activations is not ActivationType.INT8:
         return None
     if options.target is Target.ONNXRUNTIME:
-        return Sites(output_sites(targets, uses), [])
+        return Sites(output_sites(targets, uses, int32_bias=bool(options.int32_bias)), [])
     return Sites({}, residual_sites(targets))
 
 
@@ -138,9 +140,12 @@ def residual_sites(targets: Targets) -> list[ResidualSite]:
     return sites
 
 
-def output_sites(targets: Targets, uses: dict[str, list[tuple[Layer, int]]]) -> dict[str, OutputSite]:
+def output_sites(
+    targets: Targets, uses: dict[str, list[tuple[Layer, int]]], *, int32_bias: bool = True
+) -> dict[str, OutputSite]:
     """Each layer's output site (rules 1 and 2 of the module docstring), before anything is decided; a layer
-    that cannot be an integer kernel whatever is decided gets a site with only the reason."""
+    that cannot be an integer kernel whatever is decided gets a site with only the reason. ``int32_bias``: a
+    MatMul and its bias Add will be written as a Gemm with int32 bias codes (``passes.bias_int32``)."""
     sites = {}
     for t in targets.targets:
         if t.in_subgraph or t.op not in LAYERS:
@@ -151,7 +156,7 @@ def output_sites(targets: Targets, uses: dict[str, list[tuple[Layer, int]]]) -> 
             if not value.is_graph_output():
                 value = readers[0].node.outputs[0]
         reaches = _reach(value, uses)
-        reason = _never_fused(t, value, reaches)
+        reason = _never_fused(t, value, reaches, int32_bias)
         if reason is not None:
             sites[t.name] = OutputSite(t.name, None, reason=reason)
         elif t.op != "MatMul" or reaches is not None:
@@ -159,7 +164,7 @@ def output_sites(targets: Targets, uses: dict[str, list[tuple[Layer, int]]]) -> 
     return sites
 
 
-def _never_fused(t: Layer, value: ir.Value, reaches: str | None) -> str | None:
+def _never_fused(t: Layer, value: ir.Value, reaches: str | None, int32_bias: bool) -> str | None:
     """Why ONNX Runtime cannot run ``t`` as an integer kernel whatever the plan (None: it may)."""
     if value.is_graph_output() or value.name is None:
         return f"its output '{value.name}' is a graph output, kept float"
@@ -172,15 +177,19 @@ def _never_fused(t: Layer, value: ir.Value, reaches: str | None) -> str | None:
         alpha, beta = (t.node.attributes.get_float(a, 1.0) for a in ("alpha", "beta"))
         if (alpha, beta) != (1.0, 1.0):
             return f"Gemm alpha {alpha:g}, beta {beta:g}: its bias cannot be the int32 codes the kernel adds"
-    if t.op == "MatMul" and reaches is None and _rank(t.node.inputs[0]) == 2:
+    if t.op == "MatMul" and reaches is None and _merged_into_gemm(t.node.inputs[0]) and not int32_bias:
         readers = t.node.outputs[0].uses()
         if len(readers) == 1 and readers[0].node.op_type == "Add":
-            return "ONNX Runtime merges this 2-D MatMul and its bias Add into a Gemm with a float bias"
+            return "ONNX Runtime merges this MatMul and its bias Add into a Gemm with a float bias (--no-int32-bias)"
     return None
 
 
-def _rank(value: ir.Value | None) -> int | None:
-    return len(value.shape) if value is not None and value.shape is not None else None
+def _merged_into_gemm(x: ir.Value | None) -> bool:
+    """ONNX Runtime's MatMulAddFusion turns a MatMul reading ``x`` and its bias Add into a Gemm: ``x`` is 2-D, or
+    of a static shape (it reshapes to 2-D)."""
+    if x is None or x.shape is None:
+        return False
+    return len(x.shape) == 2 or all(isinstance(d, int) for d in x.shape)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -204,3 +204,164 @@ def test_compress_prints_how_many_layers_onnx_runtime_fuses(tmp_path):
     assert "ONNX Runtime (CPU) runs 4 of 4 quantized layers as integer kernels" in out
     tensorrt = subprocess.run([*command, "--target", "tensorrt", "--force"], capture_output=True, text=True, check=True)
     assert "integer kernels" not in tensorrt.stdout  # no audit for TensorRT
+
+
+# --- MatMul + bias Add as a Gemm with an int32 bias (passes.bias_int32, rule 3) --------------------------------
+
+
+def _linear_qdq(x_shape: list | None, bias_first: bool, shared: bool) -> ir.Model:
+    """x -> MatMul 'fc' (W [8, 5]) -> Add(bias) -> y, as exporters write a Linear layer, quantized with a
+    hand-made plan (per-column int8 W, uint8 x with zero point 128); ``shared``: a second one, 'fc2', reads
+    the same dequantized x (Q/K/V projections); ``x_shape`` None: x is [N, T, 8] but no value inside the graph has
+    a known shape (shape inference gave up, as on PP-OCR's recognizer)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxbc.passes.qdq import InsertQDQPass
+    from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
+    from onnxbc.solvers.quant import INT8, Granularity, quantize, weight_scale
+
+    rng = np.random.default_rng(3)
+    unknown, x_shape = x_shape is None, x_shape or ["N", "T", 8]
+    layers = ["fc", "fc2"] if shared else ["fc"]
+    nodes, inits, outputs = [], [], []
+    for name in layers:
+        inits += [
+            numpy_helper.from_array((rng.standard_normal((8, 5)) * 0.3).astype(np.float32), f"{name}.w"),
+            numpy_helper.from_array((rng.standard_normal(5) * 0.5).astype(np.float32), f"{name}.b"),
+        ]
+        bias = [f"{name}.b", f"{name}_mm"] if bias_first else [f"{name}_mm", f"{name}.b"]
+        nodes += [
+            helper.make_node("MatMul", ["x", f"{name}.w"], [f"{name}_mm"], name=name),
+            helper.make_node("Add", bias, [f"{name}_y"], name=f"{name}_bias"),
+        ]
+        outputs.append(helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [*x_shape[:-1], 5]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+    graph = helper.make_graph(nodes, "linear", [x], outputs, inits)
+    # Opset 19: onnx.reference's lowest DequantizeLinear.
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+    model = ir.serde.deserialize_model(proto)
+    plan = QuantPlan(weight_zero_points=True)
+    for name in layers:
+        w = inits[layers.index(name) * 2]
+        values, gran = numpy_helper.to_array(w), Granularity(1)
+        s = weight_scale(values, INT8, gran, "minmax")
+        plan.weights[w.name] = WeightQuant(w.name, quantize(values, s, INT8, gran), s, gran, 8, "minmax")
+        plan.activation_uses.setdefault("x", []).append((name, 0))
+    plan.activations["x"] = ActivationQuant("x", 0.02, 128, np.dtype(np.uint8), 2.54, "fixed")
+    InsertQDQPass(plan)(model)
+    for value in (v for node in model.graph for v in node.outputs if unknown and not v.is_graph_output()):
+        value.shape = None
+    return model
+
+
+def _run_exact(model: ir.Model, feeds: dict) -> list[np.ndarray]:
+    """ONNX Runtime with every graph optimization off (the graph as written), and onnx.reference."""
+    import onnx
+    import onnx.reference
+    import onnxruntime as ort
+
+    from onnxbc import model_io
+
+    proto = model_io.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    runtime = session.run(None, feeds)
+    reference = onnx.reference.ReferenceEvaluator(proto).run(None, feeds)
+    for a, b in zip(runtime, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    return runtime
+
+
+@pytest.mark.parametrize(
+    "x_shape",
+    [["N", 8], ["N", 6, 8], ["N", "T", 8], [2, 3, 6, 8], None],
+    ids=["rank2", "one_dynamic", "two_dynamic", "rank4_static", "unknown_rank"],
+)
+@pytest.mark.parametrize("bias_first", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
+def test_matmul_and_bias_add_become_a_gemm_with_int32_bias(x_shape, bias_first, shared):
+    """Rule 3: exact up to half an int32 bias step, and ONNX Runtime runs QGemm (bias in the kernel) with no float
+    Add left, where it ran MatMulIntegerToFloat and a float Add over the whole output (a float Gemm on 2-D input)."""
+    from onnxbc.passes.bias_int32 import QuantizeBiasPass
+
+    before = _linear_qdq(x_shape, bias_first, shared)
+    after = _linear_qdq(x_shape, bias_first, shared)
+    result = QuantizeBiasPass()(after)
+    layers = ["fc", "fc2"] if shared else ["fc"]
+    assert set(result.sites) == set(layers)
+    assert all(result.sites[n].startswith(f"MatMul + Add '{n}_bias' as a Gemm, C int32") for n in layers)
+    ops = [n.op_type for n in after.graph]
+    assert ops.count("MatMul") == 0 and ops.count("Add") == 0 and ops.count("Gemm") == len(layers)
+    # Rank other than 2: one Reshape of the codes (shared by the layers) and one back per layer.
+    rank2 = x_shape is not None and len(x_shape) == 2
+    assert ops.count("Reshape") == (0 if rank2 else 1 + len(layers))
+    runtime_shape = x_shape is None or x_shape[1] == "T"  # the leading dimensions read by Shape, Slice
+    assert ops.count("Shape") == ops.count("Slice") == (len(layers) if runtime_shape else 0)
+    assert ops.count("QuantizeLinear") == 1  # the layers still share one quantizer
+
+    dims = [d if isinstance(d, int) else 3 for d in x_shape or [2, 3, 8]]
+    feeds = {"x": np.random.default_rng(0).standard_normal(dims).astype(np.float32)}
+    for name, want, got in zip(layers, _run_exact(before, feeds), _run_exact(after, feeds)):
+        gemm = next(n for n in after.graph if n.name == name)
+        step = gemm.inputs[2].producer().inputs[1].const_value.numpy().astype(np.float64)
+        assert got.shape == want.shape
+        assert np.all(np.abs(got - want) <= 0.5 * step + 1e-5 * (1 + np.abs(want))), name
+
+    audit = fusion.audit(after).by_layer()
+    assert {audit[n]["ort_op"] for n in layers} == {"QGemm"} and {audit[n]["status"] for n in layers} == {"fused"}
+    # Before: MatMulIntegerToFloat and a float Add; where ONNX Runtime could merge them (2-D or static input: its
+    # MatMulAddFusion), a float Gemm on the dequantized weight.
+    static = rank2 or (x_shape is not None and all(isinstance(d, int) for d in x_shape))
+    expected = "Gemm" if static else "MatMulIntegerToFloat"
+    assert {fusion.audit(before).by_layer()[n]["ort_op"] for n in layers} == {expected}
+
+
+@pytest.mark.parametrize("case", ["float_input", "graph_output", "bias_shape", "no_weight_zero_point"])
+def test_matmul_bias_add_left_alone_says_why(case):
+    """Rule 3 leaves the MatMul and its Add where it cannot merge them exactly, with the reason."""
+    from onnxbc.passes.bias_int32 import QuantizeBiasPass
+
+    model = _linear_qdq(["N", "T", 8], False, False)
+    nodes = {n.name: n for n in model.graph}
+    fc, add = nodes["fc"], nodes["fc_bias"]
+    if case == "float_input":
+        fc.replace_input_with(0, model.graph.inputs[0])
+    elif case == "graph_output":
+        model.graph.outputs.append(fc.outputs[0])
+    elif case == "bias_shape":
+        bias = add.inputs[1]
+        bias.const_value = ir.tensor(np.ones((1, 5), np.float32), name=bias.name)
+    elif case == "no_weight_zero_point":  # ONNX Runtime would run a float Gemm on it
+        fc.inputs[1].producer().resize_inputs(2)
+    result = QuantizeBiasPass()(model)
+    assert "fc" not in result.sites and [n.op_type for n in model.graph].count("Gemm") == 0
+    expected = {
+        "float_input": "is not dequantized with a constant scale",
+        "graph_output": "is a graph output",
+        "bias_shape": "has shape [1, 5], not [5]",
+        "no_weight_zero_point": "has no zero point, which ONNX Runtime's QGemm fusion needs",
+    }[case]
+    assert expected in result.skipped["fc"], result.skipped["fc"]
+
+
+@pytest.mark.parametrize("name", ["matmul_add", "gelu_mlp", "attention"])
+def test_transformer_linear_layers_run_as_qgemm_with_their_bias(name, tmp_path):
+    """compress for --target onnxruntime: every Linear layer (MatMul + bias Add) is a QGemm that adds its int32 bias
+    in ONNX Runtime's optimized graph (no MatMulIntegerToFloat and float bias Add left)."""
+    import onnx
+    import onnxruntime as ort
+
+    result = _compress(name, tmp_path)
+    records = {r["name"]: r for r in result.report.to_dict()["layers"]}
+    audit = fusion.audit(ir.load(result.output)).by_layer()
+    linear = [n for n, r in records.items() if any("MatMul + Add" in x for x in r["notes"])]
+    assert linear and all(audit[n]["ort_op"] == "QGemm" for n in linear), {n: audit[n] for n in linear}
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(result.output), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath).graph.node
+    qgemms = [n for n in optimized if n.op_type == "QGemm"]
+    assert len(qgemms) == len(linear) and all(len(n.input) > 6 and n.input[6] for n in qgemms)  # C: the bias
+    assert not any(n.op_type == "MatMulIntegerToFloat" for n in optimized)
