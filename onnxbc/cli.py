@@ -324,6 +324,14 @@ def compress(
     ] = Device.AUTO,
     target: Annotated[Target, typer.Option(help="Runtime whose rules the output follows.")] = Target.ONNXRUNTIME,
     opset: Annotated[int | None, typer.Option(help="Raise the model to at least this opset.")] = None,
+    segments: Annotated[
+        int,
+        typer.Option(
+            help="Cut each calibration graph into up to N segments at boundaries few tensors cross (between "
+            "transformer blocks, CNN stages) and run them one after another, so that only one segment's weights "
+            "and activations are in memory at a time; the statistics are the same. 1: the whole graph at once.",
+        ),
+    ] = 1,
     report: Annotated[
         Path | None, typer.Option(help="Report JSON path. Default: next to the output, OUTPUT.report.json.")
     ] = None,
@@ -351,6 +359,7 @@ def compress(
             device=device,
             target=target,
             opset=opset,
+            segments=segments,
             data_free=data_free,
             next_weights=next_weights,
             avg_bits=avg_bits,

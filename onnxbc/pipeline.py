@@ -182,7 +182,16 @@ def _open(run: Run, working: ir.Model, data: DataOptions, options: CompressOptio
         rep.warnings.append("no held-out samples: errors and the compensation decision use the calibration samples")
     overrides, policy_warnings = precision.resolve(options, policy, targets)
     rep.warnings.extend(policy_warnings)
-    return _Job(run, working, targets, calib, SessionFactory(options.device), options, policy, overrides)
+    return _Job(
+        run,
+        working,
+        targets,
+        calib,
+        SessionFactory(options.device, segments=options.segments),
+        options,
+        policy,
+        overrides,
+    )
 
 
 def _first_pass(job: _Job) -> _Statistics:

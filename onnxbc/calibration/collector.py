@@ -10,22 +10,39 @@ directory.
 
 Fetched tensors (whole activations, for histograms) can be large: the collector runs one sample first,
 and splits batches so that one run fetches at most ``FETCH_BUDGET_BYTES``.
+
+With ``segments=N`` the copy is cut into up to N consecutive segments (``calibration.segments``) that run one
+after another over all batches, each in its own session, so that only one segment's weights are loaded at a
+time. The tensors a segment passes to later ones are kept per run, in memory up to ``BOUNDARY_MEMORY_BYTES``
+and in ``.npy`` files in a private temporary folder beyond that, each dropped after the last segment that
+reads it. A probe is updated when the last segment producing one of its values runs; its values from earlier
+segments wait with the boundary tensors (they are in-graph reductions, small, except for a histogram's whole
+activation, which the cut finder keeps from splitting by counting it as crossing). Batches are split into the
+same runs as the whole graph's (every fetched value counts against the budget, whichever segment makes it; the
+boundary tensors do not), measured with one sample through every segment before the first batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from onnxbc.calibration import segments as cutting
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
+from onnxbc.errors import OnnxbcError, one_line
 from onnxbc.passes.graph_utils import GraphBuilder
 
 FETCH_BUDGET_BYTES = 512 * 2**20
+BOUNDARY_MEMORY_BYTES = 1 * 2**30  # boundary tensors held in memory, in all; more go to temporary files
 
 
 class Probe(Protocol):
@@ -44,11 +61,14 @@ def collect(
     *,
     splits: Sequence[str] = ("fit",),
     advance: Callable[[], None] = lambda: None,
+    segments: int | None = None,
 ) -> None:
-    """Run ``model`` with every probe attached over the batches of ``splits``."""
+    """Run ``model`` with every probe attached over the batches of ``splits``, calling ``advance`` once per
+    batch; with ``segments`` (default: ``sessions.segments``) at least 2, segment by segment."""
     if not probes:
         return
     calib = model.clone()
+    original = list(calib.graph)
     builder = GraphBuilder(calib)
     wanted: list[list[ir.Value]] = [probe.attach(builder) for probe in probes]
     fetch: dict[str, ir.Value] = {}
@@ -56,6 +76,15 @@ def collect(
         fetch.update((v.name, v) for v in values if v.name not in fetch)
     calib.graph.outputs[:] = list(fetch.values())  # ONNX Runtime runs every node of a graph, fetched or not:
     RemoveUnusedNodesPass()(calib)  # so the copy keeps only what the probes read
+    segments = sessions.segments if segments is None else segments
+    if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
+        kept = set(original)
+        nodes = cutting.order(list(calib.graph), [n for n in calib.graph if n not in kept])
+        cuts = cutting.find_cuts(nodes, segments, wanted)
+        parts = cutting.split(calib, nodes, cuts, list(fetch.values()))
+        names = [[v.name for v in values] for values in wanted]
+        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance)
+        return
     session = sessions.create(calib)
     names = list(fetch)
     position = {name: i for i, name in enumerate(names)}
@@ -70,6 +99,170 @@ def collect(
                 for probe, idx in zip(probes, index):
                     probe.update([arrays[i] for i in idx], split)
             advance()
+
+
+def _run_segments(
+    parts: list[cutting.Segment],
+    probes: Sequence[Probe],
+    names: list[list[str]],
+    fetch: dict[str, ir.Value],
+    data: CalibrationData,
+    sessions: SessionFactory,
+    splits: Sequence[str],
+    advance: Callable[[], None],
+) -> None:
+    """Each segment over every run of ``splits``, in turn; its boundary tensors kept for the later ones."""
+    made = {name: k for k, part in enumerate(parts) for name in part.outputs}
+    home = [max((made.get(n, 0) for n in probe_names), default=0) for probe_names in names]
+    last: dict[str, int] = {}  # what a segment passes on -> the last segment that needs it
+    for k, part in enumerate(parts):
+        for name in part.inputs:
+            if name in made:
+                last[name] = k
+    for probe_names, k in zip(names, home):
+        for name in probe_names:
+            if made.get(name, k) < k:
+                last[name] = max(last.get(name, 0), k)
+    constants = {v.name: v.const_value.numpy() for v in fetch.values() if v.is_initializer()}
+    where = [
+        f"calibration segment {k + 1} of {len(parts)} (nodes '{p.first}' to '{p.last}')" for k, p in enumerate(parts)
+    ]
+    step = _samples_per_segment_run(parts, data, splits, sessions, constants, list(fetch), where) if data.batched else 0
+    boundaries = _Boundaries()
+    tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
+    try:
+        for k, part in enumerate(parts):
+            session = _session(part, sessions, boundaries.dtypes, where[k])
+            keep = [n for n in part.outputs if n in last]
+            done = [n for n, end in last.items() if end == k]
+            mine = [(probe, probe_names) for probe, probe_names, h in zip(probes, names, home) if h == k]
+            for split in splits:
+                for b, feeds in enumerate(data.batches(split)):
+                    for j, run in enumerate(_split(feeds, step)):
+                        key = (split, b, j)
+                        known = {**constants, **run, **boundaries.get(key)}
+                        known.update(zip(part.outputs, _run(session, part, known, where[k])))
+                        boundaries.put(key, {n: known[n] for n in keep})
+                        for probe, probe_names in mine:
+                            probe.update([known[n] for n in probe_names], split)
+                        boundaries.drop(key, done)
+                        del known  # ONNX Runtime's outputs keep their session's memory arena alive
+                    tick()
+            del session  # before the next segment's session is made
+    finally:
+        boundaries.close()
+
+
+def _spread(advance: Callable[[], None], calls: int, per_call: int) -> Callable[[], None]:
+    """A step that calls ``advance`` once every ``per_call`` steps (rounded), ``calls`` times over ``calls *
+    per_call`` steps: the progress of each batch through all segments counts as one batch."""
+    steps = done = 0
+
+    def tick() -> None:
+        nonlocal steps, done
+        steps += 1
+        while done < calls and done < steps // per_call:
+            advance()
+            done += 1
+
+    return tick
+
+
+def _samples_per_segment_run(
+    parts: list[cutting.Segment],
+    data: CalibrationData,
+    splits: Sequence[str],
+    sessions: SessionFactory,
+    known: dict[str, np.ndarray],
+    fetched: list[str],
+    where: list[str],
+) -> int:
+    """``_samples_per_run`` of the whole graph, so that segments make the same runs (histogram bins follow the
+    runs): one sample of the first batch through every segment first, one session at a time (so each session
+    is made twice). ``known``: the fetched constants."""
+    feeds = next((f for split in splits for f in data.batches(split)), None)
+    if feeds is None:
+        return 0
+    known = {**known, **{k: v[:1] for k, v in feeds.items()}}
+    for part, at in zip(parts, where):
+        session = _session(part, sessions, {n: a.dtype for n, a in known.items()}, at)
+        # copies: ONNX Runtime's outputs keep their session's memory arena alive
+        known.update((n, np.array(a)) for n, a in zip(part.outputs, _run(session, part, known, at)))
+        del session
+    return max(1, FETCH_BUDGET_BYTES // max(sum(known[n].nbytes for n in fetched), 1))
+
+
+def _session(part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str):
+    """The segment's session; boundary inputs whose type the model does not declare take the arrays' dtypes."""
+    for v in part.model.graph.inputs:
+        if v.type is None and v.name in dtypes:
+            v.type = ir.TensorType(ir.DataType.from_numpy(dtypes[v.name]))
+    try:
+        return sessions.create(part.model)
+    except Exception as e:
+        raise OnnxbcError(f"{where} cannot be made: {one_line(e)}") from e
+
+
+def _run(session, part: cutting.Segment, known: dict[str, np.ndarray], where: str) -> list[np.ndarray]:
+    try:
+        return session.run(part.outputs, {n: known[n] for n in part.inputs})
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise OnnxbcError(f"{where} failed to run: {one_line(e)}") from e
+
+
+class _Boundaries:
+    """Arrays kept per run between segments: in memory up to ``BOUNDARY_MEMORY_BYTES`` in all, in ``.npy``
+    files in a private temporary folder (made when first needed, removed by ``close()`` or when collected)
+    beyond that, read back memory-mapped."""
+
+    def __init__(self) -> None:
+        self._held: dict[Hashable, dict[str, np.ndarray | Path]] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+        self._bytes = 0
+        self._folder: Path | None = None
+        self._files = 0
+        self._remove: weakref.finalize | None = None
+
+    def put(self, key: Hashable, arrays: dict[str, np.ndarray]) -> None:
+        held = self._held.setdefault(key, {})
+        for name, array in arrays.items():
+            self.dtypes.setdefault(name, array.dtype)
+            if self._bytes + array.nbytes <= BOUNDARY_MEMORY_BYTES:
+                # a copy: ONNX Runtime's outputs keep their session's memory arena alive
+                held[name] = np.array(array)
+                self._bytes += array.nbytes
+            else:
+                held[name] = self._write(array)
+
+    def get(self, key: Hashable) -> dict[str, np.ndarray]:
+        held = self._held.get(key, {})
+        return {n: np.load(a, mmap_mode="r") if isinstance(a, Path) else a for n, a in held.items()}
+
+    def drop(self, key: Hashable, names: Sequence[str]) -> None:
+        held = self._held.get(key, {})
+        for name in names:
+            a = held.pop(name, None)
+            if isinstance(a, Path):
+                a.unlink()
+            elif a is not None:
+                self._bytes -= a.nbytes
+        if not held:
+            self._held.pop(key, None)
+
+    def close(self) -> None:
+        """Forget every array and remove the folder (idempotent)."""
+        self._held, self._bytes = {}, 0
+        if self._remove is not None:
+            self._remove()
+
+    def _write(self, array: np.ndarray) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="onnxbc-segments-"))
+            self._remove = weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+        path = self._folder / f"{self._files:06d}.npy"
+        self._files += 1
+        np.save(path, array, allow_pickle=False)
+        return path
 
 
 def _samples_per_run(session, names: list[str], feeds: dict[str, np.ndarray]) -> int:

@@ -37,11 +37,13 @@ CPU = "CPUExecutionProvider"
 
 class SessionFactory:
     """Creates sessions for ``device`` and remembers which provider really ran (``self.provider``);
-    ``threads`` sets ONNX Runtime's intra-op threads (0: its default)."""
+    ``threads`` sets ONNX Runtime's intra-op threads (0: its default); ``segments``: how many consecutive
+    segments the collector may cut a calibration graph into, each run in a session of its own (1: whole)."""
 
-    def __init__(self, device: Device = Device.AUTO, *, threads: int = 0) -> None:
+    def __init__(self, device: Device = Device.AUTO, *, threads: int = 0, segments: int = 1) -> None:
         self.device = device
         self.threads = threads
+        self.segments = segments
         self.provider: str | None = None
         if device is Device.CUDA and CUDA not in ort.get_available_providers():
             raise OnnxbcError(

@@ -1,0 +1,232 @@
+"""Cutting a calibration graph into consecutive segments that run one after another, each in its own session.
+
+One ONNX Runtime session of a whole instrumented graph holds every weight (and every shadow) at once. Cut into
+segments, only one segment's weights are loaded at a time; what flows from one segment to later ones (the
+*boundary* tensors) is kept per batch by the collector.
+
+1. ``order``: the nodes in the order to cut, with each node a probe added placed right after the last node it
+   reads (a probe may append its reductions at the end of the graph; left there, the tensor it reduces would
+   cross every later cut).
+2. ``find_cuts``: the fewest segments (at most N) that each read at most ``1 + SLACK`` times an even share of
+   the weight bytes (or of the heaviest node: a 47 MB embedding table in a 90 MB model makes two segments), and
+   among those the cuts crossed by the fewest bytes (a dynamic program over cut positions, linear in the number of
+   nodes). Weights are initializer bytes, each counted at its first reader (node counts when there are no
+   weights). A tensor crosses a cut when a node before it produces the tensor and a node after it reads it;
+   graph inputs and initializers never cross (every segment reads them directly). So a chain of blocks is cut
+   between blocks and a residual block is not cut along its branch, where its skip tensor crosses too. Values
+   one probe fetches together count as read by the last of their producers: a probe split across a cut makes
+   its earlier values wait for the later ones.
+3. ``split``: one model per segment, holding its own nodes and the initializers they read (the tensors are
+   shared, not copied). Its inputs are the graph inputs and the boundary tensors it reads; its outputs are the
+   fetched values it produces and the boundary tensors later segments read.
+
+Limits: sizes are estimated from the value shapes the model declares, each symbolic dimension taken as
+``SYMBOLIC_DIM``; a crossing value of unknown shape counts as the largest known one. An initializer read by
+several segments is loaded by each.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+
+import onnx_ir as ir
+
+SYMBOLIC_DIM = 64  # the size a dimension named at run time (batch, sequence) is guessed to have
+SLACK = 0.25  # how much more than an even share of the weights a segment may read
+
+
+@dataclasses.dataclass
+class Segment:
+    """One segment's model, the names its session fetches, and its first and last node (for messages)."""
+
+    model: ir.Model
+    outputs: list[str]
+    first: str
+    last: str
+
+    @property
+    def inputs(self) -> list[str]:
+        return [v.name for v in self.model.graph.inputs]
+
+
+def order(nodes: Sequence[ir.Node], added: Sequence[ir.Node]) -> list[ir.Node]:
+    """``nodes`` (in topological order) with each node of ``added`` moved up to right after the last node it
+    reads from; one that reads no node stays after the node of the model before it."""
+    added_set = set(added)
+    anchor: dict[ir.Node, int] = {}
+    keys = {}
+    model_position = -1
+    for i, node in enumerate(nodes):
+        if node not in added_set:
+            model_position = anchor[node] = i
+            keys[node] = (i, 0, i)
+            continue
+        producers = [anchor[p] for v in _reads(node) if (p := v.producer()) in anchor]
+        anchor[node] = max(producers, default=model_position)
+        keys[node] = (anchor[node], 1, i)
+    return sorted(nodes, key=keys.__getitem__)
+
+
+def find_cuts(nodes: Sequence[ir.Node], count: int, groups: Sequence[Sequence[ir.Value]] = ()) -> list[int]:
+    """Positions in ``nodes`` (topological order) where segments 2, 3, ... start: the fewest segments (at most
+    ``count``) that each read at most ``1 + SLACK`` times an even share of the weight bytes (or of the heaviest
+    node), cut where the fewest bytes cross. ``groups`` are the values each probe fetches together."""
+    weights = _weights(nodes)
+    if sum(weights) == 0:
+        weights = [1] * len(nodes)
+    done = [0]
+    for w in weights:
+        done.append(done[-1] + w)
+    crossing = crossing_bytes(nodes, groups)
+    limit = (1 + SLACK) * max(done[-1] / count, *weights)
+    while len(cuts := _cover(done, crossing, limit)) >= count:
+        limit *= 1 + SLACK
+    return cuts
+
+
+def _cover(done: list[float], crossing: list[float], limit: float) -> list[int]:
+    """The cuts of the fewest segments reading at most ``limit`` each (``done``: weight before each position),
+    the fewest bytes crossing them among those.
+
+    ``best[p]`` is (segments, bytes crossed, previous cut) of the best cover of the first ``p`` nodes. Its last
+    segment starts at some ``q`` with ``done[p] - done[q] <= limit``: a window of ``q`` that only moves right,
+    so a deque of the window's candidates in increasing score gives each minimum in constant time."""
+
+    def score(q: int) -> tuple[int, float]:
+        return best[q][0] + 1, best[q][1] + (crossing[q] if q else 0.0)
+
+    best: list[tuple[int, float, int]] = [(0, 0.0, 0)]
+    window: collections.deque[int] = collections.deque()
+    lo = 0
+    for p in range(1, len(done)):
+        while window and score(window[-1]) >= score(p - 1):
+            window.pop()
+        window.append(p - 1)
+        while done[p] - done[lo] > limit:
+            lo += 1
+        while window[0] < lo:
+            window.popleft()
+        best.append((*score(window[0]), window[0]))
+    cuts, p = [], len(done) - 1
+    while best[p][2] > 0:
+        p = best[p][2]
+        cuts.append(p)
+    return cuts[::-1]
+
+
+def crossing_bytes(nodes: Sequence[ir.Node], groups: Sequence[Sequence[ir.Value]] = ()) -> list[float]:
+    """Estimated bytes per run of the tensors crossing a cut before ``nodes[p]``, for each ``p`` (0..len)."""
+    position = {node: i for i, node in enumerate(nodes)}
+    needed: dict[ir.Value, int] = {}  # value -> position of the last node that needs it
+    for i, node in enumerate(nodes):
+        for v in _reads(node):
+            if v.producer() in position:
+                needed[v] = i
+    for group in groups:
+        made = [v for v in group if v.producer() in position]
+        end = max((position[v.producer()] for v in made), default=0)
+        for v in made:
+            needed[v] = max(needed.get(v, 0), end)
+    sizes = {v: _size(v) for v in needed}
+    unknown = max((s for s in sizes.values() if s is not None), default=1)
+    delta = [0.0] * (len(nodes) + 2)
+    for v, end in needed.items():
+        start = position[v.producer()] + 1
+        if end >= start:
+            size = unknown if sizes[v] is None else sizes[v]
+            delta[start] += size
+            delta[end + 1] -= size
+    crossing, running = [], 0.0
+    for d in delta[:-1]:
+        running += d
+        crossing.append(running)
+    return crossing
+
+
+def split(model: ir.Model, nodes: Sequence[ir.Node], cuts: Sequence[int], fetched: Sequence[ir.Value]) -> list[Segment]:
+    """One model per segment of ``nodes`` (all of ``model``'s main graph, in topological order). The nodes move
+    into the segments' graphs: ``model`` is left empty and must not be used afterwards."""
+    main = model.graph
+    bounds = [0, *cuts, len(nodes)]
+    segment_of = {node: k for k in range(len(bounds) - 1) for node in nodes[bounds[k] : bounds[k + 1]]}
+    outer = set(main.inputs) | set(main.initializers.values())
+    later: dict[ir.Value, int] = {}  # value -> the last segment that reads it
+    for node in nodes:
+        for v in _reads(node):
+            later[v] = max(later.get(v, 0), segment_of[node])
+    wanted = set(fetched)
+    main.outputs.clear()
+    main.remove(nodes)
+    segments = []
+    for k in range(len(bounds) - 1):
+        own = nodes[bounds[k] : bounds[k + 1]]
+        inputs: list[ir.Value] = []
+        initializers: list[ir.Value] = []
+        local: dict[ir.Value, ir.Value] = {}  # a value made outside this segment -> this segment's copy of it
+        for node in own:
+            for inner in _inner(node):
+                for i, v in enumerate(inner.inputs):
+                    producer = None if v is None else v.producer()
+                    if v is None or not (v in outer if producer is None else segment_of.get(producer, k) != k):
+                        continue
+                    if v not in local:
+                        constant = v.const_value if v.is_initializer() else None
+                        shape = None if v.shape is None else v.shape.copy()
+                        local[v] = ir.Value(name=v.name, shape=shape, type=v.type, const_value=constant)
+                        (inputs if constant is None else initializers).append(local[v])
+                    inner.replace_input_with(i, local[v])
+        outputs = [v for node in own for v in node.outputs if v in wanted or later.get(v, k) > k]
+        graph = ir.Graph(
+            inputs,
+            outputs,
+            nodes=own,
+            initializers=initializers,
+            opset_imports=dict(main.opset_imports),
+            name=f"{main.name or 'main'}_segment{k + 1}",
+        )
+        sub = ir.Model(graph, ir_version=model.ir_version, functions=list(model.functions.values()))
+        segments.append(Segment(sub, [v.name for v in outputs], own[0].name, own[-1].name))
+    return segments
+
+
+def _inner(node: ir.Node) -> Iterator[ir.Node]:
+    """``node`` and every node of its subgraphs (which may read the main graph's values)."""
+    yield node
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            yield from ir.traversal.RecursiveGraphIterator(attr.value)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            for graph in attr.value:
+                yield from ir.traversal.RecursiveGraphIterator(graph)
+
+
+def _reads(node: ir.Node) -> list[ir.Value]:
+    """The values of ``node``'s graph that it reads, itself or inside its subgraphs."""
+    found = {v: None for inner in _inner(node) for v in inner.inputs if v is not None and v.graph is node.graph}
+    return list(found)
+
+
+def _weights(nodes: Sequence[ir.Node]) -> list[int]:
+    """Initializer (and ``Constant``) bytes each node reads; a shared initializer counts at its first reader."""
+    seen: set[ir.Value] = set()
+    weights = []
+    for node in nodes:
+        w = 0
+        for v in _reads(node):
+            if v.is_initializer() and v.const_value is not None and v not in seen:
+                seen.add(v)
+                w += v.const_value.nbytes
+        if node.op_type == "Constant" and "value" in node.attributes:
+            w += node.attributes["value"].value.nbytes
+        weights.append(w)
+    return weights
+
+
+def _size(value: ir.Value) -> float | None:
+    if value.shape is None or value.dtype is None:
+        return None
+    dims = [d if isinstance(d, int) else SYMBOLIC_DIM for d in value.shape]
+    return math.prod(dims) * value.dtype.itemsize

@@ -1,0 +1,444 @@
+"""Segment-wise calibration (``collect(..., segments=N)``): the graph is cut where few tensors cross, each
+segment runs in its own session over every batch, and every probe's statistics equal the whole-graph run's."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxbc.calibration import collector, segments
+from onnxbc.calibration.collector import collect
+from onnxbc.calibration.data import input_specs, open_data
+from onnxbc.calibration.probes import LayerErrorProbe, MomentsProbe, OutputPowerProbe, PairedErrorProbe, RangeProbe
+from onnxbc.calibration.session import SessionFactory
+from onnxbc.errors import OnnxbcError
+from onnxbc.options import CompressOptions, DataOptions, Device
+from onnxbc.passes.graph_utils import pair_models
+from onnxbc.plan import QuantPlan, WeightQuant
+from onnxbc.quantizers import activation_quant
+from onnxbc.solvers.quant import INT4, Granularity, quantize, weight_scale
+from onnxbc.targets import find_targets
+
+D, T = 16, 8
+RNG = np.random.default_rng(0)
+
+
+class _Graph:
+    """Nodes and initializers of one test graph, named by block."""
+
+    def __init__(self):
+        self.nodes, self.inits = [], []
+
+    def weight(self, name, shape):
+        w = (RNG.standard_normal(shape) * np.sqrt(2 / np.prod(shape[1:] if len(shape) > 2 else shape[:1]))).astype(
+            np.float32
+        )
+        self.inits.append(numpy_helper.from_array(w, name))
+        return name
+
+    def const(self, name, array):
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op, inputs, name, **attrs):
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def model(self, inputs, outputs, *, infer):
+        """The model; with ``infer``, every value typed by onnx's shape inference (else only the inputs are)."""
+        graph = helper.make_graph(self.nodes, "g", inputs, outputs, self.inits)
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+        return ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(proto) if infer else proto)
+
+
+def transformer(blocks=3):
+    """Pre-norm single-head blocks over x[N, T, D]; every block reads the graph input ``mask[N, T]`` itself.
+    Every value is typed (``resnet``'s are not: segments then type their boundary inputs from the arrays)."""
+    g = _Graph()
+    g.const("one", np.float32(1))
+    g.const("big", np.float32(-1e4))
+    g.const("axes", np.array([1], np.int64))
+    g.const("scale", np.float32(1 / np.sqrt(D)))
+    h = "x"
+    for b in range(blocks):
+        p = f"b{b}_"
+        n = g.op(
+            "LayerNormalization",
+            [h, g.const(p + "gamma", np.ones(D, np.float32)), g.const(p + "beta", np.zeros(D, np.float32))],
+            p + "ln",
+            axis=-1,
+        )
+        q, k, v = (g.op("MatMul", [n, g.weight(p + f"W{c}", (D, D))], p + c) for c in "qkv")
+        scores = g.op("MatMul", [q, g.op("Transpose", [k], p + "kt", perm=[0, 2, 1])], p + "scores")
+        scaled = g.op("Mul", [scores, "scale"], p + "scaled")
+        bias = g.op(
+            "Mul", [g.op("Sub", ["one", g.op("Unsqueeze", ["mask", "axes"], p + "m")], p + "inv"), "big"], p + "bias"
+        )
+        attn = g.op("Softmax", [g.op("Add", [scaled, bias], p + "masked")], p + "attn", axis=-1)
+        o = g.op("MatMul", [g.op("MatMul", [attn, v], p + "ctx"), g.weight(p + "Wo", (D, D))], p + "o")
+        h = g.op("Add", [h, o], p + "res1")
+        up = g.op("Relu", [g.op("MatMul", [h, g.weight(p + "W1", (D, 2 * D))], p + "up")], p + "act")
+        h = g.op("Add", [h, g.op("MatMul", [up, g.weight(p + "W2", (2 * D, D))], p + "down")], p + "out")
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, D]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", T]),
+    ]
+    return g.model(inputs, [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], infer=True)
+
+
+def resnet(stages=2, blocks=2):
+    """Stages of residual blocks (conv-relu-conv + skip, relu), a strided conv between stages; 8 channels."""
+    g = _Graph()
+    h, c = g.op("Relu", [g.op("Conv", ["x", g.weight("stem_W", (8, 3, 3, 3))], "stem", pads=[1] * 4)], "stem_relu"), 8
+    for s in range(stages):
+        for b in range(blocks):
+            p = f"s{s}b{b}_"
+            a = g.op("Relu", [g.op("Conv", [h, g.weight(p + "W1", (c, c, 3, 3))], p + "c1", pads=[1] * 4)], p + "r1")
+            y = g.op("Conv", [a, g.weight(p + "W2", (c, c, 3, 3))], p + "c2", pads=[1] * 4)
+            h = g.op("Relu", [g.op("Add", [y, h], p + "add")], p + "out")
+        if s < stages - 1:
+            h = g.op(
+                "Relu",
+                [g.op("Conv", [h, g.weight(f"down{s}_W", (c, c, 3, 3))], f"down{s}", pads=[1] * 4, strides=[2, 2])],
+                f"down{s}_relu",
+            )
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    return g.model([x], [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], infer=False)
+
+
+def _data(tmp_path, model, samples=10, batch_size=4, holdout=0.3):
+    feeds = {}
+    for spec in input_specs(model):
+        shape = (samples, *spec.shape[1:])
+        feeds[spec.name] = (
+            (RNG.random(shape) > 0.3).astype(np.float32)
+            if spec.name == "mask"
+            else RNG.standard_normal(shape).astype(np.float32)
+        )
+    np.savez(tmp_path / "d.npz", **feeds)
+    options = DataOptions(path=tmp_path / "d.npz", holdout_fraction=holdout, batch_size=batch_size)
+    return open_data(options, input_specs(model))
+
+
+def _plan(model, ranges):
+    """Int4 weights and int8 inputs (from the pass-1 histograms) for every layer."""
+    plan = QuantPlan()
+    for t in find_targets(model).targets:
+        if t.weight is not None:
+            w = t.weight.source.const_value.numpy()
+            gran = Granularity(t.weight.channel_axis)
+            s = weight_scale(w, INT4, gran, "minmax")
+            plan.weights[t.weight.source.name] = WeightQuant(
+                t.weight.source.name, quantize(w, s, INT4, gran), s, gran, 4, "minmax"
+            )
+        for i in t.activation_inputs:
+            name = t.node.inputs[i].name
+            if name in ranges:
+                plan.activations[name] = activation_quant(
+                    name, ranges[name].hist, ranges[name].dtype, CompressOptions()
+                )
+    return plan
+
+
+def _pass_one(model):
+    targets = find_targets(model).targets
+    layers = [t for t in targets if t.weight is not None]
+    inputs = {t.node.inputs[i].name for t in targets for i in t.activation_inputs}
+    ranges = [
+        RangeProbe(name, -1 if model.graph.inputs[0].shape.rank() == 3 else 1, channel_histograms=True)
+        for name in sorted(inputs)
+    ]
+    moments = [
+        MomentsProbe(t.node.inputs[0].name, D)
+        for t in layers
+        if t.op == "MatMul" and t.weight.source.const_value.shape[0] == D
+    ]
+    return ranges + moments + [OutputPowerProbe(t) for t in layers]
+
+
+def _state(probe):
+    """Every number a probe gathered, by path (its target and plan left out)."""
+    found = {}
+
+    def walk(path, x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                walk(f"{path}[{k}]", v)
+        elif hasattr(x, "__dict__") and not isinstance(x, (np.ndarray, np.dtype)):
+            for k, v in vars(x).items():
+                if k not in ("target", "plan"):
+                    walk(f"{path}.{k}", v)
+        elif isinstance(x, (np.ndarray, np.generic, int, float)):
+            found[path] = np.asarray(x)
+
+    walk("", probe)
+    return found
+
+
+def _assert_same(whole, parts):
+    for a, b in zip(whole, parts):
+        sa, sb = _state(a), _state(b)
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if np.issubdtype(sa[key].dtype, np.integer):
+                np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+            else:
+                np.testing.assert_allclose(sa[key], sb[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def _collect(model, make, data, segments=None):
+    """The probes ``make`` gives, collected; checks that each segment's session holds only its own weights."""
+    probes, factory, made = make(), SessionFactory(Device.CPU), {}
+    real = factory.create
+
+    def create(sub, **kwargs):
+        made.setdefault(sub.graph.name, set(sub.graph.initializers))
+        return real(sub, **kwargs)
+
+    factory.create = create
+    collect(model, probes, data, factory, splits=("fit", "holdout"), segments=segments)
+    assert len(made) == (segments or 1)
+    weights = {v.name for v in model.graph.initializers.values() if v.const_value.size > D}
+    assert all(weights - m for m in made.values()) if segments else made["g"] >= weights
+    return probes
+
+
+@pytest.mark.parametrize("build", [transformer, resnet])
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("budget", [None, 2000])
+def test_segments_give_the_statistics_of_the_whole_graph(tmp_path, monkeypatch, build, count, budget):
+    """Pass 1 (channel histograms, GPTQ moments, output power) and pass 2 (shadow errors) equal the whole-graph
+    run: histogram counts exactly, sums to float tolerance; also with batches split into several runs."""
+    if budget:
+        monkeypatch.setattr(collector, "FETCH_BUDGET_BYTES", budget)
+    model = build()
+    data = _data(tmp_path, model)
+    whole = _collect(model, lambda: _pass_one(model), data)
+    assert whole[0].hist.counts.sum() > 0
+    _assert_same(whole, _collect(model, lambda: _pass_one(model), data, segments=count))
+    plan = _plan(model, {p.value: p for p in whole if isinstance(p, RangeProbe)})
+    assert plan.activations
+    layers = [t for t in find_targets(model).targets if t.weight is not None]
+    shadows = lambda: [LayerErrorProbe(t, plan) for t in layers]  # noqa: E731
+    errors = _collect(model, shadows, data)
+    assert errors[0].moments["holdout"].count > 0
+    _assert_same(errors, _collect(model, shadows, data, segments=count))
+
+
+def test_paired_errors_of_a_float_and_perturbed_model(tmp_path):
+    """Sequential compensation's graph (the float model beside another, ``pair_models``) gives the same
+    paired errors cut into three segments."""
+    model = transformer()
+    other = model.clone()
+    for v in other.graph.initializers.values():
+        a = v.const_value.numpy()
+        if a.ndim == 2:
+            v.const_value = ir.tensor(a + 0.01 * RNG.standard_normal(a.shape).astype(np.float32), name=v.name)
+    paired = pair_models(model, other, "q/")
+    data = _data(tmp_path, model)
+    layers = [t for t in find_targets(paired).targets if t.weight is not None and not t.name.startswith("q/")]
+    make = lambda: [PairedErrorProbe(t, "q/") for t in layers]  # noqa: E731
+    whole = _collect(paired, make, data)
+    assert whole[-1].moments["fit"].mse() > 0
+    _assert_same(whole, _collect(paired, make, data, segments=3))
+
+
+def _ordered(model, count):
+    nodes = list(model.graph)
+    cuts = segments.find_cuts(nodes, count)
+    return nodes, cuts
+
+
+def test_a_chain_of_blocks_is_cut_between_blocks():
+    """Six equal transformer blocks in three segments: two blocks each, cut right after a block's output."""
+    model = transformer(blocks=6)
+    nodes, cuts = _ordered(model, 3)
+    assert [nodes[p - 1].name for p in cuts] == ["b1_out", "b3_out"]
+
+
+def test_never_more_segments_than_asked_and_none_over_the_share():
+    """Three equal weights asked into two segments (no even split exists): two segments, not three. Six blocks
+    asked into four: four segments, none reading more than 1.25 times an even share."""
+    g = _Graph()
+    h = "x"
+    for i in range(3):
+        h = g.op("MatMul", [h, g.weight(f"W{i}", (D, D))], f"mm{i}")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])
+    chain = g.model([x], [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], infer=True)
+    assert len(segments.find_cuts(list(chain.graph), 2)) == 1
+    nodes, cuts = _ordered(transformer(blocks=6), 4)
+    assert len(cuts) == 3
+    weights = [
+        sum(v.const_value.nbytes for v in {v for n in nodes[a:b] for v in n.inputs if v.is_initializer()})
+        for a, b in zip([0, *cuts], [*cuts, len(nodes)])
+    ]
+    assert max(weights) <= 1.25 * sum(weights) / 4
+
+
+def test_a_residual_network_is_not_cut_inside_a_block():
+    """Along a residual branch the skip tensor crosses beside it: every cut crosses one tensor, after a
+    block, never the branch and its skip."""
+    model = resnet(stages=2, blocks=3)
+    nodes, cuts = _ordered(model, 3)
+    assert [nodes[p - 1].name for p in cuts] == ["s0b1_out", "s1b0_out"]
+    for p in cuts:
+        made = {v for n in nodes[:p] for v in n.outputs}
+        assert len({v for n in nodes[p:] for v in n.inputs if v in made}) == 1
+    crossing = segments.crossing_bytes(nodes)
+    branch = [q for q in range(1, len(nodes)) if nodes[q - 1].name.endswith(("c1", "r1", "c2"))]
+    assert max(crossing[p] for p in cuts) < min(crossing[q] for q in branch)
+
+
+def test_probe_nodes_at_the_end_are_moved_next_to_what_they_read():
+    """An output-power probe appends its reductions at the end of the graph: ``order`` moves them right
+    after the layer, so the layer's output crosses no cut."""
+    from onnxbc.passes.graph_utils import GraphBuilder
+
+    model = transformer(blocks=2)
+    original = list(model.graph)
+    target = next(t for t in find_targets(model).targets if t.name == "b0_up")
+    fetched = OutputPowerProbe(target).attach(GraphBuilder(model))
+    nodes = segments.order(list(model.graph), [n for n in model.graph if n not in set(original)])
+    where = [i for i, n in enumerate(nodes) if n.name == "b0_up"][0]
+    assert {v.producer() for v in fetched} <= set(nodes[where + 1 : where + 3])
+
+
+def test_a_split_model_holds_only_its_segment(tmp_path):
+    """Every segment's model has its own nodes and the initializers they read (the same tensors, not
+    copies), reads the mask as a graph input and passes one hidden state on; each loads in onnx's checker."""
+    model = transformer(blocks=4)
+    tensors = {v.name: v.const_value for v in model.graph.initializers.values()}
+    nodes, cuts = _ordered(model, 2)
+    out = nodes[-1].outputs[0]
+    parts = segments.split(model, nodes, cuts, [out])
+    assert len(parts) == 2
+    first, second = (p.model.graph for p in parts)
+    assert first.initializers["b0_Wq"].const_value is tensors["b0_Wq"]
+    assert "b3_Wq" not in first.initializers and "b0_Wq" not in second.initializers
+    assert {v.name for v in second.inputs} == {"mask", "b1_out"}
+    assert parts[0].outputs == ["b1_out"] and parts[1].outputs == [out.name]
+    for p in parts:
+        onnx.checker.check_model(ir.serde.serialize_model(p.model), full_check=True)
+
+
+def test_boundary_files_are_removed_after_the_run_and_after_an_error(tmp_path, monkeypatch, system_tmp):
+    """With no memory for boundary tensors they go to ``.npy`` files: there while the last segment runs (a
+    probe reading the first block's and the last block's outputs gets both, as the whole graph gives them),
+    gone after the run, and gone when a probe's update raises."""
+    model = transformer()
+    data = _data(tmp_path, model)
+
+    class Watch:
+        def __init__(self, fail=False):
+            self.fail, self.seen, self.sums = fail, [], []
+
+        def attach(self, b):
+            return [b.values["b0_out"], b.values["b2_out"]]
+
+        def update(self, arrays, split):
+            self.seen.append(sorted(p.name for p in system_tmp.rglob("*.npy")))
+            self.sums.append([float(a.sum()) for a in arrays])
+            if self.fail:
+                raise RuntimeError("probe failed")
+
+    whole = Watch()
+    collect(model, [whole], data, SessionFactory(Device.CPU))
+    monkeypatch.setattr(collector, "BOUNDARY_MEMORY_BYTES", 0)
+    parts = Watch()
+    collect(model, [parts, RangeProbe("b1_out")], data, SessionFactory(Device.CPU), segments=3)
+    np.testing.assert_allclose(parts.sums, whole.sums, rtol=1e-5)
+    assert all(parts.seen) and not list(system_tmp.rglob("*"))
+    with pytest.raises(RuntimeError, match="probe failed") as caught:
+        collect(model, [Watch(fail=True), RangeProbe("b1_out")], data, SessionFactory(Device.CPU), segments=3)
+    assert caught.tb is not None and not list(system_tmp.rglob("*"))  # removed while its frames live on
+
+
+def test_boundary_tensors_in_memory_are_copies():
+    """ONNX Runtime's outputs point into their session's memory arena: a kept one would keep the whole arena
+    of a finished segment alive, so the store holds copies."""
+    output = _ort_output()
+    assert not output.flags.owndata
+    store = collector._Boundaries()
+    store.put("run", {"y": output})
+    kept = store.get("run")["y"]
+    assert kept.flags.owndata and not np.shares_memory(kept, output)
+    np.testing.assert_array_equal(kept, output)
+
+
+def _ort_output():
+    """An array ONNX Runtime returns (a Relu of ones)."""
+    g = _Graph()
+    g.op("Relu", ["x"], "y")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])
+    model = g.model([x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", D])], infer=False)
+    session = SessionFactory(Device.CPU).create(model)
+    return session.run(["y"], {"x": np.ones((4, D), np.float32)})[0]
+
+
+def test_runs_are_split_as_the_whole_graph_splits_them(tmp_path, monkeypatch):
+    """Only the last segment fetches (a 1 KiB activation per sample): with a 1.5 KiB budget every run takes
+    one sample, as the whole graph's runs do (the first segment, passing on 512 bytes, would allow two)."""
+    monkeypatch.setattr(collector, "FETCH_BUDGET_BYTES", 1536)
+    model = transformer()
+    data = _data(tmp_path, model)
+
+    class Rows:
+        def __init__(self):
+            self.rows = []
+
+        def attach(self, b):
+            return [b.values["b2_act"]]
+
+        def update(self, arrays, split):
+            self.rows.append(len(arrays[0]))
+
+    probe, advanced = Rows(), []
+    collect(model, [probe], data, SessionFactory(Device.CPU), segments=3, advance=lambda: advanced.append(1))
+    assert probe.rows == [1] * data.n_fit
+    assert len(advanced) == data.count_batches("fit")  # once per batch, spread over the segments
+
+
+def test_a_segment_that_cannot_be_made_names_itself(tmp_path, monkeypatch):
+    """A session that cannot be made gives one OnnxbcError naming the segment and its nodes."""
+    model = transformer()
+    data = _data(tmp_path, model)
+    factory = SessionFactory(Device.CPU)
+    real = factory.create
+
+    def create(sub, **kwargs):
+        if sub.graph.name.endswith("segment2"):
+            raise OnnxbcError("ONNX Runtime cannot load the model: broken")
+        return real(sub, **kwargs)
+
+    monkeypatch.setattr(factory, "create", create)
+    with pytest.raises(
+        OnnxbcError, match=r"calibration segment 2 of 3 \(nodes '.*' to '.*'\) cannot be made: .*broken"
+    ):
+        collect(model, [RangeProbe("b2_out")], data, factory, segments=3)
+
+
+@pytest.mark.parametrize("bias_correction", ["independent", "sequential"])
+def test_compress_with_segments_saves_the_same_model(tmp_path, monkeypatch, bias_correction):
+    """``onnxbc compress --segments 3`` on the bundled CNN: every statistic of both passes (and of sequential
+    compensation's waves) runs segment by segment, and the saved model is byte for byte the whole graph's."""
+    from typer.testing import CliRunner
+
+    from onnxbc import cli
+
+    made = []
+    split = segments.split
+    monkeypatch.setattr(segments, "split", lambda *a: made.append(len(parts := split(*a))) or parts)
+    root = Path(__file__).resolve().parents[1] / "models"
+    saved = {}
+    for n in (1, 3):
+        out = tmp_path / f"cnn{n}.onnx"
+        args = ["compress", str(root / "fashion_cnn.onnx"), "--data", str(root / "data" / "fashion_calib.npz")]
+        args += ["--samples", "64", "--device", "cpu", "--bias-correction", bias_correction, "--segments", str(n)]
+        r = CliRunner().invoke(cli.app, [*args, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        saved[n] = out.read_bytes()
+    assert made and max(made) >= 2  # cut (a collection whose weights sit in one node may stay whole)
+    assert saved[1] == saved[3]
