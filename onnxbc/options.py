@@ -367,8 +367,7 @@ class CompressOptions:
     # calibration graphs cut into up to this many segments run one after another (onnxbc.calibration.segments)
     segments: int = _option(1, _R, "--segments", data_free=False)
     # Conv/Gemm biases (and MatMul + bias Add, as a Gemm) as int32 codes + DequantizeLinear (passes.bias_int32);
-    # None: on for --target onnxruntime
-    # with int8 activations (its integer kernels take them), off otherwise
+    # None: on for --target onnxruntime with int8 activations (its integer kernels take them), off otherwise
     int32_bias: bool | None = _option(
         None, _R, "--int32-bias/--no-int32-bias", data_free=False, by_mode={False: None, True: False}
     )

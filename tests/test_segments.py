@@ -442,3 +442,11 @@ def test_compress_with_segments_saves_the_same_model(tmp_path, monkeypatch, bias
         saved[n] = out.read_bytes()
     assert made and max(made) >= 2  # cut (a collection whose weights sit in one node may stay whole)
     assert saved[1] == saved[3]
+
+
+def test_segments_below_one_is_a_usage_error():
+    from onnxbc.errors import UsageError
+    from onnxbc.options import CompressOptions
+
+    with pytest.raises(UsageError, match="--segments must be 1"):
+        CompressOptions(segments=0)
