@@ -466,7 +466,7 @@ def _kept_at_8(
     for name, choices in priced.items():
         c = min(choices, key=lambda c: c.error)
         if c.quant.emulated is None and c.quant.zero_point is None:  # codes x scales: 8 bits, the same scales
-            scale_bytes = 2 if targets.weights[name].source.const_value.dtype.itemsize == 2 else 4
+            scale_bytes = _scale_bytes(targets.weights[name])
             sizes = (
                 _stored_bytes(c.quant, scale_bytes),
                 stored_bytes(c.quant.codes.size, 8, c.quant.scale.size, scale_bytes),
@@ -504,8 +504,13 @@ def _kept_at_8(
     }
 
 
+def _scale_bytes(group: WeightGroup) -> int:
+    """Bytes a scale of ``group`` takes: float16 scales for a float16 weight, else float32."""
+    return 2 if group.source.const_value.dtype.itemsize == 2 else 4
+
+
 def _layer_choices(targets: Targets, name: str, choices: list[_Priced]) -> LayerChoices:
-    scale_bytes = 2 if targets.weights[name].source.const_value.dtype.itemsize == 2 else 4
+    scale_bytes = _scale_bytes(targets.weights[name])
     options = tuple(
         # an emulated scheme stores float weights: 32 bits against --avg-bits too
         Option(

@@ -66,9 +66,9 @@ def weight_range_variants(
     """With ``--weight-range auto``: min-max scales for each uniform, nearest-rounded weight whose readers are
     all measured."""
     result = []
-    for name, group in targets.weights.items():
+    for name in targets.weights:
         base = plan.weights.get(name)
-        if base is None or not {t.name for t in group.targets} <= observed:
+        if base is None or not _measured(targets, name, observed):
             continue
         minmax = _minmax(targets, base, options)
         if minmax is not None:
@@ -85,7 +85,7 @@ def uniform_variants(
     alone would measure it."""
     result = []
     for name, wq in weights.items():
-        if not {t.name for t in targets.weights[name].targets} <= observed:
+        if not _measured(targets, name, observed):
             return []
         result.append(_weight_variant(VariantKind.UNIFORM, "uniform", targets, plan, wq))
         minmax = _minmax(targets, wq, options)
@@ -99,7 +99,7 @@ def nearest_variants(
 ) -> list[Variant]:
     """One variant per weight of ``weights`` (GPTQ's, rounded to nearest), or none when some layer of them
     cannot be measured: the whole-model candidate without GPTQ is all of them or nothing."""
-    if any(not {t.name for t in targets.weights[name].targets} <= observed for name in weights):
+    if not all(_measured(targets, name, observed) for name in weights):
         return []
     return [_weight_variant(VariantKind.NEAREST, "nearest", targets, plan, wq) for wq in weights.values()]
 
@@ -111,6 +111,11 @@ def _minmax(targets: Targets, wq: WeightQuant, options: CompressOptions) -> Weig
         return None
     group = targets.weights[wq.source]
     return weight_quant(group, weight_array(group), like(wq, options), method=RangeMethod.MINMAX, bits=wq.bits)
+
+
+def _measured(targets: Targets, weight: str, observed: set[str]) -> bool:
+    """Whether pass 2 measures every layer reading ``weight`` (one in a subgraph is not)."""
+    return {t.name for t in targets.weights[weight].targets} <= observed
 
 
 def _weight_variant(kind: VariantKind, label: str, targets: Targets, plan: QuantPlan, wq: WeightQuant) -> Variant:

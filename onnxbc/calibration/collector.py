@@ -189,7 +189,7 @@ def _samples_per_segment_run(
         # copies: ONNX Runtime's outputs keep their session's memory arena alive
         known.update((n, np.array(a)) for n, a in zip(part.outputs, _run(session, part, known, at)))
         del session
-    return max(1, FETCH_BUDGET_BYTES // max(sum(known[n].nbytes for n in fetched), 1))
+    return _within_budget(sum(known[n].nbytes for n in fetched))
 
 
 def _session(part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str):
@@ -268,8 +268,12 @@ class _Boundaries:
 def _samples_per_run(session, names: list[str], feeds: dict[str, np.ndarray]) -> int:
     """How many samples one run may take so that the fetched tensors stay within the budget."""
     one = {k: v[:1] for k, v in feeds.items()}
-    fetched = sum(a.nbytes for a in session.run(names, one))
-    return max(1, FETCH_BUDGET_BYTES // max(fetched, 1))
+    return _within_budget(sum(a.nbytes for a in session.run(names, one)))
+
+
+def _within_budget(sample_bytes: int) -> int:
+    """How many samples one run may take when one sample fetches ``sample_bytes``."""
+    return max(1, FETCH_BUDGET_BYTES // max(sample_bytes, 1))
 
 
 def _split(feeds: dict[str, np.ndarray], step: int):
