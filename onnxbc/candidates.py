@@ -41,9 +41,11 @@ from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.compare import OutputAgreement, Reference, measured
 from onnxbc.compensation import fold_for, sequential
-from onnxbc.options import BiasCorrection
+from onnxbc.options import BiasCorrection, CompressOptions
+from onnxbc.options import Target as Runtime
 from onnxbc.passes.bias_int32 import QuantizeBiasPass
 from onnxbc.passes.fold_bias import FoldBiasPass
+from onnxbc.passes.gelu_form import GeluFormPass
 from onnxbc.passes.qdq import InsertQDQPass
 from onnxbc.passes.smooth import SmoothPass
 from onnxbc.placement import Placement
@@ -72,6 +74,7 @@ class Rewrite:
     int32_biases: dict[str, str] = dataclasses.field(default_factory=dict)
     float_biases: dict[str, str] = dataclasses.field(default_factory=dict)  # --int32-bias: why left float
     placement: dict[str, str] = dataclasses.field(default_factory=dict)  # ONNX Runtime placement: layer -> note
+    gelus: dict[str, str] = dataclasses.field(default_factory=dict)  # ONNX Runtime: GELUs rewritten (Erf name -> how)
     placed: frozenset[str] = frozenset()  # layers whose output it quantized for an integer kernel
 
 
@@ -316,12 +319,12 @@ def _uniform(
     return Candidate(Weights.UNIFORM, BiasCorrection.NONE, uniform, {**probes, **own}, frozenset(weights), bits)
 
 
-def realize(candidate: Candidate, float_model: ir.Model, int32_bias: bool, placement: Placement | None) -> None:
+def realize(candidate: Candidate, float_model: ir.Model, options: CompressOptions, placement: Placement | None) -> None:
     """Build the candidate's model from a copy of ``float_model``: its plan with the target's placement
     (``onnxbc.placement``: output quantizers, smoothing folded into layers), smoothing, Q/DQ, the biases folded
-    in, and with ``int32_bias`` the biases stored as int32 codes (rounded once, so the model measured is the one
-    saved). The candidate's plan stays as decided (weights, biases and layer errors in the float model's units);
-    only the model carries the placement."""
+    in, and the target's last rewrites (``finish``), so that the model measured is the one saved. The
+    candidate's plan stays as decided (weights, biases and layer errors in the float model's units); only the
+    model carries the placement."""
     plan = placement.apply(candidate.plan) if placement is not None else candidate.plan
     model, candidate.rewrite = quantize(float_model.clone(), plan)
     if placement is not None:
@@ -329,7 +332,7 @@ def realize(candidate: Candidate, float_model: ir.Model, int32_bias: bool, place
     if plan.biases:
         folded = FoldBiasPass(plan.biases)(model)
         candidate.rewrite.biases = folded.sites
-    finish(candidate, model, int32_bias)
+    finish(candidate, model, options)
 
 
 def quantize(model: ir.Model, plan: QuantPlan) -> tuple[ir.Model, Rewrite]:
@@ -338,11 +341,15 @@ def quantize(model: ir.Model, plan: QuantPlan) -> tuple[ir.Model, Rewrite]:
     return InsertQDQPass(plan)(smoothed.model).model, Rewrite(smoothing=dict(smoothed.sites))
 
 
-def finish(candidate: Candidate, model: ir.Model, int32_bias: bool) -> None:
-    if int32_bias:
+def finish(candidate: Candidate, model: ir.Model, options: CompressOptions) -> None:
+    """``--int32-bias``: the biases stored as int32 codes (rounded once); ``--target onnxruntime``: erf GELUs in
+    the op order its Gelu fusion matches (``passes.gelu_form``)."""
+    if options.int32_bias:
         result = QuantizeBiasPass()(model)
         candidate.rewrite.int32_biases = dict(result.sites)
         candidate.rewrite.float_biases = dict(result.skipped)
+    if options.target is Runtime.ONNXRUNTIME:
+        candidate.rewrite.gelus = dict(GeluFormPass()(model).sites)
     candidate.model = model
 
 
@@ -355,7 +362,7 @@ def sequential_candidate(
     sessions: SessionFactory,
     stages: Stages,
     per_position: bool,
-    int32_bias: bool,
+    options: CompressOptions,
     placement: Placement | None,
 ) -> tuple[Candidate, int]:
     """Compensation refitted wave by wave on ``start``'s weights; also the passes over the data it took.
@@ -374,7 +381,7 @@ def sequential_candidate(
         probes={**start.probes, **probes},
         outputs=None,
     )
-    realize(candidate, float_model, int32_bias, placement)
+    realize(candidate, float_model, options, placement)
     return candidate, passes
 
 

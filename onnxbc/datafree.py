@@ -34,10 +34,12 @@ from onnxbc.errors import OnnxbcError
 from onnxbc.flow import CompressResult
 from onnxbc.held import ModelLike
 from onnxbc.options import BiasCorrection, CompressOptions, WeightType
+from onnxbc.options import Target as Runtime
 from onnxbc.pairs import InputModel, Pair, Unused, batchnorm_params, find_pairs, input_moments
 from onnxbc.passes.dfmpc import PairEdit, RescalePairsPass
 from onnxbc.passes.fold_bias import FoldBiasPass
 from onnxbc.passes.fold_bn import FoldedBatchNorm
+from onnxbc.passes.gelu_form import GeluFormPass
 from onnxbc.passes.qdq import InsertQDQPass
 from onnxbc.plan import BiasFold, QuantPlan, WeightQuant
 from onnxbc.progress import Stages
@@ -113,6 +115,8 @@ def compress(
         working = RescalePairsPass(edits)(working).model
         working = InsertQDQPass(plan)(working).model
         folded = FoldBiasPass(plan.biases)(working)
+        if options.target is Runtime.ONNXRUNTIME:
+            rep.fusion = {"gelu_form": GeluFormPass()(folded.model).sites}
     validate.require(folded.model, options.target)
     rep.compensation = _compensation_report(pairs, unused, layers, compensate)
     rep.layers = _records(targets, layers, folded.sites)

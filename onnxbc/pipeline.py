@@ -358,7 +358,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
     )
     with run.timer("rewrite"), run.stages.step("Building candidate models", len(built)) as advance:
         for c in built:
-            candidates.realize(c, job.model, options.int32_bias, stats.placement)
+            candidates.realize(c, job.model, options, stats.placement)
             advance()
     compensated = [c for c in built if c.compensated]
     if options.bias_correction is BiasCorrection.SEQUENTIAL and compensated:
@@ -379,7 +379,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
                 job.sessions,
                 run.stages,
                 per_position,
-                options.int32_bias,
+                options,
                 stats.placement,
             )
         built.append(refit)
@@ -426,13 +426,14 @@ def _audit(job: _Job, winner: Candidate) -> dict[str, dict] | None:
     if job.options.target is not Runtime.ONNXRUNTIME:
         return None
     rep = job.run.report
+    rep.fusion = {"gelu_form": winner.rewrite.gelus}
     with job.run.timer("fusion_audit"):
         try:
             audit = fusion.audit(winner.model)
         except OnnxbcError as e:
             rep.warnings.append(f"fusion audit skipped: {e}")
             return None
-    rep.fusion = {k: v for k, v in audit.as_dict().items() if k != "layers"}
+    rep.fusion.update((k, v) for k, v in audit.as_dict().items() if k != "layers")
     missed = [f.name for f in audit.unfused if f.name in winner.rewrite.placed]
     if missed:
         rep.warnings.append(
