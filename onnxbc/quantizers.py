@@ -121,17 +121,42 @@ def activation_quant(name: str, hist: AbsHistogram, dtype: np.dtype, options: Co
     inside the network). With --target onnxruntime int8 activations are written as uint8 codes, with zero
     point 128 for a signed tensor (the same values as int8 codes with zero point 0): ONNX Runtime converts int8
     activations to uint8 itself on x86, but only where a QuantizeLinear has one DequantizeLinear, and an
-    integer kernel needs its input and output codes of one type.
+    integer kernel needs its input and output codes of one type. A signed tensor mostly on one side of zero
+    gets an offset range instead when its step is at most ``LOPSIDED`` of the symmetric one (``_lopsided``;
+    measured at W8A8 on the benchmark models' eval splits: char-GPT 5.86e-5 -> 5.15e-5, MiniLM 7.89e-3 ->
+    7.50e-3, PP-OCR 0.0280 -> 0.0199 rel. MSE; the ReLU CNN unchanged).
     """
     unsigned = options.target is Target.ONNXRUNTIME and hist.nonnegative
     codes = _ACTIVATION_CODES[options.activations][unsigned]
     qmax = int(ml_dtypes.iinfo(codes).max)
     amax = choose_range(hist, options.activation_range.value, qmax, options.percentile)
-    scale = float(representable_scale(np.array(amax / qmax), ir.DataType.from_numpy(np.dtype(dtype))))
+    float_type = ir.DataType.from_numpy(np.dtype(dtype))
+    scale = float(representable_scale(np.array(amax / qmax), float_type))
     zero_point = 0
     if options.target is Target.ONNXRUNTIME and codes == np.dtype(np.int8):
         codes, zero_point = np.dtype(np.uint8), 128
+        offset = _lopsided(hist, options, float_type)
+        if offset is not None and offset[0] <= LOPSIDED * scale:
+            scale, zero_point, amax = offset
     return ActivationQuant(name, scale, zero_point, codes, amax, options.activation_range.value, np.dtype(dtype))
+
+
+LOPSIDED = 0.75  # an offset range replaces the symmetric one when its step is at most this fraction of it
+
+
+def _lopsided(hist: AbsHistogram, options: CompressOptions, float_type: ir.DataType) -> tuple[float, int, float] | None:
+    """uint8 codes from the smallest value seen to the clipping value of the ``|x|`` histogram at 255 steps,
+    with the zero point where 0 falls: (scale, zero point, top), or None when the negative side is not the
+    smaller one. For a tensor mostly on one side of zero (GELU, SiLU and HardSwish outputs reach at most 0.17,
+    0.28 and 0.375 below it) the step is up to half the symmetric one's; ONNX Runtime's integer kernels take
+    any zero point of uint8 activations."""
+    low = hist.min_value
+    top = choose_range(hist, options.activation_range.value, 255, options.percentile)
+    if not (0 < -low < top):
+        return None
+    scale = float(representable_scale(np.array((top - low) / 255), float_type))
+    zero_point = min(int(np.ceil(-low / scale)), 255)
+    return scale, zero_point, top
 
 
 def representable_scale(scale: np.ndarray, dtype: ir.DataType) -> np.ndarray:

@@ -102,7 +102,7 @@ def candidate_plans(
     for alpha in ALPHAS:
         s = smoothing_factors(hists.max, weight_max, alpha)
         plan = QuantPlan(
-            activations={name: activation_quant(name, hists.rescaled(s, probe.hist.min_value), probe.dtype, options)},
+            activations={name: activation_quant(name, hists.rescaled(s), probe.dtype, options)},
             activation_uses={name: base.activation_uses[name]},
             smoothing={name: Smoothing(name, s, axis, alpha, input_rank(readers[0][0]))},
         )

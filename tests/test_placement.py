@@ -5,6 +5,7 @@ TensorRT target keeps quantizing layer inputs only."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import onnx_ir as ir
@@ -118,6 +119,32 @@ def test_onnxruntime_activation_codes_are_uint8_with_the_same_values(nonnegative
         return (np.clip(np.round(x / q.scale) + q.zero_point, lo, hi) - q.zero_point) * q.scale
 
     np.testing.assert_array_equal(fake(ort_q, 0, 255), fake(trt_q, -128, 127))
+
+
+@pytest.mark.parametrize("kind", ["gelu", "shifted_gelu", "symmetric"])
+def test_lopsided_activations_get_an_offset_range_for_onnxruntime(kind):
+    """A GELU output (at least -0.17) gets uint8 codes from its smallest value up, with a zero point, at about
+    half the symmetric step and a lower quantization error; a symmetric tensor keeps zero point 128; TensorRT
+    stays symmetric int8."""
+    z = np.random.default_rng(0).normal(size=20000) * 3
+    gelu = z * 0.5 * (1 + np.vectorize(math.erf)(z / np.sqrt(2)))
+    x = {"gelu": gelu, "shifted_gelu": gelu - 0.3, "symmetric": z}[kind].astype(np.float32)
+    hist = AbsHistogram()
+    hist.update(x)
+    q = activation_quant("x", hist, np.float32, CompressOptions(target=Target.ONNXRUNTIME))
+    symmetric = activation_quant("x", hist, np.float32, CompressOptions(target=Target.TENSORRT))
+    assert q.dtype == np.uint8 and symmetric.zero_point == 0
+
+    def error(quant, lo, hi):
+        codes = np.clip(np.round(x / quant.scale) + quant.zero_point, lo, hi)
+        return float(np.mean(((codes - quant.zero_point) * quant.scale - x) ** 2))
+
+    if kind == "symmetric":
+        assert q.zero_point == 128 and q.scale == symmetric.scale
+        return
+    assert q.zero_point < 128 and q.scale < 0.75 * symmetric.scale
+    assert -q.zero_point * q.scale <= x.min()  # the smallest value is represented
+    assert error(q, 0, 255) < 0.5 * error(symmetric, -128, 127)
 
 
 def _residual_model(path):

@@ -128,11 +128,12 @@ def test_rescaled_channel_histograms_match_a_direct_histogram():
     for part in np.array_split(x, 9):
         channels.update(part)
     s = smoothing_factors(np.abs(x).max(0), np.ones(5), 1.0)
-    rescaled = channels.rescaled(s, float(x.min()))
+    rescaled = channels.rescaled(s)
     direct = AbsHistogram()
     direct.update(x / s)
     assert rescaled.total == direct.total and not rescaled.nonnegative
     assert rescaled.max == pytest.approx(direct.max, rel=1e-6)
+    assert rescaled.min_value == pytest.approx(float((x / s).min()), rel=1e-6)  # exact, not a bound
     for method in ("minmax", "mse", "percentile"):
         assert choose_range(rescaled, method, 127) == pytest.approx(choose_range(direct, method, 127), rel=0.03)
 

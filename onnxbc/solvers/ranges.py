@@ -143,20 +143,23 @@ class ChannelHistograms:
         self.counts: np.ndarray | None = None  # [C, bins]
         self.top: np.ndarray | None = None  # [C]
         self.max: np.ndarray | None = None  # [C]
+        self.low: np.ndarray | None = None  # [C]: the smallest value per channel (0 when all are positive)
         self._batch_max: np.ndarray | None = None
 
     def update(self, x: np.ndarray) -> None:
         observe(x, self.channel_axis, channels=self)
 
-    def _start(self, batch_max: np.ndarray) -> np.ndarray:
-        """Take a batch's ``max |x|`` per channel (float32; NaN and inf counted as 0) and grow each channel's
-        ``top`` to hold it; return the factors that map ``|x|`` to a bin, per channel."""
+    def _start(self, batch_max: np.ndarray, batch_min: np.ndarray) -> np.ndarray:
+        """Take a batch's ``max |x|`` and ``min x`` per channel (float32; NaN and inf counted as 0) and grow each
+        channel's ``top`` to hold it; return the factors that map ``|x|`` to a bin, per channel."""
         channels = len(batch_max)
         if self.counts is None:
             self.counts = np.zeros((channels, self.bins), np.int64)
             self.top = np.where(batch_max > 0, batch_max * (1 + 1e-6), 1e-30).astype(np.float64)
             self.max = np.zeros(channels, np.float64)
+            self.low = np.zeros(channels, np.float64)
         self.max = np.maximum(self.max, batch_max)
+        self.low = np.minimum(self.low, batch_min)
         doublings = np.maximum(np.ceil(np.log2(np.maximum(batch_max, 1e-30) / self.top) + 1e-12), 0).astype(int)
         for d in np.unique(doublings[doublings > 0]):
             rows = doublings == d
@@ -182,9 +185,9 @@ class ChannelHistograms:
         counts = np.bincount(index.reshape(-1), minlength=block.count * self.bins)
         self.counts[block.first : block.first + block.count] += counts.reshape(block.count, self.bins)
 
-    def rescaled(self, divisor: np.ndarray, min_value: float, bins: int = BINS) -> AbsHistogram:
-        """The histogram of ``|x / divisor|`` (per channel divisor > 0), at bin-centre resolution;
-        ``min_value`` is the smallest value of ``x`` (its sign survives the division)."""
+    def rescaled(self, divisor: np.ndarray, bins: int = BINS) -> AbsHistogram:
+        """The histogram of ``|x / divisor|`` (per channel divisor > 0), at bin-centre resolution, with the
+        smallest value of ``x / divisor`` (exact: each channel's smallest value divided by its divisor)."""
         top = self.top / divisor
         centres = (np.arange(self.bins) + 0.5)[None, :] * (top / self.bins)[:, None]
         out = AbsHistogram(bins)
@@ -193,7 +196,7 @@ class ChannelHistograms:
         if out.max > 0:
             idx = np.minimum((centres * (bins / out.top)).astype(np.int64), bins - 1)
             out.counts = np.bincount(idx.ravel(), weights=self.counts.ravel(), minlength=bins).astype(np.int64)
-        out.min_value = min_value / float(divisor.max()) if min_value < 0 else min_value
+        out.min_value = float((self.low / divisor).min())
         return out
 
 
@@ -247,7 +250,7 @@ def observe(
     if values.size == 0:
         n_channels = x.shape[_axis(x, channel_axis)] if channel_axis is not None else 1
         if channels is not None:
-            channels._start(np.zeros(n_channels, np.float32))
+            channels._start(np.zeros(n_channels, np.float32), np.zeros(n_channels, np.float32))
         if moments is not None:
             moments._start(n_channels, 0)
         return
@@ -267,7 +270,7 @@ def observe(
     if hist is not None:
         hist.nonfinite += values.size - finite
         factor = hist._start(float(hist_lo), float(hist_hi), finite)
-    factors = channels._start(np.maximum(-lo, hi)) if channels is not None else None
+    factors = channels._start(np.maximum(-lo, hi), lo) if channels is not None else None
     if moments is not None:
         moments._start(n_channels, values.size // n_channels)
     if factor is None and factors is None and moments is None:
