@@ -203,6 +203,21 @@ def test_reference_runs(calib, monkeypatch, keep, side_by_side, passes):
     assert candidates.mean_rel_mse(agreement) == cands[0].error
 
 
+def test_side_by_side_sessions_count_their_weights_at_float_size(monkeypatch):
+    """Sessions measured side by side fit their weights at 4 bytes a value (what ONNX Runtime's exact session
+    holds once it folds the DequantizeLinear of constant weights), always at least one."""
+    cands = [candidate(i, 0.01) for i in range(3)]
+    weights = candidates._float_bytes(cands[0].model)
+    values = sum(v.const_value.size for v in cands[0].model.graph.initializers.values() if v.const_value)
+    assert weights == 4 * values > 0
+    monkeypatch.setattr(candidates, "SIDE_BY_SIDE_BYTES", 3 * weights)
+    assert candidates._side_by_side(cands) == cands
+    monkeypatch.setattr(candidates, "SIDE_BY_SIDE_BYTES", 2 * weights - 1)
+    assert candidates._side_by_side(cands) == cands[:1]
+    monkeypatch.setattr(candidates, "SIDE_BY_SIDE_BYTES", 0)
+    assert candidates._side_by_side(cands) == cands[:1]
+
+
 def test_a_pass_left_early_keeps_nothing(calib):
     reference, counted = reference_of(calib, SessionFactory(Device.CPU))
     for _ in zip(range(3), reference.batches()):
