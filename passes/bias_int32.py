@@ -44,7 +44,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.passes.graph_utils import Namer, const, constant_tensor
+from onnxbc.passes.graph_utils import Namer, const, constant_tensor, drop_if_unused
 from onnxbc.passes.results import SitesResult
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class QuantizeBiasPass(ir.passes.InPlacePass):
         ir.convenience.replace_nodes_and_values(graph, linear.add, [node, linear.add], new_nodes, [old], [out])
         if not x_dq.outputs[0].uses() and not x_dq.outputs[0].is_graph_output():
             x_dq.graph.remove(x_dq, safe=True)
-        _drop_if_unused(linear.site.bias)
+        drop_if_unused(linear.site.bias)
         per = "channel" if linear.site.scale.ndim == 1 else "tensor"
         sites[node.name] = f"MatMul + Add '{linear.add.name}' as a Gemm, C int32 (scale per {per})"
         logger.debug("merged MatMul %s and its bias Add %s into a Gemm", node.name, linear.add.name)
@@ -160,7 +160,7 @@ class QuantizeBiasPass(ir.passes.InPlacePass):
         dq = _bias_dequantize(site, namer, node.graph)
         node.graph.insert_before(node, [dq])
         node.replace_input_with(2, dq.outputs[0])
-        _drop_if_unused(site.bias)
+        drop_if_unused(site.bias)
         role = "Conv B" if node.op_type == "Conv" else "Gemm C"
         sites[node.name] = f"{role} int32 (scale per {'channel' if site.scale.ndim == 1 else 'tensor'})"
         logger.debug("quantized the bias of %s to int32", node.name)
@@ -184,11 +184,6 @@ def _bias_dequantize(site: _Site, namer: Namer, graph: ir.Graph) -> ir.Node:
     out.name = namer(f"{bias.name}_dequantized")
     out.dtype, out.shape = ir.DataType.from_numpy(site.scale.dtype), ir.Shape(site.codes.shape)
     return dq
-
-
-def _drop_if_unused(bias: ir.Value) -> None:
-    if not bias.uses() and bias.is_initializer() and not bias.is_graph_output():
-        bias.graph.initializers.pop(bias.name)
 
 
 def _flatten(x_dq: ir.Node, k: int, namer: Namer) -> ir.Value:

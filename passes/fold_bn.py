@@ -53,7 +53,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.passes.graph_utils import Namer, const, constant_tensor, set_constant
+from onnxbc.passes.graph_utils import Namer, const, constant_tensor, drop_if_unused, set_constant
 from onnxbc.passes.results import SitesResult
 
 logger = logging.getLogger(__name__)
@@ -395,7 +395,7 @@ def _apply(fold: _Fold, namer: Namer) -> ir.Value:
     out = y if fold.bias is None else _set_bias(layer, fold.bias, namer)
     _bypass(fold.site.node, out)
     for value in params:
-        _drop_if_unused(value)
+        drop_if_unused(value)
     return out
 
 
@@ -437,14 +437,3 @@ def _bypass(node: ir.Node, value: ir.Value) -> None:
         if value.dtype is None:
             value.type = out.type
         value.shape = value.shape or out.shape
-
-
-def _drop_if_unused(value: ir.Value | None) -> None:
-    """Drop a constant (initializer or Constant node) that nothing reads any more."""
-    if value is None or value.uses() or value.is_graph_output() or value.is_graph_input():
-        return
-    producer = value.producer()
-    if value.is_initializer():
-        value.graph.initializers.pop(value.name)
-    elif producer is not None and producer.op_type == "Constant" and producer.graph is not None:
-        producer.graph.remove(producer, safe=True)

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc.passes.graph_utils import Namer, const, constant_tensor
+from onnxbc.passes.graph_utils import Namer, const, constant_tensor, drop_if_unused
 from onnxbc.passes.results import SitesResult
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _rewrite(gelu: _Gelu, namer: Namer) -> None:
         scaled_inputs = list(gelu.scaled.inputs)
         graph.remove(gelu.scaled, safe=True)
         for value in scaled_inputs:
-            _drop_if_unused(value, graph)
+            drop_if_unused(value)
     name = gelu.final.name
     product = ir.node("Mul", [gelu.x, gelu.plus_one.outputs[0]], name=namer(f"{name}_x_times"))
     product.outputs[0].name = namer(f"{name}_x_times")
@@ -165,14 +165,9 @@ def _rewrite(gelu: _Gelu, namer: Namer) -> None:
     for out in (n.outputs[0] for n in new):
         out.dtype = gelu.final.outputs[0].dtype
     graph.insert_before(gelu.final, new)
-    inner_inputs = list(gelu.inner.inputs)
+    replaced = [*gelu.inner.inputs, *gelu.final.inputs]
     for i, value in enumerate(last_inputs):
         gelu.final.replace_input_with(i, value)
     graph.remove(gelu.inner, safe=True)
-    for value in inner_inputs:
-        _drop_if_unused(value, graph)
-
-
-def _drop_if_unused(value: ir.Value | None, graph: ir.Graph) -> None:
-    if value is not None and not value.uses() and value.is_initializer() and not value.is_graph_output():
-        graph.initializers.pop(value.name)
+    for value in replaced:
+        drop_if_unused(value)

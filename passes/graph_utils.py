@@ -3,6 +3,7 @@
 - ``constant_tensor``: the tensor a value always holds, or None (the one definition of "constant").
 - ``set_constant``: give a node's constant input new values, copying the constant first when others see it.
 - ``insert_after_producer``: place new nodes right after the node that computes a value.
+- ``drop_if_unused``: remove a constant that a rewrite left unread.
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def set_constant(node: ir.Node, index: int, array: np.ndarray, namer: Namer, suf
     node.graph.register_initializer(copy)
     node.replace_input_with(index, copy)
     return copy
+
+
+def drop_if_unused(value: ir.Value | None) -> None:
+    """Drop a constant (initializer or Constant node) that nothing reads any more."""
+    if value is None or value.uses() or value.is_graph_output() or value.is_graph_input():
+        return
+    producer = value.producer()
+    if value.is_initializer():
+        value.graph.initializers.pop(value.name)
+    elif producer is not None and producer.op_type == "Constant" and producer.graph is not None:
+        producer.graph.remove(producer, safe=True)
 
 
 def insert_after_producer(value: ir.Value, nodes: Sequence[ir.Node]) -> None:

@@ -88,6 +88,8 @@ def test_every_spelling_becomes_one_gelu_kernel(scaled, product, k, tmp_path):
     before, _ = _run(model, x, optimize=False, tmp_path=tmp_path)
     new, sites = _rewritten(model)
     onnx.checker.check_model(new, full_check=True)
+    read = {name for node in new.graph.node for name in node.input}
+    assert all(init.name in read for init in new.graph.initializer)  # no constant left behind
     after, _ = _run(new, x, optimize=False, tmp_path=tmp_path)
     _, ops = _run(new, x, optimize=True, tmp_path=tmp_path)
     fused_already = scaled == "div" and product != "torch" and k == "half"
