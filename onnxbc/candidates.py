@@ -439,7 +439,7 @@ def _measure(
     live = [(c, sessions.create(c.model), reference.agreements()) for c in group]
     for done, (feeds, outputs) in enumerate(reference.batches(), 1):
         for _, session, stats in live:
-            reference.update(stats, outputs, session.run(reference.names, dict(feeds)))
+            reference.update(stats, feeds, outputs, session.run(reference.names, dict(feeds)))
             advance()
         if best is not None and done < total:
             for c, _, stats in live:

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnxbc import held
+from onnxbc.calibration import tokens
 from onnxbc.calibration.data import InputSpec, input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.errors import UsageError
@@ -97,7 +98,10 @@ class Reference:
     ``batches()`` is one pass: each feed with the reference's outputs on it. The first pass that completes keeps
     the float outputs when they total at most ``keep_bytes``; later passes reuse them instead of running the
     reference again (``kept`` says which happened; None before a pass completes). ``runs`` counts its runs.
-    ``feeds`` gives the same batches on every call."""
+    ``feeds`` gives the same batches on every call.
+
+    Outputs indexed ``[batch, tokens, ...]`` like the model's padding mask (``calibration.tokens``) are compared
+    at the real tokens only: what a model computes at padding is not part of its answer."""
 
     def __init__(
         self,
@@ -107,6 +111,9 @@ class Reference:
     ) -> None:
         self.session = session
         self.names = [o.name for o in session.get_outputs()]
+        masks = [i for i in session.get_inputs() if tokens.is_mask(i.name, i.type[7:-1], i.shape)]  # tensor(int64)
+        self._mask = masks[0].name if len(masks) == 1 else None
+        self._by_token = [len(masks) == 1 and tokens.covers(masks[0].shape, o.shape) for o in session.get_outputs()]
         self.kept: bool | None = None
         self.runs = 0
         self._feeds = feeds
@@ -133,10 +140,17 @@ class Reference:
         """Empty sums for one model compared against this reference (fill with ``update``)."""
         return {n: OutputAgreement(n) for n in self.names}
 
-    def update(self, stats: dict[str, OutputAgreement], reference: Outputs, test: list) -> None:
-        for name, a, b in zip(self.names, reference, test):
-            if a is not None:
-                stats[name].update(a, np.asarray(b))
+    def update(
+        self, stats: dict[str, OutputAgreement], feeds: Mapping[str, np.ndarray], reference: Outputs, test: list
+    ) -> None:
+        real = None if self._mask is None else np.asarray(feeds[self._mask]).astype(bool)
+        for name, a, b, by_token in zip(self.names, reference, test, self._by_token):
+            if a is None:
+                continue
+            b = np.asarray(b)
+            if by_token and real.shape == a.shape[:2] == b.shape[:2]:
+                a, b = a[real], b[real]
+            stats[name].update(a, b)
 
     def compare(
         self, test: ort.InferenceSession, advance: Callable[[], None] = lambda: None
@@ -144,7 +158,7 @@ class Reference:
         """``test`` against the reference on every batch: the agreement of each float output."""
         stats = self.agreements()
         for feeds, outputs in self.batches():
-            self.update(stats, outputs, test.run(self.names, dict(feeds)))
+            self.update(stats, feeds, outputs, test.run(self.names, dict(feeds)))
             advance()
         return measured(stats)
 

@@ -24,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxbc import candidates, datafree, flow, fusion, placement, precision, records, sensitivity, validate
+from onnxbc.calibration import tokens
 from onnxbc.calibration.collector import Probe, collect
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
@@ -175,6 +176,7 @@ def _open(run: Run, working: ir.Model, data: DataOptions, options: CompressOptio
         "batch_size": calib.batch_size,
         "random": data.random,
         "ignored_arrays": calib.ignored,
+        "token_mask": getattr(tokens.mask_input(working.graph), "name", None),
     }
     if data.random:
         rep.warnings.append("calibrated on random data: ranges and compensation may not match real inputs")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxbc.calibration import tokens
 from onnxbc.errors import OnnxbcError
 from onnxbc.passes.graph_utils import GraphBuilder
 from onnxbc.passes.qdq import activation_qdq, weight_dequantize
@@ -41,9 +42,19 @@ class RangeProbe:
         self.channels = ChannelHistograms(channel_axis) if channel_histograms else None
         self.moments = ChannelMoments() if channel_axis is not None else None
         self.dtype: np.dtype | None = None
+        self._axis = channel_axis  # the channel axis of what ``observe`` sees (real tokens only: one less)
 
     def attach(self, builder: GraphBuilder) -> list[ir.Value]:
-        return [builder.values[self.value]]
+        x = builder.values[self.value]
+        axis = self.channel_axis
+        if axis is not None and axis % len(x.shape or [1]) < 2:  # channels on the batch or token axis
+            return [x]
+        real = _real_tokens(builder, x)
+        if real is None:
+            return [x]
+        if axis is not None and axis >= 0:
+            self._axis = axis - 1
+        return [x, real.selector]
 
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
         if split != "fit":
@@ -52,8 +63,10 @@ class RangeProbe:
         self.dtype = x.dtype
         if not np.issubdtype(self.dtype, np.floating):
             return
+        if len(arrays) > 1:  # [real tokens, features...]
+            x = x[arrays[1]]
         try:
-            observe(x, self.channel_axis, hist=self.hist, channels=self.channels, moments=self.moments)
+            observe(x, self._axis, hist=self.hist, channels=self.channels, moments=self.moments)
         except ValueError as e:
             raise OnnxbcError(f"activation '{self.value}': {e}") from e
 
@@ -77,9 +90,11 @@ class OutputPowerProbe:
 
     def attach(self, b: GraphBuilder) -> list[ir.Value]:
         y = b.nodes[self.target.name].outputs[0]
+        real = _real_tokens(b, y)
         if y.dtype not in (None, ir.DataType.FLOAT):
             y = b.op("Cast", [y], {"to": ir.DataType.FLOAT})
-        return [b.op("ReduceSumSquare", [y], {"keepdims": 0}), b.op("Size", [y])]
+        y, count = _masked(b, y, real)
+        return [b.op("ReduceSumSquare", [y], {"keepdims": 0}), count]
 
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
         if split != "fit":
@@ -103,12 +118,14 @@ class MomentsProbe:
 
     def attach(self, b: GraphBuilder) -> list[ir.Value]:
         x = b.values[self.value]
+        real = _real_tokens(b, x)
         if x.dtype not in (None, ir.DataType.FLOAT):
             x = b.op("Cast", [x], {"to": ir.DataType.FLOAT})
+        x, count = _masked(b, x, real)  # padded tokens: zero rows, not counted
         rows = b.op("Reshape", [x, b.const(np.array([-1, self.features], np.int64), "shape")])
         gram = b.op("MatMul", [b.op("Transpose", [rows], {"perm": [1, 0]}), rows])
         total = b.op("ReduceSum", [rows, b.const(np.array([0], np.int64), "axes")], {"keepdims": 0})
-        return [gram, total, b.op("Size", [rows])]
+        return [gram, total, count]
 
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
         gram, total, size = arrays
@@ -164,16 +181,19 @@ class ErrorProbe:
         return outputs
 
     def _sums(self, b: GraphBuilder, y: ir.Value, y_quant: ir.Value) -> list[ir.Value]:
+        # per position, each position has its own sums: padding only adds to its own positions'
+        real = None if self.per_position else _real_tokens(b, y)
         if y.dtype not in (None, ir.DataType.FLOAT):
             y = b.once(("float", y.name), lambda: b.op("Cast", [y], {"to": ir.DataType.FLOAT}))
             y_quant = b.op("Cast", [y_quant], {"to": ir.DataType.FLOAT})
-        d = b.op("Sub", [y, y_quant], hint=f"{self.target.name}_error")
+        d, count = _masked(b, b.op("Sub", [y, y_quant], hint=f"{self.target.name}_error"), real)
         key = (y.name, self.per_position)  # the reduction axes follow from the target and the mode
+        y_real = y if real is None else b.once(("real", y.name), lambda: _masked(b, y, real)[0])
         return [
             self._reduce(b, d),
             self._reduce(b, b.op("Mul", [d, d])),
-            b.once(("sum_y2", *key), lambda: self._reduce(b, b.op("Mul", [y, y]))),
-            b.op("Size", [d]),
+            b.once(("sum_y2", *key), lambda: self._reduce(b, b.op("Mul", [y_real, y_real]))),
+            count,
         ]
 
     def _reduce(self, b: GraphBuilder, x: ir.Value) -> ir.Value:
@@ -256,6 +276,52 @@ class PairedErrorProbe(ErrorProbe):
         y_quant = b.values[self.prefix + y.name]
         with b.after(y_quant.producer()):  # both outputs exist once the quantized copy's layer has run
             return self._error_outputs(b, y, y_quant)
+
+
+class _RealTokens:
+    """The padding mask as graph values: ``selector`` (bool ``[batch, tokens]``, fetched to pick rows in numpy),
+    ``weights`` (float 0/1 shaped to broadcast against a tensor of one rank) and ``count`` (int64 number of real
+    tokens in the run) and ``size`` (batch x tokens)."""
+
+    def __init__(self, selector: ir.Value, weights: ir.Value, count: ir.Value, size: ir.Value) -> None:
+        self.selector, self.weights, self.count, self.size = selector, weights, count, size
+
+
+def _real_tokens(b: GraphBuilder, x: ir.Value) -> _RealTokens | None:
+    """The padding mask's values for ``x``, when ``x`` is indexed like the model's padding mask
+    (``calibration.tokens``); None otherwise. Made once per graph (and rank), before every node."""
+    mask = tokens.mask_input(b.graph)
+    if mask is None or not tokens.covers(tokens.dims(mask), tokens.dims(x)):
+        return None
+    rank = len(x.shape)
+    with b.at_start():
+        selector = b.once(("tokens", "bool"), lambda: b.op("Cast", [mask], {"to": ir.DataType.BOOL}, hint="real"))
+        weights = b.once(
+            ("tokens", "weights", rank),
+            lambda: b.op(
+                "Unsqueeze",
+                [
+                    b.op("Cast", [selector], {"to": ir.DataType.FLOAT}),
+                    b.const(np.arange(2, rank, dtype=np.int64), "axes"),
+                ],
+                hint="real_weights",
+            ),
+        )
+        count = b.once(
+            ("tokens", "count"),
+            lambda: b.op("ReduceSum", [b.op("Cast", [selector], {"to": ir.DataType.INT64})], {"keepdims": 0}),
+        )
+        size = b.once(("tokens", "size"), lambda: b.op("Size", [mask]))
+    return _RealTokens(selector, weights, count, size)
+
+
+def _masked(b: GraphBuilder, x: ir.Value, real: _RealTokens | None) -> tuple[ir.Value, ir.Value]:
+    """``x`` with its padded positions zeroed and the number of its elements at real tokens (int64); without
+    ``real`` (``x`` is not indexed by tokens), ``x`` and its size."""
+    size = b.op("Size", [x])
+    if real is None:
+        return x, size
+    return b.op("Mul", [x, real.weights]), b.op("Div", [b.op("Mul", [size, real.count]), real.size])
 
 
 def _append(b: GraphBuilder, initializers: list[ir.Value], nodes: list[ir.Node]) -> None:
