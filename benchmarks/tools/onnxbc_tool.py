@@ -1,8 +1,8 @@
 """onnxbc through its Python API, with the shared calibration file and every sample in it.
 
 ``bias_correction`` none | independent (onnxbc's default) | sequential; ``bias_shape`` channel (default) |
-position (fixed input shapes only); ``rounding`` nearest (default) | gptq. Everything else is onnxbc's
-default (MSE-searched weight scales, MSE activation ranges, attention MatMuls quantized, 20 % of the samples
+position (fixed input shapes only); ``rounding`` auto (onnxbc's default: GPTQ or nearest per weight at 4 bits
+and fewer, by held-out error) | nearest | gptq. Everything else is onnxbc's default (MSE-searched weight scales, MSE activation ranges, attention MatMuls quantized, 20 % of the samples
 held out to decide whether compensation is kept), except ``device=cpu``: every tool calibrates on the CPU
 here. Blocks: onnxbc blocks along each weight's input dim (MatMul/Gemm K; Conv input channels), so a dim that
 is not a multiple of 128 ends in a partial block and a Conv with fewer than 128 input channels gets one scale
@@ -26,7 +26,7 @@ def quantize(
     *,
     bias_correction: str = "independent",
     bias_shape: str = "channel",
-    rounding: str = "nearest",
+    rounding: str = "auto",
 ) -> Result | NotApplicable:
     import onnxbc
 
