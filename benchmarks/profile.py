@@ -231,7 +231,7 @@ def compress_options() -> Any:
         block_size=0,
         bias_correction=onnxbc.BiasCorrection.INDEPENDENT,
         bias_shape=onnxbc.BiasShape.CHANNEL,
-        rounding=onnxbc.Rounding.NEAREST,
+        rounding=onnxbc.Rounding.AUTO,
         device=onnxbc.Device.CPU,
     )
 
