@@ -508,6 +508,14 @@ def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:
             f"saved {comp['description']} ({comp['output_rel_mse']:.3e})",
             markup=False,
         )
+    if comp.get("close_call"):
+        samples = rep.data["fit_samples"] + rep.data["holdout_samples"]
+        errors = ", ".join(f"{name} {error:.3e}" for name, error in comp["close_call"].items())
+        out.print(
+            f"The held-out samples could not tell the closest candidates apart: decided on all {samples} "
+            f"samples ({errors})",
+            markup=False,
+        )
     weighted = [r.fusion for r in rep.layers if r.fusion is not None and r.kind != "other"]
     if weighted:
         fused = sum(f["status"] == "fused" for f in weighted)

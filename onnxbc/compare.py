@@ -40,6 +40,7 @@ class OutputAgreement:
     max_abs: float = 0.0
     top1_same: int = 0
     top1_total: int = 0
+    row_err2: list[float] = dataclasses.field(default_factory=list, repr=False)  # err2 of each row, in order
 
     def update(self, ref: np.ndarray, test: np.ndarray) -> None:
         if ref.shape != test.shape:
@@ -56,9 +57,24 @@ class OutputAgreement:
         cos = np.where(norms > 0, (rows_a * rows_b).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
         self.cos_sum += float(cos.sum())
         self.rows += len(cos)
+        self.row_err2.extend(np.square(rows_a - rows_b).sum(axis=1).tolist())
         if a.ndim >= 2 and a.shape[-1] > 1:
             self.top1_same += int((a.argmax(axis=-1) == b.argmax(axis=-1)).sum())
             self.top1_total += int(np.prod(a.shape[:-1]))
+
+    def merged(self, other: OutputAgreement) -> OutputAgreement:
+        """The agreement over both sets of samples (this one's rows first)."""
+        return OutputAgreement(
+            self.name,
+            self.err2 + other.err2,
+            self.ref2 + other.ref2,
+            self.cos_sum + other.cos_sum,
+            self.rows + other.rows,
+            max(self.max_abs, other.max_abs),
+            self.top1_same + other.top1_same,
+            self.top1_total + other.top1_total,
+            self.row_err2 + other.row_err2,
+        )
 
     def as_dict(self) -> dict[str, float | None]:
         return {

@@ -192,6 +192,9 @@ def _report_totals(report: dict[str, Any], rows: tuple[LayerRow, ...]) -> dict[s
             f"{verdict}: output rel. MSE {least_error(compensation, 'without')} without, "
             f"{least_error(compensation, 'with')} with ({compensation.get('decided_on', 'holdout')} samples)"
         )
+    if compensation.get("close_call"):
+        errors = ", ".join(f"{name} {error:.3e}" for name, error in compensation["close_call"].items())
+        totals["close call"] = f"the held-out samples could not tell these apart; on every sample: {errors}"
     if "chosen" in compensation and "output_rel_mse" in compensation:
         totals["saved"] = (
             f"{compensation['chosen']}: {compensation.get('description', '')}, "

@@ -398,7 +398,10 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
         budget = precision.budget_of(job.options, job.policy)[1]
         reference = candidates.reference(sessions.create(job.model), calib)  # runs once for all (see measure)
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
-        winner, warnings = candidates.choose(built, budget, split)
+        finalists = candidates.undecided(built, budget) if split == "holdout" else []
+        if finalists:
+            candidates.measure_all(finalists, reference.session, calib, sessions, job.run.stages)
+        winner, warnings = candidates.choose(built, budget, split, finalists)
         rep.warnings.extend(warnings + records.sequential_warning(winner, job.options.bias_correction))
         rep.device = sessions.device_name
         rep.outputs = {"evaluated_on": split}

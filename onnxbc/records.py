@@ -71,7 +71,9 @@ def fill(
 def compensation(winner: Candidate, candidates: list[Candidate], split: str) -> dict:
     """``applied``, ``mode`` and ``chosen`` (the saved candidate), ``output_rel_mse`` (its error on ``split``);
     when compensation ran, the least error without and with it; every candidate's error, and for those stopped
-    once they could not win (``candidates.measure``) their lower bound and where they stopped."""
+    once they could not win (``candidates.measure``) their lower bound and where they stopped; ``close_call``:
+    when the held-out samples could not tell the best from others, their errors on every sample, which decided
+    (``candidates.undecided``)."""
     section = {
         "applied": winner.compensated,
         "mode": winner.compensation.value,
@@ -81,6 +83,7 @@ def compensation(winner: Candidate, candidates: list[Candidate], split: str) -> 
         "output_rel_mse": winner.error,
         "decided_on": split,
         "candidates": {c.name: c.least_error for c in candidates},
+        "close_call": {c.name: c.all_error for c in candidates if c.all_outputs is not None} or None,
         "stopped": {
             c.name: {"rel_mse_at_least": s.bound, "batches": s.batches, "of_batches": s.of, "beaten_by": s.by}
             for c in candidates

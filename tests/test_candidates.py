@@ -62,7 +62,7 @@ def test_saved_error_is_the_written_files(kind, tmp_path, monkeypatch):
     choose = candidates.choose
     built = []
 
-    def forced(cands, max_size, split):
+    def forced(cands, max_size, split, finalists=()):
         built.extend(cands)
         match = [c for c in cands if c.compensation is compensation and weights in (None, c.weights)]
         assert match, f"{kind}: no such candidate among {[c.name for c in cands]}"

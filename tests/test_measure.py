@@ -10,6 +10,7 @@ against a run that measures every candidate to the end.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -17,13 +18,15 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from typer.testing import CliRunner
 
 import onnxbc
 from models import test_graphs
-from onnxbc import candidates, model_io, records
+from onnxbc import candidates, compare, model_io, records
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.candidates import Candidate, Weights
+from onnxbc.cli import app
 from onnxbc.compare import Reference, compare_sessions
 from onnxbc.options import BiasCorrection, CompressOptions, DataOptions, Device, WeightType
 from onnxbc.plan import QuantPlan
@@ -261,9 +264,9 @@ def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, mo
         seen["reference"] = make(seen["session"], calib)
         return seen["reference"]
 
-    def chosen(cands, max_size, split):
+    def chosen(cands, max_size, split, finalists=()):
         seen["candidates"] = list(cands)
-        return choose(cands, max_size, split)
+        return choose(cands, max_size, split, finalists)
 
     monkeypatch.setattr(candidates, "reference", reference)
     monkeypatch.setattr(candidates, "choose", chosen)
@@ -293,3 +296,93 @@ def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, mo
     assert {k: full.report.compensation["candidates"][k] for k in comp["candidates"] if k not in comp["stopped"]} == {
         k: v for k, v in comp["candidates"].items() if k not in comp["stopped"]
     }
+
+
+def _agreeing(rows: list[float], ref2: float = 100.0) -> dict:
+    """Outputs whose per-row squared errors are ``rows``."""
+    a = compare.OutputAgreement("y", err2=float(sum(rows)), ref2=ref2, rows=len(rows), row_err2=list(rows))
+    return {"y": a}
+
+
+def _measured(index: int, rows: list[float]) -> Candidate:
+    weights, compensation = NAMES[index]
+    return Candidate(weights, compensation, QuantPlan(), {}, outputs=_agreeing(rows))
+
+
+def test_a_close_call_is_one_the_held_out_rows_cannot_settle():
+    best = _measured(0, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    noisy = _measured(1, [0.1, 3.0, 0.2, 2.9, 0.1, 2.0])  # 40 % worse in all, but by chance of a few rows
+    steady = _measured(2, [1.4, 1.4, 1.4, 1.4, 1.4, 1.4])  # 40 % worse on every row: told apart
+    assert candidates.undecided([best, noisy, steady], None) == [best, noisy]
+    assert candidates.undecided([best, steady], None) == []
+    near = _measured(1, [0.9, 1.2, 0.9, 1.1, 1.0, 1.0])  # 1 % worse: either will do
+    assert candidates.undecided([best, near], None) == []
+    assert candidates.undecided([best], None) == []
+
+
+def test_a_close_call_is_decided_on_every_sample(calib, monkeypatch):
+    monkeypatch.setattr(candidates, "MARGIN", math.inf)  # both measured to the end
+    a, b = candidate(0, 0.05), candidate(1, 0.06)
+    reference, _ = measure([a, b], calib)
+    candidates.measure_all([a, b], reference.session, calib, SessionFactory(Device.CPU), Stages(enabled=False))
+    for c in (a, b):
+        everything = X.astype(np.float64)
+        inits = c.model.graph.initializers
+        errors = []
+        for ref, test in ((W, inits["w"].const_value.numpy()), (V, inits["v"].const_value.numpy())):
+            y, z = everything @ ref.astype(np.float64), everything @ test.astype(np.float64)
+            errors.append(np.sum((y - z) ** 2) / np.sum(y**2))
+        assert c.all_error == pytest.approx(float(np.mean(errors)), rel=1e-5)
+        assert c.error == pytest.approx(numpy_error(c), rel=1e-5)  # the held-out error stays what it was
+    winner, _ = candidates.choose([a, b], None, "holdout", [a, b])
+    assert winner is min((a, b), key=lambda c: c.all_error)
+
+
+def test_a_close_call_can_overturn_the_held_out_ranking(monkeypatch):
+    """Feature 0 is large in the fit half, feature 1 in the held-out half: a weight error on feature 0 hardly
+    shows on the held-out samples, yet dominates on all of them."""
+    monkeypatch.setattr(candidates, "MARGIN", math.inf)
+    x = RNG.standard_normal((64, 8)).astype(np.float32)
+    x[:32, 0] *= 10
+    x[32:, 1] *= 10
+    data = open_data(DataOptions(source={"x": x}, batch_size=4, holdout_fraction=0.5), input_specs(two_outputs(W, V)))
+    made = []
+    for index, row, size in ((0, 0, 0.3), (1, 1, 0.1)):
+        w = W.copy()
+        w[row] += size
+        made.append(Candidate(*NAMES[index], QuantPlan(), {}, model=two_outputs(w, V)))
+    a, b = made
+    sessions = SessionFactory(Device.CPU)
+    reference = candidates.reference(sessions.create(two_outputs(W, V)), data)
+    candidates.measure([a, b], reference, data, sessions, Stages(enabled=False))
+    assert a.error < b.error  # held out
+    candidates.measure_all([a, b], reference.session, data, sessions, Stages(enabled=False))
+    assert b.all_error < a.all_error
+    assert candidates.choose([a, b], None, "holdout")[0] is a
+    assert candidates.choose([a, b], None, "holdout", [a, b])[0] is b
+
+
+def test_a_compress_that_makes_a_close_call_saves_and_reports_the_best_on_every_sample(tmp_path, monkeypatch):
+    monkeypatch.setattr(candidates, "CLOSE_SE", 1e9)  # every runner-up is a finalist
+    monkeypatch.setattr(candidates, "CLOSE_MIN", -1.0)
+    monkeypatch.setattr(candidates, "MARGIN", math.inf)  # and measured to the end
+    out = tmp_path / "q.onnx"
+    result = CliRunner().invoke(app, ["compress", str(FASHION), "--data", str(FASHION_DATA), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    comp = json.loads((tmp_path / "q.report.json").read_text())["compensation"]
+    printed = " ".join(result.output.split())
+    said = printed.split("decided on all 256 samples (")[1].split(")")[0]
+    assert f"{comp['chosen']} {comp['close_call'][comp['chosen']]:.3e}" in said
+    assert comp["decided_on"] == "holdout"  # what its errors are measured on; the close call's are on every sample
+    assert set(comp["close_call"]) == set(comp["candidates"]) and len(comp["close_call"]) > 1
+    assert comp["chosen"] == min(comp["close_call"], key=comp["close_call"].get)
+    data = open_data(DataOptions(path=FASHION_DATA), input_specs(model_io.load(FASHION)))
+    feeds = [f for split in ("fit", "holdout") for f in data.batches(split)]
+    fp32 = ort.InferenceSession(str(FASHION), providers=["CPUExecutionProvider"])
+    exact = ort.SessionOptions()
+    exact.add_session_config_entry("session.disable_quant_qdq", "1")
+    saved = ort.InferenceSession(str(out), exact, providers=["CPUExecutionProvider"])
+    stats = compare_sessions(fp32, saved, feeds)
+    assert comp["close_call"][comp["chosen"]] == pytest.approx(candidates.mean_rel_mse(stats), rel=1e-5)
+    shown = " ".join(CliRunner().invoke(app, ["inspect", str(tmp_path / "q.report.json")]).output.split())
+    assert f"{comp['chosen']} {comp['close_call'][comp['chosen']]:.3e}" in shown

@@ -2,8 +2,9 @@
 
 ``bias_correction`` none | independent (onnxbc's default) | sequential; ``bias_shape`` channel (default) |
 position (fixed input shapes only); ``rounding`` auto (onnxbc's default: GPTQ or nearest per weight at 4 bits
-and fewer, by held-out error) | nearest | gptq. Everything else is onnxbc's default (MSE-searched weight scales, MSE activation ranges, attention MatMuls quantized, 20 % of the samples
-held out to decide whether compensation is kept), except ``device=cpu``: every tool calibrates on the CPU
+and fewer, by held-out error) | nearest | gptq. Everything else is onnxbc's default (MSE-searched weight
+scales, MSE activation ranges, attention MatMuls left float, 20 % of the samples held out to decide whether
+compensation is kept), except ``device=cpu``: every tool calibrates on the CPU
 here. Blocks: onnxbc blocks along each weight's input dim (MatMul/Gemm K; Conv input channels), so a dim that
 is not a multiple of 128 ends in a partial block and a Conv with fewer than 128 input channels gets one scale
 per (output channel, kernel position).
