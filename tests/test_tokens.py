@@ -8,6 +8,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_segments import _assert_same as assert_same  # every number two runs of the same probes gathered
 
 from onnxbc import compress
 from onnxbc.calibration import tokens
@@ -125,25 +126,6 @@ def _probes(model, ranges=None):
     return [LayerErrorProbe(t, plan) for t in targets]
 
 
-def _numbers(probe):
-    """Every array a probe gathered (as in test_segments)."""
-    found = {}
-
-    def walk(path, x):
-        if isinstance(x, dict):
-            for k, v in x.items():
-                walk(f"{path}[{k}]", v)
-        elif hasattr(x, "__dict__") and not isinstance(x, (np.ndarray, np.dtype)):
-            for k, v in vars(x).items():
-                if k not in ("target", "plan"):
-                    walk(f"{path}.{k}", v)
-        elif isinstance(x, (np.ndarray, np.generic, int, float)):
-            found[path] = np.asarray(x)
-
-    walk("", probe)
-    return found
-
-
 @pytest.mark.parametrize("segments", [None, 2])
 def test_statistics_do_not_see_what_is_at_padded_positions(tmp_path, segments):
     """The same real tokens with zeros or loud noise at the padding: every statistic of both passes is the same,
@@ -158,11 +140,7 @@ def test_statistics_do_not_see_what_is_at_padded_positions(tmp_path, segments):
         second = _probes(model, {p.value: p for p in first if isinstance(p, RangeProbe)})
         collect(model, second, data, SessionFactory(Device.CPU), splits=("fit", "holdout"), segments=segments)
         runs[padding] = first + second
-    for quiet, loud in zip(*runs.values()):
-        a, b = _numbers(quiet), _numbers(loud)
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    assert_same(*runs.values())
     fit = 9  # 75 % of 12 samples
     x_real = feeds["x"][:fit][real[:fit]]
     ranges = runs["noise"][0]
