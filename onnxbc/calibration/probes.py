@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,11 +47,8 @@ class RangeProbe:
 
     def attach(self, builder: GraphBuilder) -> list[ir.Value]:
         x = builder.values[self.value]
-        axis = self.channel_axis
-        if axis is not None and axis % len(x.shape or [1]) < 2:  # channels on the batch or token axis
-            return [x]
-        real = _real_tokens(builder, x)
-        if real is None:
+        real, axis = _real_tokens(builder, x), self.channel_axis
+        if real is None or (axis is not None and axis % len(x.shape) < 2):  # channels on the batch or token axis
             return [x]
         if axis is not None and axis >= 0:
             self._axis = axis - 1
@@ -278,13 +276,14 @@ class PairedErrorProbe(ErrorProbe):
             return self._error_outputs(b, y, y_quant)
 
 
+@dataclasses.dataclass(frozen=True)
 class _RealTokens:
-    """The padding mask as graph values: ``selector`` (bool ``[batch, tokens]``, fetched to pick rows in numpy),
-    ``weights`` (float 0/1 shaped to broadcast against a tensor of one rank) and ``count`` (int64 number of real
-    tokens in the run) and ``size`` (batch x tokens)."""
+    """The padding mask as graph values."""
 
-    def __init__(self, selector: ir.Value, weights: ir.Value, count: ir.Value, size: ir.Value) -> None:
-        self.selector, self.weights, self.count, self.size = selector, weights, count, size
+    selector: ir.Value  # bool [batch, tokens], fetched to pick rows in numpy
+    weights: ir.Value  # float 0/1, shaped to broadcast against a tensor of one rank
+    count: ir.Value  # int64: how many real tokens the run has
+    size: ir.Value  # int64: batch x tokens
 
 
 def _real_tokens(b: GraphBuilder, x: ir.Value) -> _RealTokens | None:
