@@ -494,14 +494,26 @@ def evaluated_on(calib: CalibrationData) -> str:
     return "holdout" if calib.n_holdout else "fit"
 
 
-def undecided(candidates: list[Candidate], max_size: int | None) -> list[Candidate]:
-    """The best measured candidate whose file fits ``max_size`` and those the held-out samples cannot tell from
-    it, best first; empty when there are none. A candidate is told apart when its error exceeds the best's by
-    ``CLOSE_SE`` standard errors of their paired difference (rows: samples, or the real tokens of token outputs)
-    or more, or by at most ``CLOSE_MIN`` of the best's error (either will do). Measured on PP-OCR at W4A8 with
-    13 held-out samples: the best held-out error (0.0781) was 1.4 standard errors below the runner-up's
-    (0.0974), which had the lower error on the 51 fit samples (0.0717 vs 0.0836), on all 64 and on the 200-line
-    eval split (0.0755 vs 0.0963: 89.5 % of the lines read against 76.5 %)."""
+def undecided(
+    candidates: list[Candidate], max_size: int | None, reference: Reference, calib: CalibrationData
+) -> list[Candidate]:
+    """The best measured candidate whose file fits ``max_size`` and those the held-out samples (``reference``'s)
+    cannot tell from it, best first; empty when there are none, when no samples were held out, and when the
+    float model's outputs on the fit samples would be too big to keep (``KEEP_REFERENCE_BYTES``: SmolLM2's
+    logits on its 13 fit samples are 1.3 GB a model; a run that compared them peaked at 22 GB).
+
+    A candidate is told apart when its error exceeds the best's by ``CLOSE_SE`` standard errors of their paired
+    difference (rows: samples, or the real tokens of token outputs) or more, or by at most ``CLOSE_MIN`` of the
+    best's error (either will do). Measured on PP-OCR at W4A8 with 13 held-out samples: the best held-out error
+    (0.0781) was 1.4 standard errors below the runner-up's (0.0974), which had the lower error on the 51 fit
+    samples (0.0717 vs 0.0836), on all 64 and on the 200-line eval split (0.0755 vs 0.0963: 89.5 % of the lines
+    read against 76.5 %)."""
+    if (
+        not calib.n_holdout
+        or not reference.kept
+        or reference.bytes * calib.n_fit > KEEP_REFERENCE_BYTES * calib.n_holdout
+    ):
+        return []
     ranked = sorted((c for c in candidates if c.outputs is not None and c.fits(max_size)), key=_error)
     close = [c for c in ranked[1:] if _close(ranked[0], c)]
     return [ranked[0], *close] if close else []
@@ -535,7 +547,7 @@ def measure_all(
     with stages.step("Held-out samples too few to decide: checking the closest on the fit samples", total) as advance:
         for c in finalists:
             on_fit = fit.compare(sessions.create(c.model), advance)
-            c.all_outputs = {n: a.merged(on_fit[n]) for n, a in c.outputs.items()}
+            c.all_outputs = {n: a.merged(on_fit[n]) if n in on_fit else a for n, a in c.outputs.items()}
 
 
 def choose(

@@ -131,6 +131,7 @@ class Reference:
         self._mask = masks[0].name if len(masks) == 1 else None
         self._by_token = [len(masks) == 1 and tokens.covers(masks[0].shape, o.shape) for o in session.get_outputs()]
         self.kept: bool | None = None
+        self.bytes = 0  # of its float outputs on all the batches (once a pass completed)
         self.runs = 0
         self._feeds = feeds
         self._keep_bytes = keep_bytes
@@ -150,7 +151,7 @@ class Reference:
             else:
                 kept = None  # too big to keep: every pass runs the reference
             yield feeds, outputs
-        self.kept, self._outputs = kept is not None, kept
+        self.kept, self._outputs, self.bytes = kept is not None, kept, size
 
     def agreements(self) -> dict[str, OutputAgreement]:
         """Empty sums for one model compared against this reference (fill with ``update``)."""

@@ -398,7 +398,7 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
         budget = precision.budget_of(job.options, job.policy)[1]
         reference = candidates.reference(sessions.create(job.model), calib)  # runs once for all (see measure)
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
-        finalists = candidates.undecided(built, budget) if split == "holdout" else []
+        finalists = candidates.undecided(built, budget, reference, calib)
         if finalists:
             candidates.measure_all(finalists, reference.session, calib, sessions, job.run.stages)
         winner, warnings = candidates.choose(built, budget, split, finalists)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx_ir as ir
@@ -313,11 +314,22 @@ def test_a_close_call_is_one_the_held_out_rows_cannot_settle():
     best = _measured(0, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     noisy = _measured(1, [0.1, 3.0, 0.2, 2.9, 0.1, 2.0])  # 40 % worse in all, but by chance of a few rows
     steady = _measured(2, [1.4, 1.4, 1.4, 1.4, 1.4, 1.4])  # 40 % worse on every row: told apart
-    assert candidates.undecided([best, noisy, steady], None) == [best, noisy]
-    assert candidates.undecided([best, steady], None) == []
+    kept = SimpleNamespace(kept=True, bytes=1000)  # the float outputs on the 6 held-out samples
+    calib = SimpleNamespace(n_fit=24, n_holdout=6)
+
+    def undecided(cands, reference=kept, data=calib):
+        return candidates.undecided(cands, None, reference, data)
+
+    assert undecided([best, noisy, steady]) == [best, noisy]
+    assert undecided([best, steady]) == []
     near = _measured(1, [0.9, 1.2, 0.9, 1.1, 1.0, 1.0])  # 1 % worse: either will do
-    assert candidates.undecided([best, near], None) == []
-    assert candidates.undecided([best], None) == []
+    assert undecided([best, near]) == []
+    assert undecided([best]) == []
+    # the fit samples' float outputs would be too big to keep: no close call
+    big = candidates.KEEP_REFERENCE_BYTES // 4 + 1
+    assert undecided([best, noisy], SimpleNamespace(kept=True, bytes=big)) == []
+    assert undecided([best, noisy], SimpleNamespace(kept=False, bytes=0)) == []
+    assert undecided([best, noisy], kept, SimpleNamespace(n_fit=30, n_holdout=0)) == []
 
 
 def test_a_close_call_is_decided_on_every_sample(calib, monkeypatch):
