@@ -205,6 +205,41 @@ def test_tensorrt_residual_add_reads_its_skip_input_quantized(tmp_path):
     assert {audit[n]["status"] for n in ("c1", "c2", "residual")} == {"fused"}
 
 
+def test_tensorrt_leaves_a_residual_stream_no_layer_reads_float(tmp_path):
+    """A pre-norm block, y = x + (LayerNorm(x) @ W): the skip input x reaches no layer, so there is no layer input
+    quantizer to share and the Add reads it float. A quantizer of its own, whose range a few huge channels of a
+    residual stream set, made SmolLM2's output noise."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.2, (16, 16)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.ones(16, np.float32), "gamma"),
+    ]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma"], ["n"], name="norm", axis=-1),
+        helper.make_node("MatMul", ["n", "w"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "prenorm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        initializer=inits,
+    )
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "pre.onnx")
+    x = rng.normal(size=(32, 16)).astype(np.float32)
+    x[:, 3] *= 100  # a huge channel, as residual streams have
+    options = CompressOptions(target=Target.TENSORRT, device="cpu", smoothing=False)
+    result = onnxbc.compress(tmp_path / "pre.onnx", tmp_path / "pre.q.onnx", data={"x": x}, options=options)
+    nodes = {n.name: n for n in ir.load(result.output).graph}
+    assert nodes["mm"].inputs[0].producer().op_type == "DequantizeLinear"  # the layer input is quantized
+    assert nodes["residual"].inputs[1].name == "x" and nodes["residual"].inputs[1].producer() is None
+
+
 def test_sequential_compensation_refits_layers_whose_output_carries_a_folded_smoothing(tmp_path):
     """A smoothing folded into the Conv before it divides that Conv's output: the sequential refit compares
     layer outputs with the float model's, so it must run without the fold (it measured 16x the independent
