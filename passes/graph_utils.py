@@ -158,7 +158,7 @@ class GraphBuilder:
         self.nodes = nodes_by_name(model)
         self._cursor: ir.Node | None = None
         self._once: dict[Hashable, ir.Value] = {}
-        self._start: ir.Node | None = None  # inside at_start(): the node the first insertion goes before
+        self._anchor: ir.Value | None = None  # inside after_producer(): the first insertion goes after its producer
 
     @contextlib.contextmanager
     def after(self, node: ir.Node) -> Iterator[None]:
@@ -169,19 +169,14 @@ class GraphBuilder:
             self._cursor = previous
 
     @contextlib.contextmanager
-    def at_start(self) -> Iterator[None]:
-        """Nodes added inside go before every node of the graph (for nodes that read only graph inputs and
-        constants, shared by readers anywhere in it)."""
-        first = next(iter(self.graph), None)
-        if first is None:
-            yield
-            return
-        previous, self._cursor = self._cursor, None
-        self._start = first
+    def after_producer(self, value: ir.Value) -> Iterator[None]:
+        """Nodes added inside go right after the node computing ``value``, or at the start of the graph when
+        none does (``insert_after_producer``): for nodes shared by readers anywhere in the graph."""
+        previous, self._cursor, self._anchor = self._cursor, None, value
         try:
             yield
         finally:
-            self._cursor, self._start = previous, None
+            self._cursor, self._anchor = previous, None
 
     def once(self, key: Hashable, make: Callable[[], ir.Value]) -> ir.Value:
         """The value ``make`` built the first time ``key`` was asked for (probes of one tensor share it)."""
@@ -220,10 +215,10 @@ class GraphBuilder:
         return node.outputs[0]
 
     def insert(self, nodes: Sequence[ir.Node]) -> None:
-        """Place already named nodes (at the cursor, at the start of the graph, or at its end)."""
-        if self._start is not None:
-            self.graph.insert_before(self._start, nodes)
-            self._start, self._cursor = None, nodes[-1]
+        """Place already named nodes (at the cursor, after the anchor's producer, or at the end of the graph)."""
+        if self._anchor is not None:
+            insert_after_producer(self._anchor, nodes)
+            self._anchor, self._cursor = None, nodes[-1]
         elif self._cursor is None:
             self.graph.extend(nodes)
         else:

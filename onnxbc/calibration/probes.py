@@ -186,7 +186,7 @@ class ErrorProbe:
             y_quant = b.op("Cast", [y_quant], {"to": ir.DataType.FLOAT})
         d, count = _masked(b, b.op("Sub", [y, y_quant], hint=f"{self.target.name}_error"), real)
         key = (y.name, self.per_position)  # the reduction axes follow from the target and the mode
-        y_real = y if real is None else b.once(("real", y.name), lambda: _masked(b, y, real)[0])
+        y_real = y if real is None else b.once(("real", y.name), lambda: b.op("Mul", [y, real.weights]))
         return [
             self._reduce(b, d),
             self._reduce(b, b.op("Mul", [d, d])),
@@ -293,7 +293,7 @@ def _real_tokens(b: GraphBuilder, x: ir.Value) -> _RealTokens | None:
     if mask is None or not tokens.covers(tokens.dims(mask), tokens.dims(x)):
         return None
     rank = len(x.shape)
-    with b.at_start():
+    with b.after_producer(mask):  # a graph input: before every node
         selector = b.once(("tokens", "bool"), lambda: b.op("Cast", [mask], {"to": ir.DataType.BOOL}, hint="real"))
         weights = b.once(
             ("tokens", "weights", rank),
