@@ -24,6 +24,7 @@ boundary tensors do not), measured with one sample through every segment before 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import weakref
@@ -35,13 +36,17 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from onnxbc.calibration import footprint
 from onnxbc.calibration import segments as cutting
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.errors import OnnxbcError, one_line
 from onnxbc.passes.graph_utils import GraphBuilder
 
+logger = logging.getLogger(__name__)
+
 FETCH_BUDGET_BYTES = 512 * 2**20
+RUN_BUDGET_BYTES = 1 * 2**30  # one run's intermediate tensors at once (estimated: calibration.footprint)
 BOUNDARY_MEMORY_BYTES = 1 * 2**30  # boundary tensors held in memory, in all; more go to temporary files
 
 
@@ -76,6 +81,8 @@ def collect(
         fetch.update((v.name, v) for v in values if v.name not in fetch)
     calib.graph.outputs[:] = list(fetch.values())  # ONNX Runtime runs every node of a graph, fetched or not:
     RemoveUnusedNodesPass()(calib)  # so the copy keeps only what the probes read
+    first = next((feeds for split in splits for feeds in data.batches(split)), None)
+    per_sample = footprint.peak_bytes(calib, {k: v[:1] for k, v in first.items()}) if first and data.batched else None
     segments = sessions.segments if segments is None else segments
     if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
         kept = set(original)
@@ -83,7 +90,7 @@ def collect(
         cuts = cutting.find_cuts(nodes, segments, wanted)
         parts = cutting.split(calib, nodes, cuts, list(fetch.values()))
         names = [[v.name for v in values] for values in wanted]
-        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance)
+        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance, per_sample)
         return
     session = sessions.create(calib)
     names = list(fetch)
@@ -93,7 +100,7 @@ def collect(
     for split in splits:
         for feeds in data.batches(split):
             if step is None:
-                step = _samples_per_run(session, names, feeds) if data.batched else 0
+                step = _samples_per_run(session, names, feeds, per_sample) if data.batched else 0
             for part in _split(feeds, step):
                 arrays = session.run(names, part)
                 for probe, idx in zip(probes, index):
@@ -110,6 +117,7 @@ def _run_segments(
     sessions: SessionFactory,
     splits: Sequence[str],
     advance: Callable[[], None],
+    per_sample: int | None,
 ) -> None:
     """Each segment over every run of ``splits``, in turn; its boundary tensors kept for the later ones."""
     made = {name: k for k, part in enumerate(parts) for name in part.outputs}
@@ -127,7 +135,11 @@ def _run_segments(
     where = [
         f"calibration segment {k + 1} of {len(parts)} (nodes '{p.first}' to '{p.last}')" for k, p in enumerate(parts)
     ]
-    step = _samples_per_segment_run(parts, data, splits, sessions, constants, list(fetch), where) if data.batched else 0
+    step = (
+        _samples_per_segment_run(parts, data, splits, sessions, constants, list(fetch), where, per_sample)
+        if data.batched
+        else 0
+    )
     boundaries = _Boundaries()
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
@@ -176,6 +188,7 @@ def _samples_per_segment_run(
     known: dict[str, np.ndarray],
     fetched: list[str],
     where: list[str],
+    per_sample: int | None,
 ) -> int:
     """``_samples_per_run`` of the whole graph, so that segments make the same runs (histogram bins follow the
     runs): one sample of the first batch through every segment first, one session at a time (so each session
@@ -189,7 +202,7 @@ def _samples_per_segment_run(
         # copies: ONNX Runtime's outputs keep their session's memory arena alive
         known.update((n, np.array(a)) for n, a in zip(part.outputs, _run(session, part, known, at)))
         del session
-    return _within_budget(sum(known[n].nbytes for n in fetched))
+    return _within_budget(sum(known[n].nbytes for n in fetched), per_sample)
 
 
 def _session(part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str):
@@ -265,15 +278,23 @@ class _Boundaries:
         return path
 
 
-def _samples_per_run(session, names: list[str], feeds: dict[str, np.ndarray]) -> int:
+def _samples_per_run(session, names: list[str], feeds: dict[str, np.ndarray], per_sample: int | None) -> int:
     """How many samples one run may take so that the fetched tensors stay within the budget."""
     one = {k: v[:1] for k, v in feeds.items()}
-    return _within_budget(sum(a.nbytes for a in session.run(names, one)))
+    return _within_budget(sum(a.nbytes for a in session.run(names, one)), per_sample)
 
 
-def _within_budget(sample_bytes: int) -> int:
-    """How many samples one run may take when one sample fetches ``sample_bytes``."""
-    return max(1, FETCH_BUDGET_BYTES // max(sample_bytes, 1))
+def _within_budget(sample_bytes: int, per_sample: int | None) -> int:
+    """How many samples one run may take when one sample fetches ``sample_bytes`` and its intermediate tensors
+    take ``per_sample`` bytes at most at once (``footprint``; None: not known)."""
+    step = max(1, min(FETCH_BUDGET_BYTES // max(sample_bytes, 1), RUN_BUDGET_BYTES // max(per_sample or 0, 1)))
+    logger.debug(
+        "runs of at most %d samples: %.1f MB fetched and %s MB of intermediate tensors a sample",
+        step,
+        sample_bytes / 1e6,
+        "unknown" if per_sample is None else f"{per_sample / 1e6:.1f}",
+    )
+    return step
 
 
 def _split(feeds: dict[str, np.ndarray], step: int):
