@@ -225,13 +225,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def ort_source(model: ir.Model) -> Iterator[bytes | str]:
-    """The model as ONNX Runtime takes it: bytes, or a temporary file when it is too big or has external data.
+def ort_source(model: ir.Model, *, file_from: int = PROTO_LIMIT_BYTES) -> Iterator[bytes | str]:
+    """The model as ONNX Runtime takes it: bytes, or a temporary file with external data when its weights take
+    ``file_from`` bytes or more (at most a protobuf's limit) or it has external data.
 
     The temporary file lives in the system temp folder, never in the working directory.
     """
     _set_ir_version(model)
-    if initializer_bytes(model) < PROTO_LIMIT_BYTES and not has_external_tensors(model):
+    if initializer_bytes(model) < min(file_from, PROTO_LIMIT_BYTES) and not has_external_tensors(model):
         yield ir.serde.serialize_model(model).SerializeToString()
         return
     with tempfile.TemporaryDirectory(prefix="onnxbc-") as tmp:

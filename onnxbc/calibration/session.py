@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 # ONNX Runtime logs provider start-up failures to stderr itself; the factory reports them in one line.
 ort.set_default_logger_severity(4)
 
+# ONNX Runtime keeps two copies of weights it reads from bytes and one of weights it reads from a file (measured
+# on SmolLM2's 542 MB: a session 1.35 GB from bytes, 0.54 GB from a temporary file with external data, made faster)
+FILE_FROM_BYTES = 32 * 2**20
+
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -56,7 +60,7 @@ class SessionFactory:
         return {CUDA: "cuda", CPU: "cpu"}.get(self.provider or "", self.provider or "none")
 
     def create(self, model: ir.Model, *, exact: bool = True) -> ort.InferenceSession:
-        with model_io.ort_source(model) as source:
+        with model_io.ort_source(model, file_from=FILE_FROM_BYTES) as source:
             return self.create_from(source, exact=exact)
 
     def create_from(self, source: bytes | str, *, exact: bool = True) -> ort.InferenceSession:
