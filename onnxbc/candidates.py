@@ -36,6 +36,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxbc import model_io
+from onnxbc.calibration import memory
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe
 from onnxbc.calibration.session import SessionFactory
@@ -400,10 +401,11 @@ SIDE_BY_SIDE_BYTES = 1 * 2**30  # weights of candidate sessions alive together w
 MARGIN = 1e-9  # relative: a re-run reference's sums may differ in the last bits (GPU kernels need not repeat)
 
 
-def reference(session: ort.InferenceSession, calib: CalibrationData) -> Reference:
-    """The float model's outputs on the split candidates are measured on (``evaluated_on``)."""
+def reference(session: ort.InferenceSession, calib: CalibrationData, most: int | None = None) -> Reference:
+    """The float model's outputs on the split candidates are measured on (``evaluated_on``); every session
+    runs ``most`` samples at a time at most."""
     split = evaluated_on(calib)
-    return Reference(session, lambda: calib.batches(split), KEEP_REFERENCE_BYTES)
+    return Reference(session, lambda: calib.batches(split), KEEP_REFERENCE_BYTES, most)
 
 
 def measure(
@@ -435,6 +437,7 @@ def measure(
             todo = todo[len(group) :]
             best = min((c for c in candidates if c.outputs is not None and c.fits(max_size)), key=_error, default=None)
             _measure(group, best, reference, sessions, total, advance)
+            memory.release()  # the group's sessions
 
 
 def _measure(
@@ -449,7 +452,7 @@ def _measure(
     live = [(c, sessions.create(c.model), reference.agreements()) for c in group]
     for done, (feeds, outputs) in enumerate(reference.batches(), 1):
         for _, session, stats in live:
-            reference.update(stats, feeds, outputs, session.run(reference.names, dict(feeds)))
+            reference.update(stats, feeds, outputs, reference.run(session, feeds))
             advance()
         if best is not None and done < total:
             for c, _, stats in live:
@@ -535,18 +538,19 @@ def _close(best: Candidate, other: Candidate) -> bool:
 
 def measure_all(
     finalists: list[Candidate],
-    session: ort.InferenceSession,
+    reference: Reference,
     calib: CalibrationData,
     sessions: SessionFactory,
     stages: Stages,
 ) -> None:
-    """Each finalist of a close call (``undecided``) against FP32 (``session``) on the fit samples too, one
-    session at a time: ``all_outputs`` is its agreement over every sample."""
-    fit = Reference(session, lambda: calib.batches("fit"), KEEP_REFERENCE_BYTES)
+    """Each finalist of a close call (``undecided``) against FP32 (``reference``'s session) on the fit samples
+    too, one session at a time: ``all_outputs`` is its agreement over every sample."""
+    fit = Reference(reference.session, lambda: calib.batches("fit"), KEEP_REFERENCE_BYTES, reference.most)
     total = calib.count_batches("fit") * len(finalists)
     with stages.step("Held-out samples too few to decide: checking the closest on the fit samples", total) as advance:
         for c in finalists:
             on_fit = fit.compare(sessions.create(c.model), advance)
+            memory.release()  # its session
             c.all_outputs = {n: a.merged(on_fit[n]) if n in on_fit else a for n, a in c.outputs.items()}
 
 

@@ -325,13 +325,21 @@ def compress(
     target: Annotated[Target, typer.Option(help="Runtime whose rules the output follows.")] = Target.ONNXRUNTIME,
     opset: Annotated[int | None, typer.Option(help="Raise the model to at least this opset.")] = None,
     segments: Annotated[
-        int,
+        str,
         typer.Option(
             help="Cut each calibration graph into up to N segments at boundaries few tensors cross (between "
             "transformer blocks, CNN stages) and run them one after another, so that only one segment's weights "
-            "and activations are in memory at a time; the statistics are the same. 1: the whole graph at once.",
+            "are in memory at a time; the statistics are the same. 1: the whole graph at once; auto: as many as "
+            "--max-memory asks for.",
         ),
-    ] = 1,
+    ] = "auto",
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory the run may use, e.g. 3GB: sizes the calibration runs and the segments (--segments "
+            "auto). Default: half of this machine's memory.",
+        ),
+    ] = None,
     report: Annotated[
         Path | None, typer.Option(help="Report JSON path. Default: next to the output, OUTPUT.report.json.")
     ] = None,
@@ -359,7 +367,8 @@ def compress(
             device=device,
             target=target,
             opset=opset,
-            segments=segments,
+            segments=_segments(segments),
+            max_memory=parse_size(max_memory, "--max-memory") if max_memory is not None else None,
             data_free=data_free,
             next_weights=next_weights,
             avg_bits=avg_bits,
@@ -462,6 +471,19 @@ def _samples(
         shapes=tuple(shape or ()),
         random=random,
     )
+
+
+def _segments(text: str) -> int:
+    """--segments: auto (0) or a number of segments."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        count = int(text)
+    except ValueError:
+        raise UsageError(f"--segments takes auto or a number of segments (1: the whole graph), not {text!r}") from None
+    if count < 1:
+        raise UsageError(f"--segments takes auto or a number of segments (1: the whole graph), not {text!r}")
+    return count
 
 
 def _int_list(text: str, flag: str, example: str = "0,128,64") -> tuple[int, ...]:

@@ -29,6 +29,8 @@ from onnxbc.held import ModelLike
 from onnxbc.options import DataOptions, Device, ErrorMetric
 from onnxbc.progress import Stages
 
+BLOCK_VALUES = 2**22  # values of each output compared at a time (in float64: 32 MB an array)
+
 
 @dataclasses.dataclass
 class OutputAgreement:
@@ -43,25 +45,32 @@ class OutputAgreement:
     row_err2: list[float] = dataclasses.field(default_factory=list, repr=False)  # err2 of each row, in order
 
     def update(self, ref: np.ndarray, test: np.ndarray) -> None:
+        """Fold one batch in: rows are samples (or real tokens); sums in float64, over blocks of at most
+        ``BLOCK_VALUES`` values at a time (an LM's logits on a batch are hundreds of MB in float32)."""
         if ref.shape != test.shape:
             raise ValueError(f"output '{self.name}': shapes differ ({ref.shape} vs {test.shape})")
-        a = ref.astype(np.float64)
-        b = test.astype(np.float64)
-        diff = a - b
-        rows_a = a.reshape(a.shape[0], -1) if a.ndim else a.reshape(1, -1)
-        rows_b = b.reshape(rows_a.shape)
-        row_err2 = np.square(diff).reshape(rows_a.shape).sum(axis=1)
+        rows_a = ref.reshape(ref.shape[0], -1) if ref.ndim else ref.reshape(1, -1)
+        rows_b = test.reshape(rows_a.shape)
+        n, m = rows_a.shape
+        sums = np.zeros((4, n))  # per row: err2, a2, b2, ab
+        step = max(1, BLOCK_VALUES // max(n, 1))
+        for start in range(0, m, step):
+            a = rows_a[:, start : start + step].astype(np.float64)
+            b = rows_b[:, start : start + step].astype(np.float64)
+            diff = a - b
+            sums += [np.square(diff).sum(axis=1), np.square(a).sum(axis=1), np.square(b).sum(axis=1), (a * b).sum(1)]
+            self.max_abs = max(self.max_abs, float(np.abs(diff).max(initial=0.0)))
+        row_err2, a2, b2, ab = sums
         self.err2 += float(row_err2.sum())
-        self.ref2 += float(np.square(a).sum())
-        self.max_abs = max(self.max_abs, float(np.abs(diff).max(initial=0.0)))
-        norms = np.linalg.norm(rows_a, axis=1) * np.linalg.norm(rows_b, axis=1)
-        cos = np.where(norms > 0, (rows_a * rows_b).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+        self.ref2 += float(a2.sum())
+        norms = np.sqrt(a2) * np.sqrt(b2)
+        cos = np.where(norms > 0, ab / np.where(norms > 0, norms, 1), 1.0)
         self.cos_sum += float(cos.sum())
         self.rows += len(cos)
         self.row_err2.extend(row_err2.tolist())
-        if a.ndim >= 2 and a.shape[-1] > 1:
-            self.top1_same += int((a.argmax(axis=-1) == b.argmax(axis=-1)).sum())
-            self.top1_total += int(np.prod(a.shape[:-1]))
+        if ref.ndim >= 2 and ref.shape[-1] > 1:
+            self.top1_same += int((ref.argmax(axis=-1) == test.argmax(axis=-1)).sum())
+            self.top1_total += int(np.prod(ref.shape[:-1]))
 
     def merged(self, other: OutputAgreement) -> OutputAgreement:
         """The agreement over both sets of samples (this one's rows first)."""
@@ -125,8 +134,10 @@ class Reference:
         session: ort.InferenceSession,
         feeds: Callable[[], Iterable[Mapping[str, np.ndarray]]],
         keep_bytes: int = 0,
+        most: int | None = None,
     ) -> None:
         self.session = session
+        self.most = most  # samples a session run takes at most (a batch runs in parts; None: whole)
         self.names = [o.name for o in session.get_outputs()]
         masks = [i for i in session.get_inputs() if tokens.is_mask(i.name, i.type[7:-1], i.shape)]  # tensor(int64)
         self._mask = masks[0].name if len(masks) == 1 else None
@@ -176,13 +187,24 @@ class Reference:
         """``test`` against the reference on every batch: the agreement of each float output."""
         stats = self.agreements()
         for feeds, outputs in self.batches():
-            self.update(stats, feeds, outputs, test.run(self.names, dict(feeds)))
+            self.update(stats, feeds, outputs, self.run(test, feeds))
             advance()
         return measured(stats)
 
+    def run(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """``session``'s outputs on one batch, run ``most`` samples at a time (the intermediate tensors of a whole
+        batch of an LM's windows take GBs), joined."""
+        n = len(next(iter(feeds.values()))) if feeds else 0
+        if self.most is None or n <= self.most:
+            return [np.asarray(a) for a in session.run(self.names, dict(feeds))]
+        parts = [
+            session.run(self.names, {k: v[i : i + self.most] for k, v in feeds.items()}) for i in range(0, n, self.most)
+        ]
+        return [np.concatenate(arrays) for arrays in zip(*parts)]
+
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         self.runs += 1
-        return [np.asarray(a) for a in self.session.run(self.names, dict(feeds))]
+        return self.run(self.session, feeds)
 
 
 def measured(stats: dict[str, OutputAgreement]) -> dict[str, OutputAgreement]:

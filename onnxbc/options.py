@@ -364,8 +364,11 @@ class CompressOptions:
     device: Device = _option(Device.AUTO, _R, "--device", data_free=False)  # data-free never runs the model
     target: Target = _option(Target.ONNXRUNTIME, _R, "--target", data_free=True)
     opset: int | None = _option(None, _R, "--opset", data_free=True)
-    # calibration graphs cut into up to this many segments run one after another (onnxbc.calibration.segments)
-    segments: int = _option(1, _R, "--segments", data_free=False)
+    # calibration graphs cut into up to this many segments run one after another (onnxbc.calibration.segments);
+    # 0: as many as --max-memory asks for (onnxbc.calibration.memory)
+    segments: int = _option(0, _R, "--segments", data_free=False)
+    # bytes the run may use (None: half the machine's memory); sizes calibration runs and segments
+    max_memory: int | None = _option(None, _R, "--max-memory", data_free=False)
     # Conv/Gemm biases (and MatMul + bias Add, as a Gemm) as int32 codes + DequantizeLinear (passes.bias_int32);
     # None: on for --target onnxruntime with int8 activations (its integer kernels take them), off otherwise
     int32_bias: bool | None = _option(
@@ -385,8 +388,10 @@ class CompressOptions:
         self._check_mixed_precision()
         if self.data_free and self.weights is WeightType.NONE:
             raise UsageError("--data-free needs quantized weights: --weights int2|int3|int4|int8")
-        if self.segments < 1:
-            raise UsageError(f"--segments must be 1 (the whole graph) or more, got {self.segments}")
+        if self.segments < 0:
+            raise UsageError(f"--segments must be auto, 1 (the whole graph) or more, got {self.segments}")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise UsageError(f"--max-memory must be a positive size, got {self.max_memory}")
         if self.block_size < 0 or (self.block_size and self.block_size % 16):
             raise UsageError(
                 f"--block-size must be 0 (per channel) or a positive multiple of 16, got {self.block_size}"

@@ -24,8 +24,8 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxbc import candidates, datafree, flow, fusion, placement, precision, records, sensitivity, validate
-from onnxbc.calibration import tokens
-from onnxbc.calibration.collector import Probe, collect
+from onnxbc.calibration import memory, tokens
+from onnxbc.calibration.collector import Probe, collect, samples_per_run
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
@@ -103,6 +103,7 @@ def compress(
         built = _candidates(job, stats, decided, errors)
         winner = _choose(job, built)
     audit = _audit(job, winner)
+    _memory(job)
     records.fill(run.report, job.targets, _decisions(options, decided, errors), winner, built, audit)
     validate.require(winner.model, options.target)
     return flow.write(run, winner.model, lambda size: precision.check_size(size, options, policy))
@@ -189,7 +190,7 @@ def _open(run: Run, working: ir.Model, data: DataOptions, options: CompressOptio
         working,
         targets,
         calib,
-        SessionFactory(options.device, segments=options.segments),
+        SessionFactory(options.device, segments=options.segments, max_memory=options.max_memory),
         options,
         policy,
         overrides,
@@ -366,7 +367,8 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
     if options.bias_correction is BiasCorrection.SEQUENTIAL and compensated:
         with run.timer("sequential_compensation"):
             if len(compensated) > 1:
-                reference = candidates.reference(job.sessions.create(job.model), job.calib)
+                most = samples_per_run(job.model, job.calib, candidates.evaluated_on(job.calib), job.sessions)
+                reference = candidates.reference(job.sessions.create(job.model), job.calib, most)
                 budget = precision.budget_of(options, job.policy)[1]  # as _choose: a stopped one cannot win there
                 candidates.measure(compensated, reference, job.calib, job.sessions, run.stages, budget)
                 start = min((c for c in compensated if c.outputs is not None), key=lambda c: c.error)  # not stopped
@@ -396,11 +398,12 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
     split = candidates.evaluated_on(calib)
     with job.run.timer("verify"):
         budget = precision.budget_of(job.options, job.policy)[1]
-        reference = candidates.reference(sessions.create(job.model), calib)  # runs once for all (see measure)
+        most = samples_per_run(job.model, calib, split, sessions)
+        reference = candidates.reference(sessions.create(job.model), calib, most)  # runs once for all (measure)
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
         finalists = candidates.undecided(built, budget, reference, calib)
         if finalists:
-            candidates.measure_all(finalists, reference.session, calib, sessions, job.run.stages)
+            candidates.measure_all(finalists, reference, calib, sessions, job.run.stages)
         winner, warnings = candidates.choose(built, budget, split, finalists)
         rep.warnings.extend(warnings + records.sequential_warning(winner, job.options.bias_correction))
         rep.device = sessions.device_name
@@ -423,6 +426,20 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
             "if you deploy on such CPUs, compress with --reduce-range (7-bit weights)"
         )
     return winner
+
+
+def _memory(job: _Job) -> None:
+    """The memory budget and the process's peak so far into the report; a warning when a budget the user set
+    was passed (it bounds the calibration sessions, runs and boundary tensors, not yet the rest)."""
+    rep, budget = job.run.report, job.sessions.max_memory
+    peak = memory.peak_resident_bytes()
+    rep.memory = {"max_memory_bytes": budget, "given": job.options.max_memory is not None, "peak_rss_bytes": peak}
+    if job.options.max_memory is not None and peak is not None and peak > budget:
+        rep.warnings.append(
+            f"this process peaked at {memory.describe(peak)}, over --max-memory {memory.describe(budget)}: the budget "
+            "bounds the calibration sessions, their runs and the tensors kept between segments; the model held in "
+            "memory and the held-out check of whole candidate models are not bounded by it yet"
+        )
 
 
 def _audit(job: _Job, winner: Candidate) -> dict[str, dict] | None:

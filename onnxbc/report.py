@@ -48,6 +48,7 @@ class Report:
     prepare: dict[str, Any] = dataclasses.field(default_factory=dict)
     passes_over_data: int = 0
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)  # the budget, and the process's peak
     layers: list[LayerRecord] = dataclasses.field(default_factory=list)
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     compensation: dict[str, Any] = dataclasses.field(default_factory=dict)

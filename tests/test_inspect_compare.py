@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import onnxbc
-from onnxbc import inspection
+from onnxbc import compare, inspection
 from onnxbc.cli import app
 from onnxbc.compare import OutputAgreement, compare_models
 from onnxbc.errors import UsageError
@@ -142,6 +142,47 @@ def test_output_agreement_against_hand_computed_values():
     assert a.error(ErrorMetric.COSINE) == pytest.approx(1 - np.mean(cosines))
     assert a.error(ErrorMetric.MAX_ABS) == 1.5
     assert a.as_dict()["top1_agreement"] == 0.5  # argmax 2 vs 1 (the first of two maxima), then 2 vs 2
+
+
+def test_output_agreement_in_blocks_of_a_row(monkeypatch):
+    """Rows longer than a block are summed block by block: every number as in one block."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    test = ref + 0.1 * rng.standard_normal(ref.shape).astype(np.float32)
+    whole = OutputAgreement("y")
+    whole.update(ref, test)
+    monkeypatch.setattr(compare, "BLOCK_VALUES", 4)  # a column of the 3 rows at a time
+    blocks = OutputAgreement("y")
+    blocks.update(ref, test)
+    assert blocks.as_dict() == pytest.approx(whole.as_dict(), rel=1e-12)
+    np.testing.assert_allclose(blocks.row_err2, whole.row_err2, rtol=1e-12)
+    np.testing.assert_allclose(blocks.row_err2, np.square(ref.astype(np.float64) - test).sum(axis=(1, 2)), rtol=1e-9)
+
+
+def test_a_reference_runs_batches_in_parts_of_most_samples():
+    """``Reference(most=2)`` runs a batch of 5 as 2 + 2 + 1 in both sessions: the same numbers as whole."""
+    from onnx import TensorProto, helper
+
+    from onnxbc.compare import Reference
+
+    def session(k):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+        scale = helper.make_tensor("k", TensorProto.FLOAT, [], [k])
+        graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "g", [x], [y], [scale])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    batches = [{"x": np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)}]
+    calls = []
+    test = session(1.1)
+    real = test.run
+    test.run = lambda names, feeds: calls.append(len(feeds["x"])) or real(names, feeds)
+    whole = Reference(session(1.0), lambda: batches).compare(session(1.1))
+    parts = Reference(session(1.0), lambda: batches, most=2).compare(test)
+    assert calls == [2, 2, 1]
+    assert parts["y"].as_dict() == pytest.approx(whole["y"].as_dict(), rel=1e-12)
+    assert parts["y"].rows == 5
 
 
 def test_compare_models_matches_onnxruntime(compressed):

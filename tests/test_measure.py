@@ -260,9 +260,9 @@ def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, mo
     seen = {}
     make, choose = candidates.reference, candidates.choose
 
-    def reference(session, calib):
+    def reference(session, calib, most=None):
         seen["session"], seen["calib"] = Counting(session), calib
-        seen["reference"] = make(seen["session"], calib)
+        seen["reference"] = make(seen["session"], calib, most)
         return seen["reference"]
 
     def chosen(cands, max_size, split, finalists=()):
@@ -336,7 +336,7 @@ def test_a_close_call_is_decided_on_every_sample(calib, monkeypatch):
     monkeypatch.setattr(candidates, "MARGIN", math.inf)  # both measured to the end
     a, b = candidate(0, 0.05), candidate(1, 0.06)
     reference, _ = measure([a, b], calib)
-    candidates.measure_all([a, b], reference.session, calib, SessionFactory(Device.CPU), Stages(enabled=False))
+    candidates.measure_all([a, b], reference, calib, SessionFactory(Device.CPU), Stages(enabled=False))
     for c in (a, b):
         everything = X.astype(np.float64)
         inits = c.model.graph.initializers
@@ -368,7 +368,7 @@ def test_a_close_call_can_overturn_the_held_out_ranking(monkeypatch):
     reference = candidates.reference(sessions.create(two_outputs(W, V)), data)
     candidates.measure([a, b], reference, data, sessions, Stages(enabled=False))
     assert a.error < b.error  # held out
-    candidates.measure_all([a, b], reference.session, data, sessions, Stages(enabled=False))
+    candidates.measure_all([a, b], reference, data, sessions, Stages(enabled=False))
     assert b.all_error < a.all_error
     assert candidates.choose([a, b], None, "holdout")[0] is a
     assert candidates.choose([a, b], None, "holdout", [a, b])[0] is b

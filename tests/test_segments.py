@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxbc.calibration import collector, segments
+from onnxbc.calibration import collector, memory, segments
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, MomentsProbe, OutputPowerProbe, PairedErrorProbe, RangeProbe
@@ -361,7 +361,7 @@ def test_boundary_tensors_in_memory_are_copies():
     of a finished segment alive, so the store holds copies."""
     output = _ort_output()
     assert not output.flags.owndata
-    store = collector._Boundaries()
+    store = collector._Boundaries(collector.BOUNDARY_MEMORY_BYTES)
     store.put("run", {"y": output})
     kept = store.get("run")["y"]
     assert kept.flags.owndata and not np.shares_memory(kept, output)
@@ -448,5 +448,85 @@ def test_segments_below_one_is_a_usage_error():
     from onnxbc.errors import UsageError
     from onnxbc.options import CompressOptions
 
-    with pytest.raises(UsageError, match="--segments must be 1"):
-        CompressOptions(segments=0)
+    with pytest.raises(UsageError, match="--segments must be auto, 1"):
+        CompressOptions(segments=-1)
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_segments_take_auto_or_a_count(tmp_path, value):
+    """``--segments`` is auto or a number of segments: anything else is one line and exit code 2."""
+    from typer.testing import CliRunner
+
+    from onnxbc import cli
+
+    root = Path(__file__).resolve().parents[1] / "models"
+    args = ["compress", str(root / "fashion_cnn.onnx"), "--random-data", "--segments", value, "-o", str(tmp_path / "o")]
+    r = CliRunner().invoke(cli.app, args)
+    assert r.exit_code == 2
+    assert f"--segments takes auto or a number of segments (1: the whole graph), not '{value}'" in r.output
+
+
+def test_auto_segments_keep_a_session_within_the_memory_budget(tmp_path, monkeypatch):
+    """``segments=0``: a budget whose room (after the run and boundary buffers, an eighth of it each, and the
+    resident memory, here 0) is 3/4 of the graph's weights cuts it in two, and the statistics equal the whole
+    graph's under the same budget; a budget twice the weights keeps it whole."""
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
+    model = transformer()
+    data = _data(tmp_path, model)
+    held = sum(segments.held_bytes(list(model.graph)))
+
+    def run(count, budget):
+        probes, factory, made = _pass_one(model), SessionFactory(Device.CPU, segments=count, max_memory=budget), []
+        real = factory.create
+        factory.create = lambda sub, **kw: made.append(sub) or real(sub, **kw)
+        collect(model, probes, data, factory)
+        return probes, len(made)
+
+    whole, sessions = run(1, held)
+    auto, cut = run(0, held)
+    assert (sessions, cut) == (1, 2 * 2)  # each segment's session is made twice: once to size the runs
+    _assert_same(whole, auto)
+    assert run(0, 2 * held)[1] == 1
+
+
+def test_a_quantized_weight_is_held_at_its_float_size():
+    """ONNX Runtime folds a constant DequantizeLinear into a float weight: an int8 weight of 64 values is held
+    as 256 bytes; a float weight read directly, at its own 64 x 4."""
+    w = ir.Value(name="w", const_value=ir.tensor(np.ones((8, 8), np.int8), name="w"))
+    scale = ir.Value(name="s", const_value=ir.tensor(np.float32(0.1), name="s"))
+    scale.dtype = ir.DataType.FLOAT
+    f = ir.Value(name="f", const_value=ir.tensor(np.ones((8, 8), np.float32), name="f"))
+    x = ir.val("x", ir.DataType.FLOAT, ir.Shape([1, 8]))
+    dq = ir.node("DequantizeLinear", [w, scale])
+    mm = ir.node("MatMul", [x, dq.outputs[0]])
+    mm2 = ir.node("MatMul", [mm.outputs[0], f])
+    graph = ir.Graph([x], mm2.outputs, nodes=[dq, mm, mm2], initializers=[w, scale, f], opset_imports={"": 21})
+    assert segments.held_bytes(list(graph)) == [64 * 4 + 4, 0, 64 * 4]
+
+
+def test_segments_for_a_budget(monkeypatch):
+    """The room is the budget less what is reserved and resident: a graph that fits stays whole, a bigger one
+    takes as many rooms as it fills, and with no room left each segment gets what its heaviest node reads."""
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 100)
+    assert memory.segments_for(held=700, heaviest=50, budget=1000, reserved=200) == 1
+    assert memory.segments_for(held=1500, heaviest=50, budget=1000, reserved=200) == 3
+    assert memory.segments_for(held=1500, heaviest=50, budget=250, reserved=200) == 30
+
+
+def test_a_budget_the_run_passed_is_reported(tmp_path):
+    """The report gives the budget and the process's peak; a --max-memory the process passed gets a warning
+    (1 MiB: anything passes it), and the model is still written."""
+    import onnxbc
+    from onnxbc.options import DataOptions
+
+    root = Path(__file__).resolve().parents[1] / "models"
+    data = DataOptions(path=root / "data" / "fashion_calib.npz", samples=32)
+    options = CompressOptions(device=Device.CPU, max_memory=2**20)
+    result = onnxbc.compress(root / "fashion_cnn.onnx", tmp_path / "o.onnx", data=data, options=options)
+    assert result.report.memory["max_memory_bytes"] == 2**20 and result.report.memory["given"]
+    assert result.report.memory["peak_rss_bytes"] > 2**20
+    assert any("over --max-memory 1 MiB" in w for w in result.report.warnings)
+    assert (tmp_path / "o.onnx").exists()
+    default = onnxbc.compress(root / "fashion_cnn.onnx", tmp_path / "d.onnx", data=data)
+    assert not default.report.memory["given"] and default.report.memory["max_memory_bytes"] >= 2**30
+    assert not any("--max-memory" in w for w in default.report.warnings)

@@ -8,18 +8,23 @@ whatever is fetched): a sequential-compensation wave runs the model only up to i
 in memory (or the system temp folder when it is too large for one protobuf), never in the working
 directory.
 
-Fetched tensors (whole activations, for histograms) can be large: the collector runs one sample first,
-and splits batches so that one run fetches at most ``FETCH_BUDGET_BYTES``.
+Fetched tensors (whole activations, for histograms) can be large, and so can the intermediate tensors of a
+graph that computes every layer's shadow beside the model: the collector runs one sample first, and splits
+batches so that one run fetches at most ``FETCH_BUDGET_BYTES`` and its intermediate tensors, as
+``calibration.footprint`` estimates them, take at most an eighth of the memory budget (``--max-memory``, up to
+``RUN_BUDGET_BYTES``).
 
 With ``segments=N`` the copy is cut into up to N consecutive segments (``calibration.segments``) that run one
 after another over all batches, each in its own session, so that only one segment's weights are loaded at a
-time. The tensors a segment passes to later ones are kept per run, in memory up to ``BOUNDARY_MEMORY_BYTES``
-and in ``.npy`` files in a private temporary folder beyond that, each dropped after the last segment that
-reads it. A probe is updated when the last segment producing one of its values runs; its values from earlier
-segments wait with the boundary tensors (they are in-graph reductions, small, except for a histogram's whole
-activation, which the cut finder keeps from splitting by counting it as crossing). Batches are split into the
-same runs as the whole graph's (every fetched value counts against the budget, whichever segment makes it; the
-boundary tensors do not), measured with one sample through every segment before the first batch.
+time; ``segments=0`` takes as many as the memory budget asks for (``calibration.memory``). The tensors a
+segment passes to later ones are kept per run, in memory up to an eighth of the budget (up to
+``BOUNDARY_MEMORY_BYTES``) and in ``.npy`` files in a private temporary folder beyond that, each dropped
+after the last segment that reads it. A probe is updated when the last segment producing one of its values
+runs; its values from earlier segments wait with the boundary tensors (they are in-graph reductions, small,
+except for a histogram's whole activation, which the cut finder keeps from splitting by counting it as
+crossing). Batches are split into the same runs as the whole graph's (every fetched value counts against the
+budget, whichever segment makes it; the boundary tensors do not), measured with one sample through every
+segment before the first batch.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from onnxbc.calibration import footprint
+from onnxbc.calibration import footprint, memory
 from onnxbc.calibration import segments as cutting
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
@@ -69,7 +74,23 @@ def collect(
     segments: int | None = None,
 ) -> None:
     """Run ``model`` with every probe attached over the batches of ``splits``, calling ``advance`` once per
-    batch; with ``segments`` (default: ``sessions.segments``) at least 2, segment by segment."""
+    batch; with ``segments`` (default: ``sessions.segments``) at least 2, segment by segment (0: as many as
+    ``sessions.max_memory`` asks for). Its sessions' memory goes back to the system at the end."""
+    try:
+        _collect(model, probes, data, sessions, splits, advance, segments)
+    finally:
+        memory.release()
+
+
+def _collect(
+    model: ir.Model,
+    probes: Sequence[Probe],
+    data: CalibrationData,
+    sessions: SessionFactory,
+    splits: Sequence[str],
+    advance: Callable[[], None],
+    segments: int | None,
+) -> None:
     if not probes:
         return
     calib = model.clone()
@@ -81,16 +102,21 @@ def collect(
         fetch.update((v.name, v) for v in values if v.name not in fetch)
     calib.graph.outputs[:] = list(fetch.values())  # ONNX Runtime runs every node of a graph, fetched or not:
     RemoveUnusedNodesPass()(calib)  # so the copy keeps only what the probes read
-    first = next((feeds for split in splits for feeds in data.batches(split)), None)
-    per_sample = footprint.peak_bytes(calib, {k: v[:1] for k, v in first.items()}) if first and data.batched else None
+    budget = sessions.max_memory
+    run_limit, boundary_limit = min(RUN_BUDGET_BYTES, budget // 8), min(BOUNDARY_MEMORY_BYTES, budget // 8)
+    most = _most_samples(calib, data, splits, run_limit)
     segments = sessions.segments if segments is None else segments
+    if segments == 0:  # as many as the memory budget asks for
+        held = cutting.held_bytes(list(calib.graph))
+        segments = memory.segments_for(sum(held), max(held, default=0), budget, run_limit + boundary_limit)
+        logger.debug("%d segment(s): the session holds %.0f MB of weights", segments, sum(held) / 1e6)
     if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
         kept = set(original)
         nodes = cutting.order(list(calib.graph), [n for n in calib.graph if n not in kept])
         cuts = cutting.find_cuts(nodes, segments, wanted)
         parts = cutting.split(calib, nodes, cuts, list(fetch.values()))
         names = [[v.name for v in values] for values in wanted]
-        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance, per_sample)
+        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance, most, boundary_limit)
         return
     session = sessions.create(calib)
     names = list(fetch)
@@ -100,7 +126,7 @@ def collect(
     for split in splits:
         for feeds in data.batches(split):
             if step is None:
-                step = _samples_per_run(session, names, feeds, per_sample) if data.batched else 0
+                step = _samples_per_run(session, names, feeds, most) if data.batched else 0
             for part in _split(feeds, step):
                 arrays = session.run(names, part)
                 for probe, idx in zip(probes, index):
@@ -117,7 +143,8 @@ def _run_segments(
     sessions: SessionFactory,
     splits: Sequence[str],
     advance: Callable[[], None],
-    per_sample: int | None,
+    most: int | None,
+    boundary_limit: int,
 ) -> None:
     """Each segment over every run of ``splits``, in turn; its boundary tensors kept for the later ones."""
     made = {name: k for k, part in enumerate(parts) for name in part.outputs}
@@ -136,11 +163,11 @@ def _run_segments(
         f"calibration segment {k + 1} of {len(parts)} (nodes '{p.first}' to '{p.last}')" for k, p in enumerate(parts)
     ]
     step = (
-        _samples_per_segment_run(parts, data, splits, sessions, constants, list(fetch), where, per_sample)
+        _samples_per_segment_run(parts, data, splits, sessions, constants, list(fetch), where, most)
         if data.batched
         else 0
     )
-    boundaries = _Boundaries()
+    boundaries = _Boundaries(boundary_limit)
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
         for k, part in enumerate(parts):
@@ -161,6 +188,7 @@ def _run_segments(
                         del known  # ONNX Runtime's outputs keep their session's memory arena alive
                     tick()
             del session  # before the next segment's session is made
+            memory.release()
     finally:
         boundaries.close()
 
@@ -188,7 +216,7 @@ def _samples_per_segment_run(
     known: dict[str, np.ndarray],
     fetched: list[str],
     where: list[str],
-    per_sample: int | None,
+    most: int | None,
 ) -> int:
     """``_samples_per_run`` of the whole graph, so that segments make the same runs (histogram bins follow the
     runs): one sample of the first batch through every segment first, one session at a time (so each session
@@ -202,7 +230,7 @@ def _samples_per_segment_run(
         # copies: ONNX Runtime's outputs keep their session's memory arena alive
         known.update((n, np.array(a)) for n, a in zip(part.outputs, _run(session, part, known, at)))
         del session
-    return _within_budget(sum(known[n].nbytes for n in fetched), per_sample)
+    return _within_budget(sum(known[n].nbytes for n in fetched), most)
 
 
 def _session(part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str):
@@ -224,11 +252,12 @@ def _run(session, part: cutting.Segment, known: dict[str, np.ndarray], where: st
 
 
 class _Boundaries:
-    """Arrays kept per run between segments: in memory up to ``BOUNDARY_MEMORY_BYTES`` in all, in ``.npy``
+    """Arrays kept per run between segments: in memory up to ``limit`` bytes in all, in ``.npy``
     files in a private temporary folder (made when first needed, removed by ``close()`` or when collected)
     beyond that, read back memory-mapped."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
         self._held: dict[Hashable, dict[str, np.ndarray | Path]] = {}
         self.dtypes: dict[str, np.dtype] = {}
         self._bytes = 0
@@ -240,7 +269,7 @@ class _Boundaries:
         held = self._held.setdefault(key, {})
         for name, array in arrays.items():
             self.dtypes.setdefault(name, array.dtype)
-            if self._bytes + array.nbytes <= BOUNDARY_MEMORY_BYTES:
+            if self._bytes + array.nbytes <= self._limit:
                 # a copy: ONNX Runtime's outputs keep their session's memory arena alive
                 held[name] = np.array(array)
                 self._bytes += array.nbytes
@@ -278,23 +307,33 @@ class _Boundaries:
         return path
 
 
-def _samples_per_run(session, names: list[str], feeds: dict[str, np.ndarray], per_sample: int | None) -> int:
-    """How many samples one run may take so that the fetched tensors stay within the budget."""
+def samples_per_run(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory) -> int | None:
+    """The most samples of ``split`` a run of ``model`` may take for its intermediate tensors to stay within an
+    eighth of the memory budget (as ``collect``'s runs); None when that is not known."""
+    return _most_samples(model, data, (split,), min(RUN_BUDGET_BYTES, sessions.max_memory // 8))
+
+
+def _most_samples(calib: ir.Model, data: CalibrationData, splits: Sequence[str], limit: int) -> int | None:
+    """The most samples a run may take so that its intermediate tensors stay within ``limit`` bytes
+    (``footprint``: estimated on one sample of the first batch); None when unknown or not batched."""
+    first = next((feeds for split in splits for feeds in data.batches(split)), None) if data.batched else None
+    per_sample = footprint.peak_bytes(calib, {k: v[:1] for k, v in first.items()}) if first else None
+    if not per_sample:
+        return None
+    logger.debug("intermediate tensors: %.1f MB a sample, runs of %d at most", per_sample / 1e6, limit // per_sample)
+    return max(1, limit // per_sample)
+
+
+def _samples_per_run(session, names: list[str], feeds: dict[str, np.ndarray], most: int | None) -> int:
+    """How many samples one run may take: the fetched tensors within the budget, and at most ``most``."""
     one = {k: v[:1] for k, v in feeds.items()}
-    return _within_budget(sum(a.nbytes for a in session.run(names, one)), per_sample)
+    return _within_budget(sum(a.nbytes for a in session.run(names, one)), most)
 
 
-def _within_budget(sample_bytes: int, per_sample: int | None) -> int:
-    """How many samples one run may take when one sample fetches ``sample_bytes`` and its intermediate tensors
-    take ``per_sample`` bytes at most at once (``footprint``; None: not known)."""
-    step = max(1, min(FETCH_BUDGET_BYTES // max(sample_bytes, 1), RUN_BUDGET_BYTES // max(per_sample or 0, 1)))
-    logger.debug(
-        "runs of at most %d samples: %.1f MB fetched and %s MB of intermediate tensors a sample",
-        step,
-        sample_bytes / 1e6,
-        "unknown" if per_sample is None else f"{per_sample / 1e6:.1f}",
-    )
-    return step
+def _within_budget(sample_bytes: int, most: int | None) -> int:
+    """How many samples one run may take when one sample fetches ``sample_bytes``, and at most ``most``."""
+    step = max(1, FETCH_BUDGET_BYTES // max(sample_bytes, 1))
+    return step if most is None else min(step, most)
 
 
 def _split(feeds: dict[str, np.ndarray], step: int):

@@ -10,8 +10,9 @@ segments, only one segment's weights are loaded at a time; what flows from one s
 2. ``find_cuts``: the fewest segments (at most N) that each read at most ``1 + SLACK`` times an even share of
    the weight bytes (or of the heaviest node: a 47 MB embedding table in a 90 MB model makes two segments), and
    among those the cuts crossed by the fewest bytes (a dynamic program over cut positions, linear in the number of
-   nodes). Weights are initializer bytes, each counted at its first reader (node counts when there are no
-   weights). A tensor crosses a cut when a node before it produces the tensor and a node after it reads it;
+   nodes). Weights are initializer bytes as a session holds them (``held_bytes``: a quantized weight at the
+   size of the float weight ONNX Runtime folds it into), each counted at its first reader (node counts when
+   there are no weights). A tensor crosses a cut when a node before it produces the tensor and a node after it reads it;
    graph inputs and initializers never cross (every segment reads them directly). So a chain of blocks is cut
    between blocks and a residual block is not cut along its branch, where its skip tensor crosses too. Values
    one probe fetches together count as read by the last of their producers: a probe split across a cut makes
@@ -74,7 +75,7 @@ def find_cuts(nodes: Sequence[ir.Node], count: int, groups: Sequence[Sequence[ir
     """Positions in ``nodes`` (topological order) where segments 2, 3, ... start: the fewest segments (at most
     ``count``) that each read at most ``1 + SLACK`` times an even share of the weight bytes (or of the heaviest
     node), cut where the fewest bytes cross. ``groups`` are the values each probe fetches together."""
-    weights = _weights(nodes)
+    weights = held_bytes(nodes)
     if sum(weights) == 0:
         weights = [1] * len(nodes)
     done = [0]
@@ -209,8 +210,10 @@ def _reads(node: ir.Node) -> list[ir.Value]:
     return list(found)
 
 
-def _weights(nodes: Sequence[ir.Node]) -> list[int]:
-    """Initializer (and ``Constant``) bytes each node reads; a shared initializer counts at its first reader."""
+def held_bytes(nodes: Sequence[ir.Node]) -> list[int]:
+    """The bytes of initializers (and ``Constant`` values) each node reads, as a session holds them: a constant
+    DequantizeLinear input at the size of its output, into which ONNX Runtime folds it. A shared initializer
+    counts at its first reader."""
     seen: set[ir.Value] = set()
     weights = []
     for node in nodes:
@@ -218,11 +221,20 @@ def _weights(nodes: Sequence[ir.Node]) -> list[int]:
         for v in _reads(node):
             if v.is_initializer() and v.const_value is not None and v not in seen:
                 seen.add(v)
-                w += v.const_value.nbytes
+                w += _held(v)
         if node.op_type == "Constant" and "value" in node.attributes:
             w += node.attributes["value"].value.nbytes
         weights.append(w)
     return weights
+
+
+def _held(weight: ir.Value) -> int:
+    """``weight``'s bytes, or those of the DequantizeLinear output it is folded into (the scale's type)."""
+    for node, i in weight.uses():
+        scale = node.inputs[1] if node.op_type == "DequantizeLinear" and i == 0 and len(node.inputs) > 1 else None
+        if scale is not None and scale.dtype is not None:
+            return weight.const_value.size * scale.dtype.itemsize
+    return weight.const_value.nbytes
 
 
 def _size(value: ir.Value) -> float | None:

@@ -24,6 +24,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxbc import model_io
+from onnxbc.calibration import memory
 from onnxbc.errors import OnnxbcError, one_line
 from onnxbc.options import Device
 
@@ -42,12 +43,17 @@ CPU = "CPUExecutionProvider"
 class SessionFactory:
     """Creates sessions for ``device`` and remembers which provider really ran (``self.provider``);
     ``threads`` sets ONNX Runtime's intra-op threads (0: its default); ``segments``: how many consecutive
-    segments the collector may cut a calibration graph into, each run in a session of its own (1: whole)."""
+    segments the collector may cut a calibration graph into, each run in a session of its own (1: whole; 0: as
+    many as ``max_memory`` asks for, ``calibration.memory``); ``max_memory``: the bytes a run may use (None:
+    ``memory.default_budget()``)."""
 
-    def __init__(self, device: Device = Device.AUTO, *, threads: int = 0, segments: int = 1) -> None:
+    def __init__(
+        self, device: Device = Device.AUTO, *, threads: int = 0, segments: int = 1, max_memory: int | None = None
+    ) -> None:
         self.device = device
         self.threads = threads
         self.segments = segments
+        self.max_memory = max_memory or memory.default_budget()
         self.provider: str | None = None
         if device is Device.CUDA and CUDA not in ort.get_available_providers():
             raise OnnxbcError(
