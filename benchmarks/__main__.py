@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("scaling", help="compress time and peak memory vs the number of calibration samples")
     p.add_argument("--name", default="scaling")
-    p.add_argument("--model", default="chargpt", choices=["chargpt"])
+    p.add_argument("--model", default="chargpt", choices=sorted(scaling.LARGE_SETS))
     p.add_argument("--samples", default="64,256,1024")
     p.add_argument("--methods", default="onnxbc_independent,ort_static,nncf")
     p.add_argument("--setting", default="w8a8", choices=sorted(SETTINGS))

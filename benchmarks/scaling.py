@@ -1,7 +1,8 @@
 """Compress time and peak memory versus the number of calibration samples, on one model.
 
-The samples are the first N of chargpt's deterministic 1024-window calibration set (``zoo.chargpt.
-calibration_set``: random windows of the training plays in random order, so 64 of them are also 64 of 256).
+The samples are the first N of the model's deterministic large calibration set (``zoo.chargpt.
+calibration_set``: random 128-char windows of the training plays; ``zoo.minilm.calibration_set``: distinct
+sentences of the training plays), in random order, so 64 of them are also 64 of 256.
 Each compression runs in a fresh worker, exactly as in the matrix; its output is evaluated too, so that the
 table shows what the extra samples buy. The model-size axis of the scaling check comes from the matrix
 itself (the same method and setting on every model), see ``render``.
@@ -20,8 +21,10 @@ import numpy as np
 
 from benchmarks import runner
 from benchmarks.methods import FP32
-from benchmarks.zoo import MODELS, chargpt
+from benchmarks.zoo import MODELS, chargpt, minilm
 from benchmarks.zoo.common import save_npz
+
+LARGE_SETS = {"chargpt": chargpt.calibration_set, "minilm": minilm.calibration_set}  # model -> (cache, n) -> .npz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +41,8 @@ class ScalingConfig:
     command: str = ""
 
 
-def _subsets(cache: Path, samples: tuple[int, ...], work: Path) -> dict[int, Path]:
-    full = chargpt.calibration_set(cache, max(samples))
+def _subsets(model: str, cache: Path, samples: tuple[int, ...], work: Path) -> dict[int, Path]:
+    full = LARGE_SETS[model](cache, max(samples))
     with np.load(full, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     paths = {}
@@ -56,7 +59,7 @@ def run(config: ScalingConfig, log=print) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     bench = MODELS[config.model].prepare(config.cache)
-    calib = _subsets(config.cache, config.samples, work)
+    calib = _subsets(config.model, config.cache, config.samples, work)
     results: dict[str, Any] = {
         "schema": runner.SCHEMA,
         "name": config.name,

@@ -205,6 +205,30 @@ def prepare(cache_dir: Path) -> BenchModel:
     return bench
 
 
+LARGE_CALIB_SEED = 8765
+
+
+def calibration_set(cache_dir: Path, n: int = 512) -> Path:
+    """A larger calibration file for scaling checks: ``n`` distinct sentences of the training plays (never
+    Hamlet), tokenized like ``calib.npz``, in a seeded random order (so the first ``k`` of them are a random
+    subset), cached as ``calib_<n>.npz`` beside the model with a stamp. Needs ``prepare()`` to have run."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    model_dir = Path(cache_dir) / NAME
+    path, stamp = model_dir / f"calib_{n}.npz", model_dir / f"calib_{n}.json"
+    recipe = {"seed": LARGE_CALIB_SEED, "n": n, "model_recipe": RECIPE}
+    if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(recipe)):
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir_in_package()))
+    pool = [s for p in common.play_paths() if p != EVAL_PLAY for s in _sentences(p)]
+    picked = _pick(pool, n, tokenizer, np.random.default_rng(LARGE_CALIB_SEED))
+    common.save_npz(path, _tokenize(tokenizer, picked))
+    stamp.write_text(json.dumps(recipe, indent=2, sort_keys=True))
+    return path
+
+
 def evaluate(
     onnx_path: Path,
     bench: BenchModel,
