@@ -477,10 +477,7 @@ def _segments(text: str) -> int:
     """--segments: auto (0) or a number of segments."""
     if text.strip().lower() == "auto":
         return 0
-    try:
-        count = int(text)
-    except ValueError:
-        raise UsageError(f"--segments takes auto or a number of segments (1: the whole graph), not {text!r}") from None
+    count = int(text) if text.strip().isdigit() else 0
     if count < 1:
         raise UsageError(f"--segments takes auto or a number of segments (1: the whole graph), not {text!r}")
     return count

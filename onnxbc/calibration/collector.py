@@ -102,13 +102,12 @@ def _collect(
         fetch.update((v.name, v) for v in values if v.name not in fetch)
     calib.graph.outputs[:] = list(fetch.values())  # ONNX Runtime runs every node of a graph, fetched or not:
     RemoveUnusedNodesPass()(calib)  # so the copy keeps only what the probes read
-    budget = sessions.max_memory
-    run_limit, boundary_limit = min(RUN_BUDGET_BYTES, budget // 8), min(BOUNDARY_MEMORY_BYTES, budget // 8)
+    run_limit, boundary_limit = _limits(sessions)
     most = _most_samples(calib, data, splits, run_limit)
     segments = sessions.segments if segments is None else segments
     if segments == 0:  # as many as the memory budget asks for
         held = cutting.held_bytes(list(calib.graph))
-        segments = memory.segments_for(sum(held), max(held, default=0), budget, run_limit + boundary_limit)
+        segments = memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, sum(_limits(sessions)))
         logger.debug("%d segment(s): the session holds %.0f MB of weights", segments, sum(held) / 1e6)
     if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
         kept = set(original)
@@ -310,7 +309,14 @@ class _Boundaries:
 def samples_per_run(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory) -> int | None:
     """The most samples of ``split`` a run of ``model`` may take for its intermediate tensors to stay within an
     eighth of the memory budget (as ``collect``'s runs); None when that is not known."""
-    return _most_samples(model, data, (split,), min(RUN_BUDGET_BYTES, sessions.max_memory // 8))
+    return _most_samples(model, data, (split,), _limits(sessions)[0])
+
+
+def _limits(sessions: SessionFactory) -> tuple[int, int]:
+    """The bytes one run's intermediate tensors, and the boundary tensors held in memory, may take: an eighth of
+    the memory budget each, up to ``RUN_BUDGET_BYTES`` and ``BOUNDARY_MEMORY_BYTES``."""
+    share = sessions.max_memory // 8
+    return min(RUN_BUDGET_BYTES, share), min(BOUNDARY_MEMORY_BYTES, share)
 
 
 def _most_samples(calib: ir.Model, data: CalibrationData, splits: Sequence[str], limit: int) -> int | None:

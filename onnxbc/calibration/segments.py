@@ -12,11 +12,11 @@ segments, only one segment's weights are loaded at a time; what flows from one s
    among those the cuts crossed by the fewest bytes (a dynamic program over cut positions, linear in the number of
    nodes). Weights are initializer bytes as a session holds them (``held_bytes``: a quantized weight at the
    size of the float weight ONNX Runtime folds it into), each counted at its first reader (node counts when
-   there are no weights). A tensor crosses a cut when a node before it produces the tensor and a node after it reads it;
-   graph inputs and initializers never cross (every segment reads them directly). So a chain of blocks is cut
-   between blocks and a residual block is not cut along its branch, where its skip tensor crosses too. Values
-   one probe fetches together count as read by the last of their producers: a probe split across a cut makes
-   its earlier values wait for the later ones.
+   there are no weights). A tensor crosses a cut when a node before it produces the tensor and a node after
+   it reads it; graph inputs and initializers never cross (every segment reads them directly). So a chain of
+   blocks is cut between blocks and a residual block is not cut along its branch, where its skip tensor
+   crosses too. Values one probe fetches together count as read by the last of their producers: a probe split
+   across a cut makes its earlier values wait for the later ones.
 3. ``split``: one model per segment, holding its own nodes and the initializers they read (the tensors are
    shared, not copied). Its inputs are the graph inputs and the boundary tensors it reads; its outputs are the
    fetched values it produces and the boundary tensors later segments read.
