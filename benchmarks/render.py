@@ -212,7 +212,9 @@ def scaling_table(res: dict) -> list[str]:
     cfg = res["config"]
     head = ["samples", "method", "compress s", "call s", "peak RSS MB", "passes over data", "rel. MSE", "metric exact"]
     lines = [
-        f"{cfg['model']}, {cfg['setting']}, the first N samples of a deterministic 1024-window calibration set:",
+        f"{cfg['model']}, {cfg['setting']}, the first N samples of a deterministic larger calibration set "
+        f"(`benchmarks.zoo.{cfg['model']}.calibration_set`), `{res.get('command', '')}` at commit "
+        f"{res.get('onnxbc_source', {}).get('commit', '?')}:",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
