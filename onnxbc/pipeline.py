@@ -30,6 +30,7 @@ from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.candidates import Candidate, Trials
+from onnxbc.compare import Reference
 from onnxbc.compensation import bias_skip_reason
 from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.flow import CompressResult, Run
@@ -367,8 +368,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
     if options.bias_correction is BiasCorrection.SEQUENTIAL and compensated:
         with run.timer("sequential_compensation"):
             if len(compensated) > 1:
-                most = samples_per_run(job.model, job.calib, candidates.evaluated_on(job.calib), job.sessions)
-                reference = candidates.reference(job.sessions.create(job.model), job.calib, most)
+                reference = _reference(job)
                 budget = precision.budget_of(options, job.policy)[1]  # as _choose: a stopped one cannot win there
                 candidates.measure(compensated, reference, job.calib, job.sessions, run.stages, budget)
                 start = min((c for c in compensated if c.outputs is not None), key=lambda c: c.error)  # not stopped
@@ -398,8 +398,7 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
     split = candidates.evaluated_on(calib)
     with job.run.timer("verify"):
         budget = precision.budget_of(job.options, job.policy)[1]
-        most = samples_per_run(job.model, calib, split, sessions)
-        reference = candidates.reference(sessions.create(job.model), calib, most)  # runs once for all (measure)
+        reference = _reference(job)  # runs once for all (measure)
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
         finalists = candidates.undecided(built, budget, reference, calib)
         if finalists:
@@ -428,6 +427,12 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
     return winner
 
 
+def _reference(job: _Job) -> Reference:
+    """The float model's outputs on the split candidates are measured on, its runs sized like the collector's."""
+    most = samples_per_run(job.model, job.calib, candidates.evaluated_on(job.calib), job.sessions)
+    return candidates.reference(job.sessions.create(job.model), job.calib, most)
+
+
 def _memory(job: _Job) -> None:
     """The memory budget and the process's peak so far into the report; a warning when a budget the user set
     was passed (it bounds the calibration sessions, runs and boundary tensors, not yet the rest)."""
@@ -438,7 +443,8 @@ def _memory(job: _Job) -> None:
         rep.warnings.append(
             f"this process peaked at {memory.describe(peak)}, over --max-memory {memory.describe(budget)}: the budget "
             "bounds the calibration sessions, their runs and the tensors kept between segments; the model held in "
-            "memory and the held-out check of whole candidate models are not bounded by it yet"
+            "memory, the quantized weights, measured prices and the held-out check's whole-model sessions are not "
+            "bounded by it yet"
         )
 
 

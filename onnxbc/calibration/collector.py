@@ -103,11 +103,12 @@ def _collect(
     calib.graph.outputs[:] = list(fetch.values())  # ONNX Runtime runs every node of a graph, fetched or not:
     RemoveUnusedNodesPass()(calib)  # so the copy keeps only what the probes read
     run_limit, boundary_limit = _limits(sessions)
-    most = _most_samples(calib, data, splits, run_limit)
+    first = _first_batch(data, splits)
+    most = _most_samples(calib, first, run_limit)
     segments = sessions.segments if segments is None else segments
     if segments == 0:  # as many as the memory budget asks for
         held = cutting.held_bytes(list(calib.graph))
-        segments = memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, sum(_limits(sessions)))
+        segments = memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, run_limit + boundary_limit)
         logger.debug("%d segment(s): the session holds %.0f MB of weights", segments, sum(held) / 1e6)
     if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
         kept = set(original)
@@ -115,7 +116,7 @@ def _collect(
         cuts = cutting.find_cuts(nodes, segments, wanted)
         parts = cutting.split(calib, nodes, cuts, list(fetch.values()))
         names = [[v.name for v in values] for values in wanted]
-        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance, most, boundary_limit)
+        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance, first, most, boundary_limit)
         return
     session = sessions.create(calib)
     names = list(fetch)
@@ -142,6 +143,7 @@ def _run_segments(
     sessions: SessionFactory,
     splits: Sequence[str],
     advance: Callable[[], None],
+    first: dict[str, np.ndarray] | None,
     most: int | None,
     boundary_limit: int,
 ) -> None:
@@ -161,11 +163,7 @@ def _run_segments(
     where = [
         f"calibration segment {k + 1} of {len(parts)} (nodes '{p.first}' to '{p.last}')" for k, p in enumerate(parts)
     ]
-    step = (
-        _samples_per_segment_run(parts, data, splits, sessions, constants, list(fetch), where, most)
-        if data.batched
-        else 0
-    )
+    step = _samples_per_segment_run(parts, first, sessions, constants, list(fetch), where, most) if first else 0
     boundaries = _Boundaries(boundary_limit)
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
@@ -209,8 +207,7 @@ def _spread(advance: Callable[[], None], calls: int, per_call: int) -> Callable[
 
 def _samples_per_segment_run(
     parts: list[cutting.Segment],
-    data: CalibrationData,
-    splits: Sequence[str],
+    feeds: dict[str, np.ndarray],
     sessions: SessionFactory,
     known: dict[str, np.ndarray],
     fetched: list[str],
@@ -218,11 +215,8 @@ def _samples_per_segment_run(
     most: int | None,
 ) -> int:
     """``_samples_per_run`` of the whole graph, so that segments make the same runs (histogram bins follow the
-    runs): one sample of the first batch through every segment first, one session at a time (so each session
-    is made twice). ``known``: the fetched constants."""
-    feeds = next((f for split in splits for f in data.batches(split)), None)
-    if feeds is None:
-        return 0
+    runs): one sample of the first batch (``feeds``) through every segment first, one session at a time (so
+    each session is made twice). ``known``: the fetched constants."""
     known = {**known, **{k: v[:1] for k, v in feeds.items()}}
     for part, at in zip(parts, where):
         session = _session(part, sessions, {n: a.dtype for n, a in known.items()}, at)
@@ -309,7 +303,7 @@ class _Boundaries:
 def samples_per_run(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory) -> int | None:
     """The most samples of ``split`` a run of ``model`` may take for its intermediate tensors to stay within an
     eighth of the memory budget (as ``collect``'s runs); None when that is not known."""
-    return _most_samples(model, data, (split,), _limits(sessions)[0])
+    return _most_samples(model, _first_batch(data, (split,)), _limits(sessions)[0])
 
 
 def _limits(sessions: SessionFactory) -> tuple[int, int]:
@@ -319,10 +313,14 @@ def _limits(sessions: SessionFactory) -> tuple[int, int]:
     return min(RUN_BUDGET_BYTES, share), min(BOUNDARY_MEMORY_BYTES, share)
 
 
-def _most_samples(calib: ir.Model, data: CalibrationData, splits: Sequence[str], limit: int) -> int | None:
+def _first_batch(data: CalibrationData, splits: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The first batch of ``splits`` (None when there is none, or the data is not batched)."""
+    return next((feeds for split in splits for feeds in data.batches(split)), None) if data.batched else None
+
+
+def _most_samples(calib: ir.Model, first: dict[str, np.ndarray] | None, limit: int) -> int | None:
     """The most samples a run may take so that its intermediate tensors stay within ``limit`` bytes
-    (``footprint``: estimated on one sample of the first batch); None when unknown or not batched."""
-    first = next((feeds for split in splits for feeds in data.batches(split)), None) if data.batched else None
+    (``footprint``: estimated on one sample of ``first``, the first batch); None when unknown or not batched."""
     per_sample = footprint.peak_bytes(calib, {k: v[:1] for k, v in first.items()}) if first else None
     if not per_sample:
         return None
