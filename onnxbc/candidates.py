@@ -396,16 +396,19 @@ def sequential_candidate(
 
 CLOSE_SE = 2.0  # held-out error differences under this many standard errors are a close call (``undecided``)
 CLOSE_MIN = 0.05  # ... unless under this fraction of the best error
-KEEP_REFERENCE_BYTES = 256 * 2**20  # the float model's outputs on the split, kept for every candidate
-SIDE_BY_SIDE_BYTES = 1 * 2**30  # weights of candidate sessions alive together when the outputs are not kept
+KEEP_REFERENCE_BYTES = 256 * 2**20  # the float model's outputs on the split kept in memory (more: in files)
 MARGIN = 1e-9  # relative: a re-run reference's sums may differ in the last bits (GPU kernels need not repeat)
 
 
-def reference(session: ort.InferenceSession, calib: CalibrationData, most: int | None = None) -> Reference:
-    """The float model's outputs on the split candidates are measured on (``evaluated_on``); every session
-    runs ``most`` samples at a time at most."""
+def reference(
+    session: Callable[[], ort.InferenceSession], calib: CalibrationData, most: int | None = None
+) -> Reference:
+    """The float model's outputs on the split candidates are measured on (``evaluated_on``), all kept: up to
+    ``KEEP_REFERENCE_BYTES`` in memory, the rest in temporary files; ``session`` makes the float model's session
+    (again, when it is needed after its outputs are kept). Every session runs ``most`` samples at a time at
+    most."""
     split = evaluated_on(calib)
-    return Reference(session, lambda: calib.batches(split), KEEP_REFERENCE_BYTES, most)
+    return Reference(session(), lambda: calib.batches(split), KEEP_REFERENCE_BYTES, most, remake=session)
 
 
 def measure(
@@ -417,11 +420,9 @@ def measure(
     max_size: int | None = None,
 ) -> None:
     """Each candidate neither measured nor stopped: its outputs against FP32 on the held-out samples (the fit
-    samples when none are held out), with the float model run once per batch for all of them.
-
-    Candidates are measured in order, one session at a time, while ``reference`` keeps its outputs (it tries on
-    its first pass; ``KEEP_REFERENCE_BYTES``). When they are too big to keep (LM logits), the rest are measured
-    side by side, as many sessions at once as their weights fit ``SIDE_BY_SIDE_BYTES``, one reference pass each.
+    samples when none are held out). The float model runs once, alone, first (``Reference.store``: its outputs
+    kept, beyond ``KEEP_REFERENCE_BYTES`` in temporary files), then the candidates one session at a time, so
+    that no two models' sessions share memory.
 
     A candidate stops as soon as it cannot win. Its error is the mean over outputs of ``err2 / ref2``, where
     ``ref2`` (the float output's sum of squares over the split) is the same for every candidate and ``err2``
@@ -431,62 +432,38 @@ def measure(
     ``max_size`` stop others, so the best that fits, and the least error of all, are always measured."""
     todo = [c for c in candidates if c.outputs is None and c.stopped is None]
     total = calib.count_batches(evaluated_on(calib))
-    with stages.step("Checking outputs against FP32", total * len(todo)) as advance:
-        while todo:
-            group = _side_by_side(todo) if reference.kept is False else todo[:1]
-            todo = todo[len(group) :]
+    first = total if reference.kept is None else 0
+    with stages.step("Checking outputs against FP32", first + total * len(todo)) as advance:
+        reference.store(advance)
+        for c in todo:
             best = min((c for c in candidates if c.outputs is not None and c.fits(max_size)), key=_error, default=None)
-            _measure(group, best, reference, sessions, total, advance)
-            memory.release()  # the group's sessions
+            _measure(c, best, reference, sessions, total, advance)
+            memory.release()  # its session
 
 
 def _measure(
-    group: list[Candidate],
+    candidate: Candidate,
     best: Candidate | None,
     reference: Reference,
     sessions: SessionFactory,
     total: int,
     advance: Callable[[], None],
 ) -> None:
-    """One pass of ``reference`` for the candidates of ``group``, each stopped once it cannot beat ``best``."""
-    live = [(c, sessions.create(c.model), reference.agreements()) for c in group]
+    """``candidate`` against ``reference`` batch by batch, stopped once it cannot beat ``best``."""
+    session, stats = sessions.create(candidate.model), reference.agreements()
     for done, (feeds, outputs) in enumerate(reference.batches(), 1):
-        for _, session, stats in live:
-            reference.update(stats, feeds, outputs, reference.run(session, feeds))
-            advance()
-        if best is not None and done < total:
-            for c, _, stats in live:
-                if (bound := _bound(stats, best)) > best.error * (1 + MARGIN):
-                    c.stopped = Stopped(bound, done, total, best.name)
-            live = [run for run in live if run[0].stopped is None]  # a stopped candidate's session goes
-        if not live:
+        reference.update(stats, feeds, outputs, reference.run(session, feeds))
+        advance()
+        if best is not None and done < total and (bound := _bound(stats, best)) > best.error * (1 + MARGIN):
+            candidate.stopped = Stopped(bound, done, total, best.name)
             return
-    for c, _, stats in live:
-        c.outputs = measured(stats)
+    candidate.outputs = measured(stats)
 
 
 def _bound(stats: dict[str, OutputAgreement], best: Candidate) -> float:
     """The least the error of a candidate measured on some batches can be: its error sums so far over the whole
     split's reference sums, which ``best`` has."""
     return mean_rel_mse({n: dataclasses.replace(a, ref2=best.outputs[n].ref2) for n, a in measured(stats).items()})
-
-
-def _side_by_side(todo: list[Candidate]) -> list[Candidate]:
-    """The first candidates whose sessions fit ``SIDE_BY_SIDE_BYTES`` together (at least one), each counting its
-    weights at 4 bytes a value: ONNX Runtime's exact session folds constant DequantizeLinear nodes into float
-    weights (measured on SmolLM2: a session of its 141 MB int8 model held 1.05 GB, one of the 542 MB float model
-    1.42 GB; counted at their int8 size, two candidates ran beside the reference and the process peaked at
-    8.8 GB during the check, one at a time at 6.3-6.7 GB)."""
-    size = 0
-    for i, c in enumerate(todo):
-        size += _float_bytes(c.model)
-        if size > SIDE_BY_SIDE_BYTES:
-            return todo[: max(i, 1)]
-    return todo
-
-
-def _float_bytes(model: ir.Model) -> int:
-    return sum(4 * v.const_value.size for g in model.graphs() for v in g.initializers.values() if v.const_value)
 
 
 def _error(c: Candidate) -> float:
@@ -513,7 +490,7 @@ def undecided(
     read against 76.5 %)."""
     if (
         not calib.n_holdout
-        or not reference.kept
+        or reference.bytes > KEEP_REFERENCE_BYTES
         or reference.bytes * calib.n_fit > KEEP_REFERENCE_BYTES * calib.n_holdout
     ):
         return []

@@ -24,6 +24,7 @@ from onnxbc import held
 from onnxbc.calibration import tokens
 from onnxbc.calibration.data import InputSpec, input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
+from onnxbc.calibration.stash import Stash
 from onnxbc.errors import UsageError
 from onnxbc.held import ModelLike
 from onnxbc.options import DataOptions, Device, ErrorMetric
@@ -126,6 +127,11 @@ class Reference:
     reference again (``kept`` says which happened; None before a pass completes). ``runs`` counts its runs.
     ``feeds`` gives the same batches on every call.
 
+    With ``remake`` (which makes the session again), every output is kept: beyond ``keep_bytes`` in temporary
+    files (``calibration.stash``; an LM's logits on its held-out windows are GBs), and the session is let go after
+    the first pass (``session`` makes it again when asked for), so that the sessions compared against the reference
+    need not share memory with it. ``close()`` removes the files.
+
     Outputs indexed ``[batch, tokens, ...]`` like the model's padding mask (``calibration.tokens``) are compared
     at the real tokens only: what a model computes at padding is not part of its answer."""
 
@@ -135,8 +141,11 @@ class Reference:
         feeds: Callable[[], Iterable[Mapping[str, np.ndarray]]],
         keep_bytes: int = 0,
         most: int | None = None,
+        *,
+        remake: Callable[[], ort.InferenceSession] | None = None,
     ) -> None:
-        self.session = session
+        self._session: ort.InferenceSession | None = session
+        self._remake = remake
         self.most = most  # samples a session run takes at most (a batch runs in parts; None: whole)
         self.names = [o.name for o in session.get_outputs()]
         masks = [i for i in session.get_inputs() if tokens.is_mask(i.name, i.type[7:-1], i.shape)]  # tensor(int64)
@@ -148,22 +157,54 @@ class Reference:
         self._feeds = feeds
         self._keep_bytes = keep_bytes
         self._outputs: list[Outputs] | None = None
+        self._stash: Stash | None = None
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        if self._session is None:
+            self._session = self._remake()
+        return self._session
 
     def batches(self) -> Iterator[tuple[Mapping[str, np.ndarray], Outputs]]:
+        if self._stash is not None:
+            for b, feeds in enumerate(self._feeds()):
+                stored = self._stash.get(b)
+                yield feeds, [stored.get(str(i)) for i in range(len(self.names))]
+            return
         if self._outputs is not None:
             yield from zip(self._feeds(), self._outputs, strict=True)
             return
         kept: list[Outputs] | None = []
+        stash = None if self._remake is None else Stash(self._keep_bytes)
         size = 0
-        for feeds in self._feeds():
+        for b, feeds in enumerate(self._feeds()):
             outputs = [a if np.issubdtype(a.dtype, np.floating) else None for a in self._run(feeds)]
             size += sum(a.nbytes for a in outputs if a is not None)
-            if kept is not None and size <= self._keep_bytes:
+            if stash is not None:
+                stash.put(b, {str(i): a for i, a in enumerate(outputs) if a is not None})
+            elif kept is not None and size <= self._keep_bytes:
                 kept.append(outputs)
             else:
                 kept = None  # too big to keep: every pass runs the reference
             yield feeds, outputs
-        self.kept, self._outputs, self.bytes = kept is not None, kept, size
+        self.kept, self.bytes = stash is not None or kept is not None, size
+        if stash is None:
+            self._outputs = kept
+        else:
+            self._stash, self._session = stash, None  # all kept: the session goes (``session`` makes it again)
+
+    def store(self, advance: Callable[[], None] = lambda: None) -> None:
+        """One pass of the reference alone (when none has completed), keeping its outputs."""
+        if self.kept is None:
+            for _ in self.batches():
+                advance()
+
+    def close(self) -> None:
+        """Forget the kept outputs and remove their files (idempotent)."""
+        if self._stash is not None:
+            self._stash.close()
+        self._stash = self._outputs = None
+        self.kept = None
 
     def agreements(self) -> dict[str, OutputAgreement]:
         """Empty sums for one model compared against this reference (fill with ``update``)."""

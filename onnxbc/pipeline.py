@@ -368,9 +368,9 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
     if options.bias_correction is BiasCorrection.SEQUENTIAL and compensated:
         with run.timer("sequential_compensation"):
             if len(compensated) > 1:
-                reference = _reference(job)
                 budget = precision.budget_of(options, job.policy)[1]  # as _choose: a stopped one cannot win there
-                candidates.measure(compensated, reference, job.calib, job.sessions, run.stages, budget)
+                with contextlib.closing(_reference(job)) as reference:
+                    candidates.measure(compensated, reference, job.calib, job.sessions, run.stages, budget)
                 start = min((c for c in compensated if c.outputs is not None), key=lambda c: c.error)  # not stopped
             else:
                 start = compensated[0]
@@ -396,9 +396,8 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
     Runtime's default session (fused integer kernels) makes of it."""
     rep, calib, sessions = job.run.report, job.calib, job.sessions
     split = candidates.evaluated_on(calib)
-    with job.run.timer("verify"):
+    with job.run.timer("verify"), contextlib.closing(_reference(job)) as reference:  # runs once for all (measure)
         budget = precision.budget_of(job.options, job.policy)[1]
-        reference = _reference(job)  # runs once for all (measure)
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
         finalists = candidates.undecided(built, budget, reference, calib)
         if finalists:
@@ -415,7 +414,7 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
                 "graph_optimization_level ORT_ENABLE_BASIC or the QDQ optimizers off (session.disable_quant_qdq)"
             )
             return winner
-        deployed = reference.compare(default_session)  # its outputs kept from measure when they were small
+        deployed = reference.compare(default_session)  # the float outputs measure kept
     rep.outputs["onnxruntime_default_session"] = {n: a.as_dict() for n, a in deployed.items()}
     fused = candidates.mean_rel_mse(deployed)
     if fused > 3 * winner.error and fused > 1e-4:
@@ -430,7 +429,7 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
 def _reference(job: _Job) -> Reference:
     """The float model's outputs on the split candidates are measured on, its runs sized like the collector's."""
     most = samples_per_run(job.model, job.calib, candidates.evaluated_on(job.calib), job.sessions)
-    return candidates.reference(job.sessions.create(job.model), job.calib, most)
+    return candidates.reference(lambda: job.sessions.create(job.model), job.calib, most)
 
 
 def _memory(job: _Job) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -91,7 +92,7 @@ def calib():
 
 def reference_of(calib, sessions: SessionFactory) -> tuple[Reference, Counting]:
     session = Counting(sessions.create(two_outputs(W, V)))
-    return candidates.reference(session, calib), session
+    return candidates.reference(lambda: session, calib), session
 
 
 def numpy_error(c: Candidate) -> float:
@@ -188,38 +189,40 @@ def test_only_candidates_that_fit_the_budget_stop_others(calib):
     assert again[1].stopped is not None and again[1].stopped.by == again[0].name
 
 
-@pytest.mark.parametrize("keep, side_by_side, passes", [(2**20, 2**30, 1), (0, 2**30, 2), (0, 1, 3)])
-def test_reference_runs(calib, monkeypatch, keep, side_by_side, passes):
-    """Outputs kept: one reference pass for every candidate. Too big to keep: the first candidate alone, then the
-    rest side by side in one pass (as many as fit ``SIDE_BY_SIDE_BYTES``). The errors are the same."""
+@pytest.mark.parametrize("keep", [2**20, 0])
+def test_reference_runs_once(calib, monkeypatch, keep):
+    """The float model runs once per batch for every candidate and the default-session comparison, its outputs
+    kept in memory or, beyond ``KEEP_REFERENCE_BYTES``, in temporary files that ``close`` removes. The errors
+    are the same either way."""
     monkeypatch.setattr(candidates, "KEEP_REFERENCE_BYTES", keep)
-    monkeypatch.setattr(candidates, "SIDE_BY_SIDE_BYTES", side_by_side)
-    cands = [candidate(i, 0.01 * (3 - i)) for i in range(3)]  # each better than the one before
+    cands = [candidate(i, 0.01 * (3 - i)) for i in range(3)]  # each better than the one before: none stops
     reference, counted = measure(cands, calib)
-    assert reference.kept is (keep > 0)
-    assert counted.runs == reference.runs == passes * 8
-    assert all(c.outputs is not None for c in cands)  # none can be stopped
+    assert reference.kept and counted.runs == reference.runs == 8
+    folder = reference._stash._folder
+    assert (folder is None) is (keep > 0) and (keep > 0 or len(list(folder.iterdir())) == 8 * 2)  # 2 outputs
     for c in cands:
-        assert c.error == pytest.approx(numpy_error(c), rel=1e-4)
-    other = SessionFactory(Device.CPU).create(cands[0].model)
-    agreement = reference.compare(other)  # the default-session comparison: kept outputs, when kept
-    assert counted.runs == (passes + (keep == 0)) * 8
-    assert candidates.mean_rel_mse(agreement) == cands[0].error
+        assert c.outputs is not None and c.error == pytest.approx(numpy_error(c), rel=1e-4)
+    agreement = reference.compare(SessionFactory(Device.CPU).create(cands[0].model))
+    assert counted.runs == 8 and candidates.mean_rel_mse(agreement) == cands[0].error
+    reference.close()
+    assert folder is None or not folder.exists()
 
 
-def test_side_by_side_sessions_count_their_weights_at_float_size(monkeypatch):
-    """Sessions measured side by side fit their weights at 4 bytes a value (what ONNX Runtime's exact session
-    holds once it folds the DequantizeLinear of constant weights), always at least one."""
-    cands = [candidate(i, 0.01) for i in range(3)]
-    weights = candidates._float_bytes(cands[0].model)
-    values = sum(v.const_value.size for v in cands[0].model.graph.initializers.values() if v.const_value)
-    assert weights == 4 * values > 0
-    monkeypatch.setattr(candidates, "SIDE_BY_SIDE_BYTES", 3 * weights)
-    assert candidates._side_by_side(cands) == cands
-    monkeypatch.setattr(candidates, "SIDE_BY_SIDE_BYTES", 2 * weights - 1)
-    assert candidates._side_by_side(cands) == cands[:1]
-    monkeypatch.setattr(candidates, "SIDE_BY_SIDE_BYTES", 0)
-    assert candidates._side_by_side(cands) == cands[:1]
+def test_the_float_session_is_let_go_once_its_outputs_are_kept(calib):
+    """No candidate's session shares memory with the float model's: that one goes after the first pass, and is
+    made again only when asked for (the close-call check on the fit samples)."""
+    sessions, made = SessionFactory(Device.CPU), []
+
+    def make():
+        session = Counting(sessions.create(two_outputs(W, V)))
+        made.append(weakref.ref(session))
+        return session
+
+    reference = candidates.reference(make, calib)
+    cands = [candidate(i, 0.01 * (3 - i)) for i in range(2)]
+    candidates.measure(cands, reference, calib, sessions, Stages(enabled=False))
+    assert len(made) == 1 and made[0]() is None
+    assert reference.session.runs == 0 and len(made) == 2
 
 
 def test_a_pass_left_early_keeps_nothing(calib):
@@ -261,8 +264,8 @@ def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, mo
     make, choose = candidates.reference, candidates.choose
 
     def reference(session, calib, most=None):
-        seen["session"], seen["calib"] = Counting(session), calib
-        seen["reference"] = make(seen["session"], calib, most)
+        seen["session"], seen["calib"] = Counting(session()), calib
+        seen["reference"] = make(lambda: seen["session"], calib, most)
         return seen["reference"]
 
     def chosen(cands, max_size, split, finalists=()):
@@ -288,7 +291,7 @@ def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, mo
             assert comp["stopped"][c.name]["rel_mse_at_least"] == c.stopped.bound
 
     monkeypatch.setattr(candidates, "MARGIN", math.inf)  # nothing stops: every candidate measured to the end
-    monkeypatch.setattr(candidates, "KEEP_REFERENCE_BYTES", 0)  # and the float model run again each time
+    monkeypatch.setattr(candidates, "KEEP_REFERENCE_BYTES", 0)  # and the float model's outputs kept in files
     full = onnxbc.compress(model, tmp_path / "full.onnx", data=DataOptions(path=data), options=options)
     digest = [hashlib.sha256(Path(r.output).read_bytes()).hexdigest() for r in (result, full)]
     assert digest[0] == digest[1]
@@ -328,7 +331,8 @@ def test_a_close_call_is_one_the_held_out_rows_cannot_settle():
     # the fit samples' float outputs would be too big to keep: no close call
     big = candidates.KEEP_REFERENCE_BYTES // 4 + 1
     assert undecided([best, noisy], SimpleNamespace(kept=True, bytes=big)) == []
-    assert undecided([best, noisy], SimpleNamespace(kept=False, bytes=0)) == []
+    over = SimpleNamespace(kept=True, bytes=candidates.KEEP_REFERENCE_BYTES + 1)  # the held-out ones already are
+    assert undecided([best, noisy], over, SimpleNamespace(n_fit=1, n_holdout=6)) == []
     assert undecided([best, noisy], kept, SimpleNamespace(n_fit=30, n_holdout=0)) == []
 
 
@@ -365,7 +369,7 @@ def test_a_close_call_can_overturn_the_held_out_ranking(monkeypatch):
         made.append(Candidate(*NAMES[index], QuantPlan(), {}, model=two_outputs(w, V)))
     a, b = made
     sessions = SessionFactory(Device.CPU)
-    reference = candidates.reference(sessions.create(two_outputs(W, V)), data)
+    reference = candidates.reference(lambda: sessions.create(two_outputs(W, V)), data)
     candidates.measure([a, b], reference, data, sessions, Stages(enabled=False))
     assert a.error < b.error  # held out
     candidates.measure_all([a, b], reference, data, sessions, Stages(enabled=False))

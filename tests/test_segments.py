@@ -14,6 +14,7 @@ from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, MomentsProbe, OutputPowerProbe, PairedErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
+from onnxbc.calibration.stash import Stash
 from onnxbc.errors import OnnxbcError
 from onnxbc.options import CompressOptions, DataOptions, Device
 from onnxbc.passes.graph_utils import pair_models
@@ -361,7 +362,7 @@ def test_boundary_tensors_in_memory_are_copies():
     of a finished segment alive, so the store holds copies."""
     output = _ort_output()
     assert not output.flags.owndata
-    store = collector._Boundaries(collector.BOUNDARY_MEMORY_BYTES)
+    store = Stash(collector.BOUNDARY_MEMORY_BYTES)
     store.put("run", {"y": output})
     kept = store.get("run")["y"]
     assert kept.flags.owndata and not np.shares_memory(kept, output)

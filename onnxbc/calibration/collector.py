@@ -30,11 +30,7 @@ segment before the first batch.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-import weakref
-from collections.abc import Callable, Hashable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -45,6 +41,7 @@ from onnxbc.calibration import footprint, memory
 from onnxbc.calibration import segments as cutting
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
+from onnxbc.calibration.stash import Stash
 from onnxbc.errors import OnnxbcError, one_line
 from onnxbc.passes.graph_utils import GraphBuilder
 
@@ -164,7 +161,7 @@ def _run_segments(
         f"calibration segment {k + 1} of {len(parts)} (nodes '{p.first}' to '{p.last}')" for k, p in enumerate(parts)
     ]
     step = _samples_per_segment_run(parts, first, sessions, constants, list(fetch), where, most) if first else 0
-    boundaries = _Boundaries(boundary_limit)
+    boundaries = Stash(boundary_limit)
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
         for k, part in enumerate(parts):
@@ -242,62 +239,6 @@ def _run(session, part: cutting.Segment, known: dict[str, np.ndarray], where: st
         return session.run(part.outputs, {n: known[n] for n in part.inputs})
     except Exception as e:  # onnxruntime raises its own exception types
         raise OnnxbcError(f"{where} failed to run: {one_line(e)}") from e
-
-
-class _Boundaries:
-    """Arrays kept per run between segments: in memory up to ``limit`` bytes in all, in ``.npy``
-    files in a private temporary folder (made when first needed, removed by ``close()`` or when collected)
-    beyond that, read back memory-mapped."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._held: dict[Hashable, dict[str, np.ndarray | Path]] = {}
-        self.dtypes: dict[str, np.dtype] = {}
-        self._bytes = 0
-        self._folder: Path | None = None
-        self._files = 0
-        self._remove: weakref.finalize | None = None
-
-    def put(self, key: Hashable, arrays: dict[str, np.ndarray]) -> None:
-        held = self._held.setdefault(key, {})
-        for name, array in arrays.items():
-            self.dtypes.setdefault(name, array.dtype)
-            if self._bytes + array.nbytes <= self._limit:
-                # a copy: ONNX Runtime's outputs keep their session's memory arena alive
-                held[name] = np.array(array)
-                self._bytes += array.nbytes
-            else:
-                held[name] = self._write(array)
-
-    def get(self, key: Hashable) -> dict[str, np.ndarray]:
-        held = self._held.get(key, {})
-        return {n: np.load(a, mmap_mode="r") if isinstance(a, Path) else a for n, a in held.items()}
-
-    def drop(self, key: Hashable, names: Sequence[str]) -> None:
-        held = self._held.get(key, {})
-        for name in names:
-            a = held.pop(name, None)
-            if isinstance(a, Path):
-                a.unlink()
-            elif a is not None:
-                self._bytes -= a.nbytes
-        if not held:
-            self._held.pop(key, None)
-
-    def close(self) -> None:
-        """Forget every array and remove the folder (idempotent)."""
-        self._held, self._bytes = {}, 0
-        if self._remove is not None:
-            self._remove()
-
-    def _write(self, array: np.ndarray) -> Path:
-        if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="onnxbc-segments-"))
-            self._remove = weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
-        path = self._folder / f"{self._files:06d}.npy"
-        self._files += 1
-        np.save(path, array, allow_pickle=False)
-        return path
 
 
 def samples_per_run(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory) -> int | None:
