@@ -4,6 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from onnxbc.calibration.stash import Stash
 from onnxbc.solvers.gptq import SecondMoments, _inverse_cholesky, _lower_inverse, gptq_quantize, output_error
 from onnxbc.solvers.quant import INT3, INT4, INT8, Granularity, dequantize, quantize, weight_scale
 
@@ -119,6 +120,22 @@ def test_second_moments_stream_equals_numpy():
         moments.update(np.zeros((2, 6)))
     with pytest.raises(ValueError, match="no samples"):
         SecondMoments().matrix()
+
+
+def test_parked_second_moments_are_read_back_from_files(system_tmp):
+    """Once gathered, the ``[in, in]`` sums go to a file: the same matrix comes back, nothing more can be added,
+    and the file goes with the store."""
+    moments = SecondMoments()
+    moments.update(np.random.default_rng(7).standard_normal((50, 9)))
+    expected = moments.matrix()
+    store = Stash(0)
+    moments.park(store)
+    assert moments.sum_xx is None and len(list(system_tmp.rglob("*.npy"))) == 1
+    np.testing.assert_array_equal(moments.matrix(), expected)
+    with pytest.raises(ValueError, match="parked"):
+        moments.update(np.zeros((2, 9)))
+    del moments, store
+    assert not list(system_tmp.rglob("*.npy"))
 
 
 def test_output_error_is_the_mean_squared_output_difference():

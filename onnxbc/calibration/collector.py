@@ -59,6 +59,9 @@ class Probe(Protocol):
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
         """Fold one batch of the fetched values (in ``attach`` order) into the statistic."""
 
+    # Optional: ``finished()``, called once no more batches will come (a probe may then move its statistic out of
+    # memory: ``MomentsProbe``); in segments, as soon as the probe's segment has run.
+
 
 def collect(
     model: ir.Model,
@@ -129,6 +132,7 @@ def _collect(
                 for probe, idx in zip(probes, index):
                     probe.update([arrays[i] for i in idx], split)
             advance()
+    _finished(probes)
 
 
 def _run_segments(
@@ -181,10 +185,17 @@ def _run_segments(
                         boundaries.drop(key, done)
                         del known  # ONNX Runtime's outputs keep their session's memory arena alive
                     tick()
+            _finished([probe for probe, _ in mine])
             del session  # before the next segment's session is made
             memory.release()
     finally:
         boundaries.close()
+
+
+def _finished(probes: Sequence[Probe]) -> None:
+    for probe in probes:
+        if hasattr(probe, "finished"):
+            probe.finished()
 
 
 def _spread(advance: Callable[[], None], calls: int, per_call: int) -> Callable[[], None]:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxbc.calibration import tokens
+from onnxbc.calibration.stash import Stash
 from onnxbc.errors import OnnxbcError
 from onnxbc.passes.graph_utils import GraphBuilder
 from onnxbc.passes.qdq import activation_qdq, weight_dequantize
@@ -128,6 +129,12 @@ class MomentsProbe:
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
         gram, total, size = arrays
         (self.moments if split == "fit" else self.holdout).add(gram, total, int(size) // self.features)
+
+    def finished(self) -> None:
+        """The ``[d, d]`` sums go to temporary files (``SecondMoments.park``), read back when a layer needs them."""
+        stash = Stash(0)
+        self.moments.park(stash)
+        self.holdout.park(stash)
 
 
 # Pointwise activations a layer's output may flow into: its error after them is what the next layer sees.

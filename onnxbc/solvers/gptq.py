@@ -43,6 +43,15 @@ class SecondMoments:
         self.sum_xx: np.ndarray | None = None
         self.sum_x: np.ndarray | None = None
         self.count = 0
+        self._store = None  # where ``park`` put ``sum_xx``
+
+    def park(self, store) -> None:
+        """Move ``sum_xx`` into ``store`` (a ``calibration.stash.Stash``: in files) until it is asked for: a model
+        has one ``[in, in]`` matrix per distinct layer input and split (1 GB in float64 for six Llama blocks of
+        width 1024), used one layer at a time once gathered. No more samples can be added."""
+        if self.sum_xx is not None:
+            store.put(id(self), {"xx": self.sum_xx})
+            self.sum_xx, self._store = None, store
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float64)
@@ -51,6 +60,8 @@ class SecondMoments:
 
     def add(self, sum_xx: np.ndarray, sum_x: np.ndarray, count: int) -> None:
         """Fold in sums computed elsewhere (in the graph): ``X^T X``, ``X.sum(0)`` and the row count."""
+        if self._store is not None:
+            raise ValueError("samples added to parked second moments")
         if self.sum_xx is None:
             self.sum_xx = np.zeros(sum_xx.shape)
             self.sum_x = np.zeros(sum_x.shape)
@@ -63,7 +74,7 @@ class SecondMoments:
     def matrix(self) -> np.ndarray:
         """``E[x x^T]`` (``in x in``)."""
         self._check()
-        return self.sum_xx / self.count
+        return (self.sum_xx if self._store is None else self._store.get(id(self))["xx"]) / self.count
 
     def mean(self) -> np.ndarray:
         self._check()
