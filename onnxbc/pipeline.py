@@ -45,8 +45,8 @@ from onnxbc.quantizers import activation_quant, weight_granularity
 from onnxbc.sizing import FileSize
 from onnxbc.smoothing import channel_axis, smoothable
 from onnxbc.targets import Target, Targets, find_targets
-from onnxbc.variants import choose as choose_variants
 from onnxbc.variants import (
+    VariantKind,
     foldable,
     nearest_variants,
     power_importance,
@@ -55,6 +55,7 @@ from onnxbc.variants import (
     uniform_variants,
     weight_range_variants,
 )
+from onnxbc.variants import choose as choose_variants
 
 logger = logging.getLogger(__name__)
 
@@ -320,6 +321,8 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     layers = set(by_name)
     variants = weight_range_variants(targets, plan, layers, options)
     variants += smoothing_variants(targets, plan, layers, stats.ranges, stats.smooth_axes, options)
+    for probe in stats.ranges.values():
+        probe.channels = None  # per-channel histograms ([channels, 2048] counts each) serve smoothing_variants only
     variants += uniform_variants(targets, plan, layers, decided.choice.uniform, options)
     variants += nearest_variants(targets, plan, layers, decided.choice.nearest)
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
@@ -333,9 +336,10 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     probes: dict[str, ErrorProbe] = {p.target.name: p for p in shadows}
     unchosen, unchosen_probes = QuantPlan(weights=dict(plan.weights)), dict(probes)
     scores = choose_variants(variants, trials, probes, plan, compensate, foldable(job.model, variants))
-    return _LayerErrors(
-        observed, compensate, bias_skips, probes, unchosen, unchosen_probes, Trials(variants, trials), scores
-    )
+    # the candidates are built from the other kinds: the smoothing variants' quantized weights go now
+    kept = [i for i, v in enumerate(variants) if v.kind is not VariantKind.SMOOTHING]
+    measured = Trials([variants[i] for i in kept], {k: trials[i] for k, i in enumerate(kept)})
+    return _LayerErrors(observed, compensate, bias_skips, probes, unchosen, unchosen_probes, measured, scores)
 
 
 def _is_quantized(t: Target, plan: QuantPlan) -> bool:
