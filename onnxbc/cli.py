@@ -337,7 +337,8 @@ def compress(
         str | None,
         typer.Option(
             help="Memory the run may use, e.g. 3GB: sizes the calibration runs and the segments (--segments "
-            "auto). Default: half of this machine's memory.",
+            "auto); when given, ONNX Runtime's memory arena is off (freed memory goes back at once). Default: half "
+            "of this machine's memory.",
         ),
     ] = None,
     report: Annotated[

@@ -536,3 +536,27 @@ def test_a_budget_the_run_passed_is_reported(tmp_path):
     default = onnxbc.compress(root / "fashion_cnn.onnx", tmp_path / "d.onnx", data=data)
     assert not default.report.memory["given"] and default.report.memory["max_memory_bytes"] >= 2**30
     assert not any("--max-memory" in w for w in default.report.warnings)
+
+
+def test_a_given_budget_turns_the_memory_arena_off(monkeypatch):
+    """Under --max-memory, sessions hand freed tensors back to the system (no CPU memory arena); by default
+    they keep ONNX Runtime's arena. The outputs are the same."""
+    from onnxbc.calibration import session as session_module
+
+    arenas, real = [], session_module.ort.InferenceSession
+
+    def spy(source, options, **kwargs):
+        arenas.append(options.enable_cpu_mem_arena)
+        return real(source, options, **kwargs)
+
+    monkeypatch.setattr(session_module.ort, "InferenceSession", spy)
+    g = _Graph()
+    g.op("Relu", ["x"], "y")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])
+    model = g.model([x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", D])], infer=False)
+    feeds = {"x": np.linspace(-1, 1, 4 * D, dtype=np.float32).reshape(4, D)}
+    outputs = [
+        SessionFactory(Device.CPU, max_memory=budget).create(model).run(["y"], feeds)[0] for budget in (None, 2**30)
+    ]
+    assert arenas == [True, False]
+    np.testing.assert_array_equal(*outputs)
