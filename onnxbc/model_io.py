@@ -238,7 +238,21 @@ def ort_source(model: ir.Model, *, file_from: int = PROTO_LIMIT_BYTES) -> Iterat
     with tempfile.TemporaryDirectory(prefix="onnxbc-") as tmp:
         file = Path(tmp) / "model.onnx"
         ir.save(model, file, external_data="model.onnx.data")
+        release(model)  # writing read every weight
         yield str(file)
+
+
+def release(model: ir.Model) -> None:
+    """Unmap the weights of ``model`` read from external data so far: onnx_ir keeps a tensor's file mapped once it
+    is read, and the mapped pages count as this process's memory (a 3 GB model read once for a session is 3 GB
+    more). They are mapped again when next read; one whose array is still in use stays mapped."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                try:
+                    value.const_value.release()
+                except BufferError:  # an array of it is still alive
+                    pass
 
 
 def serialized_bytes(model: ir.Model) -> int:

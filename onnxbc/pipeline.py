@@ -23,7 +23,18 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxbc import candidates, datafree, flow, fusion, placement, precision, records, sensitivity, validate
+from onnxbc import (
+    candidates,
+    datafree,
+    flow,
+    fusion,
+    model_io,
+    placement,
+    precision,
+    records,
+    sensitivity,
+    validate,
+)
 from onnxbc.calibration import memory, tokens
 from onnxbc.calibration.collector import Probe, collect, samples_per_run
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
@@ -101,8 +112,10 @@ def compress(
     with contextlib.closing(job.calib):  # a spilled source's temporary folder goes at the end
         stats = _first_pass(job)
         decided = _decide(job, stats)
+        model_io.release(job.model)  # the weights read to quantize them: mapped again when needed
         errors = _second_pass(job, stats, decided)
         built = _candidates(job, stats, decided, errors)
+        model_io.release(job.model)
         winner = _choose(job, built)
     audit = _audit(job, winner)
     _memory(job)

@@ -75,6 +75,23 @@ def test_external_data_round_trip_and_ir_version(tmp_path):
     assert model_io.external_data_files(out) == [tmp_path / "copy.onnx.data"]
 
 
+def test_weights_read_from_external_data_are_unmapped_after_a_session_is_made(tmp_path):
+    """Making a session reads every weight (to write its temporary file); the mapped files go after, except one
+    whose array is still in use, and a weight read again has the same values."""
+    model = model_io.load(test_graphs.save(test_graphs.build("external_data"), tmp_path / "ext.onnx"))
+    external = [v for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+    assert len(external) >= 2
+    before = {v.name: v.const_value.numpy().copy() for v in external}
+    in_use = external[0].const_value.numpy()
+    with model_io.ort_source(model, file_from=0) as source:
+        assert Path(source).is_file()
+    assert external[0].const_value.raw is not None  # ``in_use`` still reads it
+    assert all(v.const_value.raw is None for v in external[1:])
+    for v in external:
+        np.testing.assert_array_equal(v.const_value.numpy(), before[v.name])
+    np.testing.assert_array_equal(in_use, before[external[0].name])
+
+
 def test_read_tensor_pb(tmp_path):
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
     (tmp_path / "input_0.pb").write_bytes(onnx.numpy_helper.from_array(array, "x").SerializeToString())
