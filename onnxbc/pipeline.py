@@ -114,6 +114,8 @@ def compress(
         decided = _decide(job, stats)
         model_io.release(job.model)  # the weights read to quantize them: mapped again when needed
         errors = _second_pass(job, stats, decided)
+        for probe in stats.ranges.values():
+            probe.channels = None  # per-channel histograms ([channels, 2048] counts each) serve pass 2 only
         built = _candidates(job, stats, decided, errors)
         model_io.release(job.model)
         winner = _choose(job, built)
@@ -334,8 +336,6 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     layers = set(by_name)
     variants = weight_range_variants(targets, plan, layers, options)
     variants += smoothing_variants(targets, plan, layers, stats.ranges, stats.smooth_axes, options)
-    for probe in stats.ranges.values():
-        probe.channels = None  # per-channel histograms ([channels, 2048] counts each) serve smoothing_variants only
     variants += uniform_variants(targets, plan, layers, decided.choice.uniform, options)
     variants += nearest_variants(targets, plan, layers, decided.choice.nearest)
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]

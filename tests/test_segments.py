@@ -481,8 +481,9 @@ def test_auto_segments_keep_a_session_within_the_memory_budget(tmp_path, monkeyp
     data = _data(tmp_path, model)
     held = sum(segments.held_bytes(list(model.graph)))
 
-    def run(count, budget):
-        probes, factory, made = _pass_one(model), SessionFactory(Device.CPU, segments=count, max_memory=budget), []
+    def run(count, budget):  # without GPTQ moments: they count too (the next test)
+        probes = [p for p in _pass_one(model) if not isinstance(p, MomentsProbe)]
+        factory, made = SessionFactory(Device.CPU, segments=count, max_memory=budget), []
         real = factory.create
         factory.create = lambda sub, **kw: made.append(sub) or real(sub, **kw)
         collect(model, probes, data, factory)
@@ -493,6 +494,33 @@ def test_auto_segments_keep_a_session_within_the_memory_budget(tmp_path, monkeyp
     assert (sessions, cut) == (1, 2 * 2)  # each segment's session is made twice: once to size the runs
     _assert_same(whole, auto)
     assert run(0, 2 * held)[1] == 1
+
+
+def test_statistics_held_while_gathered_count_with_the_weights(tmp_path, monkeypatch):
+    """GPTQ's second moments (``[d, d]`` float64 per layer input and split, parked in files once their segment
+    is done) count with the weights of their segment: a budget the weights alone fit cuts the graph when the
+    moments do not fit beside them, and the moments equal the whole graph's."""
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
+    model = transformer()
+    data = _data(tmp_path, model)
+    moments = lambda: [p for p in _pass_one(model) if isinstance(p, MomentsProbe)]  # noqa: E731
+    weights = sum(segments.held_bytes(list(model.graph)))
+    statistics = sum(p.held_bytes() for p in moments())
+    budget = int((weights + statistics / 2) * 4 / 3)  # room (3/4 of it) for the weights and half the moments
+
+    def run(make, count):
+        probes, factory, made = make(), SessionFactory(Device.CPU, segments=count, max_memory=budget), []
+        real = factory.create
+        factory.create = lambda sub, **kw: made.append(sub) or real(sub, **kw)
+        collect(model, probes, data, factory, splits=("fit", "holdout"))
+        return probes, len(made)
+
+    whole, _ = run(moments, 1)
+    auto, sessions = run(moments, 0)
+    assert sessions >= 2 * 2  # segments (each session made twice: once to size the runs)
+    assert all(p.moments.sum_xx is None for p in auto)  # parked
+    _assert_same(whole, auto)
+    assert run(lambda: [p for p in _pass_one(model) if isinstance(p, RangeProbe)], 0)[1] == 1  # weights alone fit
 
 
 def test_a_quantized_weight_is_held_at_its_float_size():

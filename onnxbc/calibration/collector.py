@@ -106,14 +106,15 @@ def _collect(
     first = _first_batch(data, splits)
     most = _most_samples(calib, first, run_limit)
     segments = sessions.segments if segments is None else segments
+    extra = _statistic_bytes(probes, wanted)
     if segments == 0:  # as many as the memory budget asks for
-        held = cutting.held_bytes(list(calib.graph))
+        held = cutting.held_bytes(list(calib.graph), extra)
         segments = memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, run_limit + boundary_limit)
-        logger.debug("%d segment(s): the session holds %.0f MB of weights", segments, sum(held) / 1e6)
+        logger.debug("%d segment(s): the session holds %.0f MB of weights and statistics", segments, sum(held) / 1e6)
     if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
         kept = set(original)
         nodes = cutting.order(list(calib.graph), [n for n in calib.graph if n not in kept])
-        cuts = cutting.find_cuts(nodes, segments, wanted)
+        cuts = cutting.find_cuts(nodes, segments, wanted, extra)
         parts = cutting.split(calib, nodes, cuts, list(fetch.values()))
         names = [[v.name for v in values] for values in wanted]
         _run_segments(parts, probes, names, fetch, data, sessions, splits, advance, first, most, boundary_limit)
@@ -190,6 +191,18 @@ def _run_segments(
             memory.release()
     finally:
         boundaries.close()
+
+
+def _statistic_bytes(probes: Sequence[Probe], wanted: Sequence[Sequence[ir.Value]]) -> dict[ir.Node, int]:
+    """The bytes each probe's statistic holds while it is gathered (``held_bytes()``, where a probe has it), at the
+    node that makes the last value it fetches: held with that node's segment, until the probe is ``finished``."""
+    extra: dict[ir.Node, int] = {}
+    for probe, values in zip(probes, wanted):
+        producers = [v.producer() for v in values if v.producer() is not None]
+        if hasattr(probe, "held_bytes") and producers:
+            node = producers[-1]
+            extra[node] = extra.get(node, 0) + probe.held_bytes()
+    return extra
 
 
 def _finished(probes: Sequence[Probe]) -> None:

@@ -130,6 +130,11 @@ class MomentsProbe:
         gram, total, size = arrays
         (self.moments if split == "fit" else self.holdout).add(gram, total, int(size) // self.features)
 
+    def held_bytes(self) -> int:
+        """What the statistic holds while it is gathered: ``[d, d]`` float64 sums for the fit and held-out samples
+        (the collector cuts segments so that they fit the memory budget with the weights)."""
+        return 2 * 8 * self.features * (self.features + 1)
+
     def finished(self) -> None:
         """The ``[d, d]`` sums go to temporary files (``SecondMoments.park``), read back when a layer needs them."""
         stash = Stash(0)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import onnx_ir as ir
 
@@ -71,11 +71,17 @@ def order(nodes: Sequence[ir.Node], added: Sequence[ir.Node]) -> list[ir.Node]:
     return sorted(nodes, key=keys.__getitem__)
 
 
-def find_cuts(nodes: Sequence[ir.Node], count: int, groups: Sequence[Sequence[ir.Value]] = ()) -> list[int]:
+def find_cuts(
+    nodes: Sequence[ir.Node],
+    count: int,
+    groups: Sequence[Sequence[ir.Value]] = (),
+    extra: Mapping[ir.Node, int] | None = None,
+) -> list[int]:
     """Positions in ``nodes`` (topological order) where segments 2, 3, ... start: the fewest segments (at most
     ``count``) that each read at most ``1 + SLACK`` times an even share of the weight bytes (or of the heaviest
-    node), cut where the fewest bytes cross. ``groups`` are the values each probe fetches together."""
-    weights = held_bytes(nodes)
+    node), cut where the fewest bytes cross. ``groups`` are the values each probe fetches together; ``extra``:
+    bytes held with a node's weights while its segment runs (``held_bytes``)."""
+    weights = held_bytes(nodes, extra)
     if sum(weights) == 0:
         weights = [1] * len(nodes)
     done = [0]
@@ -210,14 +216,15 @@ def _reads(node: ir.Node) -> list[ir.Value]:
     return list(found)
 
 
-def held_bytes(nodes: Sequence[ir.Node]) -> list[int]:
+def held_bytes(nodes: Sequence[ir.Node], extra: Mapping[ir.Node, int] | None = None) -> list[int]:
     """The bytes of initializers (and ``Constant`` values) each node reads, as a session holds them: a constant
     DequantizeLinear input at the size of its output, into which ONNX Runtime folds it. A shared initializer
-    counts at its first reader."""
+    counts at its first reader. ``extra``: more bytes held while a node's segment runs (a probe's statistic that
+    leaves memory when its segment is done: ``MomentsProbe``)."""
     seen: set[ir.Value] = set()
     weights = []
     for node in nodes:
-        w = 0
+        w = (extra or {}).get(node, 0)
         for v in _reads(node):
             if v.is_initializer() and v.const_value is not None and v not in seen:
                 seen.add(v)
