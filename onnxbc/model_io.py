@@ -241,6 +241,11 @@ def ort_source(model: ir.Model, *, file_from: int = PROTO_LIMIT_BYTES) -> Iterat
         yield str(file)
 
 
+def from_bytes(data: bytes) -> ir.Model:
+    """The model of serialized bytes (``ort_source``'s), unchecked: a calibration graph sent to a Ray worker."""
+    return ir.serde.deserialize_model(onnx.ModelProto.FromString(data))
+
+
 def serialized_bytes(model: ir.Model) -> int:
     """What ``model`` takes written (external data included)."""
     with ort_source(model) as source:

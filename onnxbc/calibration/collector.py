@@ -29,6 +29,7 @@ segment before the first batch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -75,24 +76,36 @@ def collect(
 ) -> None:
     """Run ``model`` with every probe attached over the batches of ``splits``, calling ``advance`` once per
     batch; with ``segments`` (default: ``sessions.segments``) at least 2, segment by segment (0: as many as
-    ``sessions.max_memory`` asks for). Its sessions' memory goes back to the system at the end."""
+    ``sessions.max_memory`` asks for); with ``sessions.ray``, sharded across Ray workers (``calibration.shards``).
+    Its sessions' memory goes back to the system at the end."""
+    if not probes:
+        return
     try:
-        _collect(model, probes, data, sessions, splits, advance, segments)
+        calibration = calibration_graph(model, probes)
+        if sessions.ray is None:
+            run(calibration, probes, data, sessions, splits, advance, segments)
+        else:
+            from onnxbc.calibration import shards  # imports ray: only when asked for
+
+            shards.run(calibration, probes, data, sessions, splits, advance, segments)
     finally:
         memory.release()
 
 
-def _collect(
-    model: ir.Model,
-    probes: Sequence[Probe],
-    data: CalibrationData,
-    sessions: SessionFactory,
-    splits: Sequence[str],
-    advance: Callable[[], None],
-    segments: int | None,
-) -> None:
-    if not probes:
-        return
+@dataclasses.dataclass
+class Calibration:
+    """A copy of the model with the probes attached, keeping only what they read. ``wanted``: per probe, the
+    names of the values it reads (its ``attach`` order), all of them graph outputs; ``added``: the positions of
+    the nodes the probes added (the cut finder places them after what they read). Names and positions, not
+    objects, so that a worker can load it from bytes (``calibration.shards``)."""
+
+    model: ir.Model
+    wanted: list[list[str]]
+    added: list[int]
+
+
+def calibration_graph(model: ir.Model, probes: Sequence[Probe]) -> Calibration:
+    """``model`` with every probe attached, its outputs the values they read, pruned to what they read."""
     calib = model.clone()
     original = list(calib.graph)
     builder = GraphBuilder(calib)
@@ -102,6 +115,25 @@ def _collect(
         fetch.update((v.name, v) for v in values if v.name not in fetch)
     calib.graph.outputs[:] = list(fetch.values())  # ONNX Runtime runs every node of a graph, fetched or not:
     RemoveUnusedNodesPass()(calib)  # so the copy keeps only what the probes read
+    kept = set(original)
+    added = [i for i, node in enumerate(calib.graph) if node not in kept]
+    return Calibration(calib, [[v.name for v in values] for values in wanted], added)
+
+
+def run(
+    calibration: Calibration,
+    probes: Sequence[Probe],
+    data: CalibrationData,
+    sessions: SessionFactory,
+    splits: Sequence[str],
+    advance: Callable[[], None],
+    segments: int | None,
+) -> None:
+    """``collect`` in this process, the probes attached (``calibration_graph``); a segmented run takes
+    ``calibration.model`` apart."""
+    calib = calibration.model
+    fetch = {v.name: v for v in calib.graph.outputs}
+    wanted = [[fetch[name] for name in names] for names in calibration.wanted]
     run_limit, boundary_limit = _limits(sessions)
     first = _first_batch(data, splits)
     most = _most_samples(calib, first, run_limit)
@@ -111,17 +143,18 @@ def _collect(
         segments = memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, run_limit + boundary_limit)
         logger.debug("%d segment(s): the session holds %.0f MB of weights", segments, sum(held) / 1e6)
     if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
-        kept = set(original)
-        nodes = cutting.order(list(calib.graph), [n for n in calib.graph if n not in kept])
+        every = list(calib.graph)
+        nodes = cutting.order(every, [every[i] for i in calibration.added])
         cuts = cutting.find_cuts(nodes, segments, wanted)
         parts = cutting.split(calib, nodes, cuts, list(fetch.values()))
-        names = [[v.name for v in values] for values in wanted]
-        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance, first, most, boundary_limit)
+        _run_segments(
+            parts, probes, calibration.wanted, fetch, data, sessions, splits, advance, first, most, boundary_limit
+        )
         return
     session = sessions.create(calib)
     names = list(fetch)
     position = {name: i for i, name in enumerate(names)}
-    index = [[position[v.name] for v in values] for values in wanted]
+    index = [[position[name] for name in names_of] for names_of in calibration.wanted]
     step = None
     for split in splits:
         for feeds in data.batches(split):

@@ -45,15 +45,25 @@ class SessionFactory:
     ``threads`` sets ONNX Runtime's intra-op threads (0: its default); ``segments``: how many consecutive
     segments the collector may cut a calibration graph into, each run in a session of its own (1: whole; 0: as
     many as ``max_memory`` asks for, ``calibration.memory``); ``max_memory``: the bytes a run may use (None:
-    ``memory.default_budget()``)."""
+    ``memory.default_budget()``); ``ray``: calibration sharded across the workers of a Ray cluster ("auto" or its
+    address, ``calibration.shards``), ``workers`` of them (None: the cluster's CPUs)."""
 
     def __init__(
-        self, device: Device = Device.AUTO, *, threads: int = 0, segments: int = 1, max_memory: int | None = None
+        self,
+        device: Device = Device.AUTO,
+        *,
+        threads: int = 0,
+        segments: int = 1,
+        max_memory: int | None = None,
+        ray: str | None = None,
+        workers: int | None = None,
     ) -> None:
         self.device = device
         self.threads = threads
         self.segments = segments
         self.max_memory = max_memory or memory.default_budget()
+        self.ray = ray
+        self.workers = workers
         self.provider: str | None = None
         if device is Device.CUDA and CUDA not in ort.get_available_providers():
             raise OnnxbcError(

@@ -1,0 +1,119 @@
+"""Calibration sharded across Ray workers (``calibration.shards``), on a local Ray with 2 CPUs: every probe's
+statistics equal the single-process run's (counts exactly, sums to float tolerance), whole-graph and segmented;
+``advance`` ticks once per batch; a worker that dies has its shard rerun, and one that always dies stops the run
+with one line."""
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from test_segments import _data, _pass_one, _plan, _state, resnet, transformer
+
+from onnxbc.calibration.collector import collect
+from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
+from onnxbc.calibration.session import SessionFactory
+from onnxbc.errors import OnnxbcError
+from onnxbc.options import Device
+from onnxbc.targets import find_targets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray whose workers import this checkout (and this folder: ``_Dies``)."""
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), path]))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    finally:
+        os.environ.pop("PYTHONPATH") if path is None else os.environ.__setitem__("PYTHONPATH", path)
+    yield
+    ray.shutdown()
+
+
+def _collect(model, probes, data, *, workers=None, segments=1):
+    """The probes, collected in this process or on ``workers`` Ray workers (then this process runs nothing)."""
+    ticks = []
+    sessions = SessionFactory(Device.CPU, ray="auto" if workers else None, workers=workers)
+    if workers:
+        sessions.create = None
+    splits = ("fit", "holdout")
+    collect(model, probes, data, sessions, splits=splits, advance=lambda: ticks.append(1), segments=segments)
+    assert len(ticks) == sum(data.count_batches(s) for s in splits)
+    return probes
+
+
+def _assert_same(whole, sharded):
+    """Every number equal: integers exactly, floats to float tolerance (``_batch_max``: the last batch's, transient)."""
+    for a, b in zip(whole, sharded):
+        sa, sb = ({k: v for k, v in _state(p).items() if not k.endswith("_batch_max")} for p in (a, b))
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            if np.issubdtype(sa[key].dtype, np.integer):
+                np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+            else:
+                np.testing.assert_allclose(sa[key], sb[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize(("build", "segments"), [(transformer, 1), (resnet, 2)])
+def test_sharded_statistics_equal_the_single_process_run(cluster, tmp_path, build, segments):
+    """Pass 1 (histograms, channel histograms, GPTQ moments, output power) and pass 2 (shadow errors), whole graph
+    and in segments, over 2 workers; the histograms grew past their first batch's grid."""
+    model = build()
+    data = _data(tmp_path, model, samples=24, batch_size=3)
+    whole = _collect(model, _pass_one(model), data)
+    sharded = _collect(model, _pass_one(model), data, workers=2, segments=segments)
+    _assert_same(whole, sharded)
+    hist = next(p for p in sharded if isinstance(p, RangeProbe)).hist
+    assert hist.total > 0
+    plan = _plan(model, {p.value: p for p in whole if isinstance(p, RangeProbe)})
+    layers = [t for t in find_targets(model).targets if t.weight is not None]
+    errors = _collect(model, [LayerErrorProbe(t, plan) for t in layers], data)
+    assert errors[0].moments["holdout"].count > 0
+    _assert_same(errors, _collect(model, [LayerErrorProbe(t, plan) for t in layers], data, workers=2))
+
+
+class _Dies(RangeProbe):
+    """A range probe whose worker process exits at its first batch while ``marker`` is missing (creating it
+    first when ``once``): a worker killed in the middle of its shard."""
+
+    def __init__(self, value, marker, once):
+        super().__init__(value)
+        self.marker, self.once = marker, once
+
+    def update(self, arrays, split):
+        if not Path(self.marker).exists():
+            if self.once:
+                Path(self.marker).touch()
+            os._exit(1)
+        super().update(arrays, split)
+
+
+def test_a_dead_worker_has_its_shard_rerun(cluster, tmp_path):
+    model = transformer()
+    data = _data(tmp_path, model, samples=24, batch_size=3)
+    names = [p.value for p in _pass_one(model) if isinstance(p, RangeProbe)]
+    whole = _collect(model, [RangeProbe(n) for n in names], data)
+    dies = [_Dies(n, str(tmp_path / "died"), once=True) for n in names]
+    sharded = _collect(model, dies, data, workers=2)
+    assert (tmp_path / "died").exists()
+    _assert_same(whole, [_plain(p) for p in sharded])
+
+
+def test_a_worker_that_always_dies_stops_the_run_in_one_line(cluster, tmp_path):
+    model = transformer()
+    data = _data(tmp_path, model, samples=6, batch_size=3)
+    probe = _Dies(next(p.value for p in _pass_one(model)), str(tmp_path / "never"), once=False)
+    with pytest.raises(OnnxbcError, match=r"^Ray: calibration shard 1 \(1 batches\) failed 3 times: [^\n]*$"):
+        collect(model, [probe], data, SessionFactory(Device.CPU, ray="auto", workers=2))
+
+
+def _plain(probe):
+    """A ``_Dies`` probe's statistics as a plain ``RangeProbe``'s."""
+    out = RangeProbe(probe.value)
+    vars(out).update({k: v for k, v in vars(probe).items() if k in vars(out)})
+    return out
