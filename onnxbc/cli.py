@@ -340,6 +340,24 @@ def compress(
             "auto). Default: half of this machine's memory.",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Shard the calibration batches across Ray workers: 'auto' joins the Ray cluster running here, or "
+            "starts a local one with --workers CPUs; or give a cluster's address. The statistics, and so the "
+            "output, are those of a run without it (sums to float rounding). Needs the ray extra: pip install "
+            "'onnxbc[ray]'.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="--ray: how many workers, one CPU and one ONNX Runtime thread each (--max-memory applies to each). "
+            "Default: the cluster's CPUs.",
+            show_default=False,
+        ),
+    ] = None,
     report: Annotated[
         Path | None, typer.Option(help="Report JSON path. Default: next to the output, OUTPUT.report.json.")
     ] = None,
@@ -369,6 +387,8 @@ def compress(
             opset=opset,
             segments=_segments(segments),
             max_memory=parse_size(max_memory, "--max-memory") if max_memory is not None else None,
+            ray=ray,
+            workers=workers,
             data_free=data_free,
             next_weights=next_weights,
             avg_bits=avg_bits,

@@ -3,20 +3,29 @@ statistics equal the single-process run's (counts exactly, sums to float toleran
 ``advance`` ticks once per batch; a worker that dies has its shard rerun, and one that always dies stops the run
 with one line."""
 
+import importlib.util
+import json
 import logging
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import ray
+from onnx import numpy_helper
 from test_segments import _data, _pass_one, _plan, _state, resnet, transformer
+from typer.testing import CliRunner
 
+from models import test_graphs
+from onnxbc import cli
+from onnxbc.calibration import collector
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
-from onnxbc.errors import OnnxbcError
-from onnxbc.options import Device
+from onnxbc.errors import OnnxbcError, UsageError
+from onnxbc.options import CompressOptions, Device
 from onnxbc.targets import find_targets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +126,54 @@ def _plain(probe):
     out = RangeProbe(probe.value)
     vars(out).update({k: v for k, v in vars(probe).items() if k in vars(out)})
     return out
+
+
+def _numbers(x, path=""):
+    """Every value of a report, by path (times, memory, output paths and the options themselves left out)."""
+    if isinstance(x, dict):
+        skip = {"timings_s", "memory", "options", "output"}
+        return {k: v for key, val in x.items() if key not in skip for k, v in _numbers(val, f"{path}.{key}").items()}
+    if isinstance(x, list):
+        return {k: v for i, val in enumerate(x) for k, v in _numbers(val, f"{path}[{i}]").items()}
+    return {path: x}
+
+
+def test_compress_on_ray_writes_what_a_run_without_writes(cluster, tmp_path, monkeypatch):
+    """``--ray auto --workers 2`` (joining the running Ray; this process collects nothing itself), sequential
+    compensation (range, shadow and paired error probes): the same report numbers (held-out errors, per-layer
+    errors and bias norms) and the same weights, to float tolerance; the quantized codes exactly."""
+    graph = test_graphs.build("attention")
+    path = test_graphs.save(graph, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **graph.feeds(40, 0))
+    base = ["compress", str(path), "--data", str(tmp_path / "calib.npz"), "--batch-size", "4", "--quiet"]
+    base += ["--bias-correction", "sequential"]
+    result = CliRunner().invoke(cli.app, [*base, "-o", str(tmp_path / "a.onnx")])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(collector, "run", None)
+    result = CliRunner().invoke(cli.app, [*base, "--ray", "auto", "--workers", "2", "-o", str(tmp_path / "b.onnx")])
+    assert result.exit_code == 0, result.output
+    a, b = (_numbers(json.loads((tmp_path / f"{n}.report.json").read_text())) for n in "ab")
+    assert a.keys() == b.keys() and any("heldout" in k or "holdout" in k for k in a)
+    for key, value in a.items():
+        if isinstance(value, float):
+            assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        else:
+            assert b[key] == value, key
+    ma, mb = (onnx.load(tmp_path / f"{n}.onnx") for n in "ab")
+    for x, y in zip(ma.graph.initializer, mb.graph.initializer):
+        assert x.name == y.name
+        u, v = numpy_helper.to_array(x), numpy_helper.to_array(y)
+        if np.issubdtype(u.dtype, np.integer):
+            np.testing.assert_array_equal(u, v, err_msg=x.name)
+        else:
+            np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-9, err_msg=x.name)
+
+
+def test_ray_flags_are_checked_before_any_work(monkeypatch):
+    with pytest.raises(UsageError, match="--workers sets the Ray workers: add --ray auto"):
+        CompressOptions(workers=2)
+    with pytest.raises(UsageError, match="--workers must be 1 or more"):
+        CompressOptions(ray="auto", workers=0)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    with pytest.raises(UsageError, match=r"^--ray needs the ray extra: pip install 'onnxbc\[ray\]'$"):
+        CompressOptions(ray="auto")

@@ -42,13 +42,12 @@ from onnxbc.calibration import collector
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.errors import OnnxbcError, UsageError, one_line
+from onnxbc.options import RAY_MISSING
 
 logger = logging.getLogger(__name__)
 
 RETRIES = 2  # new workers a shard may get after the first dies
 POLL_S = 0.2  # how often the driver asks the workers how many batches they have done
-
-MISSING = "--ray needs the ray extra: pip install 'onnxbc[ray]'"
 
 
 def run(
@@ -73,10 +72,13 @@ def run(
         if not isinstance(graph, bytes):
             return alone("the calibration graph is too large to send as bytes")
         ray = connect(sessions.ray, sessions.workers)
-        workers = sessions.workers or max(1, int(ray.cluster_resources().get("CPU", 2)))
         pool = _Pool(ray, graph, calibration, sessions, (data.batched, tuple(splits), segments))
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = min(sessions.workers or cpus, cpus)  # a worker holds its CPU until the end: more would wait forever
+    if sessions.workers and workers < sessions.workers:
+        logger.warning("Ray: the cluster has %d CPUs: %d workers, not %d", cpus, workers, sessions.workers)
     batches = [(split, ray.put(feeds)) for split in splits for feeds in data.batches(split)]
-    if not batches:
+    if not batches:  # (no worker started yet)
         return None
     try:
         first = pool.fold([_Shard(0, batches[:1], [p.blank() for p in probes])], advance)[0]
@@ -103,7 +105,7 @@ def connect(address: str, workers: int | None):
     try:
         import ray
     except ImportError:
-        raise UsageError(MISSING) from None
+        raise UsageError(RAY_MISSING) from None
     if ray.is_initialized():
         return ray
     quiet = {"include_dashboard": False, "logging_level": logging.WARNING}
