@@ -358,6 +358,15 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep each pass's collected statistics in this folder (made if missing), keyed by the calibration "
+            "graph, the data and the run sizes: a run stopped in the middle resumes from the passes it finished, "
+            "and the same run again writes the same bytes without running the model for its statistics.",
+            show_default=False,
+        ),
+    ] = None,
     report: Annotated[
         Path | None, typer.Option(help="Report JSON path. Default: next to the output, OUTPUT.report.json.")
     ] = None,
@@ -389,6 +398,7 @@ def compress(
             max_memory=parse_size(max_memory, "--max-memory") if max_memory is not None else None,
             ray=ray,
             workers=workers,
+            cache_dir=cache_dir,
             data_free=data_free,
             next_weights=next_weights,
             avg_bits=avg_bits,

@@ -375,6 +375,8 @@ class CompressOptions:
     # calibration batches sharded across Ray workers (onnxbc.calibration.shards): "auto" or a cluster's address
     ray: str | None = _option(None, _R, "--ray", data_free=False)
     workers: int | None = _option(None, _R, "--workers", data_free=False)  # --ray: how many (None: its CPUs)
+    # collected statistics kept there, for a later run to resume from (onnxbc.calibration.cache)
+    cache_dir: Path | None = _option(None, _R, "--cache-dir", data_free=False)
     # Conv/Gemm biases (and MatMul + bias Add, as a Gemm) as int32 codes + DequantizeLinear (passes.bias_int32);
     # None: on for --target onnxruntime with int8 activations (its integer kernels take them), off otherwise
     int32_bias: bool | None = _option(
@@ -399,6 +401,8 @@ class CompressOptions:
         if self.max_memory is not None and self.max_memory <= 0:
             raise UsageError(f"--max-memory must be a positive size, got {self.max_memory}")
         self._check_ray()
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise UsageError(f"--cache-dir {self.cache_dir}: not a folder")
         if self.block_size < 0 or (self.block_size and self.block_size % 16):
             raise UsageError(
                 f"--block-size must be 0 (per channel) or a positive multiple of 16, got {self.block_size}"

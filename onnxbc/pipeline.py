@@ -197,6 +197,7 @@ def _open(run: Run, working: ir.Model, data: DataOptions, options: CompressOptio
             max_memory=options.max_memory,
             ray=options.ray,
             workers=options.workers,
+            cache_dir=options.cache_dir,
         ),
         options,
         policy,

@@ -42,7 +42,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from onnxbc.calibration import footprint, memory
+from onnxbc.calibration import cache, footprint, memory
 from onnxbc.calibration import segments as cutting
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
@@ -76,20 +76,44 @@ def collect(
 ) -> None:
     """Run ``model`` with every probe attached over the batches of ``splits``, calling ``advance`` once per
     batch; with ``segments`` (default: ``sessions.segments``) at least 2, segment by segment (0: as many as
-    ``sessions.max_memory`` asks for); with ``sessions.ray``, sharded across Ray workers (``calibration.shards``).
-    Its sessions' memory goes back to the system at the end."""
+    ``sessions.max_memory`` asks for); with ``sessions.ray``, sharded across Ray workers (``calibration.shards``);
+    with ``sessions.cache_dir``, statistics collected before with the same graph, data and runs are taken from
+    there (``calibration.cache``). Its sessions' memory goes back to the system at the end."""
     if not probes:
         return
+    segments = sessions.segments if segments is None else segments
+    folder = sessions.cache_dir
+    if folder is not None and not all(hasattr(p, "blank") and hasattr(p, "merge") for p in probes):
+        logger.warning("a probe cannot be merged: collecting without the cache")
+        folder = None
     try:
         calibration = calibration_graph(model, probes)
-        if sessions.ray is None:
-            run(calibration, probes, data, sessions, splits, advance, segments)
+        if folder is None:
+            _dispatch(calibration, probes, data, sessions, splits, advance, segments)
+            return
+        entry = cache.key(calibration.model, data, splits, (segments, sessions.max_memory))
+        states = cache.load(folder, entry, probes)
+        if states is None:
+            states = [p.blank() for p in probes]
+            _dispatch(calibration, states, data, sessions, splits, advance, segments)
+            cache.save(folder, entry, states)
         else:
-            from onnxbc.calibration import shards  # imports ray: only when asked for
-
-            shards.run(calibration, probes, data, sessions, splits, advance, segments)
+            for _ in range(sum(data.count_batches(split) for split in splits)):
+                advance()
+        for probe, state in zip(probes, states):
+            probe.merge(state)  # into fresh probes: exact, as folding the batches into them
     finally:
         memory.release()
+
+
+def _dispatch(calibration: Calibration, probes: Sequence[Probe], data, sessions, splits, advance, segments) -> None:
+    """``run`` in this process, or sharded across Ray workers."""
+    if sessions.ray is None:
+        run(calibration, probes, data, sessions, splits, advance, segments)
+    else:
+        from onnxbc.calibration import shards  # imports ray: only when asked for
+
+        shards.run(calibration, probes, data, sessions, splits, advance, segments)
 
 
 @dataclasses.dataclass

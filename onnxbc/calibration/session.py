@@ -19,6 +19,7 @@ would run, so the report can also say what ONNX Runtime's default kernels do wit
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import onnx_ir as ir
 import onnxruntime as ort
@@ -46,7 +47,8 @@ class SessionFactory:
     segments the collector may cut a calibration graph into, each run in a session of its own (1: whole; 0: as
     many as ``max_memory`` asks for, ``calibration.memory``); ``max_memory``: the bytes a run may use (None:
     ``memory.default_budget()``); ``ray``: calibration sharded across the workers of a Ray cluster ("auto" or its
-    address, ``calibration.shards``), ``workers`` of them (None: the cluster's CPUs)."""
+    address, ``calibration.shards``), ``workers`` of them (None: the cluster's CPUs); ``cache_dir``: a folder
+    keeping collected statistics for a later run (``calibration.cache``)."""
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class SessionFactory:
         max_memory: int | None = None,
         ray: str | None = None,
         workers: int | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.device = device
         self.threads = threads
@@ -64,6 +67,7 @@ class SessionFactory:
         self.max_memory = max_memory or memory.default_budget()
         self.ray = ray
         self.workers = workers
+        self.cache_dir = cache_dir
         self.provider: str | None = None
         if device is Device.CUDA and CUDA not in ort.get_available_providers():
             raise OnnxbcError(
