@@ -15,17 +15,18 @@ import onnx
 import pytest
 import ray
 from onnx import numpy_helper
-from test_segments import _data, _pass_one, _plan, _state, resnet, transformer
+from test_segments import D, T, _assert_same, _data, _pass_one, _plan, resnet, transformer
 from typer.testing import CliRunner
 
 from models import test_graphs
 from onnxbc import cli
 from onnxbc.calibration import collector
 from onnxbc.calibration.collector import collect
+from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.errors import OnnxbcError, UsageError
-from onnxbc.options import CompressOptions, Device
+from onnxbc.options import CompressOptions, DataOptions, Device
 from onnxbc.targets import find_targets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,28 +45,17 @@ def cluster():
     ray.shutdown()
 
 
-def _collect(model, probes, data, *, workers=None, segments=1):
-    """The probes, collected in this process or on ``workers`` Ray workers (then this process runs nothing)."""
+def _collect(model, probes, data, *, workers=None, segments=1, here=False):
+    """The probes, collected in this process or on ``workers`` Ray workers (then this process runs nothing unless
+    ``here``)."""
     ticks = []
     sessions = SessionFactory(Device.CPU, ray="auto" if workers else None, workers=workers)
-    if workers:
+    if workers and not here:
         sessions.create = None
     splits = ("fit", "holdout")
     collect(model, probes, data, sessions, splits=splits, advance=lambda: ticks.append(1), segments=segments)
     assert len(ticks) == sum(data.count_batches(s) for s in splits)
     return probes
-
-
-def _assert_same(whole, sharded):
-    """Every number equal: integers exactly, floats to float tolerance (``_batch_max``: the last batch's, transient)."""
-    for a, b in zip(whole, sharded):
-        sa, sb = ({k: v for k, v in _state(p).items() if not k.endswith("_batch_max")} for p in (a, b))
-        assert sa.keys() == sb.keys()
-        for key in sa:
-            if np.issubdtype(sa[key].dtype, np.integer):
-                np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
-            else:
-                np.testing.assert_allclose(sa[key], sb[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
 @pytest.mark.parametrize(("build", "segments"), [(transformer, 1), (resnet, 2)])
@@ -177,3 +167,20 @@ def test_ray_flags_are_checked_before_any_work(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
     with pytest.raises(UsageError, match=r"^--ray needs the ray extra: pip install 'onnxbc\[ray\]'$"):
         CompressOptions(ray="auto")
+
+
+def test_histograms_that_cannot_merge_exactly_are_collected_in_one_process(cluster, tmp_path, caplog):
+    """A first batch of zeros sets no histogram grid: each shard would start its own, so the run falls back to one
+    process (with a note) rather than merge approximately."""
+    model = transformer()
+    _data(tmp_path, model, samples=24, batch_size=3)
+    feeds = dict(np.load(tmp_path / "d.npz"))
+    feeds["x"][:3] = 0.0
+    np.savez(tmp_path / "d.npz", **feeds)
+    data = open_data(DataOptions(path=tmp_path / "d.npz", holdout_fraction=0.3, batch_size=3), input_specs(model))
+    whole = _collect(model, [RangeProbe("x")], data)
+    assert whole[0].hist.counts[0] >= 3 * T * D and whole[0].hist.top > 0
+    with caplog.at_level(logging.WARNING, logger="onnxbc"):
+        sharded = _collect(model, [RangeProbe("x")], data, workers=2, here=True)
+    assert "collecting in one process" in caplog.text and "different starting ranges" in caplog.text
+    _assert_same(whole, sharded)

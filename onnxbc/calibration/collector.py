@@ -151,7 +151,7 @@ def run(
     sessions: SessionFactory,
     splits: Sequence[str],
     advance: Callable[[], None],
-    segments: int | None,
+    segments: int,
 ) -> None:
     """``collect`` in this process, the probes attached (``calibration_graph``); a segmented run takes
     ``calibration.model`` apart."""
@@ -161,7 +161,6 @@ def run(
     run_limit, boundary_limit = _limits(sessions)
     first = _first_batch(data, splits)
     most = _most_samples(calib, first, run_limit)
-    segments = sessions.segments if segments is None else segments
     if segments == 0:  # as many as the memory budget asks for
         held = cutting.held_bytes(list(calib.graph))
         segments = memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, run_limit + boundary_limit)

@@ -57,10 +57,9 @@ def run(
     sessions: SessionFactory,
     splits: Sequence[str],
     advance: Callable[[], None],
-    segments: int | None,
+    segments: int,
 ) -> None:
     """``collector.run`` sharded across Ray workers (module docstring)."""
-    segments = sessions.segments if segments is None else segments
 
     def alone(why: str, tick: Callable[[], None] = advance) -> None:
         logger.warning("Ray: %s; collecting in one process", why)
