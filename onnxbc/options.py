@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import operator
 import os
+import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -438,8 +439,10 @@ class CompressOptions:
             raise UsageError("--workers sets the Ray workers: add --ray auto (or --ray ADDRESS)")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers must be 1 or more, got {self.workers}")
-        if self.ray is not None and not self.ray.strip():
-            raise UsageError("--ray takes auto or the address of a Ray cluster, not an empty text")
+        if self.ray is not None and not (self.ray == "auto" or re.fullmatch(r"(ray://)?\S+:\d+", self.ray)):
+            raise UsageError(
+                f"--ray takes auto or a Ray cluster's address, HOST:PORT or ray://HOST:PORT, not {self.ray!r}"
+            )
         if self.ray is not None and importlib.util.find_spec("ray") is None:
             raise UsageError(RAY_MISSING)
 

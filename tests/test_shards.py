@@ -7,6 +7,8 @@ import importlib.util
 import json
 import logging
 import os
+import subprocess
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -164,6 +166,8 @@ def test_ray_flags_are_checked_before_any_work(monkeypatch):
         CompressOptions(workers=2)
     with pytest.raises(UsageError, match="--workers must be 1 or more"):
         CompressOptions(ray="auto", workers=0)
+    with pytest.raises(UsageError, match="--ray takes auto or a Ray cluster's address, HOST:PORT"):
+        CompressOptions(ray="localhost")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
     with pytest.raises(UsageError, match=r"^--ray needs the ray extra: pip install 'onnxbc\[ray\]'$"):
         CompressOptions(ray="auto")
@@ -184,3 +188,16 @@ def test_histograms_that_cannot_merge_exactly_are_collected_in_one_process(clust
         sharded = _collect(model, [RangeProbe("x")], data, workers=2, here=True)
     assert "collecting in one process" in caplog.text and "different starting ranges" in caplog.text
     _assert_same(whole, sharded)
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(tmp_path):
+    """Ray itself would retry for minutes; a process not yet connected checks the address first."""
+    out = tmp_path / "out.onnx"
+    model, data = ROOT / "models" / "fashion_cnn.onnx", ROOT / "models" / "data" / "fashion_calib.npz"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["compress", model, "--data", data, "-o", out, "--ray", "127.0.0.1:1", "--workers", "2"]
+    r = subprocess.run([sys.executable, "-m", "onnxbc", *map(str, args)], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and not out.exists() and not list(tmp_path.iterdir())
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: --ray 127.0.0.1:1: no Ray cluster answers there"), r.stderr

@@ -103,13 +103,18 @@ class SessionFactory:
                 "--device cuda: the CUDA execution provider did not start (ONNX Runtime fell back to "
                 f"{used}); check the CUDA and cuDNN libraries, or use --device auto/cpu"
             )
+        self.ran(used)
+        return session
+
+    def ran(self, used: str) -> None:
+        """Record the provider a session ran (here or in a Ray worker, ``calibration.shards``); the first time,
+        warn when ``--device auto`` fell back from CUDA."""
         if self.provider is None and self.device is Device.AUTO and CUDA in ort.get_available_providers():
             if used != CUDA:
                 logger.warning(
                     "the CUDA execution provider did not start (no GPU or CUDA/cuDNN libraries); running on the CPU"
                 )
         self.provider = used
-        return session
 
     def _providers(self) -> list[str]:
         if self.device is Device.CPU:

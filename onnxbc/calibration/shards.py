@@ -34,11 +34,12 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from onnxbc import model_io
-from onnxbc.calibration import collector
+from onnxbc.calibration import collector, session
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.errors import OnnxbcError, UsageError, one_line
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 RETRIES = 2  # new workers a shard may get after the first dies
 POLL_S = 0.2  # how often the driver asks the workers how many batches they have done
+CONNECT_S = 5.0  # how long a cluster's address may take to answer
 
 
 def run(
@@ -85,7 +87,7 @@ def run(
         parts = pool.fold([shard for shard in rest if shard.batches], advance)
     finally:
         pool.close()
-    sessions.provider = sessions.provider or pool.provider
+    sessions.ran(pool.provider)
     try:
         for part in parts:
             for mine, theirs in zip(first, part):
@@ -107,6 +109,8 @@ def connect(address: str, workers: int | None):
         raise UsageError(RAY_MISSING) from None
     if ray.is_initialized():
         return ray
+    if address != "auto":
+        _answers(address)
     quiet = {"include_dashboard": False, "logging_level": logging.WARNING}
     try:
         if address == "auto":
@@ -119,6 +123,19 @@ def connect(address: str, workers: int | None):
     except Exception as e:  # ray raises several types for an address it cannot reach
         raise OnnxbcError(f"--ray {address}: cannot connect to a Ray cluster: {one_line(e)}") from e
     return ray
+
+
+def _answers(address: str) -> None:
+    """A one-line error at once where nothing listens at ``address`` (HOST:PORT, or ray://HOST:PORT): Ray itself
+    keeps trying for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except (OSError, ValueError) as e:
+        raise OnnxbcError(
+            f"--ray {address}: no Ray cluster answers there ({one_line(e, 100)}); start one (ray start --head) or "
+            "use --ray auto"
+        ) from e
 
 
 class _Shard:
@@ -222,6 +239,7 @@ class _Worker:
 
     def __init__(self, graph: bytes, wanted, added, device, threads: int, max_memory: int) -> None:
         self._graph, self._wanted, self._added = graph, wanted, added
+        logging.getLogger(session.__name__).setLevel(logging.ERROR)  # the driver reports the device (``ran``)
         self._sessions = SessionFactory(device, threads=threads, max_memory=max_memory)
         self._done: dict[int, int] = {}  # batches folded, by call
 
