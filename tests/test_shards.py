@@ -79,15 +79,16 @@ def test_sharded_statistics_equal_the_single_process_run(cluster, tmp_path, buil
 
 
 class _Dies(RangeProbe):
-    """A range probe whose worker process exits at its first batch while ``marker`` is missing (creating it
-    first when ``once``): a worker killed in the middle of its shard."""
+    """A range probe whose worker process exits at its ``at``-th batch while ``marker`` is missing (creating it
+    first when ``once``): a worker killed in the middle of its shard, its partial sums lost with it."""
 
-    def __init__(self, value, marker, once):
+    def __init__(self, value, marker, *, at=1, once=True):
         super().__init__(value)
-        self.marker, self.once = marker, once
+        self.marker, self.at, self.once, self.seen = marker, at, once, 0
 
     def update(self, arrays, split):
-        if not Path(self.marker).exists():
+        self.seen += 1
+        if self.seen == self.at and not Path(self.marker).exists():
             if self.once:
                 Path(self.marker).touch()
             os._exit(1)
@@ -95,11 +96,14 @@ class _Dies(RangeProbe):
 
 
 def test_a_dead_worker_has_its_shard_rerun(cluster, tmp_path):
+    """A worker dies in the middle of its shard (the third batch its probes see, counting the first batch's): the
+    shard reruns from blank statistics on a new worker, and everything equals the single-process run; ``advance``
+    still ticks once per batch."""
     model = transformer()
     data = _data(tmp_path, model, samples=24, batch_size=3)
     names = [p.value for p in _pass_one(model) if isinstance(p, RangeProbe)]
     whole = _collect(model, [RangeProbe(n) for n in names], data)
-    dies = [_Dies(n, str(tmp_path / "died"), once=True) for n in names]
+    dies = [_Dies(n, str(tmp_path / "died"), at=3) for n in names]
     sharded = _collect(model, dies, data, workers=2)
     assert (tmp_path / "died").exists()
     _assert_same(whole, [_plain(p) for p in sharded])
@@ -109,7 +113,7 @@ def test_a_worker_that_always_dies_stops_the_run_in_one_line(cluster, tmp_path):
     model = transformer()
     data = _data(tmp_path, model, samples=6, batch_size=3)
     probe = _Dies(next(p.value for p in _pass_one(model)), str(tmp_path / "never"), once=False)
-    with pytest.raises(OnnxbcError, match=r"^Ray: calibration shard 1 \(1 batches\) failed 3 times: [^\n]*$"):
+    with pytest.raises(OnnxbcError, match=r"^Ray: calibration shard 1 \(1 batch\) failed 3 times: [^\n]*$"):
         collect(model, [probe], data, SessionFactory(Device.CPU, ray="auto", workers=2))
 
 

@@ -224,6 +224,7 @@ def _run_segments(
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
         for k, part in enumerate(parts):
+            logger.info("%s: running over every batch", where[k])  # progress by segment (--verbose)
             session = _session(part, sessions, boundaries.dtypes, where[k])
             keep = [n for n in part.outputs if n in last]
             done = [n for n, end in last.items() if end == k]

@@ -6,7 +6,8 @@ sizes its runs itself (fetch and memory budgets, segments); Ray Data would re-ba
 bring a heavy dependency for nothing used here.
 
 1. The driver attaches the probes (``collector.calibration_graph``) and puts the graph's bytes in the object
-   store once, and every batch (the splits in order, each batch in order).
+   store once, and every batch (the splits in order, each batch in order; Ray spills them to disk beyond the
+   store's memory), which the workers fetch as they read them.
 2. The first batch runs alone, on worker 0, into ``blank()`` copies of the probes: it sets each histogram's
    grid, as it does in one process. The other batches are sharded deterministically, batch ``b`` of them to
    shard ``b % workers``, each shard folded by one worker (``collector.run``, segments included: each worker runs
@@ -186,7 +187,8 @@ class _Pool:
                     raise (e.cause if isinstance(e.cause, Exception) else e) from None
                 except RayError as e:  # the worker died
                     failures[i] += 1
-                    where = f"calibration shard {shards[i].index + 1} ({len(shards[i].batches)} batches)"
+                    count = len(shards[i].batches)
+                    where = f"calibration shard {shards[i].index + 1} ({count} batch{'es' if count > 1 else ''})"
                     if failures[i] > RETRIES:
                         raise OnnxbcError(f"Ray: {where} failed {failures[i]} times: {one_line(e, 200)}") from e
                     logger.warning("Ray: the worker of %s died; rerunning the shard on a new worker", where)
