@@ -4,7 +4,8 @@ running again the ``collect`` calls it finished.
 One entry per ``collect`` call. Its key is a SHA-256 of the calibration graph's bytes (the model with every probe
 attached: structure, weights and each probe's in-graph reductions), of every batch of the splits collected (each
 array's name, dtype, shape and bytes: the data, its selection and its batching, read once more without running the
-model) and of what sizes the runs (segments, memory budget). Its value: the probes' statistics as ``blank()``
+model), of what sizes the runs (segments, memory budget) and of the probes' ``blank()`` copies (what is
+collected, and the histogram grids it starts from). Its value: the probes' statistics as ``blank()``
 copies that folded every batch (``calibration.probes``), merged into the probes on a hit. Merging into fresh
 probes is exact, so a run from the cache writes the bytes of the run that filled it. ``--ray``/``--workers`` are
 not part of the key: their statistics are the same to float rounding.
@@ -38,9 +39,11 @@ logger = logging.getLogger(__name__)
 FORMAT = b"onnxbc-statistics-1"  # changes when what an entry holds changes
 
 
-def key(model, data: CalibrationData, splits: Sequence[str], runs: Sequence[Any]) -> str:
-    """The entry's key: the calibration ``model``, the batches of ``splits`` and ``runs`` (what sizes the runs)."""
+def key(model, data: CalibrationData, splits: Sequence[str], runs: Sequence[Any], blanks: Sequence[Any]) -> str:
+    """The entry's key: the calibration ``model``, the batches of ``splits``, ``runs`` (what sizes the runs) and the
+    ``blanks`` the statistics start from (their histogram grids: empty for fresh probes)."""
     h = hashlib.sha256(FORMAT)
+    h.update(pickle.dumps(list(blanks), protocol=pickle.HIGHEST_PROTOCOL))
     with model_io.ort_source(model) as source:
         files = [] if isinstance(source, bytes) else sorted(Path(source).parent.iterdir())
         h.update(source if isinstance(source, bytes) else b"".join(f.name.encode() for f in files))

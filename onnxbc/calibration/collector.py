@@ -91,10 +91,11 @@ def collect(
         if folder is None:
             _dispatch(calibration, probes, data, sessions, splits, advance, segments)
             return
-        entry = cache.key(calibration.model, data, splits, (segments, sessions.max_memory))
+        blanks = [p.blank() for p in probes]
+        entry = cache.key(calibration.model, data, splits, (segments, sessions.max_memory), blanks)
         states = cache.load(folder, entry, probes)
         if states is None:
-            states = [p.blank() for p in probes]
+            states = blanks
             _dispatch(calibration, states, data, sessions, splits, advance, segments)
             cache.save(folder, entry, states)
         else:
