@@ -344,9 +344,10 @@ def compress(
         str | None,
         typer.Option(
             help="Shard the calibration batches across Ray workers: 'auto' joins the Ray cluster running here, or "
-            "starts a local one with --workers CPUs; or give a cluster's address. The statistics, and so the "
-            "output, are those of a run without it (sums to float rounding). Needs the ray extra: pip install "
-            "'onnxbc[ray]'.",
+            "starts a local one with --workers CPUs; or give a cluster's address (HOST:PORT, ray://HOST:PORT). "
+            "Each worker folds its batches (through every segment, with --segments) into its own statistics and "
+            "this process merges them, so the output is that of a run without it (sums to float rounding); the "
+            "other stages run here. Needs the ray extra: pip install 'onnxbc[ray]'.",
             show_default=False,
         ),
     ] = None,
