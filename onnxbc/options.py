@@ -402,8 +402,10 @@ class CompressOptions:
         if self.max_memory is not None and self.max_memory <= 0:
             raise UsageError(f"--max-memory must be a positive size, got {self.max_memory}")
         self._check_ray()
-        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
-            raise UsageError(f"--cache-dir {self.cache_dir}: not a folder")
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))  # the API may pass text
+            if self.cache_dir.exists() and not self.cache_dir.is_dir():
+                raise UsageError(f"--cache-dir {self.cache_dir}: not a folder")
         if self.block_size < 0 or (self.block_size and self.block_size % 16):
             raise UsageError(
                 f"--block-size must be 0 (per channel) or a positive multiple of 16, got {self.block_size}"

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from models import test_graphs
 from onnxbc import cli
 from onnxbc.calibration import collector
+from onnxbc.options import CompressOptions
 
 
 @pytest.fixture
@@ -68,3 +69,4 @@ def test_cache_dir_must_be_a_folder(tmp_path):
     (tmp_path / "file").write_text("")
     result = CliRunner().invoke(cli.app, ["compress", "m.onnx", "--cache-dir", str(tmp_path / "file")])
     assert result.exit_code == 2 and "--cache-dir" in result.output and "not a folder" in result.output
+    assert CompressOptions(cache_dir=str(tmp_path)).cache_dir == tmp_path  # the API may give text

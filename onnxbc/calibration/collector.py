@@ -25,6 +25,10 @@ except for a histogram's whole activation, which the cut finder keeps from split
 crossing). Batches are split into the same runs as the whole graph's (every fetched value counts against the
 budget, whichever segment makes it; the boundary tensors do not), measured with one sample through every
 segment before the first batch.
+
+With ``SessionFactory.ray`` the batches are sharded across Ray workers, each running this collector over its own
+(``calibration.shards``); with ``SessionFactory.cache_dir`` each call's statistics are kept for a later run
+(``calibration.cache``). Both rest on the probes' ``blank()``/``merge()`` (``calibration.probes``).
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ BOUNDARY_MEMORY_BYTES = 1 * 2**30  # boundary tensors held in memory, in all; mo
 
 
 class Probe(Protocol):
+    """What the collector needs of a statistic. Probes that also have ``blank()`` and ``merge(other)`` (every probe
+    of ``calibration.probes``) can be sharded across Ray workers and kept in ``--cache-dir``; the others are
+    collected in one process, uncached."""
+
     def attach(self, builder: GraphBuilder) -> list[ir.Value]:
         """Add nodes to the calibration copy of the model; return the values to fetch."""
 
@@ -90,19 +98,8 @@ def collect(
         calibration = calibration_graph(model, probes)
         if folder is None:
             _dispatch(calibration, probes, data, sessions, splits, advance, segments)
-            return
-        blanks = [p.blank() for p in probes]
-        entry = cache.key(calibration.model, data, splits, (segments, sessions.max_memory), blanks)
-        states = cache.load(folder, entry, probes)
-        if states is None:
-            states = blanks
-            _dispatch(calibration, states, data, sessions, splits, advance, segments)
-            cache.save(folder, entry, states)
         else:
-            for _ in range(sum(data.count_batches(split) for split in splits)):
-                advance()
-        for probe, state in zip(probes, states):
-            probe.merge(state)  # into fresh probes: exact, as folding the batches into them
+            _cached(folder, calibration, probes, data, sessions, splits, advance, segments)
     finally:
         memory.release()
 
@@ -115,6 +112,23 @@ def _dispatch(calibration: Calibration, probes: Sequence[Probe], data, sessions,
         from onnxbc.calibration import shards  # imports ray: only when asked for
 
         shards.run(calibration, probes, data, sessions, splits, advance, segments)
+
+
+def _cached(folder: Path, calibration: Calibration, probes: Sequence[Probe], data, sessions, splits, advance, segments):
+    """``_dispatch`` into ``blank()`` copies of the probes, kept in ``folder``, unless they are there already; then
+    merged into the probes (into fresh probes: exact, as folding the batches into them)."""
+    blanks = [p.blank() for p in probes]
+    entry = cache.key(calibration.model, data, splits, (segments, sessions.max_memory), blanks)
+    states = cache.load(folder, entry, probes)
+    if states is None:
+        states = blanks
+        _dispatch(calibration, states, data, sessions, splits, advance, segments)
+        cache.save(folder, entry, states)
+    else:
+        for _ in range(sum(data.count_batches(split) for split in splits)):
+            advance()
+    for probe, state in zip(probes, states):
+        probe.merge(state)
 
 
 @dataclasses.dataclass
