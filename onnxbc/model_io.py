@@ -241,8 +241,14 @@ def ort_source(model: ir.Model, *, file_from: int = PROTO_LIMIT_BYTES) -> Iterat
         yield str(file)
 
 
+def to_bytes(model: ir.Model) -> bytes:
+    """The model as one serialized ModelProto, its external data read into it (in place): a calibration graph sent
+    to a Ray worker. Over protobuf's limit, an error (``to_proto``)."""
+    return to_proto(ir.external_data.load_to_model(model)).SerializeToString()
+
+
 def from_bytes(data: bytes) -> ir.Model:
-    """The model of serialized bytes (``ort_source``'s), unchecked: a calibration graph sent to a Ray worker."""
+    """The model of ``to_bytes``' bytes, unchecked."""
     return ir.serde.deserialize_model(onnx.ModelProto.FromString(data))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 import ray
 from onnx import numpy_helper
@@ -21,7 +22,7 @@ from test_segments import D, T, _assert_same, _data, _pass_one, _plan, resnet, t
 from typer.testing import CliRunner
 
 from models import test_graphs
-from onnxbc import cli
+from onnxbc import cli, model_io
 from onnxbc.calibration import collector
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
@@ -60,11 +61,15 @@ def _collect(model, probes, data, *, workers=None, segments=1, here=False):
     return probes
 
 
-@pytest.mark.parametrize(("build", "segments"), [(transformer, 1), (resnet, 2)])
-def test_sharded_statistics_equal_the_single_process_run(cluster, tmp_path, build, segments):
+@pytest.mark.parametrize(("build", "segments", "external"), [(transformer, 1, True), (resnet, 2, False)])
+def test_sharded_statistics_equal_the_single_process_run(cluster, tmp_path, build, segments, external):
     """Pass 1 (histograms, channel histograms, GPTQ moments, output power) and pass 2 (shadow errors), whole graph
-    and in segments, over 2 workers; the histograms grew past their first batch's grid."""
+    (a model read from a file with external data) and in segments, over 2 workers."""
     model = build()
+    if external:
+        ir.save(model, tmp_path / "m.onnx", external_data="m.onnx.data")
+        model = model_io.load(tmp_path / "m.onnx")
+        assert model_io.has_external_tensors(model)
     data = _data(tmp_path, model, samples=24, batch_size=3)
     whole = _collect(model, _pass_one(model), data)
     sharded = _collect(model, _pass_one(model), data, workers=2, segments=segments)

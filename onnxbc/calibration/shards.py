@@ -24,10 +24,10 @@ and calls ``advance`` once per batch.
 A worker that dies (its process or its node) takes its shard's partial sums with it, so Ray's own actor restart
 would go on with wrong statistics: the driver starts a new worker and reruns the whole shard, up to ``RETRIES``
 times, then stops with one line (OnnxbcError). An error raised inside a worker is raised as it is. Probes without
-``blank``/``merge``, a graph with external data or over protobuf's limit (workers load it from bytes), and
-histograms whose grids cannot merge exactly (a first batch without a nonzero value of an activation, so that
-each shard starts its own grid) are collected in one process instead, with a logged note: never an approximate
-result.
+``blank``/``merge``, a graph whose weights are over protobuf's limit (workers load it from bytes, external data
+read in), and histograms whose grids cannot merge exactly (a first batch without a nonzero value of an activation,
+so that each shard starts its own grid) are collected in one process instead, with a logged note: never an
+approximate result.
 """
 
 from __future__ import annotations
@@ -70,11 +70,12 @@ def run(
 
     if not all(hasattr(p, "blank") and hasattr(p, "merge") for p in probes):
         return alone("a probe cannot be merged")
-    with model_io.ort_source(calibration.model) as graph:
-        if not isinstance(graph, bytes):
-            return alone("the calibration graph is too large to send as bytes")
-        ray = connect(sessions.ray, sessions.workers)
-        pool = _Pool(ray, graph, calibration, sessions, (data.batched, tuple(splits), segments))
+    if model_io.initializer_bytes(calibration.model) > model_io.PROTO_LIMIT_BYTES:
+        return alone("the calibration graph's weights are over protobuf's limit, and workers load it from bytes")
+    ray = connect(sessions.ray, sessions.workers)
+    pool = _Pool(
+        ray, model_io.to_bytes(calibration.model), calibration, sessions, (data.batched, tuple(splits), segments)
+    )
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = min(sessions.workers or cpus, cpus)  # a worker holds its CPU until the end: more would wait forever
     if sessions.workers and workers < sessions.workers:
