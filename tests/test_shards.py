@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray whose workers import this checkout (and this folder: ``_Dies``)."""
-    path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), path]))
-    try:
+    paths = [str(ROOT), str(ROOT / "tests"), os.getenv("PYTHONPATH")]
+    with pytest.MonkeyPatch.context() as env:  # the workers' environment is the one ray.init sees
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    finally:
-        os.environ.pop("PYTHONPATH") if path is None else os.environ.__setitem__("PYTHONPATH", path)
     yield
     ray.shutdown()
 
@@ -177,6 +174,7 @@ def test_ray_flags_are_checked_before_any_work(monkeypatch):
         CompressOptions(ray="auto", workers=0)
     with pytest.raises(UsageError, match="--ray takes auto or a Ray cluster's address, HOST:PORT"):
         CompressOptions(ray="localhost")
+    find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
     with pytest.raises(UsageError, match=r"^--ray needs the ray extra: pip install 'onnxbc\[ray\]'$"):
         CompressOptions(ray="auto")
