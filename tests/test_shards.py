@@ -208,3 +208,17 @@ def test_an_address_where_no_cluster_answers_is_one_line_at_once(tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors == [line for line in r.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("error: --ray 127.0.0.1:1: no Ray cluster answers there"), r.stderr
+
+
+def test_without_ray_flags_ray_is_never_imported(tmp_path):
+    """The base install has no ray: a compress without ``--ray`` must not import it."""
+    graph = test_graphs.build("conv")
+    path = test_graphs.save(graph, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", **graph.feeds(8, 0))
+    code = (
+        "import sys, onnxbc\n"
+        f"onnxbc.compress({str(path)!r}, data=onnxbc.DataOptions(path={str(tmp_path / 'calib.npz')!r}))\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
