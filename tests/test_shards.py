@@ -119,6 +119,23 @@ def test_a_worker_that_always_dies_stops_the_run_in_one_line(cluster, tmp_path):
         collect(model, [probe], data, SessionFactory(Device.CPU, ray="auto", workers=2))
 
 
+class _Refuses(RangeProbe):
+    def update(self, arrays, split):
+        raise OnnxbcError(f"activation '{self.value}' refused")
+
+
+def test_an_error_raised_in_a_worker_is_raised_as_it_is(cluster, tmp_path, caplog):
+    """Not a dead worker: no rerun, the collector's own one-line error."""
+    model = transformer()
+    data = _data(tmp_path, model, samples=6, batch_size=3)
+    with (
+        caplog.at_level(logging.WARNING, logger="onnxbc"),
+        pytest.raises(OnnxbcError, match="^activation 'x' refused$"),
+    ):
+        collect(model, [_Refuses("x")], data, SessionFactory(Device.CPU, ray="auto", workers=2))
+    assert "rerunning" not in caplog.text
+
+
 def _plain(probe):
     """A ``_Dies`` probe's statistics as a plain ``RangeProbe``'s."""
     out = RangeProbe(probe.value)

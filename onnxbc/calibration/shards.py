@@ -23,11 +23,11 @@ and calls ``advance`` once per batch.
 
 A worker that dies (its process or its node) takes its shard's partial sums with it, so Ray's own actor restart
 would go on with wrong statistics: the driver starts a new worker and reruns the whole shard, up to ``RETRIES``
-times, then stops with one line (OnnxbcError). An error raised inside a worker is raised as it is. Probes without
-``blank``/``merge``, a graph whose weights are over protobuf's limit (workers load it from bytes, external data
-read in), and histograms whose grids cannot merge exactly (a first batch without a nonzero value of an activation,
-so that each shard starts its own grid) are collected in one process instead, with a logged note: never an
-approximate result.
+times, then stops with one line (OnnxbcError); so does a shard whose worker loses a batch it reads (a Ray error).
+An error the collector raises inside a worker is raised as it is. Probes without ``blank``/``merge``, a graph
+whose weights are over protobuf's limit (workers load it from bytes, external data read in), and histograms whose
+grids cannot merge exactly (a first batch without a nonzero value of an activation, so that each shard starts its
+own grid) are collected in one process instead, with a logged note: never an approximate result.
 """
 
 from __future__ import annotations
@@ -184,19 +184,19 @@ class _Pool:
                 i = running.pop(ref)[0]
                 try:
                     results[i], self.provider = _writable(self._ray.get(ref))
-                except RayTaskError as e:  # raised by the collector in the worker: rerunning would raise it again
-                    raise (e.cause if isinstance(e.cause, Exception) else e) from None
-                except RayError as e:  # the worker died
-                    failures[i] += 1
+                    _advance(counted, i, len(shards[i].batches), advance)
+                except RayError as e:
+                    cause = e.cause if isinstance(e, RayTaskError) else e
+                    if not isinstance(cause, RayError):  # raised by the collector: a rerun would raise it again
+                        raise (cause if isinstance(cause, Exception) else e) from None
+                    failures[i] += 1  # the worker died, or lost what it read
                     count = len(shards[i].batches)
                     where = f"calibration shard {shards[i].index + 1} ({count} batch{'es' if count > 1 else ''})"
                     if failures[i] > RETRIES:
                         raise OnnxbcError(f"Ray: {where} failed {failures[i]} times: {one_line(e, 200)}") from e
-                    logger.warning("Ray: the worker of %s died; rerunning the shard on a new worker", where)
+                    logger.warning("Ray: the worker of %s failed; rerunning the shard on a new worker", where)
                     self._ray.kill(self._actors.pop(shards[i].index))
                     running.update(self._start(i, shards[i]))
-                    continue
-                _advance(counted, i, len(shards[i].batches), advance)
             self._poll(running, counted, advance)
         return [results[i] for i in range(len(shards))]
 
