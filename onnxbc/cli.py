@@ -341,6 +341,34 @@ def compress(
             "of this machine's memory.",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Shard the calibration batches across Ray workers: 'auto' joins the Ray cluster running here, or "
+            "starts a local one with --workers CPUs; or give a cluster's address (HOST:PORT, ray://HOST:PORT). "
+            "Each worker folds its batches (through every segment, with --segments) into its own statistics and "
+            "this process merges them, so the output is that of a run without it (sums to float rounding); the "
+            "other stages run here. Needs the ray extra: pip install 'onnxbc[ray]'.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="--ray: how many workers, one CPU and one ONNX Runtime thread each (--max-memory applies to each). "
+            "Default: the cluster's CPUs.",
+            show_default=False,
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep each pass's collected statistics in this folder (made if missing), keyed by the calibration "
+            "graph, the data and the run sizes: a run stopped in the middle resumes from the passes it finished, "
+            "and the same run again writes the same bytes without running the model for its statistics.",
+            show_default=False,
+        ),
+    ] = None,
     report: Annotated[
         Path | None, typer.Option(help="Report JSON path. Default: next to the output, OUTPUT.report.json.")
     ] = None,
@@ -370,6 +398,9 @@ def compress(
             opset=opset,
             segments=_segments(segments),
             max_memory=parse_size(max_memory, "--max-memory") if max_memory is not None else None,
+            ray=ray,
+            workers=workers,
+            cache_dir=cache_dir,
             data_free=data_free,
             next_weights=next_weights,
             avg_bits=avg_bits,

@@ -255,6 +255,17 @@ def release(model: ir.Model) -> None:
                     pass
 
 
+def to_bytes(model: ir.Model) -> bytes:
+    """The model as one serialized ModelProto, its external data read into it (in place): a calibration graph sent
+    to a Ray worker. Over protobuf's limit, an error (``to_proto``)."""
+    return to_proto(ir.external_data.load_to_model(model)).SerializeToString()
+
+
+def from_bytes(data: bytes) -> ir.Model:
+    """The model of ``to_bytes``' bytes, unchecked."""
+    return ir.serde.deserialize_model(onnx.ModelProto.FromString(data))
+
+
 def serialized_bytes(model: ir.Model) -> int:
     """What ``model`` takes written (external data included)."""
     with ort_source(model) as source:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import importlib.util
 import operator
 import os
+import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -37,6 +39,8 @@ __all__ = [  # the public API re-exports these (onnxbc/__init__.py)
 
 if TYPE_CHECKING:
     from onnxbc.policy import Policy
+
+RAY_MISSING = "--ray needs the ray extra: pip install 'onnxbc[ray]'"
 
 
 class WeightType(str, enum.Enum):
@@ -369,6 +373,11 @@ class CompressOptions:
     segments: int = _option(0, _R, "--segments", data_free=False)
     # bytes the run may use (None: half the machine's memory); sizes calibration runs and segments
     max_memory: int | None = _option(None, _R, "--max-memory", data_free=False)
+    # calibration batches sharded across Ray workers (onnxbc.calibration.shards): "auto" or a cluster's address
+    ray: str | None = _option(None, _R, "--ray", data_free=False)
+    workers: int | None = _option(None, _R, "--workers", data_free=False)  # --ray: how many (None: its CPUs)
+    # collected statistics kept there, for a later run to resume from (onnxbc.calibration.cache)
+    cache_dir: Path | None = _option(None, _R, "--cache-dir", data_free=False)
     # Conv/Gemm biases (and MatMul + bias Add, as a Gemm) as int32 codes + DequantizeLinear (passes.bias_int32);
     # None: on for --target onnxruntime with int8 activations (its integer kernels take them), off otherwise
     int32_bias: bool | None = _option(
@@ -392,6 +401,11 @@ class CompressOptions:
             raise UsageError(f"--segments must be auto, 1 (the whole graph) or more, got {self.segments}")
         if self.max_memory is not None and self.max_memory <= 0:
             raise UsageError(f"--max-memory must be a positive size, got {self.max_memory}")
+        self._check_ray()
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))  # the API may pass text
+            if self.cache_dir.exists() and not self.cache_dir.is_dir():
+                raise UsageError(f"--cache-dir {self.cache_dir}: not a folder")
         if self.block_size < 0 or (self.block_size and self.block_size % 16):
             raise UsageError(
                 f"--block-size must be 0 (per channel) or a positive multiple of 16, got {self.block_size}"
@@ -421,6 +435,18 @@ class CompressOptions:
             raise UsageError(f"--opset must be between 13 and 25, got {self.opset}")
         if self.policy is not None and not self.data_free:
             _check_policy(self)
+
+    def _check_ray(self) -> None:
+        if self.workers is not None and self.ray is None:
+            raise UsageError("--workers sets the Ray workers: add --ray auto (or --ray ADDRESS)")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers must be 1 or more, got {self.workers}")
+        if self.ray is not None and not (self.ray == "auto" or re.fullmatch(r"(ray://)?\S+:\d+", self.ray)):
+            raise UsageError(
+                f"--ray takes auto or a Ray cluster's address, HOST:PORT or ray://HOST:PORT, not {self.ray!r}"
+            )
+        if self.ray is not None and importlib.util.find_spec("ray") is None:
+            raise UsageError(RAY_MISSING)
 
     def _check_data_free(self) -> None:
         """``onnxbc.datafree`` reads only the fields marked ``data_free`` (weights, next_weights, the weight

@@ -162,7 +162,8 @@ def _pass_one(model):
 
 
 def _state(probe):
-    """Every number a probe gathered, by path (its target and plan left out)."""
+    """Every number a probe gathered, by path (its target and plan left out, and ``_batch_max``: the last batch's,
+    which a sharded run sees in another order)."""
     found = {}
 
     def walk(path, x):
@@ -173,7 +174,7 @@ def _state(probe):
                 walk(f"{path}[{k}]", v)
         elif hasattr(x, "__dict__") and not isinstance(x, (np.ndarray, np.dtype)):
             for k, v in vars(x).items():
-                if k not in ("target", "plan", "_store"):
+                if k not in ("target", "plan", "_store", "_batch_max"):
                     walk(f"{path}.{k}", v)
         elif isinstance(x, (np.ndarray, np.generic, int, float)):
             found[path] = np.asarray(x)

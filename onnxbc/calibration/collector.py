@@ -25,19 +25,25 @@ except for a histogram's whole activation, which the cut finder keeps from split
 crossing). Batches are split into the same runs as the whole graph's (every fetched value counts against the
 budget, whichever segment makes it; the boundary tensors do not), measured with one sample through every
 segment before the first batch.
+
+With ``SessionFactory.ray`` the batches are sharded across Ray workers, each running this collector over its own
+(``calibration.shards``); with ``SessionFactory.cache_dir`` each call's statistics are kept for a later run
+(``calibration.cache``). Both rest on the probes' ``blank()``/``merge()`` (``calibration.probes``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from onnxbc.calibration import footprint, memory
+from onnxbc.calibration import cache, footprint, memory
 from onnxbc.calibration import segments as cutting
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
@@ -53,6 +59,10 @@ BOUNDARY_MEMORY_BYTES = 1 * 2**30  # boundary tensors held in memory, in all; mo
 
 
 class Probe(Protocol):
+    """What the collector needs of a statistic. Probes that also have ``blank()`` and ``merge(other)`` (every probe
+    of ``calibration.probes``) can be sharded across Ray workers and kept in ``--cache-dir``; the others are
+    collected in one process, uncached."""
+
     def attach(self, builder: GraphBuilder) -> list[ir.Value]:
         """Add nodes to the calibration copy of the model; return the values to fetch."""
 
@@ -75,24 +85,72 @@ def collect(
 ) -> None:
     """Run ``model`` with every probe attached over the batches of ``splits``, calling ``advance`` once per
     batch; with ``segments`` (default: ``sessions.segments``) at least 2, segment by segment (0: as many as
-    ``sessions.max_memory`` asks for). Its sessions' memory goes back to the system at the end."""
+    ``sessions.max_memory`` asks for); with ``sessions.ray``, sharded across Ray workers (``calibration.shards``);
+    with ``sessions.cache_dir``, statistics collected before with the same graph, data and runs are taken from
+    there (``calibration.cache``). Its sessions' memory goes back to the system at the end."""
+    if not probes:
+        return
+    segments = sessions.segments if segments is None else segments
+    folder = sessions.cache_dir
+    if folder is not None and not all(hasattr(p, "blank") and hasattr(p, "merge") for p in probes):
+        logger.warning("a probe cannot be merged: collecting without the cache")
+        folder = None
     try:
-        _collect(model, probes, data, sessions, splits, advance, segments)
+        calibration = calibration_graph(model, probes)
+        if folder is None:
+            _dispatch(calibration, probes, data, sessions, splits, advance, segments, finish=True)
+        else:
+            _cached(folder, calibration, probes, data, sessions, splits, advance, segments)
     finally:
         memory.release()
 
 
-def _collect(
-    model: ir.Model,
-    probes: Sequence[Probe],
-    data: CalibrationData,
-    sessions: SessionFactory,
-    splits: Sequence[str],
-    advance: Callable[[], None],
-    segments: int | None,
+def _dispatch(
+    calibration: Calibration, probes: Sequence[Probe], data, sessions, splits, advance, segments, *, finish: bool
 ) -> None:
-    if not probes:
-        return
+    """``run`` in this process, or sharded across Ray workers; ``finish``: the probes are ``finished`` after."""
+    if sessions.ray is None:
+        run(calibration, probes, data, sessions, splits, advance, segments, finish=finish)
+    else:
+        from onnxbc.calibration import shards  # imports ray: only when asked for
+
+        shards.run(calibration, probes, data, sessions, splits, advance, segments)
+        if finish:
+            _finished(probes)
+
+
+def _cached(folder: Path, calibration: Calibration, probes: Sequence[Probe], data, sessions, splits, advance, segments):
+    """``_dispatch`` into ``blank()`` copies of the probes, kept in ``folder``, unless they are there already; then
+    merged into the probes (into fresh probes: exact, as folding the batches into them)."""
+    blanks = [p.blank() for p in probes]
+    entry = cache.key(calibration.model, data, splits, (segments, sessions.max_memory), blanks)
+    states = cache.load(folder, entry, probes)
+    if states is None:
+        states = blanks
+        _dispatch(calibration, states, data, sessions, splits, advance, segments, finish=False)
+        cache.save(folder, entry, states)
+    else:
+        for _ in range(sum(data.count_batches(split) for split in splits)):
+            advance()
+    for probe, state in zip(probes, states):
+        probe.merge(state)
+    _finished(probes)
+
+
+@dataclasses.dataclass
+class Calibration:
+    """A copy of the model with the probes attached, keeping only what they read. ``wanted``: per probe, the
+    names of the values it reads (its ``attach`` order), all of them graph outputs; ``added``: the positions of
+    the nodes the probes added (the cut finder places them after what they read). Names and positions, not
+    objects, so that a worker can load it from bytes (``calibration.shards``)."""
+
+    model: ir.Model
+    wanted: list[list[str]]
+    added: list[int]
+
+
+def calibration_graph(model: ir.Model, probes: Sequence[Probe]) -> Calibration:
+    """``model`` with every probe attached, its outputs the values they read, pruned to what they read."""
     calib = model.clone()
     original = list(calib.graph)
     builder = GraphBuilder(calib)
@@ -102,27 +160,60 @@ def _collect(
         fetch.update((v.name, v) for v in values if v.name not in fetch)
     calib.graph.outputs[:] = list(fetch.values())  # ONNX Runtime runs every node of a graph, fetched or not:
     RemoveUnusedNodesPass()(calib)  # so the copy keeps only what the probes read
+    kept = set(original)
+    added = [i for i, node in enumerate(calib.graph) if node not in kept]
+    return Calibration(calib, [[v.name for v in values] for values in wanted], added)
+
+
+def run(
+    calibration: Calibration,
+    probes: Sequence[Probe],
+    data: CalibrationData,
+    sessions: SessionFactory,
+    splits: Sequence[str],
+    advance: Callable[[], None],
+    segments: int,
+    *,
+    finish: bool = False,
+) -> None:
+    """``collect`` in this process, the probes attached (``calibration_graph``); a segmented run takes
+    ``calibration.model`` apart. With ``finish``, each probe is ``finished`` once its statistic is complete (in
+    segments, when its segment has run); not in a Ray worker or for the cache, whose probes are merged after."""
+    calib = calibration.model
+    fetch = {v.name: v for v in calib.graph.outputs}
+    wanted = [[fetch[name] for name in names] for names in calibration.wanted]
     run_limit, boundary_limit = _limits(sessions)
     first = _first_batch(data, splits)
     most = _most_samples(calib, first, run_limit)
-    segments = sessions.segments if segments is None else segments
     extra = _statistic_bytes(probes, wanted)
     if segments == 0:  # as many as the memory budget asks for
         held = cutting.held_bytes(list(calib.graph), extra)
         segments = memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, run_limit + boundary_limit)
         logger.debug("%d segment(s): the session holds %.0f MB of weights and statistics", segments, sum(held) / 1e6)
     if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
-        kept = set(original)
-        nodes = cutting.order(list(calib.graph), [n for n in calib.graph if n not in kept])
+        every = list(calib.graph)
+        nodes = cutting.order(every, [every[i] for i in calibration.added])
         cuts = cutting.find_cuts(nodes, segments, wanted, extra)
         parts = cutting.split(calib, nodes, cuts, list(fetch.values()))
-        names = [[v.name for v in values] for values in wanted]
-        _run_segments(parts, probes, names, fetch, data, sessions, splits, advance, first, most, boundary_limit)
+        _run_segments(
+            parts,
+            probes,
+            calibration.wanted,
+            fetch,
+            data,
+            sessions,
+            splits,
+            advance,
+            first,
+            most,
+            boundary_limit,
+            finish,
+        )
         return
     session = sessions.create(calib)
     names = list(fetch)
     position = {name: i for i, name in enumerate(names)}
-    index = [[position[v.name] for v in values] for values in wanted]
+    index = [[position[name] for name in names_of] for names_of in calibration.wanted]
     step = None
     for split in splits:
         for feeds in data.batches(split):
@@ -133,7 +224,8 @@ def _collect(
                 for probe, idx in zip(probes, index):
                     probe.update([arrays[i] for i in idx], split)
             advance()
-    _finished(probes)
+    if finish:
+        _finished(probes)
 
 
 def _run_segments(
@@ -148,8 +240,10 @@ def _run_segments(
     first: dict[str, np.ndarray] | None,
     most: int | None,
     boundary_limit: int,
+    finish: bool,
 ) -> None:
-    """Each segment over every run of ``splits``, in turn; its boundary tensors kept for the later ones."""
+    """Each segment over every run of ``splits``, in turn; its boundary tensors kept for the later ones; with
+    ``finish``, its probes ``finished`` after it."""
     made = {name: k for k, part in enumerate(parts) for name in part.outputs}
     home = [max((made.get(n, 0) for n in probe_names), default=0) for probe_names in names]
     last: dict[str, int] = {}  # what a segment passes on -> the last segment that needs it
@@ -170,6 +264,7 @@ def _run_segments(
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
         for k, part in enumerate(parts):
+            logger.info("%s: running over every batch", where[k])  # progress by segment (--verbose)
             session = _session(part, sessions, boundaries.dtypes, where[k])
             keep = [n for n in part.outputs if n in last]
             done = [n for n, end in last.items() if end == k]
@@ -186,7 +281,8 @@ def _run_segments(
                         boundaries.drop(key, done)
                         del known  # ONNX Runtime's outputs keep their session's memory arena alive
                     tick()
-            _finished([probe for probe, _ in mine])
+            if finish:
+                _finished([probe for probe, _ in mine])
             del session  # before the next segment's session is made
             memory.release()
     finally:

@@ -9,10 +9,16 @@
   attributes.
 - ``PairedErrorProbe``: the same moments for a graph holding the float model beside the current
   quantized model ("sequential" mode: the layer reads the already compensated quantized upstream).
+
+Every probe is mergeable (sharded calibration, ``calibration.shards``): ``blank()`` is a copy that folds batches
+as the probe does, with no statistics yet (histograms on the probe's grids) and no reference to the model, so
+it can be pickled to a worker; ``merge(other)`` folds in what such a copy gathered. Exactness is the statistics'
+own (``solvers.ranges``): counts and extremes exact, sums to float rounding.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 
@@ -69,6 +75,27 @@ class RangeProbe:
         except ValueError as e:
             raise OnnxbcError(f"activation '{self.value}': {e}") from e
 
+    def blank(self) -> RangeProbe:
+        return _detached(
+            self,
+            hist=self.hist.blank(),
+            channels=self.channels and self.channels.blank(),
+            moments=self.moments and ChannelMoments(),
+            dtype=None,
+        )
+
+    def merge(self, other: RangeProbe) -> None:
+        try:
+            self.hist.merge(other.hist)
+            if self.channels is not None:
+                self.channels.merge(other.channels)
+        except ValueError as e:
+            raise ValueError(f"activation '{self.value}': {e}") from e
+        if self.moments is not None:
+            self.moments.merge(other.moments)
+        if other.dtype is not None:  # (a dtype's truth value is its number of fields)
+            self.dtype = other.dtype
+
     def channel_power(self) -> np.ndarray | None:
         """Mean of ``x^2`` per channel (None when not collected)."""
         return None if self.moments is None else self.moments.mean_square()
@@ -100,6 +127,13 @@ class OutputPowerProbe:
             return
         self._sum += float(arrays[0])
         self._count += int(arrays[1])
+
+    def blank(self) -> OutputPowerProbe:
+        return _detached(self, _sum=0.0, _count=0)
+
+    def merge(self, other: OutputPowerProbe) -> None:
+        self._sum += other._sum
+        self._count += other._count
 
     def mean_square(self) -> float:
         return self._sum / max(self._count, 1)
@@ -141,6 +175,14 @@ class MomentsProbe:
         self.moments.park(stash)
         self.holdout.park(stash)
 
+    def blank(self) -> MomentsProbe:
+        return _detached(self, moments=SecondMoments(), holdout=SecondMoments())
+
+    def merge(self, other: MomentsProbe) -> None:
+        for mine, theirs in ((self.moments, other.moments), (self.holdout, other.holdout)):
+            if theirs.sum_xx is not None:
+                mine.add(theirs.sum_xx, theirs.sum_x, theirs.count)
+
 
 # Pointwise activations a layer's output may flow into: its error after them is what the next layer sees.
 POINTWISE = frozenset(
@@ -158,6 +200,7 @@ class ErrorProbe:
 
     def __init__(self, target: Target, *, per_position: bool = False) -> None:
         self.target = target
+        self.layer = target.name
         self.per_position = per_position
         self.moments = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
         self.after: dict[str, ErrorMoments] | None = None
@@ -167,14 +210,28 @@ class ErrorProbe:
         if self.after is not None:
             self._fold(self.after[split], arrays[4:])
 
+    def blank(self) -> ErrorProbe:
+        fresh = lambda moments: moments and {split: ErrorMoments() for split in moments}  # noqa: E731
+        return _detached(self, moments=fresh(self.moments), after=fresh(self.after))
+
+    def merge(self, other: ErrorProbe) -> None:
+        for mine, theirs in ((self.moments, other.moments), (self.after or {}, other.after or {})):
+            for split, moments in theirs.items():
+                if moments.sum_d is not None:
+                    self._check_shape(mine[split], moments.sum_d)
+                mine[split].merge(moments)
+
     def _fold(self, moments: ErrorMoments, arrays: Sequence[np.ndarray]) -> None:
         sum_d, sum_d2, sum_y2, size = arrays
+        self._check_shape(moments, sum_d)
+        moments.update(sum_d, sum_d2, sum_y2, int(size) // max(sum_d.size, 1))
+
+    def _check_shape(self, moments: ErrorMoments, sum_d: np.ndarray) -> None:
         if moments.sum_d is not None and moments.sum_d.shape != sum_d.shape:
             raise OnnxbcError(
-                f"layer '{self.target.name}': its output shape changes between batches "
+                f"layer '{self.layer}': its output shape changes between batches "
                 f"({moments.sum_d.shape} vs {sum_d.shape}); --bias-shape position needs fixed shapes"
             )
-        moments.update(sum_d, sum_d2, sum_y2, int(size) // max(sum_d.size, 1))
 
     def _error_outputs(self, b: GraphBuilder, y: ir.Value, y_quant: ir.Value) -> list[ir.Value]:
         """In-graph sums of d = y - y_quant, d^2 and y^2 (in float32) and the element count; again after
@@ -286,6 +343,17 @@ class PairedErrorProbe(ErrorProbe):
         y_quant = b.values[self.prefix + y.name]
         with b.after(y_quant.producer()):  # both outputs exist once the quantized copy's layer has run
             return self._error_outputs(b, y, y_quant)
+
+
+def _detached(probe, **statistics):
+    """A shallow copy of ``probe`` with ``statistics`` in place of its own and without the model objects it
+    attaches from (``target``, ``plan``): what a worker folds batches into (``blank``)."""
+    out = copy.copy(probe)
+    vars(out).update(statistics)
+    for name in ("target", "plan"):
+        if name in vars(out):
+            setattr(out, name, None)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ would run, so the report can also say what ONNX Runtime's default kernels do wit
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import onnx_ir as ir
 import onnxruntime as ort
@@ -45,18 +46,31 @@ class SessionFactory:
     ``threads`` sets ONNX Runtime's intra-op threads (0: its default); ``segments``: how many consecutive
     segments the collector may cut a calibration graph into, each run in a session of its own (1: whole; 0: as
     many as ``max_memory`` asks for, ``calibration.memory``); ``max_memory``: the bytes a run may use (None:
-    ``memory.default_budget()``). A budget given (``--max-memory``) also turns ONNX Runtime's CPU memory arena
-    off, so that a session's freed tensors go back to the system instead of waiting for reuse (SmolLM2 under
-    3 GB: 3208 -> 2975 MB peak, the same output)."""
+    ``memory.default_budget()``); ``ray``: calibration sharded across the workers of a Ray cluster ("auto" or its
+    address, ``calibration.shards``), ``workers`` of them (None: the cluster's CPUs); ``cache_dir``: a folder
+    keeping collected statistics for a later run (``calibration.cache``). A budget given
+    (``--max-memory``) also turns ONNX Runtime's CPU memory arena off, so that a session's freed tensors go back
+    to the system instead of waiting for reuse (SmolLM2 under 3 GB: 3208 -> 2975 MB peak, the same output)."""
 
     def __init__(
-        self, device: Device = Device.AUTO, *, threads: int = 0, segments: int = 1, max_memory: int | None = None
+        self,
+        device: Device = Device.AUTO,
+        *,
+        threads: int = 0,
+        segments: int = 1,
+        max_memory: int | None = None,
+        ray: str | None = None,
+        workers: int | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.device = device
         self.threads = threads
         self.segments = segments
         self.max_memory = max_memory or memory.default_budget()
         self.arena = max_memory is None
+        self.ray = ray
+        self.workers = workers
+        self.cache_dir = cache_dir
         self.provider: str | None = None
         if device is Device.CUDA and CUDA not in ort.get_available_providers():
             raise OnnxbcError(
@@ -93,13 +107,18 @@ class SessionFactory:
                 "--device cuda: the CUDA execution provider did not start (ONNX Runtime fell back to "
                 f"{used}); check the CUDA and cuDNN libraries, or use --device auto/cpu"
             )
+        self.ran(used)
+        return session
+
+    def ran(self, used: str) -> None:
+        """Record the provider a session ran (here or in a Ray worker, ``calibration.shards``); the first time,
+        warn when ``--device auto`` fell back from CUDA."""
         if self.provider is None and self.device is Device.AUTO and CUDA in ort.get_available_providers():
             if used != CUDA:
                 logger.warning(
                     "the CUDA execution provider did not start (no GPU or CUDA/cuDNN libraries); running on the CPU"
                 )
         self.provider = used
-        return session
 
     def _providers(self) -> list[str]:
         if self.device is Device.CPU:

@@ -36,6 +36,11 @@ class ErrorMoments:
             self.sum_y2 = self.sum_y2 + sum_y2
         self.count += int(count)
 
+    def merge(self, other: ErrorMoments) -> None:
+        """Add the sums of ``other`` (other batches): one pass over both, to float rounding."""
+        if other.sum_d is not None:
+            self.update(other.sum_d, other.sum_d2, other.sum_y2, other.count)
+
     @property
     def empty(self) -> bool:
         return self.count == 0

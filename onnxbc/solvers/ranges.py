@@ -20,6 +20,15 @@ grid depends on them), and the check for NaN/inf rides on them: only a batch who
 pays an ``isfinite`` pass. Each bin index is computed with the same arithmetic as a whole-tensor
 ``trunc(|x| * bins / top)``, so counts are exactly those of the straightforward computation; only the float64
 moment sums are added in another order.
+
+Merging (sharded calibration, ``calibration.shards``): every statistic here has ``merge(other)``, equal to one
+pass over the batches of both. Counts, extremes and non-finite counts merge exactly, the float64 sums to float
+rounding. A histogram's grid is ``top = start * 2^k`` from the start its first nonzero batch set, and binning at
+``top`` then halving equals binning at ``2 top`` (``|x| * bins / top`` is halved exactly in floating point), so two
+histograms that grew from one start (``blank()`` of one histogram) merge exactly: the finer is doubled to the
+coarser. Histograms from different starts are refused (ValueError): re-binning them would only approximate.
+(The one inexact case is a value within float32 rounding of a power-of-two multiple of the start, which the top
+bin's clipping may put one bin lower: the single-process run has it too, only in other batches.)
 """
 
 from __future__ import annotations
@@ -48,6 +57,24 @@ class AbsHistogram:
     def update(self, x: np.ndarray) -> None:
         observe(x, hist=self)
 
+    def blank(self) -> AbsHistogram:
+        """An empty histogram on this one's grid (its ``top``), that merges exactly with this one."""
+        out = AbsHistogram(self.bins)
+        out.top = self.top
+        return out
+
+    def merge(self, other: AbsHistogram) -> None:
+        """Add ``other``'s values: the finer grid is doubled to the coarser one (exact, module docstring)."""
+        counts = other.counts
+        if self.top and other.top:
+            self.counts = _coarsened(self.counts, _doublings(self.top, other.top))
+            counts = _coarsened(counts, _doublings(other.top, self.top))
+        self.top = max(self.top, other.top)  # a histogram without a top holds only zeros, in bin 0 of any grid
+        self.counts = self.counts + counts
+        self.max = max(self.max, other.max)
+        self.min_value = min(self.min_value, other.min_value)
+        self.nonfinite += other.nonfinite
+
     def _start(self, lo: float, hi: float, finite: int) -> np.float32 | None:
         """Take a batch's extremes over its ``finite`` finite values and grow ``top`` to hold them; return the
         factor that maps ``|x|`` to a bin, or None when there is nothing left to bin."""
@@ -75,7 +102,7 @@ class AbsHistogram:
         self.counts += np.bincount(index.reshape(-1), minlength=self.bins)
 
     def _double(self) -> None:
-        self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(axis=1), np.zeros(self.bins // 2, np.int64)])
+        self.counts = _coarsened(self.counts, 1)
         self.top *= 2.0
 
     @property
@@ -161,17 +188,41 @@ class ChannelHistograms:
         self.max = np.maximum(self.max, batch_max)
         self.low = np.minimum(self.low, batch_min)
         doublings = np.maximum(np.ceil(np.log2(np.maximum(batch_max, 1e-30) / self.top) + 1e-12), 0).astype(int)
-        for d in np.unique(doublings[doublings > 0]):
-            rows = doublings == d
-            counts = self.counts[rows]
-            for _ in range(int(d)):
-                counts = np.concatenate(
-                    [counts.reshape(len(counts), -1, 2).sum(axis=2), np.zeros_like(counts[:, : self.bins // 2])], axis=1
-                )
-            self.counts[rows] = counts
-            self.top[rows] *= 2.0**d
+        self._double(self.counts, doublings)
+        self.top *= 2.0**doublings
         self._batch_max = batch_max
         return self.bins / self.top  # float64: |x| is promoted, as in |x| * (bins / top) on a float32 array
+
+    def blank(self) -> ChannelHistograms:
+        """Empty histograms on this one's grids (its ``top``), that merge exactly with these."""
+        out = ChannelHistograms(self.channel_axis, self.bins)
+        if self.counts is not None:
+            out.counts, out.top = np.zeros_like(self.counts), self.top.copy()
+            out.max, out.low = np.zeros_like(self.max), np.zeros_like(self.low)
+        return out
+
+    def merge(self, other: ChannelHistograms) -> None:
+        """Add ``other``'s values, channel by channel as ``AbsHistogram.merge``."""
+        if other.counts is None:
+            return
+        if self.counts is None:  # nothing yet: take other's grids
+            vars(self).update(vars(other.blank()))
+        if len(other.top) != len(self.top):
+            raise ValueError(f"{len(other.top)} channels cannot merge into {len(self.top)}")
+        counts = other.counts.copy()
+        self._double(self.counts, _doublings(self.top, other.top))
+        self._double(counts, _doublings(other.top, self.top))
+        self.top = np.maximum(self.top, other.top)
+        self.counts += counts
+        self.max = np.maximum(self.max, other.max)
+        self.low = np.minimum(self.low, other.low)
+
+    @staticmethod
+    def _double(counts: np.ndarray, doublings: np.ndarray) -> None:
+        """Coarsen each row of ``counts`` (in place) by its number of ``doublings``."""
+        for d in np.unique(doublings[doublings > 0]):
+            rows = doublings == d
+            counts[rows] = _coarsened(counts[rows], int(d))
 
     def _count(self, x: np.ndarray, block: _Block, factors: np.ndarray, index: np.ndarray) -> None:
         """Count one block of ``x`` taken to float64 (overwritten); ``index`` is a buffer of its shape."""
@@ -211,6 +262,18 @@ class ChannelMoments:
     def update(self, x: np.ndarray, channel_axis: int) -> None:
         observe(x, channel_axis, moments=self)
 
+    def merge(self, other: ChannelMoments) -> None:
+        """Add ``other``'s sums and count (float64 sums: equal to one pass to float rounding)."""
+        if other.sum is None:
+            return
+        if self.sum is None:
+            self.sum, self.square_sum = np.zeros_like(other.sum), np.zeros_like(other.square_sum)
+        elif len(other.sum) != len(self.sum):
+            raise ValueError(f"{len(other.sum)} channels cannot merge into {len(self.sum)}")
+        self.sum += other.sum
+        self.square_sum += other.square_sum
+        self.count += other.count
+
     def mean(self) -> np.ndarray | None:
         return None if self.sum is None else self.sum / max(self.count, 1)
 
@@ -228,6 +291,25 @@ class ChannelMoments:
         channels = slice(block.first, block.first + block.count)
         self.sum[channels] += x.sum(axis=1 - block.axis)
         self.square_sum[channels] += np.einsum("ij,ij->i" if block.axis == 0 else "ij,ij->j", x, x)
+
+
+def _coarsened(counts: np.ndarray, doublings: int) -> np.ndarray:
+    """Histogram ``counts`` (bins on the last axis) on a grid ``2^doublings`` times as wide: bin pairs summed, the
+    upper half left empty, ``doublings`` times (exact)."""
+    for _ in range(doublings):
+        halves = counts.reshape(*counts.shape[:-1], -1, 2).sum(axis=-1)
+        counts = np.concatenate([halves, np.zeros_like(halves)], axis=-1)
+    return counts
+
+
+def _doublings(top, other):
+    """How many times ``top`` doubles to reach ``other`` (0 where it is not below it), elementwise; ValueError where
+    the two are not power-of-two multiples of each other (grids that grew from different starts)."""
+    top, other = np.asarray(top, np.float64), np.asarray(other, np.float64)
+    k = np.maximum(np.rint(np.log2(other / top)), 0)
+    if not np.all((top * 2.0**k == other) | (top >= other)):
+        raise ValueError("the histograms grew from different starting ranges: they cannot be merged exactly")
+    return k.astype(int) if k.ndim else int(k)
 
 
 def observe(
