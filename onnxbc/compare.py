@@ -175,7 +175,7 @@ class Reference:
             yield from zip(self._feeds(), self._outputs, strict=True)
             return
         kept: list[Outputs] | None = []
-        stash = None if self._remake is None else Stash(self._keep_bytes)
+        stash = None if self._remake is None else Stash(self._keep_bytes, "onnxbc-reference-")
         size = 0
         for b, feeds in enumerate(self._feeds()):
             outputs = [a if np.issubdtype(a.dtype, np.floating) else None for a in self._run(feeds)]

@@ -260,7 +260,7 @@ def _run_segments(
         f"calibration segment {k + 1} of {len(parts)} (nodes '{p.first}' to '{p.last}')" for k, p in enumerate(parts)
     ]
     step = _samples_per_segment_run(parts, first, sessions, constants, list(fetch), where, most) if first else 0
-    boundaries = Stash(boundary_limit)
+    boundaries = Stash(boundary_limit, "onnxbc-segments-")
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
         for k, part in enumerate(parts):

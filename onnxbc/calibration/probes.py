@@ -171,7 +171,7 @@ class MomentsProbe:
 
     def finished(self) -> None:
         """The ``[d, d]`` sums go to temporary files (``SecondMoments.park``), read back when a layer needs them."""
-        stash = Stash(0)
+        stash = Stash(0, "onnxbc-moments-")
         self.moments.park(stash)
         self.holdout.park(stash)
 

@@ -18,8 +18,9 @@ class Stash:
     a private temporary folder (made when first needed, removed by ``close()`` or when collected) beyond that, read
     back memory-mapped."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, prefix: str = "onnxbc-stash-") -> None:
         self._limit = limit
+        self._prefix = prefix  # of the folder's name
         self._held: dict[Hashable, dict[str, np.ndarray | Path]] = {}
         self.dtypes: dict[str, np.dtype] = {}
         self._bytes = 0
@@ -61,7 +62,7 @@ class Stash:
 
     def _write(self, array: np.ndarray) -> Path:
         if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="onnxbc-segments-"))
+            self._folder = Path(tempfile.mkdtemp(prefix=self._prefix))
             self._remove = weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
         path = self._folder / f"{self._files:06d}.npy"
         self._files += 1
