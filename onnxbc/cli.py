@@ -10,6 +10,7 @@ import contextlib
 import enum
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -798,4 +799,11 @@ def main(argv: list[str] | None = None) -> None:
     for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 prints escaped, never a crash
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    # a job killed by its pipeline (SIGTERM) stops as Ctrl-C does: temporary folders (GBs of boundary tensors,
+    # moments, reference outputs) are removed and the exit code is 130
+    signal.signal(signal.SIGTERM, _interrupted)
     app(args=argv, prog_name="onnxbc")
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -207,3 +207,29 @@ def test_paths_that_are_not_utf8(model, tmp_path):
         assert r.returncode == 0 and "error" not in r.stderr, (command, r.stdout, r.stderr)
     r = onnxbc("compress", odd.with_name("\udcffmissing.onnx"), "--data", tmp_path / "calib.npz")
     assert r.returncode == 2 and r.stderr.strip().endswith("\\xffmissing.onnx: no such file"), r.stderr
+
+
+def test_a_terminated_compress_removes_its_temporary_folders_and_writes_nothing(tmp_path):
+    """SIGTERM (a pipeline's timeout) stops a compress as Ctrl-C does: exit 130, one line, no output, and the
+    temporary folders (here the boundary tensors of segments, spilled under a 1 MB budget) removed."""
+    import signal
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "out.onnx"
+    args = ["compress", "models/fashion_cnn.onnx", "--data", "models/data/fashion_calib.npz", "-o", out]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onnxbc", *map(str, args), "--segments", "2", "--max-memory", "1MB"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    deadline = time.monotonic() + 120
+    while not list(scratch.glob("onnxbc-segments-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(scratch.glob("onnxbc-segments-*")) and process.poll() is None  # stopped in the middle
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted; nothing was written" in stderr
+    assert not out.exists() and not list(scratch.glob("onnxbc-*"))
