@@ -92,7 +92,7 @@ def collect(
         return
     segments = sessions.segments if segments is None else segments
     folder = sessions.cache_dir
-    if folder is not None and not all(hasattr(p, "blank") and hasattr(p, "merge") for p in probes):
+    if folder is not None and not mergeable(probes):
         logger.warning("a probe cannot be merged: collecting without the cache")
         folder = None
     try:
@@ -103,6 +103,11 @@ def collect(
             _cached(folder, calibration, probes, data, sessions, splits, advance, segments)
     finally:
         memory.release()
+
+
+def mergeable(probes: Sequence[Probe]) -> bool:
+    """Every probe has ``blank()`` and ``merge()``: it can be sharded (``calibration.shards``) and cached."""
+    return all(hasattr(p, "blank") and hasattr(p, "merge") for p in probes)
 
 
 def _dispatch(

@@ -68,7 +68,7 @@ def run(
         logger.warning("Ray: %s; collecting in one process", why)
         collector.run(calibration, probes, data, sessions, splits, tick, segments)
 
-    if not all(hasattr(p, "blank") and hasattr(p, "merge") for p in probes):
+    if not collector.mergeable(probes):
         return alone("a probe cannot be merged")
     if model_io.initializer_bytes(calibration.model) > model_io.PROTO_LIMIT_BYTES:
         return alone("the calibration graph's weights are over protobuf's limit, and workers load it from bytes")
