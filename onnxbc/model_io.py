@@ -29,6 +29,9 @@ from onnxbc.errors import OnnxbcError, UsageError, display_path, one_line
 
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it.
 PROTO_LIMIT_BYTES = 1_800_000_000
+# ``spill``: where the weights held in memory go, and the smallest moved there (the rest are copied)
+SPILL_FILE = "weights.bin"
+SPILL_FROM_BYTES = 4096
 
 
 def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
@@ -191,6 +194,8 @@ def _write(
 ) -> list[Path]:
     if external_data is None:
         external_data = initializer_bytes(model) > PROTO_LIMIT_BYTES
+    if not external_data:
+        ir.external_data.load_to_model(model)  # weights read on demand (``spill``) go into the file
     names = [out.name, _data_path(out).name] if external_data else [out.name]
     if external_data and not _is_utf8(names[1]):
         raise UsageError(f"{display_path(out)}: external data needs a UTF-8 file name; choose another with -o")
@@ -255,6 +260,46 @@ def release(model: ir.Model) -> None:
                     pass
 
 
+def spill(model: ir.Model, folder: Path, *, least: int = SPILL_FROM_BYTES) -> int:
+    """Move the weights ``model`` holds in memory (``least`` bytes or more each) into one file in ``folder``, where
+    they are read on demand like external data (mapped, and let go by ``release``); returns the bytes moved. The
+    rest of a model read from a protobuf file (its small initializers and attribute tensors) is copied out of the
+    parsed message, which stays whole in memory while any tensor of it is alive (measured on a 542 MB file: 662
+    MB resident after loading, 661 MB with its large weights moved, 141 MB with nothing left in the message)."""
+    moved = 0
+    with open(folder / SPILL_FILE, "wb") as f:
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None or isinstance(tensor, ir.ExternalTensor):
+                    continue
+                if tensor.nbytes < least:
+                    value.const_value = _detached(tensor)
+                    continue
+                data = tensor.tobytes()
+                value.const_value = ir.ExternalTensor(
+                    SPILL_FILE, moved, len(data), tensor.dtype, shape=tensor.shape, name=tensor.name, base_dir=folder
+                )
+                f.write(data)
+                moved += len(data)
+            for node in graph:
+                for attr in list(node.attributes.values()):
+                    if attr.type is ir.AttributeType.TENSOR:
+                        node.attributes[attr.name] = ir.AttrTensor(attr.name, _detached(attr.value))
+                    elif attr.type is ir.AttributeType.TENSORS:
+                        node.attributes[attr.name] = ir.AttrTensors(attr.name, [_detached(t) for t in attr.value])
+    return moved
+
+
+def _detached(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+    """``tensor`` in memory of its own (a copy when it is part of a parsed protobuf message)."""
+    if not isinstance(tensor, ir.TensorProtoTensor):
+        return tensor
+    if tensor.dtype is ir.DataType.STRING:
+        return ir.StringTensor(tensor.string_data(), shape=tensor.shape, name=tensor.name, doc_string=tensor.doc_string)
+    return ir.Tensor(tensor.numpy().copy(), dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
+
+
 def to_bytes(model: ir.Model) -> bytes:
     """The model as one serialized ModelProto, its external data read into it (in place): a calibration graph sent
     to a Ray worker. Over protobuf's limit, an error (``to_proto``)."""
@@ -298,6 +343,16 @@ def file_bytes(path: str | os.PathLike) -> int:
     """Size on disk of a model file plus the external data files it refers to."""
     path = Path(path)
     return path.stat().st_size + sum(p.stat().st_size for p in external_data_files(path))
+
+
+def held_bytes(model: ir.Model) -> int:
+    """The bytes of the initializers ``model`` holds in memory (not those read on demand from external data)."""
+    return sum(
+        v.const_value.nbytes
+        for g in model.graphs()
+        for v in g.initializers.values()
+        if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor)
+    )
 
 
 def initializer_bytes(model: ir.Model) -> int:

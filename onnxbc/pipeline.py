@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from onnxbc import (
     datafree,
     flow,
     fusion,
+    held,
     model_io,
     placement,
     precision,
@@ -70,6 +72,10 @@ from onnxbc.variants import choose as choose_variants
 
 logger = logging.getLogger(__name__)
 
+# A model file whose weights (held in memory once read from its protobuf) take this share of the memory budget or
+# more has them moved to a temporary file and read on demand, as external data is (``model_io.spill``).
+SPILL_SHARE = 0.05
+
 __all__ = ["CompressResult", "compress"]
 
 
@@ -108,22 +114,34 @@ def compress(
         extra_options={"data": data.describe()},
     )
     working = flow.load_prepared(run, precision.required_opset(options, policy))
-    job = _open(run, working, data, options, policy)
-    with contextlib.closing(job.calib):  # a spilled source's temporary folder goes at the end
-        stats = _first_pass(job)
-        decided = _decide(job, stats)
-        model_io.release(job.model)  # the weights read to quantize them: mapped again when needed
-        errors = _second_pass(job, stats, decided)
-        for probe in stats.ranges.values():
-            probe.channels = None  # per-channel histograms ([channels, 2048] counts each) serve pass 2 only
-        built = _candidates(job, stats, decided, errors)
-        model_io.release(job.model)
-        winner = _choose(job, built)
-    audit = _audit(job, winner)
-    _memory(job)
-    records.fill(run.report, job.targets, _decisions(options, decided, errors), winner, built, audit)
-    validate.require(winner.model, options.target)
-    return flow.write(run, winner.model, lambda size: precision.check_size(size, options, policy))
+    with tempfile.TemporaryDirectory(prefix="onnxbc-weights-") as weights:
+        if held.is_path(model):  # a model in memory: its caller holds the weights anyway
+            _read_on_demand(run, working, Path(weights))
+        job = _open(run, working, data, options, policy)
+        with contextlib.closing(job.calib):  # a spilled source's temporary folder goes at the end
+            stats = _first_pass(job)
+            decided = _decide(job, stats)
+            model_io.release(job.model)  # the weights read to quantize them: mapped again when needed
+            errors = _second_pass(job, stats, decided)
+            for probe in stats.ranges.values():
+                probe.channels = None  # per-channel histograms ([channels, 2048] counts each) serve pass 2 only
+            built = _candidates(job, stats, decided, errors)
+            model_io.release(job.model)
+            winner = _choose(job, built)
+        audit = _audit(job, winner)
+        _memory(job)
+        records.fill(run.report, job.targets, _decisions(options, decided, errors), winner, built, audit)
+        validate.require(winner.model, options.target)
+        result = flow.write(run, winner.model, lambda size: precision.check_size(size, options, policy))
+        model_io.release(winner.model)  # unmapped before the temporary file goes
+        return result
+
+
+def _read_on_demand(run: Run, model: ir.Model, folder: Path) -> None:
+    """Move the weights ``model`` holds in memory to a file in ``folder`` when they take ``SPILL_SHARE`` of the
+    memory budget or more."""
+    if model_io.held_bytes(model) >= SPILL_SHARE * (run.options.max_memory or memory.default_budget()):
+        run.report.input["weights_read_on_demand"] = model_io.spill(model, folder)
 
 
 @dataclasses.dataclass(frozen=True)

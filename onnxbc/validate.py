@@ -67,6 +67,9 @@ TYPE_OPSET = {
     **dict.fromkeys((_T.FLOAT6E2M3, _T.FLOAT6E3M2), 28),
 }
 HALF_SCALES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)  # scale types from opset 19
+# onnx_ir's CheckerPass serializes the initializers of this many bytes or fewer (external ones by reference) and
+# leaves the larger out (it also registers them again, last: the saved initializer order follows from it)
+CHECKER_LEAVES_OUT = 1000
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -270,13 +273,20 @@ def _onnx_checker(s: Subject, full_check: bool) -> Iterator[Finding]:
     try:
         if s.path is not None:  # the file itself: external data next to it, any size, any path
             model_io.check_model_file(s.path, full_check=full_check)
-        elif model_io.has_external_tensors(s.model):  # the checker opens the data files: write them out
+        elif any(t.nbytes <= CHECKER_LEAVES_OUT for t in _external(s.model)):  # the checker opens their files
             with model_io.ort_source(s.model) as source:
                 onnx.checker.check_model(source, full_check=full_check)
         else:  # weights over 1 kB are left out (made inputs of their type and shape): fast for big models
             CheckerPass(full_check=full_check)(s.model)
     except Exception as e:  # ValidationError, InferenceError, and others for unreadable parts
         yield Finding(one_line(e))
+
+
+def _external(model: ir.Model) -> Iterator[ir.ExternalTensor]:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value.const_value
 
 
 def _opset(s: Subject) -> Iterator[Finding]:
