@@ -29,7 +29,8 @@ from onnxbc.errors import OnnxbcError, UsageError, display_path, one_line
 
 # Protobuf cannot serialize a message over 2 GiB; stay clear of it.
 PROTO_LIMIT_BYTES = 1_800_000_000
-# ``spill``: where the weights held in memory go, and the smallest moved there (the rest are copied)
+# ``spill``: where the weights held in memory go, and the smallest moved there (the rest are copied). Over
+# ``validate.CHECKER_LEAVES_OUT``, so that the check before saving leaves them out, as it does weights in memory.
 SPILL_FILE = "weights.bin"
 SPILL_FROM_BYTES = 4096
 

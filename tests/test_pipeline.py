@@ -1,5 +1,6 @@
 """compress end to end on the zoo: outputs run in ONNX Runtime, stay close to FP32, and are reported."""
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 import onnxbc
 from models import test_graphs
-from onnxbc import model_io
+from onnxbc import model_io, validate
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
@@ -353,3 +354,21 @@ def test_blocks_end_in_a_partial_block_when_the_input_dim_is_not_a_multiple(tmp_
     x = rng.normal(size=(5, 200)).astype(np.float32)
     (y,) = run(result.output, {"x": x}, exact=True)
     np.testing.assert_allclose(y, x @ dequantized, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["if_conv", "constant_weights", "tied_embedding"])
+def test_weights_read_on_demand_give_the_same_model(zoo, tmp_path, system_tmp, monkeypatch, name):
+    """Weights moved to a temporary file (``pipeline.SPILL_SHARE`` of the budget or more) change nothing in the
+    saved model, the report says how many bytes moved, and the file is gone after the run."""
+    path, data, _ = zoo(name)
+    plain = onnxbc.compress(path, tmp_path / "plain.onnx", data=DataOptions(path=data))
+    assert "weights_read_on_demand" not in plain.report.input
+    monkeypatch.setattr(onnxbc.pipeline, "SPILL_SHARE", 0.0)
+    # as small as the moved weights may be for the checker to leave them out (and the initializer order alone)
+    monkeypatch.setattr(model_io, "spill", functools.partial(model_io.spill, least=validate.CHECKER_LEAVES_OUT + 1))
+    spilled = onnxbc.compress(path, tmp_path / "spilled.onnx", data=DataOptions(path=data))
+    moved = spilled.report.input["weights_read_on_demand"]
+    assert moved == 0 if name == "constant_weights" else moved > 0  # its weights are under 1 kB: copied out
+    assert digest(spilled.output) == digest(plain.output)
+    assert model_io.external_data_files(spilled.output) == []
+    assert list(system_tmp.iterdir()) == []
