@@ -756,11 +756,10 @@ def _gptq_rounder(group: WeightGroup, stats: InputStats, rounding: Rounding) -> 
     held = stats.holdout_moments is not None and stats.holdout_moments.count
     if stats.moments is None or not stats.moments.count or (rounding is Rounding.AUTO and not held):
         return None
-    h = stats.moments.matrix()
     axis = group.targets[0].weight.input_axis
 
-    def rounder(w, scale, fmt, gran):
-        return gptq_quantize(w, h, scale, fmt, gran, input_axis=axis)
+    def rounder(w, scale, fmt, gran):  # the [in, in] matrix read when used: rounders are kept (``upgrades``)
+        return gptq_quantize(w, stats.moments.matrix(), scale, fmt, gran, input_axis=axis)
 
     return rounder
 
