@@ -276,7 +276,8 @@ def compress(
         typer.Option(
             "--measured-prices/--closed-form-prices",
             help="Scale each weight's prices to the model output by running its candidates alone on held-out "
-            "samples (one run per weight and bit width), or price by layer errors only (no extra runs).",
+            "samples (one run per weight and bit width; the whole model in one session, so not where it does not fit "
+            "--max-memory), or price by layer errors only (no extra runs).",
         ),
     ] = True,
     block_candidates: Annotated[

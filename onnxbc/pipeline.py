@@ -38,7 +38,7 @@ from onnxbc import (
     validate,
 )
 from onnxbc.calibration import memory, tokens
-from onnxbc.calibration.collector import Probe, collect, samples_per_run
+from onnxbc.calibration.collector import Probe, collect, fits_whole, samples_per_run
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
@@ -289,7 +289,7 @@ def _decide(job: _Job, stats: _Statistics) -> _Decided:
             extra,
             size_of,
             advance,
-            _sensitivity(job) if options.price_measured else None,
+            _sensitivity(job) if precision.measures_prices(options, job.policy) and _measurable(job) else None,
         )
     plan = QuantPlan(weights=dict(choice.weights))
     notes = {t.name: list(t.notes) for t in targets.targets}
@@ -313,6 +313,17 @@ def _decide(job: _Job, stats: _Statistics) -> _Decided:
             f"{run.name}: nothing to quantize with these options" + (f" ({'; '.join(reasons[:2])})" if reasons else "")
         )
     return _Decided(plan, choice, notes)
+
+
+def _measurable(job: _Job) -> bool:
+    """Whether measured prices fit the memory budget: they run the whole float model in one session."""
+    if fits_whole(job.model, job.sessions):
+        return True
+    job.run.report.warnings.append(
+        "prices not measured: measuring them runs the whole model in one ONNX Runtime session, more than "
+        "--max-memory leaves; the closed-form prices decide (--segments 1 measures them anyway)"
+    )
+    return False
 
 
 def _sensitivity(job: _Job) -> Callable[[dict[str, list[Callable[[], np.ndarray]]]], dict[str, list[float]]]:

@@ -368,6 +368,13 @@ def layer_entry(wq: WeightQuant) -> dict:
     return {"bits": wq.bits, "scheme": wq.scheme, "rounding": wq.rounding}
 
 
+def measures_prices(options: CompressOptions, policy: Policy | None) -> bool:
+    """Whether ``choose`` runs the model to measure prices (its ``measure``): under a budget, and for
+    ``keep_at_8``; not with ``--closed-form-prices``."""
+    budget = any(b is not None for b in budget_of(options, policy))
+    return options.price_measured and (budget or _keeps_at_8(options, budget))
+
+
 def _keeps_at_8(options: CompressOptions, budget: bool) -> bool:
     """``--weights intN`` with N < 8 and no budget: a weight may stay at 8 bits (``keep_at_8``); not for
     TensorRT, whose low-bit weights are weight-only int4 blocks (int8 weights take no blocks there)."""

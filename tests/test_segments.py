@@ -589,3 +589,26 @@ def test_a_given_budget_turns_the_memory_arena_off(monkeypatch):
     ]
     assert arenas == [True, False]
     np.testing.assert_array_equal(*outputs)
+
+
+def test_prices_are_measured_only_where_the_whole_model_fits(tmp_path):
+    """Measured prices run the whole float model in one session: under a budget it passes they are left to the
+    closed form, with a warning; ``--segments 1`` (whole graphs asked for) measures them anyway."""
+    import onnxbc
+    from onnxbc.options import ActivationType, DataOptions, WeightType
+
+    root = Path(__file__).resolve().parents[1] / "models"
+    data = DataOptions(path=root / "data" / "fashion_calib.npz", samples=32)
+    priced = {}
+    for segments in (0, 1):  # 0: auto
+        options = CompressOptions(
+            device=Device.CPU,
+            max_memory=2**20,
+            segments=segments,
+            weights=WeightType.INT4,
+            activations=ActivationType.NONE,
+        )
+        result = onnxbc.compress(root / "fashion_cnn.onnx", tmp_path / f"s{segments}.onnx", data=data, options=options)
+        warned = any(w.startswith("prices not measured") for w in result.report.warnings)
+        priced[segments] = warned, result.report.precision["keep_at_8"]["priced"]
+    assert priced == {0: (True, "closed form"), 1: (False, "measured")}

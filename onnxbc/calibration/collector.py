@@ -366,6 +366,15 @@ def _run(session, part: cutting.Segment, known: dict[str, np.ndarray], where: st
         raise OnnxbcError(f"{where} failed to run: {one_line(e)}") from e
 
 
+def fits_whole(model: ir.Model, sessions: SessionFactory) -> bool:
+    """Whether one session of all of ``model`` fits the memory budget beside this process (as ``collect``'s
+    segments are decided); always with ``--segments 1`` (whole graphs asked for)."""
+    if sessions.segments == 1:
+        return True
+    held = cutting.held_bytes(list(model.graph))
+    return memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, sum(_limits(sessions))) == 1
+
+
 def samples_per_run(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory) -> int | None:
     """The most samples of ``split`` a run of ``model`` may take for its intermediate tensors to stay within an
     eighth of the memory budget (as ``collect``'s runs); None when that is not known."""
