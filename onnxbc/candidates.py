@@ -36,7 +36,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxbc import model_io
-from onnxbc.calibration import memory
+from onnxbc.calibration import memory, segmented
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe
 from onnxbc.calibration.session import SessionFactory
@@ -422,7 +422,8 @@ def measure(
     """Each candidate neither measured nor stopped: its outputs against FP32 on the held-out samples (the fit
     samples when none are held out). The float model runs once, alone, first (``Reference.store``: its outputs
     kept, beyond ``KEEP_REFERENCE_BYTES`` in temporary files), then the candidates one session at a time, so
-    that no two models' sessions share memory.
+    that no two models' sessions share memory; a model that does not fit the memory budget in one session runs
+    segment by segment (``calibration.segmented``).
 
     A candidate stops as soon as it cannot win. Its error is the mean over outputs of ``err2 / ref2``, where
     ``ref2`` (the float output's sum of squares over the split) is the same for every candidate and ``err2``
@@ -437,7 +438,9 @@ def measure(
         reference.store(advance)
         for c in todo:
             best = min((c for c in candidates if c.outputs is not None and c.fits(max_size)), key=_error, default=None)
-            _measure(c, best, reference, sessions, total, advance)
+            session = segmented.session(c.model, calib, evaluated_on(calib), sessions)
+            _measure(c, best, reference, session, total, advance)
+            del session
             memory.release()  # its session
 
 
@@ -445,12 +448,12 @@ def _measure(
     candidate: Candidate,
     best: Candidate | None,
     reference: Reference,
-    sessions: SessionFactory,
+    session,
     total: int,
     advance: Callable[[], None],
 ) -> None:
-    """``candidate`` against ``reference`` batch by batch, stopped once it cannot beat ``best``."""
-    session, stats = sessions.create(candidate.model), reference.agreements()
+    """``candidate`` (its ``session``) against ``reference`` batch by batch, stopped once it cannot beat ``best``."""
+    stats = reference.agreements()
     for done, (feeds, outputs) in enumerate(reference.batches(), 1):
         reference.update(stats, feeds, outputs, reference.run(session, feeds))
         advance()

@@ -37,7 +37,7 @@ from onnxbc import (
     sensitivity,
     validate,
 )
-from onnxbc.calibration import memory, tokens
+from onnxbc.calibration import memory, segmented, tokens
 from onnxbc.calibration.collector import Probe, collect, fits_whole, samples_per_run
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
@@ -449,16 +449,25 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
     Runtime's default session (fused integer kernels) makes of it."""
     rep, calib, sessions = job.run.report, job.calib, job.sessions
     split = candidates.evaluated_on(calib)
+    whole = fits_whole(job.model, sessions)
+    if not whole:
+        rep.warnings.append(
+            "the model does not fit --max-memory in one ONNX Runtime session: the held-out check ran it segment by "
+            "segment, and the checks that need a whole session (a close call re-checked on the fit samples, ONNX "
+            "Runtime's default session) were left out"
+        )
     with job.run.timer("verify"), contextlib.closing(_reference(job)) as reference:  # runs once for all (measure)
         budget = precision.budget_of(job.options, job.policy)[1]
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
-        finalists = candidates.undecided(built, budget, reference, calib)
+        finalists = candidates.undecided(built, budget, reference, calib) if whole else []
         if finalists:
             candidates.measure_all(finalists, reference, calib, sessions, job.run.stages)
         winner, warnings = candidates.choose(built, budget, split, finalists)
         rep.warnings.extend(warnings + records.sequential_warning(winner, job.options.bias_correction))
         rep.device = sessions.device_name
         rep.outputs = {"evaluated_on": split}
+        if not whole:
+            return winner
         try:
             default_session = sessions.create(winner.model, exact=False)
         except OnnxbcError as e:  # its graph optimizers can fail where the graph is valid (seen: uint4 into MaxPool)
@@ -481,8 +490,9 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
 
 def _reference(job: _Job) -> Reference:
     """The float model's outputs on the split candidates are measured on, its runs sized like the collector's."""
-    most = samples_per_run(job.model, job.calib, candidates.evaluated_on(job.calib), job.sessions)
-    return candidates.reference(lambda: job.sessions.create(job.model), job.calib, most)
+    split = candidates.evaluated_on(job.calib)
+    most = samples_per_run(job.model, job.calib, split, job.sessions)
+    return candidates.reference(lambda: segmented.session(job.model, job.calib, split, job.sessions), job.calib, most)
 
 
 def _memory(job: _Job) -> None:

@@ -612,3 +612,66 @@ def test_prices_are_measured_only_where_the_whole_model_fits(tmp_path):
         warned = any(w.startswith("prices not measured") for w in result.report.warnings)
         priced[segments] = warned, result.report.precision["keep_at_8"]["priced"]
     assert priced == {0: (True, "closed form"), 1: (False, "measured")}
+
+
+def test_a_segmented_session_gives_the_outputs_of_a_whole_one(tmp_path):
+    """``SegmentedSession`` (the model run segment by segment over the split, outputs kept) hands out, run after
+    run, the outputs a whole session gives on the same feeds: in parts of 3 samples across runs of another size,
+    and whole, to float tolerance."""
+    from onnxbc.calibration import segmented
+
+    model = resnet()
+    data = _data(tmp_path, model, samples=13, batch_size=5, holdout=0.0)
+    small = SessionFactory(Device.CPU, segments=0, max_memory=2**17)  # runs of 2 samples or fewer
+    assert not collector.fits_whole(model, small)
+    whole = SessionFactory(Device.CPU).create(model)
+    assert collector.fits_whole(model, SessionFactory(Device.CPU, segments=0))
+    for part in (3, None):
+        parted = segmented.session(model, data, "fit", small)
+        assert isinstance(parted, segmented.SegmentedSession)
+        assert [o.name for o in parted.get_outputs()] == [o.name for o in whole.get_outputs()]
+        for feeds in data.batches("fit"):
+            n = len(feeds["x"])
+            step = part or n
+            for start in range(0, n, step):
+                run = {"x": feeds["x"][start : start + step]}
+                (got,) = parted.run(None, run)
+                np.testing.assert_allclose(got, whole.run(None, run)[0], rtol=1e-5, atol=1e-5)
+        with pytest.raises(RuntimeError, match="more samples than its split has"):
+            parted.run(None, {"x": feeds["x"][:1]})
+
+
+def test_a_model_over_the_budget_is_checked_segment_by_segment(tmp_path, monkeypatch):
+    """Under a budget one session of the model passes, the held-out check runs every model segment by segment:
+    the candidates' errors are those of whole sessions (forced here) to float tolerance, the same one is saved,
+    and a warning says which whole-session checks were left out."""
+    import onnxbc
+    from onnxbc import pipeline
+    from onnxbc.calibration import segmented
+
+    made, real = [], segmented.SegmentedSession.__init__
+
+    def spy(self, model, *args):
+        made.append(model)
+        real(self, model, *args)
+
+    monkeypatch.setattr(segmented.SegmentedSession, "__init__", spy)
+    root = Path(__file__).resolve().parents[1] / "models"
+    data = DataOptions(path=root / "data" / "fashion_calib.npz", samples=32)
+    options = CompressOptions(device=Device.CPU, max_memory=2**20, segments=0)
+    results = []
+    for whole in (False, True):
+        if whole:
+            monkeypatch.setattr(pipeline, "fits_whole", lambda model, sessions: True)
+            monkeypatch.setattr(collector, "fits_whole", lambda model, sessions: True)
+        out = tmp_path / f"{whole}.onnx"
+        results.append(onnxbc.compress(root / "fashion_cnn.onnx", out, data=data, options=options).report)
+    parted, whole = results
+    assert len(made) == 1 + len(parted.compensation["candidates"])  # the float model, then each candidate
+    assert any("held-out check ran it segment by segment" in w for w in parted.warnings)
+    assert not any("segment by segment" in w for w in whole.warnings)
+    assert parted.compensation["chosen"] == whole.compensation["chosen"]
+    assert parted.compensation["candidates"].keys() == whole.compensation["candidates"].keys()
+    for name, error in whole.compensation["candidates"].items():
+        assert parted.compensation["candidates"][name] == pytest.approx(error, rel=1e-4)
+    assert "onnxruntime_default_session" not in parted.outputs and "onnxruntime_default_session" in whole.outputs
