@@ -254,11 +254,16 @@ def release(model: ir.Model) -> None:
     more). They are mapped again when next read; one whose array is still in use stays mapped."""
     for graph in model.graphs():
         for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                try:
-                    value.const_value.release()
-                except BufferError:  # an array of it is still alive
-                    pass
+            release_value(value)
+
+
+def release_value(value: ir.Value) -> None:
+    """``release`` for one initializer."""
+    if isinstance(value.const_value, ir.ExternalTensor):
+        try:
+            value.const_value.release()
+        except BufferError:  # an array of it is still alive
+            pass
 
 
 def spill(model: ir.Model, folder: Path, *, least: int = SPILL_FROM_BYTES) -> int:

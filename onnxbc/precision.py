@@ -70,6 +70,7 @@ from collections.abc import Callable
 import ml_dtypes
 import numpy as np
 
+from onnxbc import model_io
 from onnxbc.calibration.probes import MomentsProbe, OutputPowerProbe, RangeProbe
 from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.options import CompressOptions, Rounding, Target, WeightType
@@ -330,6 +331,7 @@ def choose(
             _options, group, options, override, importance.get(name), stats[name], rounding, rounder
         )
         choices, reasons = priced_at((override.bits,) if override.bits is not None else candidates)
+        model_io.release_value(group.source)  # read to quantize it: unmapped (read again when needed)
         if not choices:
             notes.setdefault(name, []).append(reasons[0] if reasons else "no candidate precision")
             continue

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
@@ -372,3 +373,27 @@ def test_weights_read_on_demand_give_the_same_model(zoo, tmp_path, system_tmp, m
     assert digest(spilled.output) == digest(plain.output)
     assert model_io.external_data_files(spilled.output) == []
     assert list(system_tmp.iterdir()) == []
+
+
+def test_each_weight_read_from_external_data_is_unmapped_once_quantized(zoo, tmp_path, monkeypatch):
+    """Quantizing the weights reads each in turn: the ones done are unmapped before the next is read, so that a
+    model's weights are never all mapped at once (a 3 GB model's were). One tensor read before stays mapped."""
+    from onnxbc import precision
+
+    path, data, _ = zoo("external_data")
+    mapped, real = [], precision._options
+
+    def spy(group, *args):
+        model = group.source.graph
+        mapped.append(
+            sum(
+                isinstance(v.const_value, ir.ExternalTensor) and v.const_value.raw is not None
+                for v in model.initializers.values()
+            )
+        )
+        return real(group, *args)
+
+    monkeypatch.setattr(precision, "_options", spy)
+    options = CompressOptions(weights=WeightType.INT4, activations=ActivationType.NONE)
+    onnxbc.compress(path, tmp_path / "out.onnx", data=DataOptions(path=data), options=options)
+    assert len(mapped) >= 2 and mapped == [mapped[0]] * len(mapped) and mapped[0] <= 1  # without: 1, 2, 3
