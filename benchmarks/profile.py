@@ -257,7 +257,7 @@ def open_job(bench: Any, out_dir: Path) -> tuple[Any, float]:
     )
     working = flow.load_prepared(run, precision.required_opset(options, None))
     start = time.perf_counter()
-    job = pipeline._open(run, working, data, options, None)
+    job = pipeline._open(run, working, data, options, None, None)
     opened = time.perf_counter() - start  # targets, the data opened and checked: in no stage timer
     return dataclasses.replace(job, sessions=timed_sessions(options.device)), opened
 

@@ -51,7 +51,7 @@ from onnxbc.held import ModelLike
 from onnxbc.options import ActivationType, BiasCorrection, BiasShape, CompressOptions, DataOptions, Rounding
 from onnxbc.options import Target as Runtime
 from onnxbc.placement import Placement
-from onnxbc.plan import QuantPlan
+from onnxbc.plan import QuantPlan, WeightQuant
 from onnxbc.policy import LayerOverride, Policy, load_policy
 from onnxbc.progress import Stages
 from onnxbc.quantizers import activation_quant, weight_granularity
@@ -114,19 +114,20 @@ def compress(
         extra_options={"data": data.describe()},
     )
     working = flow.load_prepared(run, precision.required_opset(options, policy))
-    with tempfile.TemporaryDirectory(prefix="onnxbc-weights-") as weights:
-        if held.is_path(model):  # a model in memory: its caller holds the weights anyway
-            _read_on_demand(run, working, Path(weights))
-        job = _open(run, working, data, options, policy)
+    with tempfile.TemporaryDirectory(prefix="onnxbc-weights-", ignore_cleanup_errors=True) as weights:
+        parking = _read_on_demand(run, working, Path(weights), held.is_path(model))
+        job = _open(run, working, data, options, policy, parking)
         with contextlib.closing(job.calib):  # a spilled source's temporary folder goes at the end
             stats = _first_pass(job)
             decided = _decide(job, stats)
             model_io.release(job.model)  # the weights read to quantize them: mapped again when needed
+            memory.release()
             errors = _second_pass(job, stats, decided)
             for probe in stats.ranges.values():
                 probe.channels = None  # per-channel histograms ([channels, 2048] counts each) serve pass 2 only
             built = _candidates(job, stats, decided, errors)
             model_io.release(job.model)
+            memory.release()
             winner = _choose(job, built)
         audit = _audit(job, winner)
         _memory(job)
@@ -137,11 +138,15 @@ def compress(
         return result
 
 
-def _read_on_demand(run: Run, model: ir.Model, folder: Path) -> None:
-    """Move the weights ``model`` holds in memory to a file in ``folder`` when they take ``SPILL_SHARE`` of the
-    memory budget or more."""
-    if model_io.held_bytes(model) >= SPILL_SHARE * (run.options.max_memory or memory.default_budget()):
+def _read_on_demand(run: Run, model: ir.Model, folder: Path, from_file: bool) -> Path | None:
+    """Where the weights take ``SPILL_SHARE`` of the memory budget or more: those ``model`` holds in memory (read
+    from its file; a model handed in memory is its caller's) moved to a file in ``folder``, and ``folder`` for
+    the quantized weights to be parked in (``WeightQuant.parked``); else None."""
+    if model_io.initializer_bytes(model) < SPILL_SHARE * (run.options.max_memory or memory.default_budget()):
+        return None
+    if from_file and model_io.held_bytes(model):
         run.report.input["weights_read_on_demand"] = model_io.spill(model, folder)
+    return folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +161,10 @@ class _Job:
     options: CompressOptions
     policy: Policy | None
     overrides: dict[str, LayerOverride]
+    parking: Path | None  # where quantized weights are kept while unused (``WeightQuant.parked``); None: in memory
+
+    def park(self, wq: WeightQuant) -> WeightQuant:
+        return wq if self.parking is None else wq.parked(self.parking)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +202,14 @@ class _LayerErrors:
     scores: dict[str, dict[str, dict[str, float]]]
 
 
-def _open(run: Run, working: ir.Model, data: DataOptions, options: CompressOptions, policy: Policy | None) -> _Job:
+def _open(
+    run: Run,
+    working: ir.Model,
+    data: DataOptions,
+    options: CompressOptions,
+    policy: Policy | None,
+    parking: Path | None,
+) -> _Job:
     """Targets, calibration data and the session factory."""
     targets = find_targets(working, quantize_attention=options.quantize_attention)
     if not targets.targets:
@@ -236,6 +252,7 @@ def _open(run: Run, working: ir.Model, data: DataOptions, options: CompressOptio
         options,
         policy,
         overrides,
+        parking,
     )
 
 
@@ -290,6 +307,7 @@ def _decide(job: _Job, stats: _Statistics) -> _Decided:
             size_of,
             advance,
             _sensitivity(job) if precision.measures_prices(options, job.policy) and _measurable(job) else None,
+            job.park,
         )
     plan = QuantPlan(weights=dict(choice.weights))
     notes = {t.name: list(t.notes) for t in targets.targets}
@@ -374,6 +392,8 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     variants += smoothing_variants(targets, plan, layers, stats.ranges, stats.smooth_axes, options)
     variants += uniform_variants(targets, plan, layers, decided.choice.uniform, options)
     variants += nearest_variants(targets, plan, layers, decided.choice.nearest)
+    for v in variants:
+        v.plan.weights = {name: job.park(wq) for name, wq in v.plan.weights.items()}
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
     trials = trial_probes(variants, by_name, per_position)
     every = shadows + [p for trial in trials.values() for p in trial]

@@ -7,9 +7,11 @@ quantized shadow of each layer. It holds no graph objects, so it can be inspecte
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
+from onnxbc.calibration import memory
 from onnxbc.solvers.quant import Granularity, dequantize, expand_scale
 
 
@@ -37,6 +39,11 @@ class WeightQuant:
         if self.zero_point is not None:
             codes = codes - expand_scale(self.zero_point.astype(np.float32), codes.shape, self.granularity)
         return dequantize(codes, self.scale, self.granularity)
+
+    def parked(self, folder: Path) -> WeightQuant:
+        """The same, its codes (or emulated values) in a file in ``folder``, read when used (``memory.park``)."""
+        emulated = None if self.emulated is None else memory.park(self.emulated, folder)
+        return dataclasses.replace(self, codes=memory.park(self.codes, folder), emulated=emulated)
 
     @property
     def stored_bits(self) -> int:

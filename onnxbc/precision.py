@@ -299,6 +299,7 @@ def choose(
     size_of: Callable[[dict[str, WeightQuant]], int] | None,
     advance: Callable[[], None] = lambda: None,
     measure: Measure | None = None,
+    park: Callable[[WeightQuant], WeightQuant] = lambda wq: wq,
 ) -> Precision:
     """Quantize every weight: at ``--weights`` bits, or under the budget at the bits the allocation picks;
     the policy's overrides first. With ``--weights intN`` (N < 8) and no budget, the weights whose N bits
@@ -307,7 +308,8 @@ def choose(
     makes the bytes outside the weights exact, and ``extra_bytes`` (``extra_bytes()``) bounds from above what
     activation quantizers and smoothing may add. ``measure``: the model's output error with each given
     weight's candidate values alone in its place (``onnxbc.sensitivity.output_errors``), which scales the
-    closed-form prices (under a budget, and for ``keep_at_8``)."""
+    closed-form prices (under a budget, and for ``keep_at_8``). ``park`` moves each option's codes out of memory
+    (``WeightQuant.parked``) once priced."""
     notes: dict[str, list[str]] = {}
     skipped = {name for name, o in overrides.items() if o.skip}
     avg_bits, max_size = budget_of(options, policy)
@@ -332,6 +334,8 @@ def choose(
         )
         choices, reasons = priced_at((override.bits,) if override.bits is not None else candidates)
         model_io.release_value(group.source)  # read to quantize it: unmapped (read again when needed)
+        for c in [*choices, *(c.other for c in choices if c.other is not None)]:
+            c.quant = park(c.quant)
         if not choices:
             notes.setdefault(name, []).append(reasons[0] if reasons else "no candidate precision")
             continue

@@ -359,17 +359,23 @@ def test_blocks_end_in_a_partial_block_when_the_input_dim_is_not_a_multiple(tmp_
 
 @pytest.mark.parametrize("name", ["if_conv", "constant_weights", "tied_embedding"])
 def test_weights_read_on_demand_give_the_same_model(zoo, tmp_path, system_tmp, monkeypatch, name):
-    """Weights moved to a temporary file (``pipeline.SPILL_SHARE`` of the budget or more) change nothing in the
-    saved model, the report says how many bytes moved, and the file is gone after the run."""
+    """Weights moved to a temporary file (``pipeline.SPILL_SHARE`` of the budget or more), and the quantized
+    weights parked in files while unused, change nothing in the saved model; the report says how many bytes
+    moved, and the files are gone after the run."""
+    from onnxbc.calibration import memory
+
+    parked, real = [], memory.park
+    monkeypatch.setattr(memory, "park", lambda array, folder: parked.append(array.nbytes) or real(array, folder))
     path, data, _ = zoo(name)
     plain = onnxbc.compress(path, tmp_path / "plain.onnx", data=DataOptions(path=data))
-    assert "weights_read_on_demand" not in plain.report.input
+    assert "weights_read_on_demand" not in plain.report.input and not parked
     monkeypatch.setattr(onnxbc.pipeline, "SPILL_SHARE", 0.0)
     # as small as the moved weights may be for the checker to leave them out (and the initializer order alone)
     monkeypatch.setattr(model_io, "spill", functools.partial(model_io.spill, least=validate.CHECKER_LEAVES_OUT + 1))
     spilled = onnxbc.compress(path, tmp_path / "spilled.onnx", data=DataOptions(path=data))
     moved = spilled.report.input["weights_read_on_demand"]
     assert moved == 0 if name == "constant_weights" else moved > 0  # its weights are under 1 kB: copied out
+    assert parked  # every quantized weight
     assert digest(spilled.output) == digest(plain.output)
     assert model_io.external_data_files(spilled.output) == []
     assert list(system_tmp.iterdir()) == []

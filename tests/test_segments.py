@@ -600,17 +600,17 @@ def test_prices_are_measured_only_where_the_whole_model_fits(tmp_path):
     root = Path(__file__).resolve().parents[1] / "models"
     data = DataOptions(path=root / "data" / "fashion_calib.npz", samples=32)
     priced = {}
-    for segments in (0, 1):  # 0: auto
+    for count in (0, 1):  # 0: auto
         options = CompressOptions(
             device=Device.CPU,
             max_memory=2**20,
-            segments=segments,
+            segments=count,
             weights=WeightType.INT4,
             activations=ActivationType.NONE,
         )
-        result = onnxbc.compress(root / "fashion_cnn.onnx", tmp_path / f"s{segments}.onnx", data=data, options=options)
+        result = onnxbc.compress(root / "fashion_cnn.onnx", tmp_path / f"s{count}.onnx", data=data, options=options)
         warned = any(w.startswith("prices not measured") for w in result.report.warnings)
-        priced[segments] = warned, result.report.precision["keep_at_8"]["priced"]
+        priced[count] = warned, result.report.precision["keep_at_8"]["priced"]
     assert priced == {0: (True, "closed form"), 1: (False, "measured")}
 
 
@@ -675,3 +675,23 @@ def test_a_model_over_the_budget_is_checked_segment_by_segment(tmp_path, monkeyp
     for name, error in whole.compensation["candidates"].items():
         assert parted.compensation["candidates"][name] == pytest.approx(error, rel=1e-4)
     assert "onnxruntime_default_session" not in parted.outputs and "onnxruntime_default_session" in whole.outputs
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_a_parked_array_reads_back_equal_and_leaves_resident_memory_on_release(tmp_path):
+    """``memory.park``: the values, read-only, from a file; once read they are resident, and ``memory.release``
+    takes them out of this process's resident memory (they are read again, unchanged)."""
+    array = np.random.default_rng(0).integers(-8, 8, (4096, 4096)).astype(np.int8)  # 16 MiB
+    parked = memory.park(array, tmp_path)
+    assert isinstance(parked, np.memmap) and not parked.flags.writeable
+    np.testing.assert_array_equal(parked, array)  # reads every page
+
+    def resident() -> int:  # kB of the parked file's pages in this process
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+        starts = [i for i, line in enumerate(lines) if line.endswith(parked.filename)]
+        return sum(int(lines[i].split()[1]) for s in starts for i in range(s, s + 8) if lines[i].startswith("Rss:"))
+
+    assert resident() >= 15 * 1024
+    memory.release()
+    assert resident() < 1024
+    np.testing.assert_array_equal(parked, array)

@@ -15,8 +15,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import mmap
 import os
 import sys
+import tempfile
+import weakref
+from pathlib import Path
+
+import numpy as np
 
 DEFAULT_SHARE = 0.5  # of the machine's physical memory, when --max-memory is not given
 FALLBACK_BYTES = 8 * 2**30  # ... where the physical memory cannot be read
@@ -40,7 +46,8 @@ def resident_bytes() -> int:
 
 
 def release() -> None:
-    """Hand the memory freed since (a session's weights and arena, a pass's arrays) back to the system.
+    """Hand the memory freed since (a session's weights and arena, a pass's arrays) back to the system, and the
+    pages of parked arrays read since (``park``).
 
     glibc keeps freed blocks for reuse, and raises its threshold for serving large blocks from the heap once
     such blocks are freed, so a process that made and dropped sessions stays at its high-water mark (measured
@@ -48,6 +55,26 @@ def release() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+    if hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS
+        for array in list(_parked.values()):
+            array._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+_parked: weakref.WeakValueDictionary[int, np.memmap] = weakref.WeakValueDictionary()
+
+
+def park(array: np.ndarray, folder: Path) -> np.ndarray:
+    """``array`` written to a new file in ``folder`` and handed back mapped from it, read-only (a numpy ``memmap``
+    with its values): its pages are read when it is used, and ``release`` takes those read out of this process's
+    resident memory (they stay in the system's page cache, and are read again from there when used)."""
+    if array.size == 0:
+        return array
+    fd, name = tempfile.mkstemp(suffix=".bin", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        np.ascontiguousarray(array).tofile(f)
+    parked = np.memmap(name, dtype=array.dtype, mode="r", shape=array.shape)
+    _parked[id(parked)] = parked
+    return parked
 
 
 @functools.cache
