@@ -537,6 +537,12 @@ def _audit(job: _Job, winner: Candidate) -> dict[str, dict] | None:
         return None
     rep = job.run.report
     rep.fusion = {"gelu_form": winner.rewrite.gelus}
+    if not fits_whole(winner.model, job.sessions):
+        rep.warnings.append(
+            "fusion audit skipped: it builds ONNX Runtime's session of the whole model, more than --max-memory "
+            "leaves (onnxbc check --target onnxruntime runs it)"
+        )
+        return None
     with job.run.timer("fusion_audit"):
         try:
             audit = fusion.audit(winner.model)

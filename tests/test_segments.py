@@ -675,6 +675,7 @@ def test_a_model_over_the_budget_is_checked_segment_by_segment(tmp_path, monkeyp
     for name, error in whole.compensation["candidates"].items():
         assert parted.compensation["candidates"][name] == pytest.approx(error, rel=1e-4)
     assert "onnxruntime_default_session" not in parted.outputs and "onnxruntime_default_session" in whole.outputs
+    assert any(w.startswith("fusion audit skipped") for w in parted.warnings) and whole.fusion.get("summary")
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
