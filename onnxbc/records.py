@@ -176,7 +176,7 @@ def weight_record(wq: WeightQuant) -> dict:
         "scheme": wq.scheme,
         "rounding": wq.rounding,
         "emulated": wq.emulated is not None,
-        "params": int(wq.dequantized().size),
+        "params": int((wq.codes if wq.emulated is None else wq.emulated).size),  # not dequantized: a float copy
     }
 
 
