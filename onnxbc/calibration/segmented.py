@@ -13,6 +13,7 @@ split in their order (in parts or whole). The outputs equal a whole session's to
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.calibration.stash import Stash
 from onnxbc.passes.graph_utils import GraphBuilder
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,7 @@ class SegmentedSession:
         self._batched = data.batched
         self._store = Stash(sessions.max_memory // 8, "onnxbc-outputs-")
         probe = _Outputs(self._store)
+        logger.info("the model does not fit the memory budget in one session: running it segment by segment")
         try:
             calibration = collector.calibration_graph(model, [probe])
             collector.run(calibration, [probe], data, sessions, (split,), _none, sessions.segments)
