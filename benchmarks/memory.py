@@ -78,6 +78,7 @@ def measure(onnx: Path, calib: Path, flags: str, work: Path) -> dict:
     report = json.loads((work / "model.report.json").read_text())
     row["output_rel_mse"] = report["compensation"].get("output_rel_mse")
     row["memory"] = report.get("memory")
+    row["warnings"] = report.get("warnings", [])
     row["output_mb"] = round(report["output"]["bytes"] / 1e6, 1)
     return row
 
