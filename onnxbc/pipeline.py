@@ -442,7 +442,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
         with run.timer("sequential_compensation"):
             if len(compensated) > 1:
                 budget = precision.budget_of(options, job.policy)[1]  # as _choose: a stopped one cannot win there
-                with contextlib.closing(_reference(job)) as reference:
+                with contextlib.closing(_reference(job, fits_whole(job.model, job.sessions))) as reference:
                     candidates.measure(compensated, reference, job.calib, job.sessions, run.stages, budget)
                 start = min((c for c in compensated if c.outputs is not None), key=lambda c: c.error)  # not stopped
             else:
@@ -476,7 +476,7 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
             "segment, and the checks that need a whole session (a close call re-checked on the fit samples, ONNX "
             "Runtime's default session) were left out"
         )
-    with job.run.timer("verify"), contextlib.closing(_reference(job)) as reference:  # runs once for all (measure)
+    with job.run.timer("verify"), contextlib.closing(_reference(job, whole)) as reference:  # runs once (measure)
         budget = precision.budget_of(job.options, job.policy)[1]
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
         finalists = candidates.undecided(built, budget, reference, calib) if whole else []
@@ -508,11 +508,18 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
     return winner
 
 
-def _reference(job: _Job) -> Reference:
-    """The float model's outputs on the split candidates are measured on, its runs sized like the collector's."""
+def _reference(job: _Job, whole: bool) -> Reference:
+    """The float model's outputs on the split candidates are measured on, its runs sized like the collector's;
+    ``whole``: in one session, else segment by segment (``calibration.segmented``)."""
     split = candidates.evaluated_on(job.calib)
     most = samples_per_run(job.model, job.calib, split, job.sessions)
-    return candidates.reference(lambda: segmented.session(job.model, job.calib, split, job.sessions), job.calib, most)
+
+    def session():
+        if whole:
+            return job.sessions.create(job.model)
+        return segmented.SegmentedSession(job.model, job.calib, split, job.sessions)
+
+    return candidates.reference(session, job.calib, most)
 
 
 def _memory(job: _Job) -> None:
