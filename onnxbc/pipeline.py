@@ -138,15 +138,15 @@ def compress(
         return result
 
 
-def _read_on_demand(run: Run, model: ir.Model, folder: Path, from_file: bool) -> Path | None:
+def _read_on_demand(run: Run, model: ir.Model, folder: Path, from_file: bool) -> memory.Parking | None:
     """Where the weights take ``SPILL_SHARE`` of the memory budget or more: those ``model`` holds in memory (read
-    from its file; a model handed in memory is its caller's) moved to a file in ``folder``, and ``folder`` for
+    from its file; a model handed in memory is its caller's) moved to a file in ``folder``, and files there for
     the quantized weights to be parked in (``WeightQuant.parked``); else None."""
     if model_io.initializer_bytes(model) < SPILL_SHARE * (run.options.max_memory or memory.default_budget()):
         return None
     if from_file and model_io.held_bytes(model):
         run.report.input["weights_read_on_demand"] = model_io.spill(model, folder)
-    return folder
+    return memory.Parking(folder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +161,7 @@ class _Job:
     options: CompressOptions
     policy: Policy | None
     overrides: dict[str, LayerOverride]
-    parking: Path | None  # where quantized weights are kept while unused (``WeightQuant.parked``); None: in memory
+    parking: memory.Parking | None  # where quantized weights are kept while unused; None: in memory
 
     def park(self, wq: WeightQuant) -> WeightQuant:
         return wq if self.parking is None else wq.parked(self.parking)
@@ -208,7 +208,7 @@ def _open(
     data: DataOptions,
     options: CompressOptions,
     policy: Policy | None,
-    parking: Path | None,
+    parking: memory.Parking | None,
 ) -> _Job:
     """Targets, calibration data and the session factory."""
     targets = find_targets(working, quantize_attention=options.quantize_attention)

@@ -7,7 +7,6 @@ quantized shadow of each layer. It holds no graph objects, so it can be inspecte
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
@@ -40,10 +39,10 @@ class WeightQuant:
             codes = codes - expand_scale(self.zero_point.astype(np.float32), codes.shape, self.granularity)
         return dequantize(codes, self.scale, self.granularity)
 
-    def parked(self, folder: Path) -> WeightQuant:
-        """The same, its codes (or emulated values) in a file in ``folder``, read when used (``memory.park``)."""
-        emulated = None if self.emulated is None else memory.park(self.emulated, folder)
-        return dataclasses.replace(self, codes=memory.park(self.codes, folder), emulated=emulated)
+    def parked(self, parking: memory.Parking) -> WeightQuant:
+        """The same, its codes (and emulated values) kept in a file while unused (``memory.Parking``)."""
+        emulated = None if self.emulated is None else parking.park(self.emulated)
+        return dataclasses.replace(self, codes=parking.park(self.codes), emulated=emulated)
 
     @property
     def stored_bits(self) -> int:

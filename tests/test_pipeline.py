@@ -364,8 +364,8 @@ def test_weights_read_on_demand_give_the_same_model(zoo, tmp_path, system_tmp, m
     moved, and the files are gone after the run."""
     from onnxbc.calibration import memory
 
-    parked, real = [], memory.park
-    monkeypatch.setattr(memory, "park", lambda array, folder: parked.append(array.nbytes) or real(array, folder))
+    parked, real = [], memory.Parking.park
+    monkeypatch.setattr(memory.Parking, "park", lambda self, array: parked.append(array.nbytes) or real(self, array))
     path, data, _ = zoo(name)
     plain = onnxbc.compress(path, tmp_path / "plain.onnx", data=DataOptions(path=data))
     assert "weights_read_on_demand" not in plain.report.input and not parked

@@ -679,20 +679,33 @@ def test_a_model_over_the_budget_is_checked_segment_by_segment(tmp_path, monkeyp
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
-def test_a_parked_array_reads_back_equal_and_leaves_resident_memory_on_release(tmp_path):
-    """``memory.park``: the values, read-only, from a file; once read they are resident, and ``memory.release``
-    takes them out of this process's resident memory (they are read again, unchanged)."""
-    array = np.random.default_rng(0).integers(-8, 8, (4096, 4096)).astype(np.int8)  # 16 MiB
-    parked = memory.park(array, tmp_path)
-    assert isinstance(parked, np.memmap) and not parked.flags.writeable
-    np.testing.assert_array_equal(parked, array)  # reads every page
+def test_parked_arrays_read_back_equal_and_leave_resident_memory_on_release(tmp_path):
+    """``memory.Parking``: the values, read-only, from a few files (one of its own for an array over a file's
+    size); once read they are resident, and ``memory.release`` takes them out of this process's resident memory
+    (they are read again, unchanged). A file goes once no array of it is left."""
+    import gc
 
-    def resident() -> int:  # kB of the parked file's pages in this process
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(-8, 8, shape).astype(np.int8) for shape in [(4096, 4096), (1000, 3), (3, 5, 7)] * 3]
+    arrays.append(rng.standard_normal((5000, 5000)).astype(np.float32)[:, ::2])  # 50 MB, not contiguous
+    parking = memory.Parking(tmp_path)
+    parking.ARENA_BYTES = 40 * 2**20
+    parked = [parking.park(a) for a in arrays]
+    assert len(list(tmp_path.iterdir())) == 3  # 16 + 16 MiB, 16 MiB, the 50 MB array alone
+    for a, p in zip(arrays, parked):
+        assert not p.flags.writeable
+        np.testing.assert_array_equal(p, a)  # reads every page
+
+    def resident() -> int:  # kB of the parking files' pages in this process
         lines = Path("/proc/self/smaps").read_text().splitlines()
-        starts = [i for i, line in enumerate(lines) if line.endswith(parked.filename)]
+        starts = [i for i, line in enumerate(lines) if str(tmp_path) in line]
         return sum(int(lines[i].split()[1]) for s in starts for i in range(s, s + 8) if lines[i].startswith("Rss:"))
 
-    assert resident() >= 15 * 1024
+    assert resident() >= 90 * 1024
     memory.release()
     assert resident() < 1024
-    np.testing.assert_array_equal(parked, array)
+    for a, p in zip(arrays, parked):
+        np.testing.assert_array_equal(p, a)
+    del parked, parking, p
+    gc.collect()
+    assert resident() == 0  # unmapped

@@ -55,26 +55,57 @@ def release() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-    if hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS
-        for array in list(_parked.values()):
-            array._mmap.madvise(mmap.MADV_DONTNEED)
+    for parking in list(_parkings):
+        parking.drop()
 
 
-_parked: weakref.WeakValueDictionary[int, np.memmap] = weakref.WeakValueDictionary()
+class Parking:
+    """Arrays kept in files in ``folder`` while unused (``park``), a few large files rather than one per array
+    (each mapping holds a file descriptor, and a model has thousands of weights)."""
+
+    ARENA_BYTES = 64 * 2**20  # one file's size (an array larger than that has a file of its own)
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._arena: mmap.mmap | None = None  # the file being filled
+        self._used = 0
+        self._arenas: weakref.WeakValueDictionary[int, mmap.mmap] = weakref.WeakValueDictionary()
+        _parkings.add(self)
+
+    def park(self, array: np.ndarray) -> np.ndarray:
+        """``array``'s values, read-only, in a file mapped into memory: its pages are read when it is used, and
+        ``release`` takes those read out of this process's resident memory (they stay in the system's page
+        cache, and are read again from there). The file stays mapped while the array (or a view) is alive."""
+        size = array.nbytes
+        if size == 0:
+            return array
+        start = -(-self._used // 64) * 64
+        if self._arena is None or start + size > len(self._arena):
+            self._arena, start = self._new(max(self.ARENA_BYTES, size)), 0
+        self._used = start + size
+        parked = np.frombuffer(self._arena, dtype=array.dtype, count=array.size, offset=start).reshape(array.shape)
+        parked[...] = array
+        parked.flags.writeable = False
+        return parked
+
+    def drop(self) -> None:
+        """Take the pages of the parked arrays out of this process's resident memory (Linux, macOS)."""
+        if hasattr(mmap, "MADV_DONTNEED"):
+            for arena in list(self._arenas.values()):
+                arena.madvise(mmap.MADV_DONTNEED)
+
+    def _new(self, size: int) -> mmap.mmap:
+        fd, _ = tempfile.mkstemp(suffix=".bin", dir=self.folder)
+        try:
+            os.ftruncate(fd, size)
+            arena = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._arenas[id(arena)] = arena
+        return arena
 
 
-def park(array: np.ndarray, folder: Path) -> np.ndarray:
-    """``array`` written to a new file in ``folder`` and handed back mapped from it, read-only (a numpy ``memmap``
-    with its values): its pages are read when it is used, and ``release`` takes those read out of this process's
-    resident memory (they stay in the system's page cache, and are read again from there when used)."""
-    if array.size == 0:
-        return array
-    fd, name = tempfile.mkstemp(suffix=".bin", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        np.ascontiguousarray(array).tofile(f)
-    parked = np.memmap(name, dtype=array.dtype, mode="r", shape=array.shape)
-    _parked[id(parked)] = parked
-    return parked
+_parkings: weakref.WeakSet[Parking] = weakref.WeakSet()
 
 
 @functools.cache
