@@ -7,6 +7,7 @@ the peak, the peak of each stage, the report's output error and its ``memory`` e
 
     python -m benchmarks.memory --model smollm2 --run "--segments 1" --run "--max-memory 3GB"
     python -m benchmarks.memory --model llama --onnx /tmp/llama/model.onnx --calib /tmp/llama/ids.npz --run=...
+    python -m benchmarks.memory --model smollm2 --run "" --keep out   # out/run0/model.onnx kept, to evaluate
 
 (results in ``results/memory_MODEL.json``; ``--run=`` for flags without a space, ``--run ""`` for the defaults.)
 
@@ -19,6 +20,7 @@ import argparse
 import datetime
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("benchmarks/.cache"))
     parser.add_argument("--run", action="append", required=True, help="the flags of one run (repeat for more)")
     parser.add_argument("--name", help="results/NAME.json (default: memory_MODEL)")
+    parser.add_argument("--keep", type=Path, help="keep each run's model and report in KEEP/run<i>/ (to evaluate them)")
     args = parser.parse_args(argv)
     onnx = args.onnx or args.cache / args.model / "model.onnx"
     calib = args.calib or args.cache / args.model / "calib.npz"
@@ -106,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         "weights_mb": round(sum(p.stat().st_size for p in onnx.parent.glob(onnx.name + "*")) / 1e6, 1),
         "rows": [],
     }
-    for flags in args.run:
+    for i, flags in enumerate(args.run):
         with tempfile.TemporaryDirectory(prefix="onnxbc-memory-") as work:
             row = measure(onnx, calib, flags, Path(work))
+            if args.keep is not None:
+                shutil.copytree(work, args.keep / f"run{i}", dirs_exist_ok=True)
         results["rows"].append(row)
         print(f"[{args.model} {flags}] {row['status']} {row['wall_s']} s peak {row['peak_rss_mb']} MB", flush=True)
         runner.write_json(path, results)
