@@ -56,7 +56,7 @@ class SegmentedSession:
         logger.info("the model does not fit the memory budget in one session: running it segment by segment")
         try:
             calibration = collector.calibration_graph(model, [probe])
-            collector.run(calibration, [probe], data, sessions, (split,), _none, sessions.segments)
+            collector.run(calibration, [probe], data, sessions, (split,), lambda: None, sessions.segments)
         finally:
             memory.release()
         self._runs = probe.runs
@@ -82,9 +82,6 @@ class SegmentedSession:
             rows -= len(next(iter(part.values())))
             parts.append(part)
         return [np.concatenate([p[k] for p in parts]) if len(parts) > 1 else np.asarray(parts[0][k]) for k in keys]
-
-    def close(self) -> None:
-        self._store.close()
 
     def _take(self, rows: int | None) -> dict[str, np.ndarray]:
         """Up to ``rows`` rows of the stored run due (its rest; None: all of it), moving on once it is used up."""
@@ -124,7 +121,3 @@ def _arg(value: ir.Value) -> Arg:
 
 
 _ORT_NAMES = {"float32": "float", "float64": "double", "float16": "float16"}
-
-
-def _none() -> None:
-    pass
