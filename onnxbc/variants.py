@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxbc import model_io
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, RangeProbe
 from onnxbc.options import CompressOptions, RangeMethod
 from onnxbc.passes.graph_utils import main_values
@@ -41,6 +43,9 @@ from onnxbc.solvers.smooth import per_input_channel
 from onnxbc.targets import Target, Targets, weight_array
 
 MUL_GAIN = 0.9  # a smoothing that adds a Mul must cut its readers' error by at least 10 %
+
+
+Park = Callable[[WeightQuant], WeightQuant]
 
 
 class VariantKind(str, enum.Enum):
@@ -61,23 +66,28 @@ class Variant:
 
 
 def weight_range_variants(
-    targets: Targets, plan: QuantPlan, observed: set[str], options: CompressOptions
+    targets: Targets, plan: QuantPlan, observed: set[str], options: CompressOptions, park: Park = lambda wq: wq
 ) -> list[Variant]:
     """With ``--weight-range auto``: min-max scales for each uniform, nearest-rounded weight whose readers are
-    all measured."""
+    all measured (``park`` takes each out of memory as it is made: ``WeightQuant.parked``)."""
     result = []
     for name in targets.weights:
         base = plan.weights.get(name)
         if base is None or not _measured(targets, name, observed):
             continue
-        minmax = _minmax(targets, base, options)
+        minmax = _minmax(targets, base, options, park)
         if minmax is not None:
             result.append(_weight_variant(VariantKind.WEIGHT_RANGE, "minmax", targets, plan, minmax))
     return result
 
 
 def uniform_variants(
-    targets: Targets, plan: QuantPlan, observed: set[str], weights: dict[str, WeightQuant], options: CompressOptions
+    targets: Targets,
+    plan: QuantPlan,
+    observed: set[str],
+    weights: dict[str, WeightQuant],
+    options: CompressOptions,
+    park: Park = lambda wq: wq,
 ) -> list[Variant]:
     """One variant per weight of ``weights``, or none when some layer of them cannot be measured (in a
     subgraph): the alternative is all of them or nothing, or it could leave the budget. With ``--weight-range
@@ -88,7 +98,7 @@ def uniform_variants(
         if not _measured(targets, name, observed):
             return []
         result.append(_weight_variant(VariantKind.UNIFORM, "uniform", targets, plan, wq))
-        minmax = _minmax(targets, wq, options)
+        minmax = _minmax(targets, wq, options, park)
         if minmax is not None:
             result.append(_weight_variant(VariantKind.UNIFORM_MINMAX, "minmax", targets, plan, minmax))
     return result
@@ -104,13 +114,15 @@ def nearest_variants(
     return [_weight_variant(VariantKind.NEAREST, "nearest", targets, plan, wq) for wq in weights.values()]
 
 
-def _minmax(targets: Targets, wq: WeightQuant, options: CompressOptions) -> WeightQuant | None:
+def _minmax(targets: Targets, wq: WeightQuant, options: CompressOptions, park: Park) -> WeightQuant | None:
     """``wq`` with min-max scales (same bits and blocks), or None: not ``--weight-range auto``, or not a uniform,
-    nearest-rounded weight."""
+    nearest-rounded weight. The float weight read for it is unmapped after (``model_io.release_value``)."""
     if options.weight_range is not RangeMethod.AUTO or (wq.scheme, wq.rounding) != ("uniform", "nearest"):
         return None
     group = targets.weights[wq.source]
-    return weight_quant(group, weight_array(group), like(wq, options), method=RangeMethod.MINMAX, bits=wq.bits)
+    minmax = weight_quant(group, weight_array(group), like(wq, options), method=RangeMethod.MINMAX, bits=wq.bits)
+    model_io.release_value(group.source)
+    return park(minmax)
 
 
 def _measured(targets: Targets, weight: str, observed: set[str]) -> bool:

@@ -692,6 +692,7 @@ def test_parked_arrays_read_back_equal_and_leave_resident_memory_on_release(tmp_
     parking.ARENA_BYTES = 40 * 2**20
     parked = [parking.park(a) for a in arrays]
     assert len(list(tmp_path.iterdir())) == 3  # 16 + 16 MiB, 16 MiB, the 50 MB array alone
+    assert parking.park(parked[0]) is parked[0] and len(list(tmp_path.iterdir())) == 3  # parked already
     for a, p in zip(arrays, parked):
         assert not p.flags.writeable
         np.testing.assert_array_equal(p, a)  # reads every page

@@ -75,9 +75,10 @@ class Parking:
     def park(self, array: np.ndarray) -> np.ndarray:
         """``array``'s values, read-only, in a file mapped into memory: its pages are read when it is used, and
         ``release`` takes those read out of this process's resident memory (they stay in the system's page
-        cache, and are read again from there). The file stays mapped while the array (or a view) is alive."""
+        cache, and are read again from there). The file stays mapped while the array (or a view) is alive. An
+        array in a mapped file already (parked) is returned as it is."""
         size = array.nbytes
-        if size == 0:
+        if size == 0 or _mapped(array):
             return array
         start = -(-self._used // 64) * 64
         if self._arena is None or start + size > len(self._arena):
@@ -106,6 +107,14 @@ class Parking:
 
 
 _parkings: weakref.WeakSet[Parking] = weakref.WeakSet()
+
+
+def _mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` is (a view of) the contents of a memory-mapped file."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, mmap.mmap) or isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
 
 
 @functools.cache
