@@ -681,8 +681,8 @@ def test_a_model_over_the_budget_is_checked_segment_by_segment(tmp_path, monkeyp
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
 def test_parked_arrays_read_back_equal_and_leave_resident_memory_on_release(tmp_path):
     """``memory.Parking``: the values, read-only, from a few files (one of its own for an array over a file's
-    size); once read they are resident, and ``memory.release`` takes them out of this process's resident memory
-    (they are read again, unchanged). A file goes once no array of it is left."""
+    size); not resident until read, and ``memory.release`` takes them out of this process's resident memory
+    again (they are read again, unchanged). A file goes once no array of it is left."""
     import gc
 
     rng = np.random.default_rng(0)
@@ -690,17 +690,19 @@ def test_parked_arrays_read_back_equal_and_leave_resident_memory_on_release(tmp_
     arrays.append(rng.standard_normal((5000, 5000)).astype(np.float32)[:, ::2])  # 50 MB, not contiguous
     parking = memory.Parking(tmp_path)
     parking.ARENA_BYTES = 40 * 2**20
-    parked = [parking.park(a) for a in arrays]
-    assert len(list(tmp_path.iterdir())) == 3  # 16 + 16 MiB, 16 MiB, the 50 MB array alone
-    assert parking.park(parked[0]) is parked[0] and len(list(tmp_path.iterdir())) == 3  # parked already
-    for a, p in zip(arrays, parked):
-        assert not p.flags.writeable
-        np.testing.assert_array_equal(p, a)  # reads every page
 
     def resident() -> int:  # kB of the parking files' pages in this process
         lines = Path("/proc/self/smaps").read_text().splitlines()
         starts = [i for i, line in enumerate(lines) if str(tmp_path) in line]
         return sum(int(lines[i].split()[1]) for s in starts for i in range(s, s + 8) if lines[i].startswith("Rss:"))
+
+    parked = [parking.park(a) for a in arrays]
+    assert len(list(tmp_path.iterdir())) == 3  # 16 + 16 MiB, 16 MiB, the 50 MB array alone
+    assert parking.park(parked[0]) is parked[0] and len(list(tmp_path.iterdir())) == 3  # parked already
+    assert resident() < 1024  # written to the files, not through the mappings
+    for a, p in zip(arrays, parked):
+        assert not p.flags.writeable
+        np.testing.assert_array_equal(p, a)  # reads every page
 
     assert resident() >= 90 * 1024
     memory.release()

@@ -68,6 +68,7 @@ class Parking:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._arena: mmap.mmap | None = None  # the file being filled
+        self._path = ""  # its path
         self._used = 0
         self._arenas: weakref.WeakValueDictionary[int, mmap.mmap] = weakref.WeakValueDictionary()
         _parkings.add(self)
@@ -84,10 +85,10 @@ class Parking:
         if self._arena is None or start + size > len(self._arena):
             self._arena, start = self._new(max(self.ARENA_BYTES, size)), 0
         self._used = start + size
-        parked = np.frombuffer(self._arena, dtype=array.dtype, count=array.size, offset=start).reshape(array.shape)
-        parked[...] = array
-        parked.flags.writeable = False
-        return parked
+        with open(self._path, "r+b") as f:  # written to the file, not through the mapping: nothing made resident
+            f.seek(start)
+            f.write(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+        return np.frombuffer(self._arena, dtype=array.dtype, count=array.size, offset=start).reshape(array.shape)
 
     def drop(self) -> None:
         """Take the pages of the parked arrays out of this process's resident memory (Linux, macOS)."""
@@ -96,10 +97,10 @@ class Parking:
                 arena.madvise(mmap.MADV_DONTNEED)
 
     def _new(self, size: int) -> mmap.mmap:
-        fd, _ = tempfile.mkstemp(suffix=".bin", dir=self.folder)
+        fd, self._path = tempfile.mkstemp(suffix=".bin", dir=self.folder)
         try:
             os.ftruncate(fd, size)
-            arena = mmap.mmap(fd, size)
+            arena = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
         self._arenas[id(arena)] = arena
