@@ -66,6 +66,7 @@ def measure(onnx: Path, calib: Path, flags: str, work: Path) -> dict:
     for line in proc.stdout:
         text = line.strip()
         tail = (tail + [text])[-20:]
+        print(f"  {time.perf_counter() - started:7.1f} s {_rss_mb(proc.pid):6d} MB | {text}", flush=True)
         if text.endswith("...") and not text.startswith("..."):  # a stage starts: "Measuring layer errors (2) ..."
             stage[0] = text.split(" (")[0].rstrip(". ")
     proc.wait()

@@ -2,7 +2,8 @@
 
 The samples are the first N of the model's deterministic large calibration set (``zoo.chargpt.
 calibration_set``: random 128-char windows of the training plays; ``zoo.minilm.calibration_set``: distinct
-sentences of the training plays), in random order, so 64 of them are also 64 of 256.
+sentences of the training plays; ``zoo.smollm2.calibration_set``: distinct 512-token windows of the training
+plays), in random order, so 64 of them are also 64 of 256.
 Each compression runs in a fresh worker, exactly as in the matrix; its output is evaluated too, so that the
 table shows what the extra samples buy. The model-size axis of the scaling check comes from the matrix
 itself (the same method and setting on every model), see ``render``.
@@ -21,10 +22,15 @@ import numpy as np
 
 from benchmarks import runner
 from benchmarks.methods import FP32
-from benchmarks.zoo import MODELS, chargpt, minilm
+from benchmarks.zoo import MODELS, chargpt, minilm, smollm2
 from benchmarks.zoo.common import save_npz
 
-LARGE_SETS = {"chargpt": chargpt.calibration_set, "minilm": minilm.calibration_set}  # model -> (cache, n) -> .npz
+# model -> (cache, n) -> .npz
+LARGE_SETS = {
+    "chargpt": chargpt.calibration_set,
+    "minilm": minilm.calibration_set,
+    "smollm2": smollm2.calibration_set,
+}
 
 
 @dataclasses.dataclass(frozen=True)

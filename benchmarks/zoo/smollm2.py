@@ -141,6 +141,37 @@ def prepare(cache_dir: Path) -> BenchModel:
     return bench
 
 
+LARGE_CALIB_SEED = 8765
+
+
+def calibration_set(cache_dir: Path, n: int = 512) -> Path:
+    """A larger calibration file for scaling checks: ``n`` distinct non-overlapping windows of ``SEQ_LEN`` tokens
+    from the 37 training plays (never Hamlet), tokenized like ``calib.npz``, in a seeded random order over all
+    such windows (so the first ``k`` of them are a random subset), cached as ``calib_<n>.npz`` beside the model
+    with a stamp. Needs ``prepare()`` to have run."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model_dir = Path(cache_dir) / NAME
+    path, stamp = model_dir / f"calib_{n}.npz", model_dir / f"calib_{n}.json"
+    recipe = {"seed": LARGE_CALIB_SEED, "n": n, "model_recipe": RECIPE}
+    if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(recipe)):
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir()), gguf_file=GGUF)
+    windows = []
+    for play in sorted(p for p in common.play_paths() if p != EVAL_PLAY):
+        ids = np.array(tokenizer(common.play_text(play))["input_ids"], dtype=np.int64)
+        windows += [ids[s : s + SEQ_LEN] for s in range(0, len(ids) - SEQ_LEN + 1, SEQ_LEN)]
+    if len(windows) < n:
+        raise RuntimeError(f"only {len(windows)} windows of {SEQ_LEN} tokens in the training plays, wanted {n}")
+    order = np.random.default_rng(LARGE_CALIB_SEED).permutation(len(windows))[:n]
+    common.save_npz(path, {"input_ids": np.stack([windows[i] for i in order])})
+    stamp.write_text(json.dumps(recipe, indent=2, sort_keys=True))
+    return path
+
+
 def evaluate(
     onnx_path: Path,
     bench: BenchModel,
