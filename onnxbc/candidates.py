@@ -455,7 +455,7 @@ def _measure(
     """``candidate`` (its ``session``) against ``reference`` batch by batch, stopped once it cannot beat ``best``."""
     stats = reference.agreements()
     for done, (feeds, outputs) in enumerate(reference.batches(), 1):
-        reference.update(stats, feeds, outputs, reference.run(session, feeds))
+        reference.measure(stats, session, feeds, outputs)
         advance()
         if best is not None and done < total and (bound := _bound(stats, best)) > best.error * (1 + MARGIN):
             candidate.stopped = Stopped(bound, done, total, best.name)
