@@ -531,9 +531,9 @@ def _memory(job: _Job) -> None:
     if job.options.max_memory is not None and peak is not None and peak > budget:
         rep.warnings.append(
             f"this process peaked at {memory.describe(peak)}, over --max-memory {memory.describe(budget)}: the budget "
-            "bounds the calibration sessions, their runs and the tensors kept between segments; the model held in "
-            "memory, the quantized weights, measured prices and the held-out check's whole-model sessions are not "
-            "bounded by it yet"
+            "sizes the sessions (one segment at a time), their runs and the tensors kept between segments; what the "
+            "process holds beside them (ONNX Runtime's own buffers, the weight being quantized, a model that fits "
+            "whole by the estimate) is not bounded by it yet"
         )
 
 
