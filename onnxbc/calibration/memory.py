@@ -47,7 +47,7 @@ def resident_bytes() -> int:
 
 def release() -> None:
     """Hand the memory freed since (a session's weights and arena, a pass's arrays) back to the system, and the
-    pages of parked arrays read since (``park``).
+    pages of parked arrays read since (``Parking``).
 
     glibc keeps freed blocks for reuse, and raises its threshold for serving large blocks from the heap once
     such blocks are freed, so a process that made and dropped sessions stays at its high-water mark (measured
@@ -87,7 +87,7 @@ class Parking:
         self._used = start + size
         with open(self._path, "r+b") as f:  # written to the file, not through the mapping: nothing made resident
             f.seek(start)
-            f.write(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
         return np.frombuffer(self._arena, dtype=array.dtype, count=array.size, offset=start).reshape(array.shape)
 
     def drop(self) -> None:
