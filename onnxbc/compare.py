@@ -241,23 +241,24 @@ class Reference:
     ) -> None:
         """``session`` against the reference's outputs on one batch, added to ``stats``: ``most`` samples at a time,
         its outputs never joined (an LM's logits on a batch of windows take GBs)."""
-        n = len(next(iter(feeds.values()))) if feeds else 0
-        step = self.most if self.most is not None and n > self.most else max(n, 1)
-        for i in range(0, max(n, 1), step):
-            part = {k: v[i : i + step] for k, v in feeds.items()} if step < n else dict(feeds)
-            rows = [None if a is None else a[i : i + step] for a in reference] if step < n else reference
-            self.update(stats, part, rows, session.run(self.names, part))
+        for rows, part in self._parts(feeds):
+            self.update(stats, part, [None if a is None else a[rows] for a in reference], session.run(self.names, part))
 
     def run(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """``session``'s outputs on one batch, run ``most`` samples at a time (the intermediate tensors of a whole
         batch of an LM's windows take GBs), joined."""
+        parts = [session.run(self.names, part) for _, part in self._parts(feeds)]
+        return [np.asarray(arrays[0]) if len(parts) == 1 else np.concatenate(arrays) for arrays in zip(*parts)]
+
+    def _parts(self, feeds: Mapping[str, np.ndarray]) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+        """``feeds`` in runs of at most ``most`` samples (whole when it has no more), with the rows of each."""
         n = len(next(iter(feeds.values()))) if feeds else 0
         if self.most is None or n <= self.most:
-            return [np.asarray(a) for a in session.run(self.names, dict(feeds))]
-        parts = [
-            session.run(self.names, {k: v[i : i + self.most] for k, v in feeds.items()}) for i in range(0, n, self.most)
-        ]
-        return [np.concatenate(arrays) for arrays in zip(*parts)]
+            yield slice(None), dict(feeds)
+            return
+        for i in range(0, n, self.most):
+            rows = slice(i, i + self.most)
+            yield rows, {k: v[rows] for k, v in feeds.items()}
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         self.runs += 1

@@ -353,12 +353,7 @@ def file_bytes(path: str | os.PathLike) -> int:
 
 def held_bytes(model: ir.Model) -> int:
     """The bytes of the initializers ``model`` holds in memory (not those read on demand from external data)."""
-    return sum(
-        v.const_value.nbytes
-        for g in model.graphs()
-        for v in g.initializers.values()
-        if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor)
-    )
+    return initializer_bytes(model) - sum(t.nbytes for t in external_tensors(model))
 
 
 def initializer_bytes(model: ir.Model) -> int:
@@ -405,7 +400,15 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
 
 
 def has_external_tensors(model: ir.Model) -> bool:
-    return any(isinstance(v.const_value, ir.ExternalTensor) for g in model.graphs() for v in g.initializers.values())
+    return any(True for _ in external_tensors(model))
+
+
+def external_tensors(model: ir.Model) -> Iterator[ir.ExternalTensor]:
+    """The initializers of every graph of ``model`` read from external data (on demand)."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value.const_value
 
 
 def _data_path(model_path: Path) -> Path:

@@ -513,13 +513,9 @@ def _reference(job: _Job, whole: bool) -> Reference:
     ``whole``: in one session, else segment by segment (``calibration.segmented``)."""
     split = candidates.evaluated_on(job.calib)
     most = samples_per_run(job.model, job.calib, split, job.sessions)
-
-    def session():
-        if whole:
-            return job.sessions.create(job.model)
-        return segmented.SegmentedSession(job.model, job.calib, split, job.sessions)
-
-    return candidates.reference(session, job.calib, most)
+    return candidates.reference(
+        lambda: segmented.session(job.model, job.calib, split, job.sessions, whole), job.calib, most
+    )
 
 
 def _memory(job: _Job) -> None:

@@ -273,20 +273,14 @@ def _onnx_checker(s: Subject, full_check: bool) -> Iterator[Finding]:
     try:
         if s.path is not None:  # the file itself: external data next to it, any size, any path
             model_io.check_model_file(s.path, full_check=full_check)
-        elif any(t.nbytes <= CHECKER_LEAVES_OUT for t in _external(s.model)):  # the checker opens their files
+        elif any(t.nbytes <= CHECKER_LEAVES_OUT for t in model_io.external_tensors(s.model)):
+            # the checker would open these tensors' files: the model is written out with them
             with model_io.ort_source(s.model) as source:
                 onnx.checker.check_model(source, full_check=full_check)
         else:  # weights over 1 kB are left out (made inputs of their type and shape): fast for big models
             CheckerPass(full_check=full_check)(s.model)
     except Exception as e:  # ValidationError, InferenceError, and others for unreadable parts
         yield Finding(one_line(e))
-
-
-def _external(model: ir.Model) -> Iterator[ir.ExternalTensor]:
-    for graph in model.graphs():
-        for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                yield value.const_value
 
 
 def _opset(s: Subject) -> Iterator[Finding]:

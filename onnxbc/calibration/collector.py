@@ -193,7 +193,7 @@ def run(
     extra = _statistic_bytes(probes, wanted)
     if segments == 0:  # as many as the memory budget asks for
         held = cutting.held_bytes(list(calib.graph), extra)
-        segments = memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, run_limit + boundary_limit)
+        segments = _segments_for(held, sessions)
         logger.debug("%d segment(s): the session holds %.0f MB of weights and statistics", segments, sum(held) / 1e6)
     if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
         every = list(calib.graph)
@@ -369,10 +369,13 @@ def _run(session, part: cutting.Segment, known: dict[str, np.ndarray], where: st
 def fits_whole(model: ir.Model, sessions: SessionFactory) -> bool:
     """Whether one session of all of ``model`` fits the memory budget beside this process (as ``collect``'s
     segments are decided); always with ``--segments 1`` (whole graphs asked for)."""
-    if sessions.segments == 1:
-        return True
-    held = cutting.held_bytes(list(model.graph))
-    return memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, sum(_limits(sessions))) == 1
+    return sessions.segments == 1 or _segments_for(cutting.held_bytes(list(model.graph)), sessions) == 1
+
+
+def _segments_for(held: list[int], sessions: SessionFactory) -> int:
+    """``memory.segments_for`` a graph whose nodes hold ``held`` bytes, beside one run's tensors and the boundary
+    tensors kept in memory (``_limits``)."""
+    return memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, sum(_limits(sessions)))
 
 
 def samples_per_run(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory) -> int | None:

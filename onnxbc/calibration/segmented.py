@@ -37,11 +37,12 @@ class Arg:
     shape: list[int | str | None] | None
 
 
-def session(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory):
-    """An ONNX Runtime session of ``model``, or a ``SegmentedSession`` on ``split`` where one does not fit."""
-    if collector.fits_whole(model, sessions):
-        return sessions.create(model)
-    return SegmentedSession(model, data, split, sessions)
+def session(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory, whole: bool | None = None):
+    """An ONNX Runtime session of ``model``, or a ``SegmentedSession`` on ``split`` where one does not fit
+    (``whole``: decided already; None: ``collector.fits_whole``)."""
+    if whole is None:
+        whole = collector.fits_whole(model, sessions)
+    return sessions.create(model) if whole else SegmentedSession(model, data, split, sessions)
 
 
 class SegmentedSession:
