@@ -453,9 +453,12 @@ def _measure(
     advance: Callable[[], None],
 ) -> None:
     """``candidate`` (its ``session``) against ``reference`` batch by batch, stopped once it cannot beat ``best``."""
-    stats = reference.agreements()
-    for done, (feeds, outputs) in enumerate(reference.batches(), 1):
+    stats, done = reference.agreements(), 0
+    for ends, feeds, outputs in reference.runs():
         reference.measure(stats, session, feeds, outputs)
+        if not ends:
+            continue
+        done += 1
         advance()
         if best is not None and done < total and (bound := _bound(stats, best)) > best.error * (1 + MARGIN):
             candidate.stopped = Stopped(bound, done, total, best.name)

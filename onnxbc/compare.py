@@ -120,17 +120,19 @@ Outputs = list[np.ndarray | None]  # a session's outputs on one batch, in ``Refe
 
 
 class Reference:
-    """The reference session's outputs on each batch, for comparing other sessions against it.
+    """The reference session's outputs on each run, for comparing other sessions against it.
 
-    ``batches()`` is one pass: each feed with the reference's outputs on it. The first pass that completes keeps
-    the float outputs when they total at most ``keep_bytes``; later passes reuse them instead of running the
-    reference again (``kept`` says which happened; None before a pass completes). ``runs`` counts its runs.
-    ``feeds`` gives the same batches on every call.
+    A run is a batch of ``feeds()``, or a part of one of at most ``most`` samples (the intermediate tensors and
+    outputs of a whole batch of an LM's windows take GBs), so nothing here holds more than one run's outputs.
+    ``runs()`` is one pass: each run's feeds with the reference's outputs on them. The first pass that completes
+    keeps the float outputs when they total at most ``keep_bytes``; later passes reuse them instead of running
+    the reference again (``kept`` says which happened; None before a pass completes). ``calls`` counts its
+    session runs. ``feeds`` gives the same batches on every call.
 
     With ``remake`` (which makes the session again), every output is kept: beyond ``keep_bytes`` in temporary
-    files (``calibration.stash``; an LM's logits on its held-out windows are GBs), and the session is let go after
-    the first pass (``session`` makes it again when asked for), so that the sessions compared against the reference
-    need not share memory with it. ``close()`` removes the files.
+    files (``calibration.stash``; an LM's logits on its held-out windows are GBs), read back one run at a time,
+    and the session is let go after the first pass (``session`` makes it again when asked for), so that the
+    sessions compared against the reference need not share memory with it. ``close()`` removes the files.
 
     Outputs indexed ``[batch, tokens, ...]`` like the model's padding mask (``calibration.tokens``) are compared
     at the real tokens only: what a model computes at padding is not part of its answer."""
@@ -153,7 +155,7 @@ class Reference:
         self._by_token = [len(masks) == 1 and tokens.covers(masks[0].shape, o.shape) for o in session.get_outputs()]
         self.kept: bool | None = None
         self.bytes = 0  # of its float outputs on all the batches (once a pass completed)
-        self.runs = 0
+        self.calls = 0
         self._feeds = feeds
         self._keep_bytes = keep_bytes
         self._outputs: list[Outputs] | None = None
@@ -165,28 +167,32 @@ class Reference:
             self._session = self._remake()
         return self._session
 
-    def batches(self) -> Iterator[tuple[Mapping[str, np.ndarray], Outputs]]:
+    def runs(self) -> Iterator[tuple[bool, dict[str, np.ndarray], Outputs]]:
+        """Each run: whether it ends its batch, its feeds, and the reference's outputs on it."""
         if self._stash is not None:
-            for b, feeds in enumerate(self._feeds()):
-                stored = self._stash.get(b)
-                yield feeds, [stored.get(str(i)) for i in range(len(self.names))]
+            for r, (ends, feeds) in enumerate(self._parts()):
+                stored = self._stash.get(r)
+                yield ends, feeds, [stored.get(str(i)) for i in range(len(self.names))]
+                del stored  # its pages leave memory with the mapping
             return
         if self._outputs is not None:
-            yield from zip(self._feeds(), self._outputs, strict=True)
+            for (ends, feeds), outputs in zip(self._parts(), self._outputs, strict=True):
+                yield ends, feeds, outputs
             return
         kept: list[Outputs] | None = []
         stash = None if self._remake is None else Stash(self._keep_bytes, "onnxbc-reference-")
         size = 0
-        for b, feeds in enumerate(self._feeds()):
-            outputs = [a if np.issubdtype(a.dtype, np.floating) else None for a in self._run(feeds)]
+        for r, (ends, feeds) in enumerate(self._parts()):
+            self.calls += 1
+            outputs = [a if np.issubdtype(a.dtype, np.floating) else None for a in self.session.run(self.names, feeds)]
             size += sum(a.nbytes for a in outputs if a is not None)
             if stash is not None:
-                stash.put(b, {str(i): a for i, a in enumerate(outputs) if a is not None})
+                stash.put(r, {str(i): a for i, a in enumerate(outputs) if a is not None})
             elif kept is not None and size <= self._keep_bytes:
                 kept.append(outputs)
             else:
                 kept = None  # too big to keep: every pass runs the reference
-            yield feeds, outputs
+            yield ends, feeds, outputs
         self.kept, self.bytes = stash is not None or kept is not None, size
         if stash is None:
             self._outputs = kept
@@ -194,10 +200,11 @@ class Reference:
             self._stash, self._session = stash, None  # all kept: the session goes (``session`` makes it again)
 
     def store(self, advance: Callable[[], None] = lambda: None) -> None:
-        """One pass of the reference alone (when none has completed), keeping its outputs."""
+        """One pass of the reference alone (when none has completed), keeping its outputs; ``advance`` per batch."""
         if self.kept is None:
-            for _ in self.batches():
-                advance()
+            for ends, _, _ in self.runs():
+                if ends:
+                    advance()
 
     def close(self) -> None:
         """Forget the kept outputs and remove their files (idempotent)."""
@@ -213,6 +220,7 @@ class Reference:
     def update(
         self, stats: dict[str, OutputAgreement], feeds: Mapping[str, np.ndarray], reference: Outputs, test: list
     ) -> None:
+        """One run of a model (its outputs ``test``) against the reference's on the same ``feeds``, into ``stats``."""
         real = None if self._mask is None else np.asarray(feeds[self._mask]).astype(bool)
         for name, a, b, by_token in zip(self.names, reference, test, self._by_token):
             if a is None:
@@ -222,47 +230,33 @@ class Reference:
                 a, b = a[real], b[real]
             stats[name].update(a, b)
 
+    def measure(
+        self, stats: dict[str, OutputAgreement], session: ort.InferenceSession, feeds: dict, reference: Outputs
+    ) -> None:
+        """``session`` against the reference on one run (of ``runs``), added to ``stats``."""
+        self.update(stats, feeds, reference, session.run(self.names, feeds))
+
     def compare(
         self, test: ort.InferenceSession, advance: Callable[[], None] = lambda: None
     ) -> dict[str, OutputAgreement]:
-        """``test`` against the reference on every batch: the agreement of each float output."""
+        """``test`` against the reference on every batch: the agreement of each float output; ``advance`` per batch."""
         stats = self.agreements()
-        for feeds, outputs in self.batches():
+        for ends, feeds, outputs in self.runs():
             self.measure(stats, test, feeds, outputs)
-            advance()
+            if ends:
+                advance()
         return measured(stats)
 
-    def measure(
-        self,
-        stats: dict[str, OutputAgreement],
-        session: ort.InferenceSession,
-        feeds: Mapping[str, np.ndarray],
-        reference: Outputs,
-    ) -> None:
-        """``session`` against the reference's outputs on one batch, added to ``stats``: ``most`` samples at a time,
-        its outputs never joined (an LM's logits on a batch of windows take GBs)."""
-        for rows, part in self._parts(feeds):
-            self.update(stats, part, [None if a is None else a[rows] for a in reference], session.run(self.names, part))
-
-    def run(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """``session``'s outputs on one batch, run ``most`` samples at a time (the intermediate tensors of a whole
-        batch of an LM's windows take GBs), joined."""
-        parts = [session.run(self.names, part) for _, part in self._parts(feeds)]
-        return [np.asarray(arrays[0]) if len(parts) == 1 else np.concatenate(arrays) for arrays in zip(*parts)]
-
-    def _parts(self, feeds: Mapping[str, np.ndarray]) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
-        """``feeds`` in runs of at most ``most`` samples (whole when it has no more), with the rows of each."""
-        n = len(next(iter(feeds.values()))) if feeds else 0
-        if self.most is None or n <= self.most:
-            yield slice(None), dict(feeds)
-            return
-        for i in range(0, n, self.most):
-            rows = slice(i, i + self.most)
-            yield rows, {k: v[rows] for k, v in feeds.items()}
-
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        self.runs += 1
-        return self.run(self.session, feeds)
+    def _parts(self) -> Iterator[tuple[bool, dict[str, np.ndarray]]]:
+        """Every batch of ``feeds()`` in runs of at most ``most`` samples (whole when it has no more), each with
+        whether it is its batch's last."""
+        for feeds in self._feeds():
+            n = len(next(iter(feeds.values()))) if feeds else 0
+            if self.most is None or n <= self.most:
+                yield True, dict(feeds)
+                continue
+            for i in range(0, n, self.most):
+                yield i + self.most >= n, {k: v[i : i + self.most] for k, v in feeds.items()}
 
 
 def measured(stats: dict[str, OutputAgreement]) -> dict[str, OutputAgreement]:

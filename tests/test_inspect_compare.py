@@ -173,16 +173,46 @@ def test_a_reference_runs_batches_in_parts_of_most_samples():
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
         return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
+    def counted(k, calls):
+        made = session(k)
+        real = made.run
+        made.run = lambda names, feeds: calls.append(len(feeds["x"])) or real(names, feeds)
+        return made
+
     batches = [{"x": np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)}]
-    calls = []
-    test = session(1.1)
-    real = test.run
-    test.run = lambda names, feeds: calls.append(len(feeds["x"])) or real(names, feeds)
     whole = Reference(session(1.0), lambda: batches).compare(session(1.1))
-    parts = Reference(session(1.0), lambda: batches, most=2).compare(test)
-    assert calls == [2, 2, 1]
+    calls, float_calls = [], []
+    parts = Reference(counted(1.0, float_calls), lambda: batches, most=2).compare(counted(1.1, calls))
+    assert calls == float_calls == [2, 2, 1]
     assert parts["y"].as_dict() == pytest.approx(whole["y"].as_dict(), rel=1e-12)
     assert parts["y"].rows == 5
+
+
+def test_a_stashed_reference_keeps_one_file_per_run_and_reads_back_the_same():
+    """With ``remake`` and nothing kept in memory, the float outputs are stashed run by run (never a whole batch
+    joined: an LM's logits on a batch take GBs), and a later pass against them gives the same numbers."""
+    from onnx import TensorProto, helper
+
+    from onnxbc.compare import Reference
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    graph = helper.make_graph([helper.make_node("Sin", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    rng = np.random.default_rng(1)
+    batches = [{"x": rng.standard_normal((n, 3)).astype(np.float32)} for n in (5, 2)]
+    make = lambda: ort.InferenceSession(model, providers=["CPUExecutionProvider"])  # noqa: E731
+    reference = Reference(make(), lambda: batches, 0, most=2, remake=make)
+    advanced = []
+    reference.store(lambda: advanced.append(1))
+    assert reference.kept and reference.calls == 4 and len(advanced) == 2  # 2 + 2 + 1, then 2; per batch
+    assert sorted(len(np.load(f)) for f in reference._stash._folder.iterdir()) == [1, 2, 2, 2]
+    stored = reference.compare(make())
+    assert reference.calls == 4 and stored["y"].err2 == 0 and stored["y"].rows == 7
+    assert [ends for ends, _, _ in reference.runs()] == [False, False, True, True]
+    folder = reference._stash._folder
+    reference.close()
+    assert not folder.exists()
 
 
 def test_compare_models_matches_onnxruntime(compressed):

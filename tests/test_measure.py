@@ -121,7 +121,7 @@ def test_a_clearly_worse_candidate_is_stopped_and_reported(calib):
     assert bad.stopped.by == good.name and bad.stopped.of == 8 and bad.stopped.batches < 8
     # the bound is a lower bound of the error it would have had, and above the winner's
     assert good.error < bad.stopped.bound <= numpy_error(bad) * (1 + 1e-4)
-    assert counted.runs == reference.runs == 8  # once per batch for both
+    assert counted.runs == reference.calls == 8  # once per batch for both
     winner, warnings = candidates.choose([good, bad], None, "holdout")
     assert winner is good and warnings == []
     section = records.compensation(winner, [good, bad], "holdout")
@@ -197,7 +197,7 @@ def test_reference_runs_once(calib, monkeypatch, keep):
     monkeypatch.setattr(candidates, "KEEP_REFERENCE_BYTES", keep)
     cands = [candidate(i, 0.01 * (3 - i)) for i in range(3)]  # each better than the one before: none stops
     reference, counted = measure(cands, calib)
-    assert reference.kept and counted.runs == reference.runs == 8
+    assert reference.kept and counted.runs == reference.calls == 8
     folder = reference._stash._folder
     assert (folder is None) is (keep > 0) and (keep > 0 or len(list(folder.iterdir())) == 8 * 2)  # 2 outputs
     for c in cands:
@@ -227,11 +227,11 @@ def test_the_float_session_is_let_go_once_its_outputs_are_kept(calib):
 
 def test_a_pass_left_early_keeps_nothing(calib):
     reference, counted = reference_of(calib, SessionFactory(Device.CPU))
-    for _ in zip(range(3), reference.batches()):
+    for _ in zip(range(3), reference.runs()):
         pass
     assert reference.kept is None
-    assert sum(1 for _ in reference.batches()) == 8 and reference.kept
-    assert sum(1 for _ in reference.batches()) == 8 and counted.runs == 3 + 8
+    assert sum(1 for _ in reference.runs()) == 8 and reference.kept
+    assert sum(1 for _ in reference.runs()) == 8 and counted.runs == 3 + 8
 
 
 def old_errors(model: ir.Model, cands: list[Candidate], calib) -> dict[str, dict[str, dict]]:
