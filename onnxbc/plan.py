@@ -7,11 +7,12 @@ quantized shadow of each layer. It holds no graph objects, so it can be inspecte
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 
 from onnxbc.calibration import memory
-from onnxbc.solvers.quant import Granularity, dequantize, expand_scale
+from onnxbc.solvers.quant import Granularity, chunk_bounds, dequantize, expand_scale, scale_part
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,24 @@ class WeightQuant:
         if self.zero_point is not None:
             codes = codes - expand_scale(self.zero_point.astype(np.float32), codes.shape, self.granularity)
         return dequantize(codes, self.scale, self.granularity)
+
+    def dequantized_parts(self, axis: int) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+        """``dequantized()`` in chunks along ``axis`` (``quant.chunk_bounds``), each with its index into the
+        weight: a vocabulary's embedding table is hundreds of MB, and a whole float copy would be held beside it."""
+        shape = self.codes.shape if self.emulated is None else self.emulated.shape
+        for start, stop in chunk_bounds(shape, axis, self.granularity):
+            index = (slice(None),) * axis + (slice(start, stop),) if shape else ()
+            if self.emulated is not None:
+                yield index, np.asarray(self.emulated[index], np.float32)
+                continue
+            codes = self.codes[index].astype(np.float32)
+            if self.zero_point is not None:
+                zero = scale_part(self.zero_point, self.granularity, axis, start, stop).astype(np.float32)
+                codes -= expand_scale(zero, codes.shape, self.granularity)
+            yield (
+                index,
+                dequantize(codes, scale_part(self.scale, self.granularity, axis, start, stop), self.granularity),
+            )
 
     def parked(self, parking: memory.Parking) -> WeightQuant:
         """The same, its codes (and emulated values) kept in a file while unused (``memory.Parking``)."""

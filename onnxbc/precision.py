@@ -265,27 +265,46 @@ def input_stats(
 
 
 def price(group: WeightGroup, wq: WeightQuant, stats: InputStats, compensated: bool) -> float:
-    """The relative output error ``wq`` adds to its layer (module docstring)."""
-    w = weight_array(group).astype(np.float64)
-    dw = w - wq.dequantized()
-    if stats.output_power is None or stats.output_power <= 0 or (stats.variance is None and stats.moments is None):
-        return float(np.sum(dw**2) / max(np.sum(w**2), 1e-30))
-    t = group.targets[0]
-    out_axis = t.weight.channel_axis
-    others = tuple(i for i in range(w.ndim) if i != out_axis)
+    """The relative output error ``wq`` adds to its layer (module docstring), summed over chunks of its output
+    channels (``WeightQuant.dequantized_parts``), so that no float copy of a whole weight is made."""
+    weight, t = weight_array(group), group.targets[0]
+    out_axis, in_axis = t.weight.channel_axis, t.weight.input_axis
+    moments = None
     if stats.moments is not None:
         # GPTQ fits the fit samples' moments; on them it would look better than it generalizes (and nearest
         # rounding is priced on the same samples, so that --rounding auto compares like with like)
         held = stats.holdout_moments if stats.holdout_moments is not None and stats.holdout_moments.count else None
         moments = held or stats.moments
-        d2 = np.moveaxis(dw, t.weight.input_axis, -1).reshape(-1, dw.shape[t.weight.input_axis])
-        spread = float(np.sum((d2 @ moments.covariance()) * d2))
-        mean_error = d2 @ moments.mean()
-    else:
-        spread = float(np.sum(dw**2 * stats.variance))
-        mean_error = np.sum(dw * stats.mean, axis=others)
-    error = spread if compensated else spread + float(np.sum(mean_error**2))
+    closed = stats.output_power is not None and stats.output_power > 0
+    closed = closed and (stats.variance is not None or moments is not None)
+    xx = moments.sum_of_squares() if closed and moments is not None else None  # [in, in], not copied
+    second = mean2 = ref2 = 0.0  # sum over the output rows of E[(dw . x)^2] (or dw^2), of E[dw . x]^2, and w^2
+    for index, values in wq.dequantized_parts(out_axis):
+        w = np.asarray(weight[index], np.float64)
+        dw = w - values
+        if not closed:
+            second, ref2 = second + float(np.sum(dw**2)), ref2 + float(np.sum(w**2))
+        elif xx is not None:
+            d2 = np.moveaxis(dw, in_axis, -1).reshape(-1, dw.shape[in_axis])
+            second += float(np.sum((d2 @ xx) * d2)) / moments.count
+            mean2 += float(np.sum((d2 @ moments.mean()) ** 2))
+        else:
+            others = tuple(i for i in range(w.ndim) if i != out_axis)
+            second += float(np.sum(dw**2 * _rows(stats.variance, out_axis, index)))
+            mean2 += float(np.sum(np.sum(dw * _rows(stats.mean, out_axis, index), axis=others) ** 2))
+    if not closed:
+        return second / max(ref2, 1e-30)
+    if xx is not None:  # E[(dw x)^2] = dw Cov dw^T + (dw E[x])^2: compensation removes the second term
+        error = second - mean2 if compensated else second
+    else:  # the diagonal form: the spread from the variance, the mean error apart
+        error = second if compensated else second + mean2
     return error / stats.output_power
+
+
+def _rows(per_input: np.ndarray, axis: int, index: tuple[slice, ...]) -> np.ndarray:
+    """The part of a per-input-channel array (``per_input_channel``) for the weight's ``index`` along ``axis``:
+    all of it where it does not vary along ``axis``, as it does for grouped convolutions."""
+    return per_input[index] if per_input.ndim > axis and per_input.shape[axis] > 1 else per_input
 
 
 def choose(

@@ -181,3 +181,67 @@ def test_gptq_is_not_tried_at_8_bits_or_when_nearest_is_asked(tmp_path, weights,
     rep = compress(model, data, tmp_path, weights=weights, rounding=rounding, **WEIGHT_ONLY)
     assert "rounding" not in rep.precision
     assert {r.weight["rounding"] for r in rep.layers if r.weight} == {"nearest"}
+
+
+@pytest.mark.parametrize("kind", ["moments", "diagonal", "grouped", "plain"])
+@pytest.mark.parametrize("compensated", [False, True])
+def test_prices_summed_over_output_chunks_equal_the_whole_weight_formulas(monkeypatch, kind, compensated):
+    """``precision.price`` works through the weight a few output channels at a time (an embedding table is
+    hundreds of MB); its value is the module's formula on the whole weight: with full second moments
+    ``tr(dW Cov dW^T)`` (+ the mean error without compensation), with per-channel statistics the diagonal form,
+    without statistics the weight's own relative error."""
+    from onnx import TensorProto, helper
+
+    from onnxbc import model_io
+    from onnxbc.plan import WeightQuant
+    from onnxbc.precision import InputStats, price
+    from onnxbc.solvers.gptq import SecondMoments
+    from onnxbc.solvers.quant import INT4, Granularity, quantize, weight_scale
+    from onnxbc.solvers.smooth import per_input_channel
+    from onnxbc.targets import find_targets, weight_array
+
+    rng = np.random.default_rng(5)
+    if kind == "grouped":  # Conv [out 8, in 3 per group, 3, 3], 2 groups: statistics vary along the out axis
+        w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+        node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, pads=[1, 1, 1, 1])
+        x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 5])
+        gran, in_channels, y_shape = Granularity(0), 6, [1, 8, 5, 5]
+    else:  # MatMul [in 48, out 40] in blocks of 16 along the input axis
+        w = rng.standard_normal((48, 40)).astype(np.float32)
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 48])
+        gran, in_channels, y_shape = Granularity(0, 16), 48, ["N", 40]
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [x_info],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    model = model_io.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    group = find_targets(model).weights["w"]
+    t = group.targets[0]
+    scale = weight_scale(w, INT4, gran, "minmax")
+    wq = WeightQuant("w", quantize(w, scale, INT4, gran), scale, gran, 4, "minmax")
+    dw = weight_array(group).astype(np.float64) - wq.dequantized()
+    x = rng.standard_normal((64, in_channels)) * rng.uniform(0.5, 2, in_channels) + rng.standard_normal(in_channels)
+    mean, variance = x.mean(0), x.var(0)
+    stats = InputStats(output_power=3.0)
+    others = tuple(i for i in range(w.ndim) if i != t.weight.channel_axis)
+    if kind == "moments":
+        stats.moments = SecondMoments()
+        stats.moments.update(x)
+        d2 = np.moveaxis(dw, t.weight.input_axis, -1).reshape(-1, in_channels)
+        spread, mean_error = np.sum((d2 @ np.cov(x.T, bias=True)) * d2), d2 @ mean
+    elif kind in ("diagonal", "grouped"):
+        groups = 2 if kind == "grouped" else 1
+        stats.mean = per_input_channel(mean, w.shape, t.weight.input_axis, groups)
+        stats.variance = per_input_channel(variance, w.shape, t.weight.input_axis, groups)
+        spread, mean_error = np.sum(dw**2 * stats.variance), np.sum(dw * stats.mean, axis=others)
+    if kind == "plain":
+        stats = InputStats()
+        expected = np.sum(dw**2) / np.sum(weight_array(group).astype(np.float64) ** 2)
+    else:
+        expected = (spread if compensated else spread + np.sum(mean_error**2)) / 3.0
+    monkeypatch.setattr("onnxbc.solvers.quant.CHUNK_ELEMENTS", 100)  # many chunks
+    assert price(group, wq, stats, compensated) == pytest.approx(float(expected), rel=1e-9)

@@ -205,3 +205,41 @@ def test_input_weighted_mse_search_minimizes_the_weighted_error():
     assert cost(weighted, power) < 0.5 * cost(plain, power)
     assert np.all(weighted <= plain) and np.any(weighted < 0.8 * plain)  # the wide column is clipped
     np.testing.assert_array_equal(weight_scale(w, INT4, gran, "mse", importance=np.ones_like(w)), plain)
+
+
+@pytest.mark.parametrize(
+    "shape,gran,axis",
+    [
+        ((40, 24), Granularity(1), 1),
+        ((40, 24), Granularity(0), 1),
+        ((48, 24), Granularity(0, 16), 1),
+        ((48, 24), Granularity(0, 16), 0),
+        ((20, 48, 3), Granularity(1, 16), 0),
+        ((40, 24), Granularity(None), 0),
+        ((), Granularity(None), 0),
+    ],
+    ids=["channel-other", "channel", "block-rows", "along-blocks", "block-middle", "tensor", "scalar"],
+)
+@pytest.mark.parametrize("zero", [False, True], ids=["symmetric", "zero-point"])
+def test_dequantized_parts_make_up_the_dequantized_weight(monkeypatch, shape, gran, axis, zero):
+    """``WeightQuant.dequantized_parts`` (pricing's chunks) cover the weight once, each equal to its part of
+    ``dequantized()``, for every scale layout."""
+    from onnxbc.plan import WeightQuant
+
+    monkeypatch.setattr("onnxbc.solvers.quant.CHUNK_ELEMENTS", 64)  # many chunks
+    w = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    scale = weight_scale(w, INT4, gran, "minmax")
+    codes = quantize(w, scale, INT4, gran)
+    zero_point = None
+    if zero:
+        codes = (codes.astype(np.int8) + 8).astype(ml_dtypes.uint4)
+        zero_point = np.full(scale.shape, 8, ml_dtypes.uint4)
+    wq = WeightQuant("w", codes, scale, gran, 4, "minmax", zero_point=zero_point)
+    whole = wq.dequantized()
+    covered = np.zeros(shape, int)
+    parts = list(wq.dequantized_parts(axis))
+    assert len(parts) > 1 or not shape
+    for index, values in parts:
+        np.testing.assert_array_equal(values, whole[index])
+        covered[index] += 1
+    assert (covered == 1).all()

@@ -73,8 +73,12 @@ class SecondMoments:
 
     def matrix(self) -> np.ndarray:
         """``E[x x^T]`` (``in x in``)."""
+        return self.sum_of_squares() / self.count
+
+    def sum_of_squares(self) -> np.ndarray:
+        """``X^T X`` as kept: not to be changed (parked: read from its file, not copied)."""
         self._check()
-        return (self.sum_xx if self._store is None else self._store.get(id(self))["xx"]) / self.count
+        return self.sum_xx if self._store is None else self._store.get(id(self))["xx"]
 
     def mean(self) -> np.ndarray:
         self._check()

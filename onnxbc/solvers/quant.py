@@ -16,6 +16,8 @@ processed in chunks of whole scale groups, so memory stays bounded.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -110,22 +112,11 @@ def quantize(w: np.ndarray, scale: np.ndarray, fmt: IntFormat, gran: Granularity
     """Integer codes of ``w`` in ``fmt.storage`` (computed chunk by chunk)."""
     codes = np.empty(w.shape, dtype=np.int8)
     axis = 0 if gran.axis is None else _chunk_axis(w.ndim, gran)
-    along_blocks = bool(gran.block_size) and axis == gran.axis
-    start = 0
-    for sub in _chunks(w, axis, gran.block_size if along_blocks else 1):
-        stop = start + (sub.shape[axis] if sub.ndim else 1)
-        index = (slice(None),) * axis + (slice(start, stop),)
-        if gran.axis is None:
-            s_sub = scale
-        elif along_blocks:  # chunks start on block boundaries
-            s_sub = scale[(slice(None),) * axis + (slice(start // gran.block_size, -(-stop // gran.block_size)),)]
-        elif not gran.block_size:
-            s_sub = scale[start:stop]
-        else:
-            s_sub = scale[index]
-        s_full = expand_scale(s_sub, sub.shape, gran)
+    for start, stop in chunk_bounds(w.shape, axis, gran):
+        index = (slice(None),) * axis + (slice(start, stop),) if w.ndim else ()
+        sub = w[index]
+        s_full = expand_scale(scale_part(scale, gran, axis, start, stop), sub.shape, gran)
         codes[index] = np.clip(np.rint(sub.astype(np.float32) / s_full), fmt.qmin, fmt.qmax)
-        start = stop
     return codes.astype(fmt.storage)
 
 
@@ -154,6 +145,31 @@ def _chunk_axis(ndim: int, gran: Granularity) -> int:
         return gran.axis or 0
     others = [d for d in range(ndim) if d != gran.axis]
     return others[0] if others else gran.axis  # a 1-D weight in blocks: cut along the blocks themselves
+
+
+def chunk_bounds(shape: tuple[int, ...], axis: int, gran: Granularity) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` along ``axis`` of chunks of about ``CHUNK_ELEMENTS`` values of an array of ``shape``,
+    whole blocks of ``gran`` where ``axis`` is blocked (one chunk for a scalar)."""
+    if not shape:
+        yield 0, 1
+        return
+    multiple = gran.block_size if gran.block_size and axis == gran.axis else 1
+    per_slice = max(1, math.prod(shape) // max(shape[axis], 1))
+    step = max(1, CHUNK_ELEMENTS // per_slice // multiple) * multiple
+    for start in range(0, shape[axis], step):
+        yield start, min(start + step, shape[axis])
+
+
+def scale_part(scale: np.ndarray, gran: Granularity, axis: int, start: int, stop: int) -> np.ndarray:
+    """The part of a DequantizeLinear-layout ``scale`` (or zero point) for the weight's ``[start, stop)`` along
+    ``axis`` (``chunk_bounds``: whole blocks where ``axis`` is the blocked one)."""
+    if gran.axis is None:
+        return scale
+    if not gran.block_size:
+        return scale[start:stop] if gran.axis == axis else scale
+    if gran.axis == axis:
+        return scale[(slice(None),) * axis + (slice(start // gran.block_size, -(-stop // gran.block_size)),)]
+    return scale[(slice(None),) * axis + (slice(start, stop),)]
 
 
 def _chunks(w: np.ndarray, axis: int, multiple: int = 1):
