@@ -80,6 +80,25 @@ def test_input_axis_and_block_size_do_not_change_the_result():
     assert (a != c).mean() < 1e-3 and (a != d).mean() < 1e-3  # equal up to float rounding at ties
 
 
+@pytest.mark.parametrize(
+    "gran,input_axis",
+    [(Granularity(1), 0), (Granularity(0, 16), 0), (Granularity(0), 1), (Granularity(1, 16), 1), (Granularity(), 0)],
+    ids=["channel", "block", "channel-transposed", "block-transposed", "tensor"],
+)
+@pytest.mark.parametrize("act_order", [False, True])
+def test_rows_rounded_a_few_at_a_time_give_the_same_codes(monkeypatch, gran, input_axis, act_order):
+    """Output rows are independent in GPTQ: rounding them in chunks (``ROWS_ELEMENTS``: an LM head is hundreds of
+    MB in float64) gives the codes of one pass over all of them."""
+    w, x = _layer(4, n_in=64, n_out=40, n=1024)
+    w = w if input_axis == 0 else np.ascontiguousarray(w.T)
+    h = x.T @ x / len(x)
+    s = weight_scale(w, INT4, gran, "minmax")
+    whole = gptq_quantize(w, h, s, INT4, gran, input_axis=input_axis, act_order=act_order).astype(np.int8)
+    monkeypatch.setattr("onnxbc.solvers.gptq.ROWS_ELEMENTS", 64 * 3)  # rows of 3 outputs at a time
+    chunked = gptq_quantize(w, h, s, INT4, gran, input_axis=input_axis, act_order=act_order).astype(np.int8)
+    assert (chunked != whole).mean() < 1e-3  # equal up to float rounding at ties (BLAS blocks by row count)
+
+
 def test_dead_inputs_get_zero_codes():
     w, x = _layer(4, n_in=32, n_out=8, n=512)
     x[:, [3, 17]] = 0.0
@@ -158,7 +177,7 @@ def test_inverse_cholesky_factor_is_that_of_the_inverse():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((400, 96)) @ rng.standard_normal((96, 96))
     h = x.T @ x / len(x)
-    u = _inverse_cholesky(h, 0.01)
+    u = _inverse_cholesky(h.copy(), 0.01)  # damps its argument in place
     damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(96)
     np.testing.assert_allclose(np.triu(u), u)
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), rtol=1e-8, atol=1e-10 * np.abs(u).max() ** 2)

@@ -29,7 +29,9 @@ from __future__ import annotations
 import numpy as np
 
 from onnxbc.errors import OnnxbcError
-from onnxbc.solvers.quant import Granularity, IntFormat, expand_scale
+from onnxbc.solvers.quant import Granularity, IntFormat, chunk_bounds, expand_scale, scale_part
+
+ROWS_ELEMENTS = 1 << 24  # weight values GPTQ rounds at a time (128 MB in float64; rows are independent)
 
 
 class SecondMoments:
@@ -130,36 +132,51 @@ def gptq_quantize(
     w = np.asarray(w)
     if w.ndim != 2 or input_axis not in (0, 1):
         raise ValueError("gptq_quantize needs a 2-D weight and input_axis 0 or 1")
-    full_scale = np.broadcast_to(expand_scale(np.asarray(scale, np.float32), w.shape, gran), w.shape)
-    wt = np.array(w if input_axis == 1 else w.T, dtype=np.float64)  # [out, in]
-    st = np.asarray(full_scale if input_axis == 1 else full_scale.T, dtype=np.float64)
-    h = np.array(h, dtype=np.float64)
-    if h.shape != (wt.shape[1],) * 2:
-        raise ValueError(f"second moments are {h.shape}, the weight has {wt.shape[1]} inputs")
-
+    h = np.array(h, dtype=np.float64)  # a copy: damped in place
+    if h.shape != (w.shape[input_axis],) * 2:
+        raise ValueError(f"second moments are {h.shape}, the weight has {w.shape[input_axis]} inputs")
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
-    wt[:, dead] = 0.0
-    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(wt.shape[1])
-    wt, st, h = wt[:, order], st[:, order], h[np.ix_(order, order)]
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else None
+    if order is not None:
+        h = h[np.ix_(order, order)]
     u = _inverse_cholesky(h, percdamp)
-
-    codes = _gptq_loop(wt, st, u, fmt, block_size)
-    codes = codes[:, np.argsort(order)]
-    return (codes if input_axis == 1 else codes.T).astype(fmt.storage)
+    del h
+    # output rows are rounded independently: a few at a time, so that a vocabulary's LM head (hundreds of MB)
+    # is never copied whole in float64, with its scales beside it
+    out_axis = 1 - input_axis
+    codes = np.empty(w.shape, np.int16)
+    for start, stop in chunk_bounds(w.shape, out_axis, gran, ROWS_ELEMENTS):
+        index = (slice(start, stop), slice(None)) if out_axis == 0 else (slice(None), slice(start, stop))
+        part = w[index]
+        scales = np.broadcast_to(
+            expand_scale(scale_part(scale, gran, out_axis, start, stop), part.shape, gran), part.shape
+        )
+        wt = np.array(part if input_axis == 1 else part.T, dtype=np.float64)  # [rows, in]
+        st = np.asarray(scales if input_axis == 1 else scales.T, dtype=np.float64)
+        wt[:, dead] = 0.0
+        if order is not None:
+            wt, st = wt[:, order], st[:, order]
+        rounded = _gptq_loop(wt, st, u, fmt, block_size)
+        if order is not None:
+            rounded = rounded[:, np.argsort(order)]
+        codes[index] = rounded if input_axis == 1 else rounded.T
+    return codes.astype(fmt.storage)
 
 
 def _inverse_cholesky(h: np.ndarray, percdamp: float) -> np.ndarray:
-    """Upper ``U`` with ``U^T U = (H + damp I)^-1``; the damping grows 10x (up to 3 times) if needed.
+    """Upper ``U`` with ``U^T U = (H + damp I)^-1``; the damping grows 10x (up to 3 times) if needed. ``h`` is
+    damped in place.
 
     With ``P`` the order reversal and ``P H P = L L^T``: ``H^-1 = P L^-T L^-1 P = U^T U`` for ``U = P L^-1 P``,
     upper triangular with a positive diagonal (so the unique such factor): one Cholesky and one triangular
     inverse, where inverting ``H`` and factoring ``H^-1`` took two of each and a matrix product."""
-    damp = percdamp * float(np.mean(np.diag(h)))
-    eye = np.eye(len(h))
+    diagonal = np.diag(h).copy()
+    damp = percdamp * float(np.mean(diagonal))
     for attempt in range(4):
+        np.fill_diagonal(h, diagonal + damp)
         try:
-            lower = np.linalg.cholesky((h + damp * eye)[::-1, ::-1])
+            lower = np.linalg.cholesky(h[::-1, ::-1])
             return np.ascontiguousarray(_lower_inverse(lower)[::-1, ::-1])
         except np.linalg.LinAlgError as e:
             if attempt == 3:

@@ -147,15 +147,17 @@ def _chunk_axis(ndim: int, gran: Granularity) -> int:
     return others[0] if others else gran.axis  # a 1-D weight in blocks: cut along the blocks themselves
 
 
-def chunk_bounds(shape: tuple[int, ...], axis: int, gran: Granularity) -> Iterator[tuple[int, int]]:
-    """``[start, stop)`` along ``axis`` of chunks of about ``CHUNK_ELEMENTS`` values of an array of ``shape``,
-    whole blocks of ``gran`` where ``axis`` is blocked (one chunk for a scalar)."""
+def chunk_bounds(
+    shape: tuple[int, ...], axis: int, gran: Granularity, elements: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` along ``axis`` of chunks of about ``elements`` (``CHUNK_ELEMENTS``) values of an array of
+    ``shape``, whole blocks of ``gran`` where ``axis`` is blocked (one chunk for a scalar)."""
     if not shape:
         yield 0, 1
         return
     multiple = gran.block_size if gran.block_size and axis == gran.axis else 1
     per_slice = max(1, math.prod(shape) // max(shape[axis], 1))
-    step = max(1, CHUNK_ELEMENTS // per_slice // multiple) * multiple
+    step = max(1, (elements or CHUNK_ELEMENTS) // per_slice // multiple) * multiple
     for start in range(0, shape[axis], step):
         yield start, min(start + step, shape[axis])
 
