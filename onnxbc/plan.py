@@ -35,10 +35,10 @@ class WeightQuant:
         """The weight values the model computes with (float32)."""
         if self.emulated is not None:
             return np.asarray(self.emulated, np.float32)
-        codes = self.codes.astype(np.float32)
-        if self.zero_point is not None:
-            codes = codes - expand_scale(self.zero_point.astype(np.float32), codes.shape, self.granularity)
-        return dequantize(codes, self.scale, self.granularity)
+        values = np.empty(self.codes.shape, np.float32)  # filled a part at a time: no whole-size temporaries
+        for index, part in self.dequantized_parts(0):
+            values[index] = part
+        return values
 
     def dequantized_parts(self, axis: int) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
         """``dequantized()`` in chunks along ``axis`` (``quant.chunk_bounds``), each with its index into the

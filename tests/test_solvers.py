@@ -222,8 +222,8 @@ def test_input_weighted_mse_search_minimizes_the_weighted_error():
 )
 @pytest.mark.parametrize("zero", [False, True], ids=["symmetric", "zero-point"])
 def test_dequantized_parts_make_up_the_dequantized_weight(monkeypatch, shape, gran, axis, zero):
-    """``WeightQuant.dequantized_parts`` (pricing's chunks) cover the weight once, each equal to its part of
-    ``dequantized()``, for every scale layout."""
+    """``WeightQuant.dequantized_parts`` (pricing's chunks) cover the weight once, each equal to its part of the
+    dequantized weight, for every scale layout; ``dequantized()`` (assembled from them) equals it whole."""
     from onnxbc.plan import WeightQuant
 
     monkeypatch.setattr("onnxbc.solvers.quant.CHUNK_ELEMENTS", 64)  # many chunks
@@ -235,7 +235,9 @@ def test_dequantized_parts_make_up_the_dequantized_weight(monkeypatch, shape, gr
         codes = (codes.astype(np.int8) + 8).astype(ml_dtypes.uint4)
         zero_point = np.full(scale.shape, 8, ml_dtypes.uint4)
     wq = WeightQuant("w", codes, scale, gran, 4, "minmax", zero_point=zero_point)
-    whole = wq.dequantized()
+    shift = 0 if zero_point is None else expand_scale(zero_point.astype(np.float32), shape, gran)
+    whole = dequantize(codes.astype(np.float32) - shift, scale, gran)
+    np.testing.assert_array_equal(wq.dequantized(), whole)
     covered = np.zeros(shape, int)
     parts = list(wq.dequantized_parts(axis))
     assert len(parts) > 1 or not shape
