@@ -344,7 +344,8 @@ def _samples_per_segment_run(
         session = _session(part, sessions, {n: a.dtype for n, a in known.items()}, at)
         # copies: ONNX Runtime's outputs keep their session's memory arena alive
         known.update((n, np.array(a)) for n, a in zip(part.outputs, _run(session, part, known, at)))
-        del session
+        del session  # before the next segment's session is made
+        memory.release()
     return _within_budget(sum(known[n].nbytes for n in fetched), most)
 
 

@@ -132,6 +132,7 @@ def gptq_quantize(
     w = np.asarray(w)
     if w.ndim != 2 or input_axis not in (0, 1):
         raise ValueError("gptq_quantize needs a 2-D weight and input_axis 0 or 1")
+    scale = np.asarray(scale, np.float32)
     h = np.array(h, dtype=np.float64)  # a copy: damped in place
     if h.shape != (w.shape[input_axis],) * 2:
         raise ValueError(f"second moments are {h.shape}, the weight has {w.shape[input_axis]} inputs")
