@@ -791,7 +791,7 @@ def _gptq_rounder(group: WeightGroup, stats: InputStats, rounding: Rounding) -> 
     axis = group.targets[0].weight.input_axis
 
     def rounder(w, scale, fmt, gran):  # the [in, in] matrix read when used: rounders are kept (``upgrades``)
-        return gptq_quantize(w, stats.moments.matrix(), scale, fmt, gran, input_axis=axis)
+        return gptq_quantize(w, stats.moments.sum_of_squares(), scale, fmt, gran, input_axis=axis)  # any multiple
 
     return rounder
 

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from onnxbc.calibration.stash import Stash
-from onnxbc.solvers.gptq import SecondMoments, _inverse_cholesky, _lower_inverse, gptq_quantize, output_error
+from onnxbc.solvers.gptq import (
+    SecondMoments,
+    _damped_cholesky,
+    _lower_inverse,
+    _upper_inverse,
+    gptq_quantize,
+    output_error,
+)
 from onnxbc.solvers.quant import INT3, INT4, INT8, Granularity, dequantize, quantize, weight_scale
 
 
@@ -177,7 +184,7 @@ def test_inverse_cholesky_factor_is_that_of_the_inverse():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((400, 96)) @ rng.standard_normal((96, 96))
     h = x.T @ x / len(x)
-    u = _inverse_cholesky(h.copy(), 0.01)  # damps its argument in place
+    u = _upper_inverse(_damped_cholesky(h.copy(), 0.01))  # damps its argument in place
     damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(96)
     np.testing.assert_allclose(np.triu(u), u)
     np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), rtol=1e-8, atol=1e-10 * np.abs(u).max() ** 2)

@@ -133,16 +133,21 @@ def gptq_quantize(
     if w.ndim != 2 or input_axis not in (0, 1):
         raise ValueError("gptq_quantize needs a 2-D weight and input_axis 0 or 1")
     scale = np.asarray(scale, np.float32)
-    h = np.array(h, dtype=np.float64)  # a copy: damped in place
+    h = np.asarray(h)
     if h.shape != (w.shape[input_axis],) * 2:
         raise ValueError(f"second moments are {h.shape}, the weight has {w.shape[input_axis]} inputs")
     dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    order = np.argsort(-np.diag(h), kind="stable") if act_order else None
+    order = np.argsort(-np.where(dead, 1.0, np.diag(h)), kind="stable") if act_order else None
+    # one [in, in] matrix at a time where it can be (254 MB each at 5632 inputs): the damped copy goes once
+    # factored, the factor once inverted
+    damped = np.array(h, dtype=np.float64)
+    damped[dead, dead] = 1.0
     if order is not None:
-        h = h[np.ix_(order, order)]
-    u = _inverse_cholesky(h, percdamp)
-    del h
+        damped = damped[np.ix_(order, order)]
+    lower = _damped_cholesky(damped, percdamp)
+    del damped
+    u = _upper_inverse(lower)
+    del lower
     # output rows are rounded independently: a few at a time, so that a vocabulary's LM head (hundreds of MB)
     # is never copied whole in float64, with its scales beside it
     out_axis = 1 - input_axis
@@ -165,20 +170,15 @@ def gptq_quantize(
     return codes.astype(fmt.storage)
 
 
-def _inverse_cholesky(h: np.ndarray, percdamp: float) -> np.ndarray:
-    """Upper ``U`` with ``U^T U = (H + damp I)^-1``; the damping grows 10x (up to 3 times) if needed. ``h`` is
-    damped in place.
-
-    With ``P`` the order reversal and ``P H P = L L^T``: ``H^-1 = P L^-T L^-1 P = U^T U`` for ``U = P L^-1 P``,
-    upper triangular with a positive diagonal (so the unique such factor): one Cholesky and one triangular
-    inverse, where inverting ``H`` and factoring ``H^-1`` took two of each and a matrix product."""
+def _damped_cholesky(h: np.ndarray, percdamp: float) -> np.ndarray:
+    """Lower ``L`` with ``L L^T = P (H + damp I) P`` for the order reversal ``P`` (``_upper_inverse`` turns it
+    into GPTQ's factor); the damping grows 10x (up to 3 times) if needed. ``h`` is damped in place."""
     diagonal = np.diag(h).copy()
     damp = percdamp * float(np.mean(diagonal))
     for attempt in range(4):
         np.fill_diagonal(h, diagonal + damp)
         try:
-            lower = np.linalg.cholesky(h[::-1, ::-1])
-            return np.ascontiguousarray(_lower_inverse(lower)[::-1, ::-1])
+            return np.linalg.cholesky(h[::-1, ::-1])
         except np.linalg.LinAlgError as e:
             if attempt == 3:
                 raise OnnxbcError(
@@ -186,6 +186,15 @@ def _inverse_cholesky(h: np.ndarray, percdamp: float) -> np.ndarray:
                 ) from e
             damp = damp * 10 if damp > 0 else 1e-8
     raise AssertionError("unreachable")
+
+
+def _upper_inverse(lower: np.ndarray) -> np.ndarray:
+    """Upper ``U`` with ``U^T U = (H + damp I)^-1`` from ``_damped_cholesky``'s ``L``.
+
+    With ``P H P = L L^T``: ``H^-1 = P L^-T L^-1 P = U^T U`` for ``U = P L^-1 P``, upper triangular with a positive
+    diagonal (so the unique such factor): one Cholesky and one triangular inverse, where inverting ``H`` and
+    factoring ``H^-1`` took two of each and a matrix product."""
+    return np.ascontiguousarray(_lower_inverse(lower)[::-1, ::-1])
 
 
 def _lower_inverse(lower: np.ndarray) -> np.ndarray:
