@@ -313,6 +313,41 @@ def test_probe_nodes_at_the_end_are_moved_next_to_what_they_read():
     assert {v.producer() for v in fetched} <= set(nodes[where + 1 : where + 3])
 
 
+def test_nodes_that_compute_from_constants_are_moved_next_to_their_reader():
+    """A QDQ model as saved has every weight's DequantizeLinear first (an exporter may put Constants first): a
+    cut after them would carry every weight they make. ``order`` puts each such node (and a chain of them:
+    DequantizeLinear then Transpose) right before its reader, so the cuts of a chain of layers cross only the
+    activation."""
+    width, layers = 64, 4
+    nodes, inits = [], []
+    for i in range(layers):
+        codes = np.random.default_rng(i).integers(-127, 127, (width, width)).astype(np.int8)
+        inits += [numpy_helper.from_array(codes, f"q{i}"), numpy_helper.from_array(np.float32(0.01), f"s{i}")]
+        nodes.append(helper.make_node("DequantizeLinear", [f"q{i}", f"s{i}"], [f"w{i}"], name=f"dq{i}"))
+    nodes.append(helper.make_node("Transpose", ["w0"], ["w0t"], name="t0"))
+    nodes.append(helper.make_node("Constant", [], ["one"], name="one", value=numpy_helper.from_array(np.float32(1))))
+    h = "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [h, "w0t" if i == 0 else f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        h = f"h{i}"
+    nodes.append(helper.make_node("Add", [h, "one"], ["y"], name="add"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, width])],
+        inits,
+    )
+    model = ir.from_proto(onnx.shape_inference.infer_shapes(helper.make_model(graph)))
+    ordered = segments.order(list(model.graph), [])
+    names = [n.name for n in ordered]
+    assert names == ["dq0", "t0", "mm0", "dq1", "mm1", "dq2", "mm2", "dq3", "mm3", "one", "add"]
+    (cut,) = segments.find_cuts(ordered, 2)
+    assert segments.crossing_bytes(ordered)[cut] == 8 * width * 4  # the activation only
+    (saved,) = segments.find_cuts(list(model.graph), 2)
+    assert segments.crossing_bytes(list(model.graph))[saved] >= 2 * width * width * 4  # as saved: weights cross
+
+
 def test_a_split_model_holds_only_its_segment(tmp_path):
     """Every segment's model has its own nodes and the initializers they read (the same tensors, not
     copies), reads the mask as a graph input and passes one hidden state on; each loads in onnx's checker."""

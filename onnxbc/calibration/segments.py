@@ -6,7 +6,7 @@ segments, only one segment's weights are loaded at a time; what flows from one s
 
 1. ``order``: the nodes in the order to cut, with each node a probe added placed right after the last node it
    reads (a probe may append its reductions at the end of the graph; left there, the tensor it reduces would
-   cross every later cut).
+   cross every later cut), and each node that computes from constants alone right before its first reader.
 2. ``find_cuts``: the fewest segments (at most N) that each read at most ``1 + SLACK`` times an even share of
    the weight bytes (or of the heaviest node: a 47 MB embedding table in a 90 MB model makes two segments), and
    among those the cuts crossed by the fewest bytes (a dynamic program over cut positions, linear in the number of
@@ -68,7 +68,35 @@ def order(nodes: Sequence[ir.Node], added: Sequence[ir.Node]) -> list[ir.Node]:
         producers = [anchor[p] for v in _reads(node) if (p := v.producer()) in anchor]
         anchor[node] = max(producers, default=model_position)
         keys[node] = (anchor[node], 1, i)
-    return sorted(nodes, key=keys.__getitem__)
+    return _constants_beside_readers(sorted(nodes, key=keys.__getitem__))
+
+
+def _constants_beside_readers(nodes: Sequence[ir.Node]) -> list[ir.Node]:
+    """``nodes`` with each node that computes from constants alone (a weight's DequantizeLinear, Transpose or
+    Cast, a ``Constant``) moved down to right before the first node that reads it. A QDQ pass or an exporter may
+    put them all first, and every cut after them would carry the weights they make (a W4 Llama's dequantized
+    weights: 3 GB on each run)."""
+    constant: set[ir.Node] = set()
+    for node in nodes:
+        if all((v.is_initializer() and not v.is_graph_input()) or v.producer() in constant for v in _reads(node)):
+            constant.add(node)
+    index = {node: i for i, node in enumerate(nodes)}
+    placed: set[ir.Node] = set()
+    result: list[ir.Node] = []
+    for node in nodes:
+        if node in constant:
+            continue
+        ahead, stack = [], [node]  # the constant nodes it needs that are not placed yet, in their order
+        while stack:
+            for v in _reads(stack.pop()):
+                if (p := v.producer()) in constant and p not in placed:
+                    placed.add(p)
+                    ahead.append(p)
+                    stack.append(p)
+        result.extend(sorted(ahead, key=index.__getitem__))
+        result.append(node)
+    result.extend(node for node in nodes if node in constant and node not in placed)  # read by no node: last
+    return result
 
 
 def find_cuts(
