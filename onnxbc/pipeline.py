@@ -75,6 +75,7 @@ logger = logging.getLogger(__name__)
 # A model file whose weights (held in memory once read from its protobuf) take this share of the memory budget or
 # more has them moved to a temporary file and read on demand, as external data is (``model_io.spill``).
 SPILL_SHARE = 0.05
+CHECK_OUTPUTS_HELD = 4  # the held-out check's runs: outputs held at once per run (``_reference``)
 
 __all__ = ["CompressResult", "compress"]
 
@@ -509,10 +510,11 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
 
 
 def _reference(job: _Job, whole: bool) -> Reference:
-    """The float model's outputs on the split candidates are measured on, its runs sized like the collector's;
-    ``whole``: in one session, else segment by segment (``calibration.segmented``)."""
+    """The float model's outputs on the split candidates are measured on, its runs sized like the collector's with
+    the outputs counted four times (a candidate's beside the float model's read back, and for padded text both
+    again at the real tokens); ``whole``: in one session, else segment by segment (``calibration.segmented``)."""
     split = candidates.evaluated_on(job.calib)
-    most = samples_per_run(job.model, job.calib, split, job.sessions)
+    most = samples_per_run(job.model, job.calib, split, job.sessions, outputs_held=CHECK_OUTPUTS_HELD)
     return candidates.reference(
         lambda: segmented.session(job.model, job.calib, split, job.sessions, whole), job.calib, most
     )

@@ -41,6 +41,8 @@ def test_a_tensor_lives_from_its_node_to_its_last_reader():
     ]
     assert peak_bytes(_model(nodes, [_out("d")]), _one()) == 3 * 4 * D
     assert peak_bytes(_model(nodes, [_out("d")]), _one(5)) == 5 * 3 * 4 * D  # per sample given
+    # the held-out check holds a run's outputs beside copies of them: d counted three more times
+    assert peak_bytes(_model(nodes, [_out("d")]), _one(), outputs_held=4) == 3 * 4 * D + 3 * 4 * D
 
 
 def test_an_output_lives_to_the_end_and_weights_count_nothing():

@@ -379,10 +379,13 @@ def _segments_for(held: list[int], sessions: SessionFactory) -> int:
     return memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, sum(_limits(sessions)))
 
 
-def samples_per_run(model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory) -> int | None:
-    """The most samples of ``split`` a run of ``model`` may take for its intermediate tensors to stay within an
-    eighth of the memory budget (as ``collect``'s runs); None when that is not known."""
-    return _most_samples(model, _first_batch(data, (split,)), _limits(sessions)[0])
+def samples_per_run(
+    model: ir.Model, data: CalibrationData, split: str, sessions: SessionFactory, outputs_held: int = 1
+) -> int | None:
+    """The most samples of ``split`` a run of ``model`` may take for its intermediate tensors (its outputs counted
+    ``outputs_held`` times) to stay within an eighth of the memory budget (as ``collect``'s runs); None when that
+    is not known."""
+    return _most_samples(model, _first_batch(data, (split,)), _limits(sessions)[0], outputs_held)
 
 
 def _limits(sessions: SessionFactory) -> tuple[int, int]:
@@ -397,10 +400,13 @@ def _first_batch(data: CalibrationData, splits: Sequence[str]) -> dict[str, np.n
     return next((feeds for split in splits for feeds in data.batches(split)), None) if data.batched else None
 
 
-def _most_samples(calib: ir.Model, first: dict[str, np.ndarray] | None, limit: int) -> int | None:
+def _most_samples(
+    calib: ir.Model, first: dict[str, np.ndarray] | None, limit: int, outputs_held: int = 1
+) -> int | None:
     """The most samples a run may take so that its intermediate tensors stay within ``limit`` bytes
     (``footprint``: estimated on one sample of ``first``, the first batch); None when unknown or not batched."""
-    per_sample = footprint.peak_bytes(calib, {k: v[:1] for k, v in first.items()}) if first else None
+    one = {k: v[:1] for k, v in first.items()} if first else None
+    per_sample = footprint.peak_bytes(calib, one, outputs_held) if one else None
     if not per_sample:
         return None
     logger.debug("intermediate tensors: %.1f MB a sample, runs of %d at most", per_sample / 1e6, limit // per_sample)

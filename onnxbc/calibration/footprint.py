@@ -30,9 +30,10 @@ logger = logging.getLogger(__name__)
 RANDOM = {"RandomNormal", "RandomUniform"}  # nodes that read no tensor and still differ from run to run
 
 
-def peak_bytes(model: ir.Model, sample: Mapping[str, np.ndarray]) -> int | None:
+def peak_bytes(model: ir.Model, sample: Mapping[str, np.ndarray], outputs_held: int = 1) -> int | None:
     """The most bytes of intermediate tensors alive at once while ``model`` runs on ``sample`` (see the module
-    docstring); None when shape inference fails."""
+    docstring), its graph outputs counted ``outputs_held`` times (held beside copies of themselves after the run);
+    None when shape inference fails."""
     sizes = _sizes(model, sample)
     if sizes is None:
         return None
@@ -56,7 +57,7 @@ def peak_bytes(model: ir.Model, sample: Mapping[str, np.ndarray]) -> int | None:
             freed[max(last, i)] += size
         peak = max(peak, alive)
         alive -= freed[i]
-    return peak
+    return peak + (outputs_held - 1) * sum(sizes.get(v.name, 0) for v in outputs)
 
 
 def _sizes(model: ir.Model, sample: Mapping[str, np.ndarray]) -> dict[str, int] | None:
