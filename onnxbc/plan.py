@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from onnxbc.calibration import memory
-from onnxbc.solvers.quant import Granularity, chunk_bounds, dequantize, expand_scale, scale_part
+from onnxbc.solvers.quant import Granularity, chunks, dequantize, expand_scale, scale_part
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +41,10 @@ class WeightQuant:
         return values
 
     def dequantized_parts(self, axis: int) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
-        """``dequantized()`` in chunks along ``axis`` (``quant.chunk_bounds``), each with its index into the
-        weight: a vocabulary's embedding table is hundreds of MB, and a whole float copy would be held beside it."""
+        """``dequantized()`` in chunks along ``axis`` (``quant.chunks``), each with its index into the weight: a
+        vocabulary's embedding table is hundreds of MB, and a whole float copy would be held beside it."""
         shape = self.codes.shape if self.emulated is None else self.emulated.shape
-        for start, stop in chunk_bounds(shape, axis, self.granularity):
-            index = (slice(None),) * axis + (slice(start, stop),) if shape else ()
+        for index, start, stop in chunks(shape, axis, self.granularity):
             if self.emulated is not None:
                 yield index, np.asarray(self.emulated[index], np.float32)
                 continue

@@ -405,8 +405,7 @@ def _most_samples(
 ) -> int | None:
     """The most samples a run may take so that its intermediate tensors stay within ``limit`` bytes
     (``footprint``: estimated on one sample of ``first``, the first batch); None when unknown or not batched."""
-    one = {k: v[:1] for k, v in first.items()} if first else None
-    per_sample = footprint.peak_bytes(calib, one, outputs_held) if one else None
+    per_sample = footprint.peak_bytes(calib, {k: v[:1] for k, v in first.items()}, outputs_held) if first else None
     if not per_sample:
         return None
     logger.debug("intermediate tensors: %.1f MB a sample, runs of %d at most", per_sample / 1e6, limit // per_sample)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxbc.errors import OnnxbcError
-from onnxbc.solvers.quant import Granularity, IntFormat, chunk_bounds, expand_scale, scale_part
+from onnxbc.solvers.quant import Granularity, IntFormat, chunks, expand_scale, scale_part
 
 ROWS_ELEMENTS = 1 << 24  # weight values GPTQ rounds at a time (128 MB in float64; rows are independent)
 
@@ -152,8 +152,7 @@ def gptq_quantize(
     # is never copied whole in float64, with its scales beside it
     out_axis = 1 - input_axis
     codes = np.empty(w.shape, np.int16)
-    for start, stop in chunk_bounds(w.shape, out_axis, gran, ROWS_ELEMENTS):
-        index = (slice(start, stop), slice(None)) if out_axis == 0 else (slice(None), slice(start, stop))
+    for index, start, stop in chunks(w.shape, out_axis, gran, ROWS_ELEMENTS):
         part = w[index]
         scales = np.broadcast_to(
             expand_scale(scale_part(scale, gran, out_axis, start, stop), part.shape, gran), part.shape

@@ -94,15 +94,15 @@ def weight_scale(
         return np.asarray(amax / fmt.qmax if amax > 0 else 1.0, dtype=np.float32)
     axis = _chunk_axis(w.ndim, gran)
     parts = []
-    multiple = gran.block_size if gran.block_size and axis == gran.axis else 1
-    weights = _chunks(np.broadcast_to(importance, w.shape), axis, multiple) if importance is not None else None
-    for sub in _chunks(w, axis, multiple):
+    weighed = None if importance is None else np.broadcast_to(importance, w.shape)
+    for index, _, _ in chunks(w.shape, axis, gran):
+        sub = w[index]
         groups = to_groups(sub, gran)  # [G, n]: one row per scale
         amax = np.abs(groups).max(axis=1)
         if method == "percentile":
             amax = np.minimum(amax, np.percentile(np.abs(groups), percentile, axis=1))
         elif method == "mse":
-            amax = _mse_clip(groups, amax, fmt, to_groups(next(weights), gran) if weights is not None else None)
+            amax = _mse_clip(groups, amax, fmt, None if weighed is None else to_groups(weighed[index], gran))
         scale = np.where(amax > 0, amax / fmt.qmax, 1.0).astype(np.float32)
         parts.append(from_groups_scale(scale, sub.shape, gran))
     return np.concatenate(parts, axis=0 if not gran.block_size else axis) if len(parts) > 1 else parts[0]
@@ -112,8 +112,7 @@ def quantize(w: np.ndarray, scale: np.ndarray, fmt: IntFormat, gran: Granularity
     """Integer codes of ``w`` in ``fmt.storage`` (computed chunk by chunk)."""
     codes = np.empty(w.shape, dtype=np.int8)
     axis = 0 if gran.axis is None else _chunk_axis(w.ndim, gran)
-    for start, stop in chunk_bounds(w.shape, axis, gran):
-        index = (slice(None),) * axis + (slice(start, stop),) if w.ndim else ()
+    for index, start, stop in chunks(w.shape, axis, gran):
         sub = w[index]
         s_full = expand_scale(scale_part(scale, gran, axis, start, stop), sub.shape, gran)
         codes[index] = np.clip(np.rint(sub.astype(np.float32) / s_full), fmt.qmin, fmt.qmax)
@@ -147,24 +146,26 @@ def _chunk_axis(ndim: int, gran: Granularity) -> int:
     return others[0] if others else gran.axis  # a 1-D weight in blocks: cut along the blocks themselves
 
 
-def chunk_bounds(
+def chunks(
     shape: tuple[int, ...], axis: int, gran: Granularity, elements: int | None = None
-) -> Iterator[tuple[int, int]]:
-    """``[start, stop)`` along ``axis`` of chunks of about ``elements`` (``CHUNK_ELEMENTS``) values of an array of
-    ``shape``, whole blocks of ``gran`` where ``axis`` is blocked (one chunk for a scalar)."""
+) -> Iterator[tuple[tuple[slice, ...], int, int]]:
+    """The index of each chunk of about ``elements`` (``CHUNK_ELEMENTS``) values of an array of ``shape`` cut along
+    ``axis`` (whole blocks of ``gran`` where ``axis`` is blocked), with its ``[start, stop)`` along ``axis``; one
+    chunk, index ``()``, for a scalar."""
     if not shape:
-        yield 0, 1
+        yield (), 0, 1
         return
     multiple = gran.block_size if gran.block_size and axis == gran.axis else 1
     per_slice = max(1, math.prod(shape) // max(shape[axis], 1))
     step = max(1, (elements or CHUNK_ELEMENTS) // per_slice // multiple) * multiple
     for start in range(0, shape[axis], step):
-        yield start, min(start + step, shape[axis])
+        stop = min(start + step, shape[axis])
+        yield (slice(None),) * axis + (slice(start, stop),), start, stop
 
 
 def scale_part(scale: np.ndarray, gran: Granularity, axis: int, start: int, stop: int) -> np.ndarray:
     """The part of a DequantizeLinear-layout ``scale`` (or zero point) for the weight's ``[start, stop)`` along
-    ``axis`` (``chunk_bounds``: whole blocks where ``axis`` is the blocked one)."""
+    ``axis`` (``chunks``: whole blocks where ``axis`` is the blocked one)."""
     if gran.axis is None:
         return scale
     if not gran.block_size:
@@ -174,32 +175,26 @@ def scale_part(scale: np.ndarray, gran: Granularity, axis: int, start: int, stop
     return scale[(slice(None),) * axis + (slice(start, stop),)]
 
 
-def _chunks(w: np.ndarray, axis: int, multiple: int = 1):
-    """Views of ``w`` along ``axis`` of about ``CHUNK_ELEMENTS`` values (whole multiples of ``multiple``)."""
-    if w.ndim == 0:
-        yield w
-        return
-    per_slice = max(1, w.size // max(w.shape[axis], 1))
-    step = max(1, CHUNK_ELEMENTS // per_slice // multiple) * multiple
-    for start in range(0, w.shape[axis], step):
-        yield w[(slice(None),) * axis + (slice(start, start + step),)]
+def _pieces(w: np.ndarray) -> Iterator[np.ndarray]:
+    """``w`` in ``chunks`` along its first axis."""
+    return (w[index] for index, _, _ in chunks(w.shape, 0, Granularity()))
 
 
 def _tensor_clip(w: np.ndarray, fmt: IntFormat, method: str, percentile: float) -> float:
     """Clipping value of a per-tensor scale, accumulated over chunks."""
-    amax = max((float(np.abs(sub).max(initial=0.0)) for sub in _chunks(w, 0)), default=0.0)
+    amax = max((float(np.abs(sub).max(initial=0.0)) for sub in _pieces(w)), default=0.0)
     if amax == 0.0 or method == "minmax":
         return amax
     if method == "percentile":
         from onnxbc.solvers.ranges import AbsHistogram, choose_range
 
         hist = AbsHistogram()
-        for sub in _chunks(w, 0):
+        for sub in _pieces(w):
             hist.update(sub)
         return choose_range(hist, "percentile", fmt.qmax, percentile)
     grid = mse_grid(fmt)
     err = np.zeros(len(grid))
-    for sub in _chunks(w, 0):
+    for sub in _pieces(w):
         x = sub.astype(np.float32).ravel()
         for i, ratio in enumerate(grid):
             step = amax * ratio / fmt.qmax
