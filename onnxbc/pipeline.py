@@ -163,6 +163,7 @@ class _Job:
     policy: Policy | None
     overrides: dict[str, LayerOverride]
     parking: memory.Parking | None  # where quantized weights are kept while unused; None: in memory
+    whole: bool  # whether one session of the whole model fits the budget (decided once: ``_open``)
 
     def park(self, wq: WeightQuant) -> WeightQuant:
         return wq if self.parking is None else wq.parked(self.parking)
@@ -237,23 +238,19 @@ def _open(
         rep.warnings.append("no held-out samples: errors and the compensation decision use the calibration samples")
     overrides, policy_warnings = precision.resolve(options, policy, targets)
     rep.warnings.extend(policy_warnings)
+    sessions = SessionFactory(
+        options.device,
+        segments=options.segments,
+        max_memory=options.max_memory,
+        ray=options.ray,
+        workers=options.workers,
+        cache_dir=options.cache_dir,
+    )
+    # Decided once, here, by the memory resident after loading: every choice that changes the output (measured
+    # prices, the close-call re-check) follows it, so the same command gives the same model; asked later, as the
+    # process's resident memory moves, the answer flipped between runs of one command.
     return _Job(
-        run,
-        working,
-        targets,
-        calib,
-        SessionFactory(
-            options.device,
-            segments=options.segments,
-            max_memory=options.max_memory,
-            ray=options.ray,
-            workers=options.workers,
-            cache_dir=options.cache_dir,
-        ),
-        options,
-        policy,
-        overrides,
-        parking,
+        run, working, targets, calib, sessions, options, policy, overrides, parking, fits_whole(working, sessions)
     )
 
 
@@ -336,7 +333,7 @@ def _decide(job: _Job, stats: _Statistics) -> _Decided:
 
 def _measurable(job: _Job) -> bool:
     """Whether measured prices fit the memory budget: they run the whole float model in one session."""
-    if fits_whole(job.model, job.sessions):
+    if job.whole:
         return True
     job.run.report.warnings.append(
         "prices not measured: measuring them runs the whole model in one ONNX Runtime session, more than "
@@ -443,7 +440,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
         with run.timer("sequential_compensation"):
             if len(compensated) > 1:
                 budget = precision.budget_of(options, job.policy)[1]  # as _choose: a stopped one cannot win there
-                with contextlib.closing(_reference(job, fits_whole(job.model, job.sessions))) as reference:
+                with contextlib.closing(_reference(job, job.whole)) as reference:
                     candidates.measure(compensated, reference, job.calib, job.sessions, run.stages, budget)
                 start = min((c for c in compensated if c.outputs is not None), key=lambda c: c.error)  # not stopped
             else:
@@ -470,7 +467,7 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
     Runtime's default session (fused integer kernels) makes of it."""
     rep, calib, sessions = job.run.report, job.calib, job.sessions
     split = candidates.evaluated_on(calib)
-    whole = fits_whole(job.model, sessions)
+    whole = job.whole
     if not whole:
         rep.warnings.append(
             "the model does not fit --max-memory in one ONNX Runtime session: the held-out check ran it segment by "
@@ -542,7 +539,7 @@ def _audit(job: _Job, winner: Candidate) -> dict[str, dict] | None:
         return None
     rep = job.run.report
     rep.fusion = {"gelu_form": winner.rewrite.gelus}
-    if not fits_whole(winner.model, job.sessions):
+    if not job.whole:  # its session folds the weights back to float: about the float model's
         rep.warnings.append(
             "fusion audit skipped: it builds ONNX Runtime's session of the whole model, more than --max-memory "
             "leaves (onnxbc check --target onnxruntime runs it)"

@@ -16,7 +16,7 @@ from onnxbc.calibration.probes import LayerErrorProbe, MomentsProbe, OutputPower
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.calibration.stash import Stash
 from onnxbc.errors import OnnxbcError
-from onnxbc.options import CompressOptions, DataOptions, Device
+from onnxbc.options import CompressOptions, DataOptions, Device, WeightType
 from onnxbc.passes.graph_utils import pair_models
 from onnxbc.plan import QuantPlan, WeightQuant
 from onnxbc.quantizers import activation_quant
@@ -711,6 +711,30 @@ def test_a_model_over_the_budget_is_checked_segment_by_segment(tmp_path, monkeyp
         assert parted.compensation["candidates"][name] == pytest.approx(error, rel=1e-4)
     assert "onnxruntime_default_session" not in parted.outputs and "onnxruntime_default_session" in whole.outputs
     assert any(w.startswith("fusion audit skipped") for w in parted.warnings) and whole.fusion.get("summary")
+
+
+def test_whether_the_model_fits_one_session_is_decided_once_after_loading(tmp_path, monkeypatch):
+    """The choices that change the output (measured prices, the checks that need a whole session) follow one
+    decision, taken by the memory resident after loading: here the process "grows" past the budget after that
+    first look, and still the prices are measured, the default session checked and the fusion audit run, as a
+    run whose memory stayed put would."""
+    import onnxbc
+
+    looks = []
+
+    def resident() -> int:
+        looks.append(None)
+        return 0 if len(looks) == 1 else 2**40
+
+    monkeypatch.setattr(memory, "resident_bytes", resident)
+    root = Path(__file__).resolve().parents[1] / "models"
+    data = DataOptions(path=root / "data" / "fashion_calib.npz", samples=32)
+    options = CompressOptions(device=Device.CPU, max_memory=2**30, segments=0, weights=WeightType.INT4)
+    report = onnxbc.compress(root / "fashion_cnn.onnx", tmp_path / "m.onnx", data=data, options=options).report
+    assert len(looks) > 1  # later looks saw the process over the budget
+    assert report.precision["keep_at_8"]["priced"] == "measured"
+    assert not any("prices not measured" in w or "segment by segment" in w for w in report.warnings)
+    assert "onnxruntime_default_session" in report.outputs and report.fusion.get("summary")
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
