@@ -387,11 +387,9 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     by_name = {t.name: t for t in observed}
     layers = set(by_name)
     variants = weight_range_variants(targets, plan, layers, options, job.park)
-    variants += smoothing_variants(targets, plan, layers, stats.ranges, stats.smooth_axes, options)
+    variants += smoothing_variants(targets, plan, layers, stats.ranges, stats.smooth_axes, options, job.park)
     variants += uniform_variants(targets, plan, layers, decided.choice.uniform, options, job.park)
     variants += nearest_variants(targets, plan, layers, decided.choice.nearest)
-    for v in variants:  # the smoothing variants' weights (the others are parked already: parking them is a no-op)
-        v.plan.weights = {name: job.park(wq) for name, wq in v.plan.weights.items()}
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
     trials = trial_probes(variants, by_name, per_position)
     every = shadows + [p for trial in trials.values() for p in trial]

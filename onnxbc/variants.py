@@ -150,8 +150,11 @@ def smoothing_variants(
     probes: dict[str, RangeProbe],
     axes: dict[str, int],
     options: CompressOptions,
+    park: Park = lambda wq: wq,
 ) -> list[Variant]:
-    """One variant per alpha for each smoothable activation whose readers are all measured."""
+    """One variant per alpha for each smoothable activation whose readers are all measured (``park`` takes each
+    smoothed weight, quantized, out of memory as it is made; the float weights read for them are unmapped after).
+    """
     uses = targets.activation_uses()
     result = []
     for name, axis in axes.items():
@@ -159,7 +162,11 @@ def smoothing_variants(
         if name not in plan.activations or not set(layers) <= observed:
             continue
         for alpha, variant in candidate_plans(name, axis, uses[name], probes[name], targets, plan, options).items():
+            variant.weights = {source: park(wq) for source, wq in variant.weights.items()}
             result.append(Variant(VariantKind.SMOOTHING, name, str(alpha), variant, layers))
+        for t, _ in uses[name]:
+            if t.weight is not None:  # read to smooth it: unmapped (read again when needed)
+                model_io.release_value(t.weight.source)
     return result
 
 

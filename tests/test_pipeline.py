@@ -403,3 +403,35 @@ def test_each_weight_read_from_external_data_is_unmapped_once_quantized(zoo, tmp
     options = CompressOptions(weights=WeightType.INT4, activations=ActivationType.NONE)
     onnxbc.compress(path, tmp_path / "out.onnx", data=DataOptions(path=data), options=options)
     assert len(mapped) >= 2 and mapped == [mapped[0]] * len(mapped) and mapped[0] <= 1  # without: 1, 2, 3
+
+
+def test_smoothing_variants_are_parked_as_made_and_their_float_weights_unmapped(tmp_path, monkeypatch):
+    """Each smoothable activation's variants (a quantized copy of its readers' weights per alpha) are parked
+    before the next activation's are made, and the float weights read for them are unmapped: made all at once,
+    then parked, they held every smoothed weight, float and quantized (the 3.14 GB Llama-shaped model at W8A8
+    reached 3.7 GB there)."""
+    from models.llama_shaped import Shape, write
+    from onnxbc import variants
+
+    path = write(tmp_path / "m.onnx", Shape(hidden=64, layers=2, mlp=128, vocab=256, heads=4))
+    np.savez(tmp_path / "ids.npz", input_ids=np.random.default_rng(1).integers(0, 256, (8, 16)))
+    events, real_plans, real_park = [], variants.candidate_plans, onnxbc.pipeline._Job.park
+
+    def plans(name, axis, readers, *args):
+        graph = readers[0][0].weight.source.graph
+        mapped = sum(
+            isinstance(v.const_value, ir.ExternalTensor) and v.const_value.raw is not None
+            for v in graph.initializers.values()
+        )
+        events.append(("plans", mapped))
+        return real_plans(name, axis, readers, *args)
+
+    monkeypatch.setattr(variants, "candidate_plans", plans)
+    monkeypatch.setattr(onnxbc.pipeline._Job, "park", lambda job, wq: events.append(("park", 0)) or real_park(job, wq))
+    monkeypatch.setattr(onnxbc.pipeline, "SPILL_SHARE", 0.0)  # quantized weights parked in files
+    onnxbc.compress(path, tmp_path / "out.onnx", data=DataOptions(path=tmp_path / "ids.npz"))
+    calls = [i for i, (kind, _) in enumerate(events) if kind == "plans"]
+    assert len(calls) >= 3
+    for a, b in zip(calls, calls[1:]):  # the variants of one activation are parked before the next's are made
+        assert any(kind == "park" for kind, _ in events[a + 1 : b])
+    assert max(mapped for kind, mapped in events if kind == "plans") <= 1  # without: the readers read so far
