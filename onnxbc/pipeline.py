@@ -385,15 +385,16 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
         bias_skips.update({t.name: "compensation off (--bias-correction none)" for t in observed})
     compensate = {t.name for t in observed} - set(bias_skips)
     by_name = {t.name: t for t in observed}
-    layers = set(by_name)
-    variants = weight_range_variants(targets, plan, layers, options, job.park)
-    variants += smoothing_variants(targets, plan, layers, stats.ranges, stats.smooth_axes, options, job.park)
-    variants += uniform_variants(targets, plan, layers, decided.choice.uniform, options, job.park)
-    variants += nearest_variants(targets, plan, layers, decided.choice.nearest)
+    layers, run = set(by_name), job.run
+    with run.timer("variants"), run.stages.step("Quantizing per-layer alternatives", None):
+        variants = weight_range_variants(targets, plan, layers, options, job.park)
+        variants += smoothing_variants(targets, plan, layers, stats.ranges, stats.smooth_axes, options, job.park)
+        variants += uniform_variants(targets, plan, layers, decided.choice.uniform, options, job.park)
+        variants += nearest_variants(targets, plan, layers, decided.choice.nearest)
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
     trials = trial_probes(variants, by_name, per_position)
     every = shadows + [p for trial in trials.values() for p in trial]
-    run, splits = job.run, ("fit", "holdout")
+    splits = ("fit", "holdout")
     total = sum(job.calib.count_batches(s) for s in splits)
     with run.timer("layer_errors"), run.stages.step("Measuring layer errors", total) as advance:
         collect(job.model, every, job.calib, job.sessions, splits=splits, advance=advance)
