@@ -348,6 +348,36 @@ def test_nodes_that_compute_from_constants_are_moved_next_to_their_reader():
     assert segments.crossing_bytes(list(model.graph))[saved] >= 2 * width * width * 4  # as saved: weights cross
 
 
+def test_what_computes_from_constants_alone_is_one_rule():
+    """``constant_nodes``, which both the cutter's order and the run-size estimate follow: a weight's
+    DequantizeLinear and what reads only it, a Constant; not a node reading an initializer that is also a graph
+    input (it may be fed), nor a random node (it differs from run to run), nor what reads those."""
+    nodes = [
+        helper.make_node("DequantizeLinear", ["q", "s"], ["w"], name="dq"),
+        helper.make_node("Transpose", ["w"], ["wt"], name="t"),
+        helper.make_node("Constant", [], ["one"], name="one", value=numpy_helper.from_array(np.float32(1))),
+        helper.make_node("Mul", ["fed", "one"], ["fed2"], name="fed_mul"),
+        helper.make_node("RandomNormal", [], ["noise"], name="noise", shape=[4, 4]),
+        helper.make_node("Add", ["wt", "noise"], ["wn"], name="noisy"),
+        helper.make_node("MatMul", ["x", "wn"], ["y0"], name="mm"),
+        helper.make_node("Add", ["y0", "fed2"], ["y"], name="add"),
+    ]
+    inits = [
+        numpy_helper.from_array(np.ones((4, 4), np.int8), "q"),
+        numpy_helper.from_array(np.float32(0.1), "s"),
+        numpy_helper.from_array(np.zeros((4, 4), np.float32), "fed"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in ("x", "fed")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        inits,
+    )
+    model = ir.from_proto(helper.make_model(graph))
+    assert {n.name for n in segments.constant_nodes(list(model.graph))} == {"dq", "t", "one"}
+
+
 def test_a_split_model_holds_only_its_segment(tmp_path):
     """Every segment's model has its own nodes and the initializers they read (the same tensors, not
     copies), reads the mask as a graph input and passes one hidden state on; each loads in onnx's checker."""

@@ -25,9 +25,9 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
-logger = logging.getLogger(__name__)
+from onnxbc.calibration import segments
 
-RANDOM = {"RandomNormal", "RandomUniform"}  # nodes that read no tensor and still differ from run to run
+logger = logging.getLogger(__name__)
 
 
 def peak_bytes(model: ir.Model, sample: Mapping[str, np.ndarray], outputs_held: int = 1) -> int | None:
@@ -43,10 +43,9 @@ def peak_bytes(model: ir.Model, sample: Mapping[str, np.ndarray], outputs_held: 
     outputs = set(model.graph.outputs)
     freed: list[int] = [0] * (end + 1)  # bytes released after node i
     alive = peak = 0
-    constant: set[ir.Value] = set()  # computed from weights alone: ONNX Runtime folds them into weights
+    constant = segments.constant_nodes(nodes)  # ONNX Runtime folds them into weights
     for i, node in enumerate(nodes):
-        if node.op_type not in RANDOM and all(v is None or v.is_initializer() or v in constant for v in node.inputs):
-            constant.update(node.outputs)
+        if node in constant:
             continue
         for v in node.outputs:
             size = sizes.get(v.name, 0)

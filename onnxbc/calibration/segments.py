@@ -76,10 +76,7 @@ def _constants_beside_readers(nodes: Sequence[ir.Node]) -> list[ir.Node]:
     Cast, a ``Constant``) moved down to right before the first node that reads it. A QDQ pass or an exporter may
     put them all first, and every cut after them would carry the weights they make (a W4 Llama's dequantized
     weights: 3 GB on each run)."""
-    constant: set[ir.Node] = set()
-    for node in nodes:
-        if all((v.is_initializer() and not v.is_graph_input()) or v.producer() in constant for v in _reads(node)):
-            constant.add(node)
+    constant = constant_nodes(nodes)
     index = {node: i for i, node in enumerate(nodes)}
     placed: set[ir.Node] = set()
     result: list[ir.Node] = []
@@ -97,6 +94,21 @@ def _constants_beside_readers(nodes: Sequence[ir.Node]) -> list[ir.Node]:
         result.append(node)
     result.extend(node for node in nodes if node in constant and node not in placed)  # read by no node: last
     return result
+
+
+RANDOM = {"RandomNormal", "RandomUniform"}  # nodes that read no tensor and still differ from run to run
+
+
+def constant_nodes(nodes: Sequence[ir.Node]) -> set[ir.Node]:
+    """The nodes of ``nodes`` (topological order) that compute from constants alone (weights that are not graph
+    inputs, and what such nodes make, also read inside subgraphs): ONNX Runtime folds them into weights."""
+    constant: set[ir.Node] = set()
+    for node in nodes:
+        if node.op_type not in RANDOM and all(
+            (v.is_initializer() and not v.is_graph_input()) or v.producer() in constant for v in _reads(node)
+        ):
+            constant.add(node)
+    return constant
 
 
 def find_cuts(
