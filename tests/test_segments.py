@@ -195,17 +195,25 @@ def _assert_same(whole, parts):
 
 
 def _collect(model, make, data, segments=None):
-    """The probes ``make`` gives, collected; checks that each segment's session holds only its own weights."""
-    probes, factory, made = make(), SessionFactory(Device.CPU), {}
+    """The probes ``make`` gives, collected; checks that each segment's session holds only its own weights, and
+    does not repack them (a second copy: ``SessionFactory.create_from``) where the graph is cut."""
+    probes, factory, made, packed = make(), SessionFactory(Device.CPU), {}, set()
     real = factory.create
 
     def create(sub, **kwargs):
         made.setdefault(sub.graph.name, set(sub.graph.initializers))
-        return real(sub, **kwargs)
+        session = real(sub, **kwargs)
+        try:
+            off = session.get_session_options().get_session_config_entry("session.disable_prepacking") == "1"
+        except Exception:  # onnxruntime raises when the entry is not set
+            off = False
+        packed.add(not off)
+        return session
 
     factory.create = create
     collect(model, probes, data, factory, splits=("fit", "holdout"), segments=segments)
     assert len(made) == (segments or 1)
+    assert packed == {not segments}
     weights = {v.name for v in model.graph.initializers.values() if v.const_value.size > D}
     assert all(weights - m for m in made.values()) if segments else made["g"] >= weights
     return probes

@@ -350,12 +350,13 @@ def _samples_per_segment_run(
 
 
 def _session(part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str):
-    """The segment's session; boundary inputs whose type the model does not declare take the arrays' dtypes."""
+    """The segment's session, its weights not repacked (segments are cut to fit the weights once); boundary
+    inputs whose type the model does not declare take the arrays' dtypes."""
     for v in part.model.graph.inputs:
         if v.type is None and v.name in dtypes:
             v.type = ir.TensorType(ir.DataType.from_numpy(dtypes[v.name]))
     try:
-        return sessions.create(part.model)
+        return sessions.create(part.model, prepack=False)
     except Exception as e:
         raise OnnxbcError(f"{where} cannot be made: {one_line(e)}") from e
 
