@@ -194,6 +194,14 @@ def _assert_same(whole, parts):
                 np.testing.assert_allclose(sa[key], sb[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+def _unpacked(options) -> bool:
+    """Whether ONNX Runtime session ``options`` turn repacking the weights off."""
+    try:
+        return options.get_session_config_entry("session.disable_prepacking") == "1"
+    except Exception:  # onnxruntime raises where the entry is not set
+        return False
+
+
 def _collect(model, make, data, segments=None):
     """The probes ``make`` gives, collected; checks that each segment's session holds only its own weights, and
     does not repack them (a second copy: ``SessionFactory.create_from``) where the graph is cut."""
@@ -203,11 +211,7 @@ def _collect(model, make, data, segments=None):
     def create(sub, **kwargs):
         made.setdefault(sub.graph.name, set(sub.graph.initializers))
         session = real(sub, **kwargs)
-        try:
-            off = session.get_session_options().get_session_config_entry("session.disable_prepacking") == "1"
-        except Exception:  # onnxruntime raises when the entry is not set
-            off = False
-        packed.add(not off)
+        packed.add(not _unpacked(session.get_session_options()))
         return session
 
     factory.create = create
@@ -640,15 +644,16 @@ def test_a_budget_the_run_passed_is_reported(tmp_path):
     assert not any("--max-memory" in w for w in default.report.warnings)
 
 
-def test_a_given_budget_turns_the_memory_arena_off(monkeypatch):
-    """Under --max-memory, sessions hand freed tensors back to the system (no CPU memory arena); by default
-    they keep ONNX Runtime's arena. The outputs are the same."""
+def test_a_given_budget_turns_the_memory_arena_and_repacking_off(monkeypatch):
+    """Under --max-memory, sessions hand freed tensors back to the system (no CPU memory arena) and hold no
+    repacked copy of their weights; by default they keep ONNX Runtime's arena and repacking. The outputs are the
+    same."""
     from onnxbc.calibration import session as session_module
 
     arenas, real = [], session_module.ort.InferenceSession
 
     def spy(source, options, **kwargs):
-        arenas.append(options.enable_cpu_mem_arena)
+        arenas.append((options.enable_cpu_mem_arena, _unpacked(options)))
         return real(source, options, **kwargs)
 
     monkeypatch.setattr(session_module.ort, "InferenceSession", spy)
@@ -660,7 +665,7 @@ def test_a_given_budget_turns_the_memory_arena_off(monkeypatch):
     outputs = [
         SessionFactory(Device.CPU, max_memory=budget).create(model).run(["y"], feeds)[0] for budget in (None, 2**30)
     ]
-    assert arenas == [True, False]
+    assert arenas == [(True, False), (False, True)]
     np.testing.assert_array_equal(*outputs)
 
 

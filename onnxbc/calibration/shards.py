@@ -162,7 +162,7 @@ class _Pool:
             sessions.device,
             threads,
             sessions.max_memory,
-            sessions.arena,
+            sessions.budget_given,
         )
         self._run = run
         self._actors: dict[int, Any] = {}
@@ -241,11 +241,11 @@ class _Worker:
     """A Ray actor: ``fold`` runs the collector over one shard's batches, on the calibration graph's bytes (loaded
     anew each time: a segmented run takes the graph apart)."""
 
-    def __init__(self, graph: bytes, wanted, added, device, threads: int, max_memory: int, arena: bool) -> None:
+    def __init__(self, graph: bytes, wanted, added, device, threads: int, max_memory: int, budget_given: bool) -> None:
         self._graph, self._wanted, self._added = graph, wanted, added
         logging.getLogger(session.__name__).setLevel(logging.ERROR)  # the driver reports the device (``ran``)
         self._sessions = SessionFactory(device, threads=threads, max_memory=max_memory)
-        self._sessions.arena = arena  # as the driver's: off only under a --max-memory the user gave
+        self._sessions.budget_given = budget_given  # as the driver's
         self._done: dict[int, int] = {}  # batches folded, by call
 
     def fold(self, call: int, probes, batches, batched: bool, splits, segments: int) -> tuple[list[Any], str | None]:
