@@ -616,6 +616,27 @@ def test_a_quantized_weight_is_held_at_its_float_size():
     assert segments.held_bytes(list(graph)) == [64 * 4 + 4, 0, 64 * 4]
 
 
+def test_a_tied_weight_folded_into_another_constant_is_held_again():
+    """A tied LM head: the embedding read by a Gather at the start and by a Transpose at the end, which ONNX
+    Runtime folds into a transposed copy of its own; so the Transpose holds the table's bytes again (counted
+    once, at the Gather, the segment of the head left it out). A weight two nodes read as it is counts once."""
+    emb = ir.Value(name="emb", const_value=ir.tensor(np.ones((16, 8), np.float32), name="emb"))
+    ids = ir.val("ids", ir.DataType.INT64, ir.Shape([1, 4]))
+    gather = ir.node("Gather", [emb, ids])
+    x = ir.val("x", ir.DataType.FLOAT, ir.Shape([8, 2]))
+    mm0 = ir.node("MatMul", [emb, x])  # a second reader of the table as it is: counted once
+    transpose = ir.node("Transpose", [emb], attributes={"perm": [1, 0]})
+    head = ir.node("MatMul", [gather.outputs[0], transpose.outputs[0]])
+    graph = ir.Graph(
+        [ids, x],
+        [mm0.outputs[0], head.outputs[0]],
+        nodes=[gather, mm0, transpose, head],
+        initializers=[emb],
+        opset_imports={"": 21},
+    )
+    assert segments.held_bytes(list(graph)) == [16 * 8 * 4, 0, 16 * 8 * 4, 0]
+
+
 def test_segments_for_a_budget(monkeypatch):
     """The room is the budget less what is reserved and resident: a graph that fits stays whole, a bigger one
     takes as many rooms as it fills, and with no room left each segment gets what its heaviest node reads."""

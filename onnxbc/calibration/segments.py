@@ -259,15 +259,22 @@ def _reads(node: ir.Node) -> list[ir.Value]:
 def held_bytes(nodes: Sequence[ir.Node], extra: Mapping[ir.Node, int] | None = None) -> list[int]:
     """The bytes of initializers (and ``Constant`` values) each node reads, as a session holds them: a constant
     DequantizeLinear input at the size of its output, into which ONNX Runtime folds it. A shared initializer
-    counts at its first reader. ``extra``: more bytes held while a node's segment runs (a probe's statistic that
-    leaves memory when its segment is done: ``MomentsProbe``)."""
+    counts at its first reader, and again at each node that computes from constants alone and reads it (ONNX
+    Runtime folds that node into a weight of its own: a tied LM head's transposed embedding). ``extra``: more
+    bytes held while a node's segment runs (a probe's statistic that leaves memory when its segment is done:
+    ``MomentsProbe``)."""
     seen: set[ir.Value] = set()
+    constant = constant_nodes(nodes)
     weights = []
     for node in nodes:
         w = (extra or {}).get(node, 0)
         for v in _reads(node):
-            if v.is_initializer() and v.const_value is not None and v not in seen:
+            if not v.is_initializer() or v.const_value is None:
+                continue
+            if v not in seen:
                 seen.add(v)
+                w += _held(v)
+            elif node in constant:  # folded into a constant of its own (a tied LM head's Transpose): held again
                 w += _held(v)
         if node.op_type == "Constant" and "value" in node.attributes:
             w += node.attributes["value"].value.nbytes
