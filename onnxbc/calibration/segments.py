@@ -269,12 +269,9 @@ def held_bytes(nodes: Sequence[ir.Node], extra: Mapping[ir.Node, int] | None = N
     for node in nodes:
         w = (extra or {}).get(node, 0)
         for v in _reads(node):
-            if not v.is_initializer() or v.const_value is None:
-                continue
-            if v not in seen:
+            # a node computing from constants alone is folded into a weight of its own: it holds a shared one again
+            if v.is_initializer() and v.const_value is not None and (v not in seen or node in constant):
                 seen.add(v)
-                w += _held(v)
-            elif node in constant:  # folded into a constant of its own (a tied LM head's Transpose): held again
                 w += _held(v)
         if node.op_type == "Constant" and "value" in node.attributes:
             w += node.attributes["value"].value.nbytes
