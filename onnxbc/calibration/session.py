@@ -90,8 +90,8 @@ class SessionFactory:
     def create_from(self, source: bytes | str, *, exact: bool = True, prepack: bool = True) -> ort.InferenceSession:
         """``prepack=False``: the weights are not repacked for the CPU's matrix kernels, which holds a second
         copy of them, and more while the session is made (a W4 Llama-shaped model of 0.44 GB, its weights
-        folded to float: 934 MB peak and 806 MB after, 7.4 s to make; without: 619 MB, 1.3 s), for a run a
-        little slower (3 runs of 2 samples: 3.8 s instead of 3.0 s)."""
+        folded to float, on a quiet machine: 768 MB peak and 640 MB after, 1.1 s to make; without: 620 MB,
+        0.5 s), for a run a little slower (3 runs of 2 samples: 1.46 s instead of 1.30 s; benchmarks/README.md)."""
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = self.threads
