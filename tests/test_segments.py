@@ -637,13 +637,23 @@ def test_a_tied_weight_folded_into_another_constant_is_held_again():
     assert segments.held_bytes(list(graph)) == [16 * 8 * 4, 0, 16 * 8 * 4, 0]
 
 
-def test_segments_for_a_budget(monkeypatch):
-    """The room is the budget less what is reserved and resident: a graph that fits stays whole, a bigger one
-    takes as many rooms as it fills, and with no room left each segment gets what its heaviest node reads."""
+def test_auto_segments_each_fit_the_room_the_budget_leaves(monkeypatch):
+    """The room is the budget less what is reserved and resident (at least a byte). Ten equal weights with room
+    for two and a half: the fewest segments within it, five of two weights (an even share of four segments with
+    its slack would read three, over the room); with room for less than one, a weight each."""
     monkeypatch.setattr(memory, "resident_bytes", lambda: 100)
-    assert memory.segments_for(held=700, heaviest=50, budget=1000, reserved=200) == 1
-    assert memory.segments_for(held=1500, heaviest=50, budget=1000, reserved=200) == 3
-    assert memory.segments_for(held=1500, heaviest=50, budget=250, reserved=200) == 30
+    assert memory.room(budget=1000, reserved=200) == 700
+    assert memory.room(budget=250, reserved=200) == 1
+    g = _Graph()
+    h = "x"
+    for i in range(10):
+        h = g.op("MatMul", [h, g.weight(f"W{i}", (D, D))], f"mm{i}")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])
+    chain = g.model([x], [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], infer=True)
+    nodes, weight = list(chain.graph), D * D * 4
+    cuts = segments.find_cuts(nodes, 0, room=int(2.5 * weight))
+    assert [b - a for a, b in zip([0, *cuts], [*cuts, len(nodes)])] == [2] * 5
+    assert len(segments.find_cuts(nodes, 0, room=1)) == 9
 
 
 def test_a_budget_the_run_passed_is_reported(tmp_path):

@@ -191,14 +191,18 @@ def run(
     first = _first_batch(data, splits)
     most = _most_samples(calib, first, run_limit)
     extra = _statistic_bytes(probes, wanted)
-    if segments == 0:  # as many as the memory budget asks for
+    if segments == 0:  # auto: segments that each fit what the memory budget leaves
         held = cutting.held_bytes(list(calib.graph), extra)
-        segments = _segments_for(held, sessions)
-        logger.debug("%d segment(s): the session holds %.0f MB of weights and statistics", segments, sum(held) / 1e6)
-    if segments > 1 and len(calib.graph) > 1:  # one node: nothing to cut
+        room = _room(sessions)
+        logger.debug("the session holds %.0f MB of weights and statistics, %.0f MB fit", sum(held) / 1e6, room / 1e6)
+        cut = sum(held) > room
+    else:
+        room, cut = None, segments > 1
+    if cut and len(calib.graph) > 1:  # one node: nothing to cut
         every = list(calib.graph)
         nodes = cutting.order(every, [every[i] for i in calibration.added])
-        cuts = cutting.find_cuts(nodes, segments, wanted, extra)
+        cuts = cutting.find_cuts(nodes, segments, wanted, extra, room=room)
+        logger.debug("%d segments", len(cuts) + 1)
         parts = cutting.split(calib, nodes, cuts, list(fetch.values()))
         _run_segments(
             parts,
@@ -370,14 +374,15 @@ def _run(session, part: cutting.Segment, known: dict[str, np.ndarray], where: st
 
 def fits_whole(model: ir.Model, sessions: SessionFactory) -> bool:
     """Whether one session of all of ``model`` fits the memory budget beside this process (as ``collect``'s
-    segments are decided); always with ``--segments 1`` (whole graphs asked for)."""
-    return sessions.segments == 1 or _segments_for(cutting.held_bytes(list(model.graph)), sessions) == 1
+    segments are decided; a single node always does); always with ``--segments 1`` (whole graphs asked for)."""
+    held = cutting.held_bytes(list(model.graph))
+    return sessions.segments == 1 or sum(held) <= max(_room(sessions), *held, 0)
 
 
-def _segments_for(held: list[int], sessions: SessionFactory) -> int:
-    """``memory.segments_for`` a graph whose nodes hold ``held`` bytes, beside one run's tensors and the boundary
-    tensors kept in memory (``_limits``)."""
-    return memory.segments_for(sum(held), max(held, default=0), sessions.max_memory, sum(_limits(sessions)))
+def _room(sessions: SessionFactory) -> int:
+    """``memory.room`` for one segment's weights, beside one run's tensors and the boundary tensors kept in memory
+    (``_limits``)."""
+    return memory.room(sessions.max_memory, sum(_limits(sessions)))
 
 
 def samples_per_run(

@@ -1,20 +1,19 @@
-"""The memory a run may use (``--max-memory``), and how many segments a calibration graph needs to keep to it.
+"""The memory a run may use (``--max-memory``), and how much of it one segment of a calibration graph may hold.
 
 A calibration session holds the weights of its graph as ONNX Runtime keeps them: DequantizeLinear of a constant
 is folded into a float weight (an int8 weight is held at 4 bytes a value), so an instrumented graph with every
-layer's shadow and trials holds several float copies of the model. ``segments_for`` cuts it into as many
-segments as it takes for one segment's weights to fit what the budget leaves after this process's resident
-memory and the collector's own buffers (one run's tensors, the boundary tensors kept in memory). Segments do
-not change the statistics (to float tolerance). The run size does change the activation histograms a little
-(their bins follow the runs): runs take an eighth of the budget, up to 1 GiB, so the default budget gives the
-same runs, and the same model, on every machine with 16 GiB of memory or more.
+layer's shadow and trials holds several float copies of the model. It is cut into segments whose weights each
+fit the ``room`` the budget leaves after this process's resident memory and the collector's own buffers (one
+run's tensors, the boundary tensors kept in memory). Segments do not change the statistics (to float
+tolerance). The run size does change the activation histograms a little (their bins follow the runs): runs
+take an eighth of the budget, up to 1 GiB, so the default budget gives the same runs, and the same model, on
+every machine with 16 GiB of memory or more.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import math
 import mmap
 import os
 import sys
@@ -143,11 +142,7 @@ def peak_resident_bytes() -> int | None:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
-def segments_for(held: int, heaviest: int, budget: int, reserved: int) -> int:
-    """How many segments a graph whose session holds ``held`` bytes of weights (``heaviest``: the most one node
-    reads) needs so that one segment fits ``budget`` less ``reserved`` and this process's resident memory; at
-    least 1, and no more than it takes to give the heaviest node a segment of its own."""
-    room = budget - reserved - resident_bytes()
-    if held <= room:
-        return 1
-    return max(1, math.ceil(held / max(room, heaviest, 1)))
+def room(budget: int, reserved: int) -> int:
+    """The bytes one session's weights may take: ``budget`` less ``reserved`` and this process's resident memory
+    (at least 1)."""
+    return max(1, budget - reserved - resident_bytes())

@@ -7,8 +7,9 @@ segments, only one segment's weights are loaded at a time; what flows from one s
 1. ``order``: the nodes in the order to cut, with each node a probe added placed right after the last node it
    reads (a probe may append its reductions at the end of the graph; left there, the tensor it reduces would
    cross every later cut), and each node that computes from constants alone right before its first reader.
-2. ``find_cuts``: the fewest segments (at most N) that each read at most ``1 + SLACK`` times an even share of
-   the weight bytes (or of the heaviest node: a 47 MB embedding table in a 90 MB model makes two segments), and
+2. ``find_cuts``: the fewest segments that each read at most the room a memory budget leaves (or, for N
+   segments asked for, at most ``1 + SLACK`` times an even share of the weight bytes), the heaviest node in a
+   segment of its own where it reads more (a 47 MB embedding table in a 90 MB model makes two segments), and
    among those the cuts crossed by the fewest bytes (a dynamic program over cut positions, linear in the number of
    nodes). Weights are initializer bytes as a session holds them (``held_bytes``: a quantized weight at the
    size of the float weight ONNX Runtime folds it into), each counted at its first reader (node counts when
@@ -116,11 +117,15 @@ def find_cuts(
     count: int,
     groups: Sequence[Sequence[ir.Value]] = (),
     extra: Mapping[ir.Node, int] | None = None,
+    *,
+    room: int | None = None,
 ) -> list[int]:
-    """Positions in ``nodes`` (topological order) where segments 2, 3, ... start: the fewest segments (at most
-    ``count``) that each read at most ``1 + SLACK`` times an even share of the weight bytes (or of the heaviest
-    node), cut where the fewest bytes cross. ``groups`` are the values each probe fetches together; ``extra``:
-    bytes held with a node's weights while its segment runs (``held_bytes``)."""
+    """Positions in ``nodes`` (topological order) where segments 2, 3, ... start, cut where the fewest bytes
+    cross: the fewest segments that each read at most ``room`` bytes (what a memory budget leaves; the heaviest
+    node gets a segment of its own), or, without ``room``, the fewest (at most ``count``) that each read at most
+    ``1 + SLACK`` times an even share of the weight bytes (or of the heaviest node). ``groups`` are the values
+    each probe fetches together; ``extra``: bytes held with a node's weights while its segment runs
+    (``held_bytes``)."""
     weights = held_bytes(nodes, extra)
     if sum(weights) == 0:
         weights = [1] * len(nodes)
@@ -128,6 +133,8 @@ def find_cuts(
     for w in weights:
         done.append(done[-1] + w)
     crossing = crossing_bytes(nodes, groups)
+    if room is not None:
+        return _cover(done, crossing, max(room, *weights))
     limit = (1 + SLACK) * max(done[-1] / count, *weights)
     while len(cuts := _cover(done, crossing, limit)) >= count:
         limit *= 1 + SLACK
