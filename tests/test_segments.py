@@ -616,10 +616,12 @@ def test_a_quantized_weight_is_held_at_its_float_size():
     assert segments.held_bytes(list(graph)) == [64 * 4 + 4, 0, 64 * 4]
 
 
-def test_a_tied_weight_folded_into_another_constant_is_held_again():
+def test_a_weight_folded_into_another_constant_is_held_again_and_twice_while_folded():
     """A tied LM head: the embedding read by a Gather at the start and by a Transpose at the end, which ONNX
-    Runtime folds into a transposed copy of its own; so the Transpose holds the table's bytes again (counted
-    once, at the Gather, the segment of the head left it out). A weight two nodes read as it is counts once."""
+    Runtime folds into a transposed copy of its own, held twice while the session is made; so the Transpose
+    holds the table's bytes again (counted once, at the Gather, the segment of the head left it out) and twice
+    its copy's. A weight two nodes read as it is counts once. A dequantized int8 weight, then transposed: the
+    DequantizeLinear holds the float weight, the Transpose twice that."""
     emb = ir.Value(name="emb", const_value=ir.tensor(np.ones((16, 8), np.float32), name="emb"))
     ids = ir.val("ids", ir.DataType.INT64, ir.Shape([1, 4]))
     gather = ir.node("Gather", [emb, ids])
@@ -627,14 +629,22 @@ def test_a_tied_weight_folded_into_another_constant_is_held_again():
     mm0 = ir.node("MatMul", [emb, x])  # a second reader of the table as it is: counted once
     transpose = ir.node("Transpose", [emb], attributes={"perm": [1, 0]})
     head = ir.node("MatMul", [gather.outputs[0], transpose.outputs[0]])
+    q = ir.Value(name="q", const_value=ir.tensor(np.ones((16, 8), np.int8), name="q"))
+    scale = ir.Value(
+        name="s", type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(np.ones((16, 1), np.float32))
+    )
+    dq = ir.node("DequantizeLinear", [q, scale], attributes={"axis": 0})
+    dq_t = ir.node("Transpose", [dq.outputs[0]], attributes={"perm": [1, 0]})
+    shadow = ir.node("MatMul", [gather.outputs[0], dq_t.outputs[0]])
     graph = ir.Graph(
         [ids, x],
-        [mm0.outputs[0], head.outputs[0]],
-        nodes=[gather, mm0, transpose, head],
-        initializers=[emb],
+        [mm0.outputs[0], head.outputs[0], shadow.outputs[0]],
+        nodes=[gather, mm0, transpose, head, dq, dq_t, shadow],
+        initializers=[emb, q, scale],
         opset_imports={"": 21},
     )
-    assert segments.held_bytes(list(graph)) == [16 * 8 * 4, 0, 16 * 8 * 4, 0]
+    table = 16 * 8 * 4
+    assert segments.held_bytes(list(graph)) == [table, 0, 3 * table, 0, table + 16 * 4, 2 * table, 0]
 
 
 def test_auto_segments_each_fit_the_room_the_budget_leaves(monkeypatch):

@@ -266,12 +266,15 @@ def _reads(node: ir.Node) -> list[ir.Value]:
 def held_bytes(nodes: Sequence[ir.Node], extra: Mapping[ir.Node, int] | None = None) -> list[int]:
     """The bytes of initializers (and ``Constant`` values) each node reads, as a session holds them: a constant
     DequantizeLinear input at the size of its output, into which ONNX Runtime folds it. A shared initializer
-    counts at its first reader, and again at each node that computes from constants alone and reads it (ONNX
-    Runtime folds that node into a weight of its own: a tied LM head's transposed embedding). ``extra``: more
-    bytes held while a node's segment runs (a probe's statistic that leaves memory when its segment is done:
-    ``MomentsProbe``)."""
+    counts at its first reader, and again at each node that computes from constants alone and reads it. Such a
+    node (a tied LM head's Transpose of the embedding, a Transpose or Reshape of a dequantized weight) is folded
+    into a weight of its own, which ONNX Runtime holds twice while it makes the session: it counts twice its
+    output's bytes (measured: an int4 weight's DequantizeLinear then Transpose peaks at 3x the float weight while
+    the session is made, 1x after). ``extra``: more bytes held while a node's segment runs (a probe's statistic
+    that leaves memory when its segment is done: ``MomentsProbe``)."""
     seen: set[ir.Value] = set()
     constant = constant_nodes(nodes)
+    folded = _folded_bytes(nodes, constant)
     weights = []
     for node in nodes:
         w = (extra or {}).get(node, 0)
@@ -282,8 +285,28 @@ def held_bytes(nodes: Sequence[ir.Node], extra: Mapping[ir.Node, int] | None = N
                 w += _held(v)
         if node.op_type == "Constant" and "value" in node.attributes:
             w += node.attributes["value"].value.nbytes
+        elif node in constant and not _dequantizes_a_weight(node):  # that one: at its input (``_held``)
+            w += 2 * sum(folded[v] for v in node.outputs)
         weights.append(w)
     return weights
+
+
+def _folded_bytes(nodes: Sequence[ir.Node], constant: set[ir.Node]) -> dict[ir.Value, int]:
+    """The bytes of each value a node of ``constant`` makes: by its declared shape, else as its largest input (a
+    Transpose, Reshape or DequantizeLinear of a weight)."""
+    size: dict[ir.Value, int] = {}
+    for node in nodes:
+        if node in constant:
+            read = max((size.get(v, _held(v) if v.const_value is not None else 0) for v in _reads(node)), default=0)
+            for out in node.outputs:
+                declared = _size(out) if out.shape is not None and out.shape.is_static() else None
+                size[out] = int(declared) if declared is not None else read
+    return size
+
+
+def _dequantizes_a_weight(node: ir.Node) -> bool:
+    weight = node.inputs[0] if node.inputs else None
+    return node.op_type == "DequantizeLinear" and weight is not None and weight.is_initializer()
 
 
 def _held(weight: ir.Value) -> int:
