@@ -293,11 +293,13 @@ def held_bytes(nodes: Sequence[ir.Node], extra: Mapping[ir.Node, int] | None = N
 
 def _folded_bytes(nodes: Sequence[ir.Node], constant: set[ir.Node]) -> dict[ir.Value, int]:
     """The bytes of each value a node of ``constant`` makes: by its declared shape, else as its largest input (a
-    Transpose, Reshape or DequantizeLinear of a weight)."""
+    Transpose, Reshape or DequantizeLinear of a weight) or its ``value``."""
     size: dict[ir.Value, int] = {}
     for node in nodes:
         if node in constant:
             read = max((size.get(v, _held(v) if v.const_value is not None else 0) for v in _reads(node)), default=0)
+            if node.op_type == "Constant" and "value" in node.attributes:
+                read = node.attributes["value"].value.nbytes
             for out in node.outputs:
                 declared = _size(out) if out.shape is not None and out.shape.is_static() else None
                 size[out] = int(declared) if declared is not None else read
