@@ -650,7 +650,8 @@ def test_a_weight_folded_into_another_constant_is_held_again_and_twice_while_fol
 def test_auto_segments_each_fit_the_room_the_budget_leaves(monkeypatch):
     """The room is the budget less what is reserved and resident (at least a byte). Ten equal weights with room
     for two and a half: the fewest segments within it, five of two weights (an even share of four segments with
-    its slack would read three, over the room); with room for less than one, a weight each."""
+    its slack would read three, over the room); with room for less than one, a weight each. A node that reads
+    more than the room gets a segment of its own, and does not widen the others."""
     monkeypatch.setattr(memory, "resident_bytes", lambda: 100)
     assert memory.room(budget=1000, reserved=200) == 700
     assert memory.room(budget=250, reserved=200) == 1
@@ -664,6 +665,12 @@ def test_auto_segments_each_fit_the_room_the_budget_leaves(monkeypatch):
     cuts = segments.find_cuts(nodes, 0, room=int(2.5 * weight))
     assert [b - a for a, b in zip([0, *cuts], [*cuts, len(nodes)])] == [2] * 5
     assert len(segments.find_cuts(nodes, 0, room=1)) == 9
+    # one node holding five weights (a statistic beside it): a segment of its own, the others still within the room
+    extra = {nodes[4]: 4 * weight}
+    cuts = segments.find_cuts(nodes, 0, extra=extra, room=int(2.5 * weight))
+    held = segments.held_bytes(nodes, extra)
+    parts = [held[a:b] for a, b in zip([0, *cuts], [*cuts, len(nodes)])]
+    assert len(parts) == 6 and all(sum(p) <= 2.5 * weight or len(p) == 1 for p in parts)
 
 
 def test_a_budget_the_run_passed_is_reported(tmp_path):

@@ -121,8 +121,8 @@ def find_cuts(
     room: int | None = None,
 ) -> list[int]:
     """Positions in ``nodes`` (topological order) where segments 2, 3, ... start, cut where the fewest bytes
-    cross: the fewest segments that each read at most ``room`` bytes (what a memory budget leaves; the heaviest
-    node gets a segment of its own), or, without ``room``, the fewest (at most ``count``) that each read at most
+    cross: the fewest segments that each read at most ``room`` bytes (what a memory budget leaves; a node that
+    reads more gets a segment of its own), or, without ``room``, the fewest (at most ``count``) that each read at most
     ``1 + SLACK`` times an even share of the weight bytes (or of the heaviest node). ``groups`` are the values
     each probe fetches together; ``extra``: bytes held with a node's weights while its segment runs
     (``held_bytes``)."""
@@ -134,7 +134,7 @@ def find_cuts(
         done.append(done[-1] + w)
     crossing = crossing_bytes(nodes, groups)
     if room is not None:
-        return _cover(done, crossing, max(room, *weights))
+        return _cover(done, crossing, room)
     limit = (1 + SLACK) * max(done[-1] / count, *weights)
     while len(cuts := _cover(done, crossing, limit)) >= count:
         limit *= 1 + SLACK
@@ -142,8 +142,8 @@ def find_cuts(
 
 
 def _cover(done: list[float], crossing: list[float], limit: float) -> list[int]:
-    """The cuts of the fewest segments reading at most ``limit`` each (``done``: weight before each position),
-    the fewest bytes crossing them among those.
+    """The cuts of the fewest segments reading at most ``limit`` each, or holding one node that reads more
+    (``done``: weight before each position), the fewest bytes crossing them among those.
 
     ``best[p]`` is (segments, bytes crossed, previous cut) of the best cover of the first ``p`` nodes. Its last
     segment starts at some ``q`` with ``done[p] - done[q] <= limit``: a window of ``q`` that only moves right,
@@ -159,7 +159,7 @@ def _cover(done: list[float], crossing: list[float], limit: float) -> list[int]:
         while window and score(window[-1]) >= score(p - 1):
             window.pop()
         window.append(p - 1)
-        while done[p] - done[lo] > limit:
+        while lo < p - 1 and done[p] - done[lo] > limit:  # one node alone may read more
             lo += 1
         while window[0] < lo:
             window.popleft()
