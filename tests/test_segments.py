@@ -278,16 +278,20 @@ def test_a_chain_of_blocks_is_cut_between_blocks():
     assert [nodes[p - 1].name for p in cuts] == ["b1_out", "b3_out"]
 
 
+def _matmul_chain(count: int) -> list[ir.Node]:
+    """The nodes of ``count`` MatMuls in a chain, each reading a ``[D, D]`` weight."""
+    g = _Graph()
+    h = "x"
+    for i in range(count):
+        h = g.op("MatMul", [h, g.weight(f"W{i}", (D, D))], f"mm{i}")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])
+    return list(g.model([x], [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], infer=True).graph)
+
+
 def test_never_more_segments_than_asked_and_none_over_the_share():
     """Three equal weights asked into two segments (no even split exists): two segments, not three. Six blocks
     asked into four: four segments, none reading more than 1.25 times an even share."""
-    g = _Graph()
-    h = "x"
-    for i in range(3):
-        h = g.op("MatMul", [h, g.weight(f"W{i}", (D, D))], f"mm{i}")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])
-    chain = g.model([x], [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], infer=True)
-    assert len(segments.find_cuts(list(chain.graph), 2)) == 1
+    assert len(segments.find_cuts(_matmul_chain(3), 2)) == 1
     nodes, cuts = _ordered(transformer(blocks=6), 4)
     assert len(cuts) == 3
     weights = [
@@ -655,13 +659,7 @@ def test_auto_segments_each_fit_the_room_the_budget_leaves(monkeypatch):
     monkeypatch.setattr(memory, "resident_bytes", lambda: 100)
     assert memory.room(budget=1000, reserved=200) == 700
     assert memory.room(budget=250, reserved=200) == 1
-    g = _Graph()
-    h = "x"
-    for i in range(10):
-        h = g.op("MatMul", [h, g.weight(f"W{i}", (D, D))], f"mm{i}")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])
-    chain = g.model([x], [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], infer=True)
-    nodes, weight = list(chain.graph), D * D * 4
+    nodes, weight = _matmul_chain(10), D * D * 4
     cuts = segments.find_cuts(nodes, 0, room=int(2.5 * weight))
     assert [b - a for a, b in zip([0, *cuts], [*cuts, len(nodes)])] == [2] * 5
     assert len(segments.find_cuts(nodes, 0, room=1)) == 9
