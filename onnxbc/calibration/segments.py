@@ -283,8 +283,9 @@ def held_bytes(nodes: Sequence[ir.Node], extra: Mapping[ir.Node, int] | None = N
             if v.is_initializer() and v.const_value is not None and (v not in seen or node in constant):
                 seen.add(v)
                 w += _held(v)
-        if node.op_type == "Constant" and "value" in node.attributes:
-            w += node.attributes["value"].value.nbytes
+        value = _constant_bytes(node)
+        if value is not None:
+            w += value
         elif node in constant and not _dequantizes_a_weight(node):  # that one: at its input (``_held``)
             w += 2 * sum(folded[v] for v in node.outputs)
         weights.append(w)
@@ -297,13 +298,20 @@ def _folded_bytes(nodes: Sequence[ir.Node], constant: set[ir.Node]) -> dict[ir.V
     size: dict[ir.Value, int] = {}
     for node in nodes:
         if node in constant:
-            read = max((size.get(v, _held(v) if v.const_value is not None else 0) for v in _reads(node)), default=0)
-            if node.op_type == "Constant" and "value" in node.attributes:
-                read = node.attributes["value"].value.nbytes
+            read = _constant_bytes(node)
+            if read is None:
+                read = max((size.get(v, _held(v) if v.const_value is not None else 0) for v in _reads(node)), default=0)
             for out in node.outputs:
                 declared = _size(out) if out.shape is not None and out.shape.is_static() else None
                 size[out] = int(declared) if declared is not None else read
     return size
+
+
+def _constant_bytes(node: ir.Node) -> int | None:
+    """A ``Constant`` node's ``value`` bytes; None for any other node (or value attribute)."""
+    if node.op_type == "Constant" and "value" in node.attributes:
+        return node.attributes["value"].value.nbytes
+    return None
 
 
 def _dequantizes_a_weight(node: ir.Node) -> bool:
