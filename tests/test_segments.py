@@ -620,6 +620,19 @@ def test_a_quantized_weight_is_held_at_its_float_size():
     assert segments.held_bytes(list(graph)) == [64 * 4 + 4, 0, 64 * 4]
 
 
+def test_a_4_bit_weight_is_held_unpacked_beside_its_float_size():
+    """ONNX Runtime keeps a folded int4 weight as a byte an element beside the float weight it made: 64 int4
+    values dequantized to float are held as 64 x 4 + 64 bytes."""
+    w = ir.Value(name="w", const_value=ir.tensor(np.ones((8, 8), np.int8), dtype=ir.DataType.INT4, name="w"))
+    scale = ir.Value(name="s", const_value=ir.tensor(np.ones((8,), np.float32), name="s"))
+    scale.dtype = ir.DataType.FLOAT
+    x = ir.val("x", ir.DataType.FLOAT, ir.Shape([1, 8]))
+    dq = ir.node("DequantizeLinear", [w, scale], attributes={"axis": 1})
+    mm = ir.node("MatMul", [x, dq.outputs[0]])
+    graph = ir.Graph([x], mm.outputs, nodes=[dq, mm], initializers=[w, scale], opset_imports={"": 21})
+    assert segments.held_bytes(list(graph)) == [64 * 4 + 64 + 8 * 4, 0]
+
+
 def test_a_weight_folded_into_another_constant_is_held_again_and_twice_while_folded():
     """A tied LM head: the embedding read by a Gather at the start and by a Transpose at the end, which ONNX
     Runtime folds into a transposed copy of its own, held twice while the session is made; so the Transpose

@@ -320,11 +320,15 @@ def _dequantizes_a_weight(node: ir.Node) -> bool:
 
 
 def _held(weight: ir.Value) -> int:
-    """``weight``'s bytes, or those of the DequantizeLinear output it is folded into (the scale's type)."""
+    """``weight``'s bytes, or those of the DequantizeLinear output it is folded into (the scale's type); a 4-bit
+    weight, a byte an element more: ONNX Runtime keeps it beside the float weight folded from it (measured, CPU,
+    blocked and per-channel int4 of 32 M elements: 128 MiB folded, 161 MiB held after the session is made; an
+    int8 weight, 128 MiB)."""
     for node, i in weight.uses():
         scale = node.inputs[1] if node.op_type == "DequantizeLinear" and i == 0 and len(node.inputs) > 1 else None
         if scale is not None and scale.dtype is not None:
-            return weight.const_value.size * scale.dtype.itemsize
+            size = weight.const_value.size
+            return size * scale.dtype.itemsize + (size if weight.const_value.dtype.bitwidth == 4 else 0)
     return weight.const_value.nbytes
 
 
