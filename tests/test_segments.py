@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxbc.calibration import collector, memory, segments
+from onnxbc.calibration import collector, footprint, memory, segments
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, MomentsProbe, OutputPowerProbe, PairedErrorProbe, RangeProbe
@@ -202,13 +202,15 @@ def _unpacked(options) -> bool:
         return False
 
 
-def _collect(model, make, data, segments=None):
+def _collect(model, make, data, segments=None, made_once=True):
     """The probes ``make`` gives, collected; checks that each segment's session holds only its own weights, and
-    does not repack them (a second copy: ``SessionFactory.create_from``) where the graph is cut."""
-    probes, factory, made, packed = make(), SessionFactory(Device.CPU), {}, set()
+    does not repack them (a second copy: ``SessionFactory.create_from``) where the graph is cut; and with
+    ``made_once`` that each session is made once (runs sized by shape inference, not by a trial run)."""
+    probes, factory, made, packed, calls = make(), SessionFactory(Device.CPU), {}, set(), []
     real = factory.create
 
     def create(sub, **kwargs):
+        calls.append(sub.graph.name)
         made.setdefault(sub.graph.name, set(sub.graph.initializers))
         session = real(sub, **kwargs)
         packed.add(not _unpacked(session.get_session_options()))
@@ -217,6 +219,7 @@ def _collect(model, make, data, segments=None):
     factory.create = create
     collect(model, probes, data, factory, splits=("fit", "holdout"), segments=segments)
     assert len(made) == (segments or 1)
+    assert (len(calls) == len(made)) is made_once
     assert packed == {not segments}
     weights = {v.name for v in model.graph.initializers.values() if v.const_value.size > D}
     assert all(weights - m for m in made.values()) if segments else made["g"] >= weights
@@ -245,6 +248,17 @@ def test_segments_give_the_statistics_of_the_whole_graph(tmp_path, monkeypatch, 
     errors = _collect(model, shadows, data)
     assert errors[0].moments["holdout"].count > 0
     _assert_same(errors, _collect(model, shadows, data, segments=count))
+
+
+def test_runs_sized_by_a_trial_run_where_shape_inference_cannot_size_them(tmp_path, monkeypatch):
+    """Fetched tensors that shape inference does not size: the whole graph runs one sample first, the segments
+    one sample through each (their sessions made twice); runs split alike, statistics equal."""
+    monkeypatch.setattr(collector, "FETCH_BUDGET_BYTES", 2000)
+    monkeypatch.setattr(footprint, "peak_and_output_bytes", lambda *args: None)
+    model = transformer()
+    data = _data(tmp_path, model)
+    whole = _collect(model, lambda: _pass_one(model), data, made_once=True)  # the whole graph's trial: same session
+    _assert_same(whole, _collect(model, lambda: _pass_one(model), data, segments=3, made_once=False))
 
 
 def test_paired_errors_of_a_float_and_perturbed_model(tmp_path):
@@ -573,7 +587,7 @@ def test_auto_segments_keep_a_session_within_the_memory_budget(tmp_path, monkeyp
 
     whole, sessions = run(1, held)
     auto, cut = run(0, held)
-    assert (sessions, cut) == (1, 2 * 2)  # each segment's session is made twice: once to size the runs
+    assert (sessions, cut) == (1, 2)  # each segment's session made once: shape inference sizes the runs
     _assert_same(whole, auto)
     assert run(0, 2 * held)[1] == 1
 
@@ -599,7 +613,7 @@ def test_statistics_held_while_gathered_count_with_the_weights(tmp_path, monkeyp
 
     whole, _ = run(moments, 1)
     auto, sessions = run(moments, 0)
-    assert sessions >= 2 * 2  # segments (each session made twice: once to size the runs)
+    assert sessions >= 2  # segments
     assert all(p.moments.sum_xx is None for p in auto)  # parked
     _assert_same(whole, auto)
     assert run(lambda: [p for p in _pass_one(model) if isinstance(p, RangeProbe)], 0)[1] == 1  # weights alone fit

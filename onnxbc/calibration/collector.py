@@ -9,10 +9,10 @@ in memory (or the system temp folder when it is too large for one protobuf), nev
 directory.
 
 Fetched tensors (whole activations, for histograms) can be large, and so can the intermediate tensors of a
-graph that computes every layer's shadow beside the model: the collector runs one sample first, and splits
-batches so that one run fetches at most ``FETCH_BUDGET_BYTES`` and its intermediate tensors, as
-``calibration.footprint`` estimates them, take at most an eighth of the memory budget (``--max-memory``, up to
-``RUN_BUDGET_BYTES``).
+graph that computes every layer's shadow beside the model: the collector splits batches so that one run
+fetches at most ``FETCH_BUDGET_BYTES`` and its intermediate tensors take at most an eighth of the memory budget
+(``--max-memory``, up to ``RUN_BUDGET_BYTES``), both sized for one sample by shape inference
+(``calibration.footprint``); where that cannot size the fetched tensors, one sample is run first.
 
 With ``segments=N`` the copy is cut into up to N consecutive segments (``calibration.segments``) that run one
 after another over all batches, each in its own session, so that only one segment's weights are loaded at a
@@ -23,8 +23,8 @@ after the last segment that reads it. A probe is updated when the last segment p
 runs; its values from earlier segments wait with the boundary tensors (they are in-graph reductions, small,
 except for a histogram's whole activation, which the cut finder keeps from splitting by counting it as
 crossing). Batches are split into the same runs as the whole graph's (every fetched value counts against the
-budget, whichever segment makes it; the boundary tensors do not), measured with one sample through every
-segment before the first batch.
+budget, whichever segment makes it; the boundary tensors do not), where shape inference cannot size them
+measured with one sample through every segment before the first batch.
 
 With ``SessionFactory.ray`` the batches are sharded across Ray workers, each running this collector over its own
 (``calibration.shards``); with ``SessionFactory.cache_dir`` each call's statistics are kept for a later run
@@ -189,7 +189,8 @@ def run(
     wanted = [[fetch[name] for name in names] for names in calibration.wanted]
     run_limit, boundary_limit = _limits(sessions)
     first = _first_batch(data, splits)
-    most = _most_samples(calib, first, run_limit)
+    most, fetched = _run_sizes(calib, first, run_limit)
+    step = None if fetched is None else _within_budget(fetched, most)  # None: measured by running one sample
     extra = _statistic_bytes(probes, wanted)
     if segments == 0:  # auto: segments that each fit what the memory budget leaves
         held = cutting.held_bytes(list(calib.graph), extra)
@@ -215,6 +216,7 @@ def run(
             advance,
             first,
             most,
+            step,
             boundary_limit,
             finish,
         )
@@ -223,7 +225,6 @@ def run(
     names = list(fetch)
     position = {name: i for i, name in enumerate(names)}
     index = [[position[name] for name in names_of] for names_of in calibration.wanted]
-    step = None
     for split in splits:
         for feeds in data.batches(split):
             if step is None:
@@ -248,11 +249,12 @@ def _run_segments(
     advance: Callable[[], None],
     first: dict[str, np.ndarray] | None,
     most: int | None,
+    step: int | None,
     boundary_limit: int,
     finish: bool,
 ) -> None:
     """Each segment over every run of ``splits``, in turn; its boundary tensors kept for the later ones; with
-    ``finish``, its probes ``finished`` after it."""
+    ``finish``, its probes ``finished`` after it. ``step``: samples a run, None to measure it on ``first``."""
     made = {name: k for k, part in enumerate(parts) for name in part.outputs}
     home = [max((made.get(n, 0) for n in probe_names), default=0) for probe_names in names]
     last: dict[str, int] = {}  # what a segment passes on -> the last segment that needs it
@@ -268,7 +270,8 @@ def _run_segments(
     where = [
         f"calibration segment {k + 1} of {len(parts)} (nodes '{p.first}' to '{p.last}')" for k, p in enumerate(parts)
     ]
-    step = _samples_per_segment_run(parts, first, sessions, constants, list(fetch), where, most) if first else 0
+    if step is None:
+        step = _samples_per_segment_run(parts, first, sessions, constants, list(fetch), where, most) if first else 0
     boundaries = Stash(boundary_limit, "onnxbc-segments-")
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
@@ -341,8 +344,9 @@ def _samples_per_segment_run(
     most: int | None,
 ) -> int:
     """``_samples_per_run`` of the whole graph, so that segments make the same runs (histogram bins follow the
-    runs): one sample of the first batch (``feeds``) through every segment first, one session at a time (so
-    each session is made twice). ``known``: the fetched constants."""
+    runs), where shape inference does not size the fetched tensors: one sample of the first batch (``feeds``)
+    through every segment first, one session at a time (so each session is made twice). ``known``: the fetched
+    constants."""
     known = {**known, **{k: v[:1] for k, v in feeds.items()}}
     for part, at in zip(parts, where):
         session = _session(part, sessions, {n: a.dtype for n, a in known.items()}, at)
@@ -391,7 +395,7 @@ def samples_per_run(
     """The most samples of ``split`` a run of ``model`` may take for its intermediate tensors (its outputs counted
     ``outputs_held`` times) to stay within an eighth of the memory budget (as ``collect``'s runs); None when that
     is not known."""
-    return _most_samples(model, _first_batch(data, (split,)), _limits(sessions)[0], outputs_held)
+    return _run_sizes(model, _first_batch(data, (split,)), _limits(sessions)[0], outputs_held)[0]
 
 
 def _limits(sessions: SessionFactory) -> tuple[int, int]:
@@ -406,16 +410,18 @@ def _first_batch(data: CalibrationData, splits: Sequence[str]) -> dict[str, np.n
     return next((feeds for split in splits for feeds in data.batches(split)), None) if data.batched else None
 
 
-def _most_samples(
+def _run_sizes(
     calib: ir.Model, first: dict[str, np.ndarray] | None, limit: int, outputs_held: int = 1
-) -> int | None:
-    """The most samples a run may take so that its intermediate tensors stay within ``limit`` bytes
-    (``footprint``: estimated on one sample of ``first``, the first batch); None when unknown or not batched."""
-    per_sample = footprint.peak_bytes(calib, {k: v[:1] for k, v in first.items()}, outputs_held) if first else None
+) -> tuple[int | None, int | None]:
+    """The most samples a run may take so that its intermediate tensors stay within ``limit`` bytes, and the
+    bytes one sample fetches (``footprint``: estimated on one sample of ``first``, the first batch); each None
+    when unknown or not batched."""
+    sizes = footprint.peak_and_output_bytes(calib, {k: v[:1] for k, v in first.items()}, outputs_held) if first else None
+    per_sample, fetched = sizes or (None, None)
     if not per_sample:
-        return None
+        return None, fetched
     logger.debug("intermediate tensors: %.1f MB a sample, runs of %d at most", per_sample / 1e6, limit // per_sample)
-    return max(1, limit // per_sample)
+    return max(1, limit // per_sample), fetched
 
 
 def _samples_per_run(session, names: list[str], feeds: dict[str, np.ndarray], most: int | None) -> int:

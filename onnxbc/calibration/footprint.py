@@ -34,9 +34,23 @@ def peak_bytes(model: ir.Model, sample: Mapping[str, np.ndarray], outputs_held: 
     """The most bytes of intermediate tensors alive at once while ``model`` runs on ``sample`` (see the module
     docstring), its graph outputs counted ``outputs_held`` times (held beside copies of themselves after the run);
     None when shape inference fails."""
+    both = peak_and_output_bytes(model, sample, outputs_held)
+    return None if both is None else both[0]
+
+
+def peak_and_output_bytes(
+    model: ir.Model, sample: Mapping[str, np.ndarray], outputs_held: int = 1
+) -> tuple[int, int | None] | None:
+    """``peak_bytes``, and the bytes of the graph outputs on ``sample`` (None when one's shape is not inferred),
+    from one shape inference; None when it fails."""
     sizes = _sizes(model, sample)
     if sizes is None:
         return None
+    outputs = [sizes.get(v.name) for v in model.graph.outputs]
+    return _peak(model, sizes, outputs_held), None if None in outputs else sum(outputs)
+
+
+def _peak(model: ir.Model, sizes: Mapping[str, int], outputs_held: int) -> int:
     nodes = list(model.graph)
     position = {node: i for i, node in enumerate(nodes)}
     end = len(nodes)
