@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxbc.calibration import collector, footprint, memory, segments
+from onnxbc.calibration import collector, footprint, memory, segmented, segments
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, MomentsProbe, OutputPowerProbe, PairedErrorProbe, RangeProbe
@@ -887,3 +887,37 @@ def test_parked_arrays_read_back_equal_and_leave_resident_memory_on_release(tmp_
     del parked, parking, p
     gc.collect()
     assert resident() == 0  # unmapped
+
+
+def test_a_tied_head_folds_its_own_copy_of_the_dequantized_table(tmp_path):
+    """A W4 model's tied LM head: the int4 embedding table's DequantizeLinear is read by the Gather first and by the
+    head's Transpose last. Cut in three, the last segment makes its own copy of the table (nothing passes it on:
+    it would be kept per run, 262 MB on a Llama-shaped model), it counts there again, and the logits equal the
+    whole graph's."""
+    vocab = 32
+    g = _Graph()
+    codes = RNG.integers(-8, 8, (vocab, D))
+    g.inits.append(helper.make_tensor("q", TensorProto.INT4, (vocab, D), codes.flatten().tolist()))
+    g.op("DequantizeLinear", ["q", g.const("s", np.full(vocab, 0.1, np.float32))], "table", axis=0)
+    h = g.op("Gather", ["table", "ids"], "embed")
+    for i in range(3):
+        h = g.op("MatMul", [h, g.weight(f"w{i}", (D, D))], f"h{i}")
+    g.op("MatMul", [h, g.op("Transpose", ["table"], "head", perm=[1, 0])], "logits")
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])
+    model = g.model([ids], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4, vocab])], infer=True)
+
+    np.savez(tmp_path / "d.npz", ids=RNG.integers(0, vocab, (10, 4)))
+    data = open_data(DataOptions(path=tmp_path / "d.npz", batch_size=4), input_specs(model))
+    whole = SessionFactory(Device.CPU).create(model)
+    cut = segmented.SegmentedSession(model, data, "fit", SessionFactory(Device.CPU, segments=3))
+    for feeds in data.batches("fit"):
+        np.testing.assert_allclose(cut.run(None, feeds)[0], whole.run(None, feeds)[0], rtol=1e-5, atol=1e-6)
+
+    nodes = segments.order(list(model.graph), [])
+    held = dict(zip([n.name for n in nodes], segments.held_bytes(nodes)))
+    table = vocab * D * 4
+    assert held["head"] == 2 * table + (table + vocab * D + vocab * 4)  # its fold, and the table's again
+    parts = segments.split(model, nodes, [2, 4], list(model.graph.outputs))  # [dq, embed], [h0, h1], [h2, head...]
+    assert len(parts) == 3
+    assert all("table" not in p.inputs and "table" not in p.outputs for p in parts)
+    assert [n.op_type for n in parts[-1].model.graph] == ["DequantizeLinear", "MatMul", "Transpose", "MatMul"]

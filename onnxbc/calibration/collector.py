@@ -416,7 +416,9 @@ def _run_sizes(
     """The most samples a run may take so that its intermediate tensors stay within ``limit`` bytes, and the
     bytes one sample fetches (``footprint``: estimated on one sample of ``first``, the first batch); each None
     when unknown or not batched."""
-    sizes = footprint.peak_and_output_bytes(calib, {k: v[:1] for k, v in first.items()}, outputs_held) if first else None
+    sizes = None
+    if first:
+        sizes = footprint.peak_and_output_bytes(calib, {k: v[:1] for k, v in first.items()}, outputs_held)
     per_sample, fetched = sizes or (None, None)
     if not per_sample:
         return None, fetched

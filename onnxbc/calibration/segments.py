@@ -20,7 +20,10 @@ segments, only one segment's weights are loaded at a time; what flows from one s
    across a cut makes its earlier values wait for the later ones.
 3. ``split``: one model per segment, holding its own nodes and the initializers they read (the tensors are
    shared, not copied). Its inputs are the graph inputs and the boundary tensors it reads; its outputs are the
-   fetched values it produces and the boundary tensors later segments read.
+   fetched values it produces and the boundary tensors later segments read. A value made from constants alone
+   (a dequantized weight) never crosses: a later segment that reads it gets a copy of the nodes that make it,
+   which ONNX Runtime folds there (a W4 tied LM head reads the dequantized embedding table the first segment's
+   Gather read; passed on, it was computed and kept on every run).
 
 Limits: sizes are estimated from the value shapes the model declares, each symbolic dimension taken as
 ``SYMBOLIC_DIM``; a crossing value of unknown shape counts as the largest known one. An initializer read by
@@ -112,6 +115,17 @@ def constant_nodes(nodes: Sequence[ir.Node]) -> set[ir.Node]:
     return constant
 
 
+def _copied(nodes: Sequence[ir.Node]) -> set[ir.Node]:
+    """The nodes of ``constant_nodes`` that ``split`` copies into each later segment reading them, so that what
+    they make never crosses a cut (a W4 model's tied LM head: the dequantized embedding table, 262 MB, passed on
+    from the first segment to the last on every run); not those with subgraphs."""
+    return {
+        node
+        for node in constant_nodes(nodes)
+        if not any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+    }
+
+
 def find_cuts(
     nodes: Sequence[ir.Node],
     count: int,
@@ -174,10 +188,12 @@ def _cover(done: list[float], crossing: list[float], limit: float) -> list[int]:
 def crossing_bytes(nodes: Sequence[ir.Node], groups: Sequence[Sequence[ir.Value]] = ()) -> list[float]:
     """Estimated bytes per run of the tensors crossing a cut before ``nodes[p]``, for each ``p`` (0..len)."""
     position = {node: i for i, node in enumerate(nodes)}
+    copied = _copied(nodes)
     needed: dict[ir.Value, int] = {}  # value -> position of the last node that needs it
     for i, node in enumerate(nodes):
         for v in _reads(node):
-            if v.producer() in position:
+            # what ``split`` copies to later readers crosses only until its first
+            if v.producer() in position and (v.producer() not in copied or v not in needed):
                 needed[v] = i
     for group in groups:
         made = [v for v in group if v.producer() in position]
@@ -201,49 +217,97 @@ def crossing_bytes(nodes: Sequence[ir.Node], groups: Sequence[Sequence[ir.Value]
 
 
 def split(model: ir.Model, nodes: Sequence[ir.Node], cuts: Sequence[int], fetched: Sequence[ir.Value]) -> list[Segment]:
-    """One model per segment of ``nodes`` (all of ``model``'s main graph, in topological order). The nodes move
-    into the segments' graphs: ``model`` is left empty and must not be used afterwards."""
+    """One model per segment of ``nodes`` (all of ``model``'s main graph, in topological order), none for a
+    segment of copied constant nodes alone (``_read_here``). The nodes move into the segments' graphs: ``model``
+    is left empty and must not be used afterwards."""
     main = model.graph
     bounds = [0, *cuts, len(nodes)]
     segment_of = {node: k for k in range(len(bounds) - 1) for node in nodes[bounds[k] : bounds[k + 1]]}
     outer = set(main.inputs) | set(main.initializers.values())
+    copied = _copied(nodes)
     later: dict[ir.Value, int] = {}  # value -> the last segment that reads it
     for node in nodes:
         for v in _reads(node):
-            later[v] = max(later.get(v, 0), segment_of[node])
+            if v.producer() not in copied:
+                later[v] = max(later.get(v, 0), segment_of[node])
     wanted = set(fetched)
     main.outputs.clear()
     main.remove(nodes)
     segments = []
     for k in range(len(bounds) - 1):
-        own = nodes[bounds[k] : bounds[k + 1]]
-        inputs: list[ir.Value] = []
-        initializers: list[ir.Value] = []
-        local: dict[ir.Value, ir.Value] = {}  # a value made outside this segment -> this segment's copy of it
+        own = _read_here(nodes[bounds[k] : bounds[k + 1]], copied, wanted)
+        if not own:
+            continue
+        outside = _Outside(copied)
         for node in own:
             for inner in _inner(node):
                 for i, v in enumerate(inner.inputs):
                     producer = None if v is None else v.producer()
-                    if v is None or not (v in outer if producer is None else segment_of.get(producer, k) != k):
-                        continue
-                    if v not in local:
-                        constant = v.const_value if v.is_initializer() else None
-                        shape = None if v.shape is None else v.shape.copy()
-                        local[v] = ir.Value(name=v.name, shape=shape, type=v.type, const_value=constant)
-                        (inputs if constant is None else initializers).append(local[v])
-                    inner.replace_input_with(i, local[v])
+                    if v is not None and (v in outer if producer is None else segment_of.get(producer, k) != k):
+                        inner.replace_input_with(i, outside.local(v))
         outputs = [v for node in own for v in node.outputs if v in wanted or later.get(v, k) > k]
         graph = ir.Graph(
-            inputs,
+            outside.inputs,
             outputs,
-            nodes=own,
-            initializers=initializers,
+            nodes=[*outside.copies, *own],
+            initializers=outside.initializers,
             opset_imports=dict(main.opset_imports),
             name=f"{main.name or 'main'}_segment{k + 1}",
         )
         sub = ir.Model(graph, ir_version=model.ir_version, functions=list(model.functions.values()))
         segments.append(Segment(sub, [v.name for v in outputs], own[0].name, own[-1].name))
     return segments
+
+
+def _read_here(own: Sequence[ir.Node], copied: set[ir.Node], wanted: set[ir.Value]) -> list[ir.Node]:
+    """``own`` less its nodes of ``copied`` that none of its nodes reads and no probe fetches: the segments that
+    read them have copies."""
+    read: set[ir.Value] = set()
+    kept = []
+    for node in reversed(own):
+        if node not in copied or any(v in wanted or v in read for v in node.outputs):
+            kept.append(node)
+            read.update(_reads(node))
+    return kept[::-1]
+
+
+class _Outside:
+    """What one segment reads from outside it, as its own values: the graph inputs and boundary tensors
+    (``inputs``), the initializers, and copies of the nodes of ``copied`` (``copies``, in order) and of what
+    they read."""
+
+    def __init__(self, copied: set[ir.Node]) -> None:
+        self.copied = copied
+        self.inputs: list[ir.Value] = []
+        self.initializers: list[ir.Value] = []
+        self.copies: list[ir.Node] = []
+        self._local: dict[ir.Value, ir.Value] = {}  # a value made outside the segment -> its copy
+
+    def local(self, v: ir.Value) -> ir.Value:
+        if v in self._local:
+            return self._local[v]
+        made = v.producer()
+        if made in self.copied:
+            clone = ir.Node(
+                made.domain,
+                made.op_type,
+                [None if u is None else self.local(u) for u in made.inputs],
+                attributes=[ir.Attr(a.name, a.type, a.value) for a in made.attributes.values()],
+                overload=made.overload,
+                num_outputs=len(made.outputs),
+                version=made.version,
+                name=made.name,
+            )
+            for out, new in zip(made.outputs, clone.outputs):
+                new.name, new.type, new.shape = out.name, out.type, out.shape
+                self._local[out] = new
+            self.copies.append(clone)
+        else:
+            constant = v.const_value if v.is_initializer() else None
+            shape = None if v.shape is None else v.shape.copy()
+            self._local[v] = ir.Value(name=v.name, shape=shape, type=v.type, const_value=constant)
+            (self.inputs if constant is None else self.initializers).append(self._local[v])
+        return self._local[v]
 
 
 def _inner(node: ir.Node) -> Iterator[ir.Node]:
@@ -270,24 +334,33 @@ def held_bytes(nodes: Sequence[ir.Node], extra: Mapping[ir.Node, int] | None = N
     node (a tied LM head's Transpose of the embedding, a Transpose or Reshape of a dequantized weight) is folded
     into a weight of its own, which ONNX Runtime holds twice while it makes the session: it counts twice its
     output's bytes (measured: an int4 weight's DequantizeLinear then Transpose peaks at 3x the float weight while
-    the session is made, 1x after). ``extra``: more bytes held while a node's segment runs (a probe's statistic
-    that leaves memory when its segment is done: ``MomentsProbe``)."""
+    the session is made, 1x after). A value made from constants that such a node reads after another node did
+    (the dequantized embedding table a tied head's Transpose reads after the Gather) counts again at it, with
+    all it is made from: ``split`` copies what makes it into a later segment (``_copied``). ``extra``: more
+    bytes held while a node's segment runs (a probe's statistic that leaves memory when its segment is done:
+    ``MomentsProbe``)."""
     seen: set[ir.Value] = set()
     constant = constant_nodes(nodes)
     folded = _folded_bytes(nodes, constant)
+    chain: dict[ir.Value, int] = {}  # a value made from constants -> what a session holds to make it alone
     weights = []
     for node in nodes:
-        w = (extra or {}).get(node, 0)
+        own = _constant_bytes(node)
+        if own is None:
+            folds = node in constant and not _dequantizes_a_weight(node)  # that one: at its input (``_held``)
+            own = 2 * sum(folded[v] for v in node.outputs) if folds else 0
+        w = (extra or {}).get(node, 0) + own
         for v in _reads(node):
-            # a node computing from constants alone is folded into a weight of its own: it holds a shared one again
-            if v.is_initializer() and v.const_value is not None and (v not in seen or node in constant):
-                seen.add(v)
-                w += _held(v)
-        value = _constant_bytes(node)
-        if value is not None:
-            w += value
-        elif node in constant and not _dequantizes_a_weight(node):  # that one: at its input (``_held``)
-            w += 2 * sum(folded[v] for v in node.outputs)
+            if _is_weight(v):
+                # a node computing from constants alone is folded into a weight of its own: it holds a shared one again
+                if v not in seen or node in constant:
+                    w += _held(v)
+            elif v in seen and node in constant:
+                w += chain.get(v, 0)  # made from constants and read before: ``split`` copies it to a later segment
+            seen.add(v)
+        if node in constant:
+            made = own + sum(_held(v) if _is_weight(v) else chain.get(v, 0) for v in _reads(node))
+            chain.update((v, made) for v in node.outputs)
         weights.append(w)
     return weights
 
@@ -312,6 +385,10 @@ def _constant_bytes(node: ir.Node) -> int | None:
     if node.op_type == "Constant" and "value" in node.attributes:
         return node.attributes["value"].value.nbytes
     return None
+
+
+def _is_weight(value: ir.Value) -> bool:
+    return value.is_initializer() and value.const_value is not None
 
 
 def _dequantizes_a_weight(node: ir.Node) -> bool:
