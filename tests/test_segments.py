@@ -917,6 +917,10 @@ def test_a_tied_head_folds_its_own_copy_of_the_dequantized_table(tmp_path):
     held = dict(zip([n.name for n in nodes], segments.held_bytes(nodes)))
     table = vocab * D * 4
     assert held["head"] == 2 * table + (table + vocab * D + vocab * 4)  # its fold, and the table's again
+    # room for less than the head's Transpose: it is not given a segment of its own (which would be a segment
+    # of nothing but a copied node, and its copy in the next beside all that fits there), it goes with its reader
+    at = [n.name for n in nodes].index("head")
+    assert not {at, at + 1} <= set(segments.find_cuts(nodes, 0, room=table))
     parts = segments.split(model, nodes, [2, 4], list(model.graph.outputs))  # [dq, embed], [h0, h1], [h2, head...]
     assert len(parts) == 3
     assert all("table" not in p.inputs and "table" not in p.outputs for p in parts)

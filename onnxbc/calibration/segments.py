@@ -140,7 +140,7 @@ def find_cuts(
     ``1 + SLACK`` times an even share of the weight bytes (or of the heaviest node). ``groups`` are the values
     each probe fetches together; ``extra``: bytes held with a node's weights while its segment runs
     (``held_bytes``)."""
-    weights = held_bytes(nodes, extra)
+    weights = _at_readers(nodes, held_bytes(nodes, extra))
     if sum(weights) == 0:
         weights = [1] * len(nodes)
     done = [0]
@@ -153,6 +153,24 @@ def find_cuts(
     while len(cuts := _cover(done, crossing, limit)) >= count:
         limit *= 1 + SLACK
     return cuts
+
+
+def _at_readers(nodes: Sequence[ir.Node], weights: list[int]) -> list[int]:
+    """``weights`` with each copied constant node's (``_copied``) moved to the first node that reads what it
+    makes: wherever a cut falls, that reader's segment holds it (``split`` copies it there), so a constant node
+    heavier than the room does not get a segment of its own beside its reader's."""
+    copied = _copied(nodes)
+    first: dict[ir.Value, int] = {}  # value -> the position of its first reader
+    for i, node in enumerate(nodes):
+        for v in _reads(node):
+            first.setdefault(v, i)
+    moved = list(weights)
+    for i in reversed(range(len(nodes))):  # a chain (DequantizeLinear, Transpose) ends at the reader of its last
+        readers = [first[v] for v in nodes[i].outputs if v in first]
+        if nodes[i] in copied and readers:
+            moved[min(readers)] += moved[i]
+            moved[i] = 0
+    return moved
 
 
 def _cover(done: list[float], crossing: list[float], limit: float) -> list[int]:
