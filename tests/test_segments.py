@@ -889,11 +889,11 @@ def test_parked_arrays_read_back_equal_and_leave_resident_memory_on_release(tmp_
     assert resident() == 0  # unmapped
 
 
-def test_a_tied_head_folds_its_own_copy_of_the_dequantized_table(tmp_path):
+def test_a_tied_head_folds_its_own_copy_of_the_dequantized_table(tmp_path, monkeypatch):
     """A W4 model's tied LM head: the int4 embedding table's DequantizeLinear is read by the Gather first and by the
     head's Transpose last. Cut in three, the last segment makes its own copy of the table (nothing passes it on:
     it would be kept per run, 262 MB on a Llama-shaped model), it counts there again, and the logits equal the
-    whole graph's."""
+    whole graph's; also where that segment holds more than the budget leaves and is not folded."""
     vocab = 32
     g = _Graph()
     codes = RNG.integers(-8, 8, (vocab, D))
@@ -910,6 +910,22 @@ def test_a_tied_head_folds_its_own_copy_of_the_dequantized_table(tmp_path):
     data = open_data(DataOptions(path=tmp_path / "d.npz", batch_size=4), input_specs(model))
     whole = SessionFactory(Device.CPU).create(model)
     cut = segmented.SegmentedSession(model, data, "fit", SessionFactory(Device.CPU, segments=3))
+    for feeds in data.batches("fit"):
+        np.testing.assert_allclose(cut.run(None, feeds)[0], whole.run(None, feeds)[0], rtol=1e-5, atol=1e-6)
+
+    # a budget whose room (3/4 of it, nothing resident) is 1.5 tables: the head's segment (its Transpose holds 3
+    # tables and more) is not folded but computes the table and its transpose on every run, the same logits
+    monkeypatch.setattr(memory, "resident_bytes", lambda: 0)
+    factory, made = SessionFactory(Device.CPU, segments=0, max_memory=2 * vocab * D * 4), []
+    real = factory.create
+
+    def create(sub, **kwargs):
+        made.append(("head" in [n.name for n in sub.graph], kwargs["fold"]))
+        return real(sub, **kwargs)
+
+    factory.create = create
+    cut = segmented.SegmentedSession(model, data, "fit", factory)
+    assert len(made) > 2 and all(fold is not head for head, fold in made)
     for feeds in data.batches("fit"):
         np.testing.assert_allclose(cut.run(None, feeds)[0], whole.run(None, feeds)[0], rtol=1e-5, atol=1e-6)
 

@@ -218,6 +218,7 @@ def run(
             most,
             step,
             boundary_limit,
+            room,
             finish,
         )
         return
@@ -251,10 +252,14 @@ def _run_segments(
     most: int | None,
     step: int | None,
     boundary_limit: int,
+    room: int | None,
     finish: bool,
 ) -> None:
     """Each segment over every run of ``splits``, in turn; its boundary tensors kept for the later ones; with
-    ``finish``, its probes ``finished`` after it. ``step``: samples a run, None to measure it on ``first``."""
+    ``finish``, its probes ``finished`` after it. ``step``: samples a run, None to measure it on ``first``. A
+    segment whose weights, folded, hold more than ``room`` (one node heavier than the room the budget leaves: a
+    tied LM head's transposed table) computes them from the stored constants on every run instead
+    (``SessionFactory.create_from``'s ``fold``)."""
     made = {name: k for k, part in enumerate(parts) for name in part.outputs}
     home = [max((made.get(n, 0) for n in probe_names), default=0) for probe_names in names]
     last: dict[str, int] = {}  # what a segment passes on -> the last segment that needs it
@@ -270,14 +275,19 @@ def _run_segments(
     where = [
         f"calibration segment {k + 1} of {len(parts)} (nodes '{p.first}' to '{p.last}')" for k, p in enumerate(parts)
     ]
+    folds = [room is None or sum(cutting.held_bytes(list(part.model.graph))) <= room for part in parts]
+    for k in (k for k, fold in enumerate(folds) if not fold):
+        logger.info("%s holds more than the budget leaves, folded: its constants computed on every run", where[k])
     if step is None:
-        step = _samples_per_segment_run(parts, first, sessions, constants, list(fetch), where, most) if first else 0
+        step = (
+            _samples_per_segment_run(parts, first, sessions, constants, list(fetch), where, most, folds) if first else 0
+        )
     boundaries = Stash(boundary_limit, "onnxbc-segments-")
     tick = _spread(advance, sum(data.count_batches(split) for split in splits), len(parts))
     try:
         for k, part in enumerate(parts):
             logger.info("%s: running over every batch", where[k])  # progress by segment (--verbose)
-            session = _session(part, sessions, boundaries.dtypes, where[k])
+            session = _session(part, sessions, boundaries.dtypes, where[k], folds[k])
             keep = [n for n in part.outputs if n in last]
             done = [n for n, end in last.items() if end == k]
             mine = [(probe, probe_names) for probe, probe_names, h in zip(probes, names, home) if h == k]
@@ -342,14 +352,15 @@ def _samples_per_segment_run(
     fetched: list[str],
     where: list[str],
     most: int | None,
+    folds: list[bool],
 ) -> int:
     """``_samples_per_run`` of the whole graph, so that segments make the same runs (histogram bins follow the
     runs), where shape inference does not size the fetched tensors: one sample of the first batch (``feeds``)
     through every segment first, one session at a time (so each session is made twice). ``known``: the fetched
     constants."""
     known = {**known, **{k: v[:1] for k, v in feeds.items()}}
-    for part, at in zip(parts, where):
-        session = _session(part, sessions, {n: a.dtype for n, a in known.items()}, at)
+    for part, at, fold in zip(parts, where, folds):
+        session = _session(part, sessions, {n: a.dtype for n, a in known.items()}, at, fold)
         # copies: ONNX Runtime's outputs keep their session's memory arena alive
         known.update((n, np.array(a)) for n, a in zip(part.outputs, _run(session, part, known, at)))
         del session  # before the next segment's session is made
@@ -357,14 +368,16 @@ def _samples_per_segment_run(
     return _within_budget(sum(known[n].nbytes for n in fetched), most)
 
 
-def _session(part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str):
-    """The segment's session, its weights not repacked (segments are cut to fit the weights once); boundary
-    inputs whose type the model does not declare take the arrays' dtypes."""
+def _session(
+    part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str, fold: bool = True
+):
+    """The segment's session, its weights not repacked (segments are cut to fit the weights once), and with
+    ``fold=False`` not folded; boundary inputs whose type the model does not declare take the arrays' dtypes."""
     for v in part.model.graph.inputs:
         if v.type is None and v.name in dtypes:
             v.type = ir.TensorType(ir.DataType.from_numpy(dtypes[v.name]))
     try:
-        return sessions.create(part.model, prepack=False)
+        return sessions.create(part.model, prepack=False, fold=fold)
     except Exception as e:
         raise OnnxbcError(f"{where} cannot be made: {one_line(e)}") from e
 

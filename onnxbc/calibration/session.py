@@ -83,21 +83,32 @@ class SessionFactory:
     def device_name(self) -> str:
         return {CUDA: "cuda", CPU: "cpu"}.get(self.provider or "", self.provider or "none")
 
-    def create(self, model: ir.Model, *, exact: bool = True, prepack: bool = True) -> ort.InferenceSession:
+    def create(
+        self, model: ir.Model, *, exact: bool = True, prepack: bool = True, fold: bool = True
+    ) -> ort.InferenceSession:
         with model_io.ort_source(model, file_from=FILE_FROM_BYTES) as source:
-            return self.create_from(source, exact=exact, prepack=prepack)
+            return self.create_from(source, exact=exact, prepack=prepack, fold=fold)
 
-    def create_from(self, source: bytes | str, *, exact: bool = True, prepack: bool = True) -> ort.InferenceSession:
+    def create_from(
+        self, source: bytes | str, *, exact: bool = True, prepack: bool = True, fold: bool = True
+    ) -> ort.InferenceSession:
         """``prepack=False``: the weights are not repacked for the CPU's matrix kernels, which holds a second
         copy of them, and more while the session is made (a W4 Llama-shaped model of 0.44 GB, its weights
         folded to float, on a quiet machine: 768 MB peak and 640 MB after, 1.1 s to make; without: 620 MB,
-        0.5 s), for a run a little slower (3 runs of 2 samples: 1.46 s instead of 1.30 s; benchmarks/README.md)."""
+        0.5 s), for a run a little slower (3 runs of 2 samples: 1.46 s instead of 1.30 s; benchmarks/README.md).
+        ``fold=False``: ONNX Runtime does not fold what is computed from constants alone into weights of its own
+        (a DequantizeLinear of a weight, a Transpose of one), but computes it on every run, the same numbers: an
+        int4 weight is held as it is stored, and one float copy at a time exists while a run uses it (an int4
+        4096 x 8192 weight, then transposed: 425 MB peak and 170 MB held when folded, 178 MB peak and 24 MB held
+        when not, for about 0.1-0.3 s more a run; ``benchmarks/fold_memory.py``)."""
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = self.threads
         options.enable_cpu_mem_arena = not self.budget_given
         if not prepack or self.budget_given:
             options.add_session_config_entry("session.disable_prepacking", "1")
+        if not fold:
+            options.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
         if exact:
             # Follow the node order, in which probes sit right after the layers they read, so that tensors
             # are freed early (measured on PP-OCR, batch 16: 1.8 GB instead of 4.7 GB).
