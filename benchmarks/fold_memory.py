@@ -4,9 +4,11 @@
 the cases it counts, each in a fresh process: a float weight, an int8 or int4 weight's DequantizeLinear (folded
 into a float weight), the same then transposed (folded again), two such chains, each read by a MatMul. The
 session is made as the collector makes segment sessions (no memory arena, no prepacking, ``disable_quant_qdq``:
-constant DequantizeLinear nodes folded), the weight in an external-data file. Reported per case: the peak
-resident memory over the process's before the session is made, what it holds after, and after three runs of
-one [1, 128, K] input, in MB (2**20 bytes), beside the float weight's size::
+constant DequantizeLinear nodes folded), the weight in an external-data file; and again with ONNX Runtime's
+constant folding off (``SessionFactory.create_from(fold=False)``: what the graph computes from constants is
+computed on every run). Reported per case: the peak resident memory over the process's before the session is
+made, what it holds after, and after three runs of one [1, 128, K] input, in MB (2**20 bytes), beside the float
+weight's size, and the mean time of a run::
 
     python -m benchmarks.fold_memory                 # 4096 x 8192 weights (128 MiB as float)
     python -m benchmarks.fold_memory --rows 1024     # smaller
@@ -75,7 +77,7 @@ def build(path: Path, kind: str, transposed: bool, count: int, rows: int, cols: 
 
 
 MEASURE = """
-import sys, numpy as np, onnxruntime as ort
+import sys, time, numpy as np, onnxruntime as ort
 def mem():
     with open("/proc/self/status") as f:
         v = {l.split()[0]: int(l.split()[1]) // 1024 for l in f if l.startswith(("VmHWM", "VmRSS"))}
@@ -86,22 +88,34 @@ o.enable_cpu_mem_arena = False
 o.log_severity_level = 3
 o.add_session_config_entry("session.disable_prepacking", "1")
 o.add_session_config_entry("session.disable_quant_qdq", "1")
+if sys.argv[3] == "0":
+    o.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
 s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
 held, peak = mem()
 x = np.random.default_rng(1).standard_normal((1, 128, int(sys.argv[2]))).astype(np.float32)
+start = time.perf_counter()
 for _ in range(3):
     s.run(None, {"x": x})
+seconds = (time.perf_counter() - start) / 3
 ran, ran_peak = mem()
-print(peak - before, held - before, ran - before, ran_peak - before)
+print(peak - before, held - before, ran - before, ran_peak - before, seconds)
 """
 
 
-def measure(path: Path, rows: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(rows)], capture_output=True, text=True)
+def measure(path: Path, rows: int, fold: bool) -> dict:
+    cmd = [sys.executable, "-c", MEASURE, str(path), str(rows), str(int(fold))]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{path.name}: {out.stderr.strip().splitlines()[-1]}")
-    made_peak, held, after_runs, run_peak = (int(x) for x in out.stdout.split())
-    return {"made_peak_mb": made_peak, "held_mb": held, "after_runs_mb": after_runs, "peak_mb": run_peak}
+    *sizes, seconds = out.stdout.split()
+    made_peak, held, after_runs, run_peak = (int(x) for x in sizes)
+    return {
+        "made_peak_mb": made_peak,
+        "held_mb": held,
+        "after_runs_mb": after_runs,
+        "peak_mb": run_peak,
+        "run_s": round(float(seconds), 3),
+    }
 
 
 def main() -> None:
@@ -115,10 +129,12 @@ def main() -> None:
         for name, (kind, transposed, count) in CASES.items():
             path = Path(tmp) / f"{name}.onnx"
             build(path, kind, transposed, count, args.rows, args.cols)
-            row = {"case": name, "weights": count, "float_weight_mb": args.rows * args.cols * 4 * count >> 20}
-            row.update(measure(path, args.rows))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for fold in (True, False):
+                row = {"case": name, "fold": fold, "weights": count}
+                row["float_weight_mb"] = args.rows * args.cols * 4 * count >> 20
+                row.update(measure(path, args.rows, fold))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     result = {"date": datetime.date.today().isoformat(), "rows": args.rows, "cols": args.cols, "cases": rows}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

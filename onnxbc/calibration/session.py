@@ -99,8 +99,8 @@ class SessionFactory:
         ``fold=False``: ONNX Runtime does not fold what is computed from constants alone into weights of its own
         (a DequantizeLinear of a weight, a Transpose of one), but computes it on every run, the same numbers: an
         int4 weight is held as it is stored, and one float copy at a time exists while a run uses it (an int4
-        4096 x 8192 weight, then transposed: 425 MB peak and 170 MB held when folded, 178 MB peak and 24 MB held
-        when not, for about 0.1-0.3 s more a run; ``benchmarks/fold_memory.py``)."""
+        4096 x 8192 weight, then transposed: 425 MB peak and 169 MB held when folded, 178 MB peak and 24 MB held
+        when not, a run of 128 tokens 0.16 -> 0.31 s on a busy 2-core machine; ``benchmarks/fold_memory.py``)."""
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = self.threads
