@@ -675,7 +675,10 @@ def test_a_weight_folded_into_another_constant_is_held_again_and_twice_while_fol
         opset_imports={"": 21},
     )
     table = 16 * 8 * 4
-    assert segments.held_bytes(list(graph)) == [table, 0, 3 * table, 0, table + 16 * 4, 2 * table, 0]
+    held = segments.held_bytes(list(graph))
+    assert held == [table, 0, 3 * table, 0, table + 16 * 4, 2 * table, 0]
+    # where cuts are chosen, what is folded counts at the node that reads it: a chain at its last one's reader
+    assert segments._at_readers(list(graph), held) == [table, 0, 0, 3 * table, 0, 0, 3 * table + 16 * 4]
 
 
 def test_auto_segments_each_fit_the_room_the_budget_leaves(monkeypatch):

@@ -165,9 +165,9 @@ def _at_readers(nodes: Sequence[ir.Node], weights: list[int]) -> list[int]:
         for v in _reads(node):
             first.setdefault(v, i)
     moved = list(weights)
-    for i in reversed(range(len(nodes))):  # a chain (DequantizeLinear, Transpose) ends at the reader of its last
-        readers = [first[v] for v in nodes[i].outputs if v in first]
-        if nodes[i] in copied and readers:
+    for i, node in enumerate(nodes):  # in order: a chain (DequantizeLinear, Transpose) ends at its last's reader
+        readers = [first[v] for v in node.outputs if v in first]
+        if node in copied and readers:
             moved[min(readers)] += moved[i]
             moved[i] = 0
     return moved
