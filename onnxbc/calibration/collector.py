@@ -277,7 +277,7 @@ def _run_segments(
     ]
     folds = [room is None or sum(cutting.held_bytes(list(part.model.graph))) <= room for part in parts]
     for k in (k for k, fold in enumerate(folds) if not fold):
-        logger.info("%s holds more than the budget leaves, folded: its constants computed on every run", where[k])
+        logger.info("%s: its weights, folded, hold more than the budget leaves: computed on every run", where[k])
     if step is None:
         step = (
             _samples_per_segment_run(parts, first, sessions, constants, list(fetch), where, most, folds) if first else 0
@@ -368,9 +368,7 @@ def _samples_per_segment_run(
     return _within_budget(sum(known[n].nbytes for n in fetched), most)
 
 
-def _session(
-    part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str, fold: bool = True
-):
+def _session(part: cutting.Segment, sessions: SessionFactory, dtypes: dict[str, np.dtype], where: str, fold: bool):
     """The segment's session, its weights not repacked (segments are cut to fit the weights once), and with
     ``fold=False`` not folded; boundary inputs whose type the model does not declare take the arrays' dtypes."""
     for v in part.model.graph.inputs:
