@@ -5,7 +5,18 @@ import numpy as np
 import pytest
 
 from onnxbc.solvers.bias import ErrorMoments, solve_bias
-from onnxbc.solvers.quant import INT3, INT4, INT8, Granularity, dequantize, expand_scale, quantize, weight_scale
+from onnxbc.solvers.quant import (
+    INT3,
+    INT4,
+    INT8,
+    Granularity,
+    _mse_clip,
+    dequantize,
+    expand_scale,
+    mse_grid,
+    quantize,
+    weight_scale,
+)
 from onnxbc.solvers.ranges import AbsHistogram, choose_range
 
 
@@ -205,6 +216,31 @@ def test_input_weighted_mse_search_minimizes_the_weighted_error():
     assert cost(weighted, power) < 0.5 * cost(plain, power)
     assert np.all(weighted <= plain) and np.any(weighted < 0.8 * plain)  # the wide column is clipped
     np.testing.assert_array_equal(weight_scale(w, INT4, gran, "mse", importance=np.ones_like(w)), plain)
+
+
+@pytest.mark.parametrize("fmt", [INT8, INT4])
+def test_mse_search_in_cache_blocks_chooses_as_the_search_over_whole_rows(fmt):
+    """The MSE search runs a few rows at a time (``MSE_BLOCK``); its choices are those of trying every ratio on
+    the whole weight at once, with and without input weights, for rows longer and shorter than a block."""
+    rng = np.random.default_rng(11)
+
+    def whole(groups, amax, weights):
+        best, best_err = amax.copy(), np.full(len(groups), np.inf)
+        safe = np.where(amax > 0, amax, 1.0)
+        for ratio in mse_grid(fmt):
+            s = (safe * ratio / fmt.qmax)[:, None]
+            sq = np.square(np.clip(np.rint(groups / s), fmt.qmin, fmt.qmax) * s - groups)
+            err = (sq if weights is None else sq * weights).sum(axis=1)
+            better = err < best_err
+            best_err[better], best[better] = err[better], amax[better] * ratio
+        return best
+
+    for shape in [(700, 96), (3, 50000), (257, 1)]:
+        groups = (rng.standard_normal(shape) * rng.exponential(1.0, (shape[0], 1))).astype(np.float32)
+        groups[1] = 0.0
+        amax = np.abs(groups).max(axis=1)
+        for weights in (None, rng.exponential(1.0, shape).astype(np.float32)):
+            np.testing.assert_array_equal(_mse_clip(groups, amax, fmt, weights), whole(groups, amax, weights))
 
 
 @pytest.mark.parametrize(

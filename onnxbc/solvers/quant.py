@@ -135,6 +135,7 @@ def expand_scale(scale: np.ndarray, shape: tuple[int, ...], gran: Granularity) -
     return np.take(scale, index, axis=gran.axis)
 
 
+MSE_BLOCK = 1 << 15  # values per block of the MSE search: its float64 scratch stays in a core's L2 cache
 CHUNK_ELEMENTS = 1 << 22  # 4 Mi values (16 MB as float32) per temporary
 
 
@@ -232,15 +233,31 @@ def from_groups_scale(scale: np.ndarray, shape: tuple[int, ...], gran: Granulari
 
 
 def _mse_clip(groups: np.ndarray, amax: np.ndarray, fmt: IntFormat, weights: np.ndarray | None = None) -> np.ndarray:
-    """Per row, the clipping value from ``mse_grid(fmt) * amax`` with the least (weighted) squared error."""
-    best_err = np.full(len(groups), np.inf)
+    """Per row, the clipping value from ``mse_grid(fmt) * amax`` with the least (weighted) squared error. The rows
+    are taken about ``MSE_BLOCK`` values at a time, every ratio tried on a block while it is in cache, in place
+    (the same arithmetic row by row as on the whole array: the same choices)."""
     best = amax.copy()
     safe = np.where(amax > 0, amax, 1.0)
-    for ratio in mse_grid(fmt):
-        s = (safe * ratio / fmt.qmax)[:, None]
-        sq = np.square(np.clip(np.rint(groups / s), fmt.qmin, fmt.qmax) * s - groups)
-        err = (sq if weights is None else sq * weights).sum(axis=1)
-        better = err < best_err
-        best_err[better] = err[better]
-        best[better] = amax[better] * ratio
+    steps = [(safe * ratio / fmt.qmax)[:, None] for ratio in mse_grid(fmt)]  # float64: a float64 ratio
+    ratios = mse_grid(fmt)
+    rows = max(1, MSE_BLOCK // max(groups.shape[1], 1))
+    scratch = np.empty((min(rows, len(groups)), groups.shape[1]), np.result_type(groups, steps[0]))
+    for start in range(0, len(groups), rows):
+        block = slice(start, start + rows)
+        g, b = groups[block], scratch[: len(groups[block])]
+        best_err = np.full(len(g), np.inf)
+        for ratio, step in zip(ratios, steps, strict=True):
+            s = step[block]
+            np.divide(g, s, out=b)
+            np.rint(b, out=b)
+            np.clip(b, fmt.qmin, fmt.qmax, out=b)
+            b *= s
+            b -= g
+            np.square(b, out=b)
+            if weights is not None:
+                b *= weights[block]
+            err = b.sum(axis=1)
+            better = err < best_err
+            best_err[better] = err[better]
+            best[block][better] = amax[block][better] * ratio
     return best
