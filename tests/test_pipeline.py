@@ -14,13 +14,13 @@ import pytest
 import onnxbc
 from models import test_graphs
 from onnxbc import model_io, validate
-from onnxbc.calibration.collector import collect
+from onnxbc.calibration.collector import calibration_graph, collect
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.options import ActivationType, BiasCorrection, CompressOptions, DataOptions, Rounding, WeightType
 from onnxbc.passes.prepare import prepare_passes
-from onnxbc.plan import QuantPlan, WeightQuant
+from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
 from onnxbc.solvers.quant import INT4, Granularity, dequantize, quantize, weight_scale
 from onnxbc.targets import find_targets
 
@@ -281,6 +281,33 @@ def test_range_probe_channel_power_and_error_after_activation(tmp_path):
     np.testing.assert_allclose(errors.after["fit"].mean_error(), after.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(errors.after["fit"].mse(), np.mean(after**2), rtol=1e-4)
     assert errors.after["fit"].mse() <= errors.moments["fit"].mse()  # the ReLU drops errors of negative outputs
+
+
+def test_probes_reading_one_input_share_its_quantizer(tmp_path):
+    """A layer's shadow and its trials read its input fake-quantized by one QuantizeLinear (pass 2 computes it
+    once, not once per probe), and each probe's error moments are exactly those it gets measured alone."""
+    path = test_graphs.save(test_graphs.build("conv_nobias"), tmp_path / "m.onnx")
+    model = prepare_passes(21)(model_io.load(path)).model
+    first = next(t for t in find_targets(model).targets if t.name == "conv1")
+    np.savez(tmp_path / "d.npz", x=test_graphs.build("conv_nobias").feeds(6, 3)["x"])
+    data = open_data(DataOptions(path=tmp_path / "d.npz", holdout_fraction=0.0, batch_size=4), input_specs(model))
+    w, gran, source = first.weight.source.const_value.numpy(), Granularity(0), first.weight.source.name
+    aq = ActivationQuant("x", 0.02, 0, np.dtype(np.int8), 2.54, "minmax")
+    plans = []
+    for method in ("minmax", "mse"):
+        s = weight_scale(w, INT4, gran, method)
+        wq = WeightQuant(source, quantize(w, s, INT4, gran), s, gran, 4, method)
+        plans.append(QuantPlan(weights={source: wq}, activations={"x": aq}))
+    together = [LayerErrorProbe(first, plan) for plan in plans]
+    graph = calibration_graph(model, together).model.graph
+    assert [n.inputs[0].name for n in graph if n.op_type == "QuantizeLinear"] == ["x"]
+    collect(model, together, data, SessionFactory())
+    for probe, plan in zip(together, plans, strict=True):
+        alone = LayerErrorProbe(first, plan)
+        collect(model, [alone], data, SessionFactory())
+        for field in ("sum_d", "sum_d2", "sum_y2"):
+            np.testing.assert_array_equal(getattr(probe.moments["fit"], field), getattr(alone.moments["fit"], field))
+    assert together[0].moments["fit"].mse() != together[1].moments["fit"].mse()
 
 
 def _conv2d(inp, weight, pad):

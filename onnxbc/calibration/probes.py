@@ -30,7 +30,7 @@ from onnxbc.calibration.stash import Stash
 from onnxbc.errors import OnnxbcError
 from onnxbc.passes.graph_utils import GraphBuilder
 from onnxbc.passes.qdq import activation_qdq, weight_dequantize
-from onnxbc.plan import QuantPlan
+from onnxbc.plan import ActivationQuant, QuantPlan, Smoothing
 from onnxbc.solvers.bias import ErrorMoments
 from onnxbc.solvers.gptq import SecondMoments
 from onnxbc.solvers.ranges import AbsHistogram, ChannelHistograms, ChannelMoments, observe
@@ -304,16 +304,12 @@ class LayerErrorProbe(ErrorProbe):
         node = b.nodes[t.name]
         inputs = list(node.inputs)
         for i in t.activation_inputs:
-            name = inputs[i].name
-            smoothing = self.plan.smoothing.get(name)
-            if smoothing is not None:
-                inverse = (1.0 / smoothing.factors).reshape(smoothing.divisor_shape())
-                dtype = inputs[i].dtype or ir.DataType.FLOAT
-                inputs[i] = b.op("Mul", [inputs[i], b.const(inverse.astype(dtype.numpy()), "smoothing")])
-            aq = self.plan.activations.get(name)
-            if aq is not None:
-                initializers, nodes, inputs[i] = activation_qdq(b.namer, inputs[i], aq, _float_type(aq.float_dtype))
-                _append(b, initializers, nodes)
+            x = inputs[i]
+            smoothing, aq = self.plan.smoothing.get(x.name), self.plan.activations.get(x.name)
+            if smoothing is not None or aq is not None:
+                # shared by every probe that reads x so (the shadows of x's readers, their trials)
+                key = ("quantized input", x.name, id(smoothing), aq)
+                inputs[i] = b.once(key, lambda x=x, sm=smoothing, aq=aq: _quantized_input(b, x, sm, aq))
         if t.weight is not None and t.weight.source.name in self.plan.weights:
             wq = self.plan.weights[t.weight.source.name]
             initializers, dq = weight_dequantize(b.namer, wq, t.weight.source.const_value.dtype)
@@ -328,6 +324,19 @@ class LayerErrorProbe(ErrorProbe):
             f"{t.name}_shadow",
         )
         return self._error_outputs(b, node.outputs[0], shadow)
+
+
+def _quantized_input(b: GraphBuilder, x: ir.Value, smoothing: Smoothing | None, aq: ActivationQuant | None) -> ir.Value:
+    """``x`` divided by its smoothing factors and fake-quantized, computed right after ``x`` (before any reader)."""
+    with b.after_producer(x):
+        if smoothing is not None:
+            inverse = (1.0 / smoothing.factors).reshape(smoothing.divisor_shape())
+            dtype = x.dtype or ir.DataType.FLOAT
+            x = b.op("Mul", [x, b.const(inverse.astype(dtype.numpy()), "smoothing")])
+        if aq is not None:
+            initializers, nodes, x = activation_qdq(b.namer, x, aq, _float_type(aq.float_dtype))
+            _append(b, initializers, nodes)
+    return x
 
 
 class PairedErrorProbe(ErrorProbe):
