@@ -392,8 +392,8 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
         variants += uniform_variants(targets, plan, layers, decided.choice.uniform, options, job.park)
         variants += nearest_variants(targets, plan, layers, decided.choice.nearest)
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
-    trials = trial_probes(variants, by_name, per_position)
-    every = shadows + [p for trial in trials.values() for p in trial]
+    trials = trial_probes(variants, by_name, per_position, {p.target.name: p for p in shadows})
+    every = list(dict.fromkeys(shadows + [p for trial in trials.values() for p in trial]))  # a shadow once
     splits = ("fit", "holdout")
     total = sum(job.calib.count_batches(s) for s in splits)
     with run.timer("layer_errors"), run.stages.step("Measuring layer errors", total) as advance:

@@ -23,6 +23,7 @@ from onnxbc.passes.prepare import prepare_passes
 from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
 from onnxbc.solvers.quant import INT4, Granularity, dequantize, quantize, weight_scale
 from onnxbc.targets import find_targets
+from onnxbc.variants import Variant, VariantKind, trial_probes
 
 FLOAT_GRAPHS = test_graphs.names(quantized=False)
 
@@ -308,6 +309,29 @@ def test_probes_reading_one_input_share_its_quantizer(tmp_path):
         for field in ("sum_d", "sum_d2", "sum_y2"):
             np.testing.assert_array_equal(getattr(probe.moments["fit"], field), getattr(alone.moments["fit"], field))
     assert together[0].moments["fit"].mse() != together[1].moments["fit"].mse()
+
+
+def test_a_trial_quantizing_a_layer_as_its_shadow_does_is_that_shadow(tmp_path):
+    """Pass 2 measures a layer once when a variant quantizes it exactly as the plan does (min-max scales equal to
+    the search's, as separate arrays): the variant's probe is the shadow; other scales or another input quantizer
+    get probes of their own."""
+    path = test_graphs.save(test_graphs.build("conv_nobias"), tmp_path / "m.onnx")
+    model = prepare_passes(21)(model_io.load(path)).model
+    first = next(t for t in find_targets(model).targets if t.name == "conv1")
+    w, gran, source = first.weight.source.const_value.numpy(), Granularity(0), first.weight.source.name
+
+    def plan(scale, aq_scale=0.02):
+        wq = WeightQuant(source, quantize(w, scale, INT4, gran), scale.copy(), gran, 4, "minmax")
+        return QuantPlan(weights={source: wq}, activations={"x": ActivationQuant("x", aq_scale, 0, np.int8, 1.0, "m")})
+
+    s = weight_scale(w, INT4, gran, "minmax")
+    shadow = LayerErrorProbe(first, plan(s))
+    alike, wider, other_input = plan(s), plan(s * 1.5), plan(s, aq_scale=0.03)
+    variants = [Variant(VariantKind.WEIGHT_RANGE, source, "minmax", p, ("conv1",)) for p in (alike, wider, other_input)]
+    trials = trial_probes(variants, {"conv1": first}, False, {"conv1": shadow})
+    assert trials[0] == [shadow]
+    assert all(trials[i][0] is not shadow and trials[i][0].plan is p for i, p in ((1, wider), (2, other_input)))
+    assert trial_probes(variants, {"conv1": first}, False)[0][0] is not shadow  # no shadows given: its own
 
 
 def _conv2d(inp, weight, pad):
