@@ -48,7 +48,7 @@ from onnxbc.options import (
 )
 from onnxbc.policy import parse_size
 from onnxbc.progress import Stages
-from onnxbc.report import least_error
+from onnxbc.report import close_call_errors, least_error
 from onnxbc.solvers.schemes import Scheme
 
 # --activation-range offers RangeMethod without "auto" (which measures weight scales, not ranges)
@@ -563,7 +563,7 @@ def _print_result(result: onnxbc.CompressResult, quiet: bool) -> None:
         )
     if comp.get("close_call"):
         samples = rep.data["fit_samples"] + rep.data["holdout_samples"]
-        errors = ", ".join(f"{name} {error:.3e}" for name, error in comp["close_call"].items())
+        errors = close_call_errors(comp)
         out.print(
             f"The held-out samples could not tell the closest candidates apart: decided on all {samples} "
             f"samples ({errors})",

@@ -33,7 +33,7 @@ from onnxbc import model_io
 from onnxbc.errors import UsageError, display_path, one_line
 from onnxbc.passes.graph_utils import constant_tensor
 from onnxbc.policy import policy_from_report
-from onnxbc.report import SCHEMA, least_error, w_and_r
+from onnxbc.report import SCHEMA, close_call_errors, least_error, w_and_r
 from onnxbc.targets import CHAIN_OPS, RECURRENT_OPS, WEIGHTED_OPS
 
 DQ = "DequantizeLinear"
@@ -193,7 +193,7 @@ def _report_totals(report: dict[str, Any], rows: tuple[LayerRow, ...]) -> dict[s
             f"{least_error(compensation, 'with')} with ({compensation.get('decided_on', 'holdout')} samples)"
         )
     if compensation.get("close_call"):
-        errors = ", ".join(f"{name} {error:.3e}" for name, error in compensation["close_call"].items())
+        errors = close_call_errors(compensation)
         totals["close call"] = f"the held-out samples could not tell these apart; on every sample: {errors}"
     if "chosen" in compensation and "output_rel_mse" in compensation:
         totals["saved"] = (

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from onnxbc import precision
-from onnxbc.candidates import Candidate, Weights, fit_biases, least
+from onnxbc.candidates import Candidate, Stopped, Weights, fit_biases, least
 from onnxbc.options import BiasCorrection
 from onnxbc.plan import WeightQuant
 from onnxbc.report import LayerRecord, Report
@@ -73,7 +73,8 @@ def compensation(winner: Candidate, candidates: list[Candidate], split: str) -> 
     when compensation ran, the least error without and with it; every candidate's error, and for those stopped
     once they could not win (``candidates.measure``) their lower bound and where they stopped; ``close_call``:
     when the held-out samples could not tell the best from others, their errors on every sample, which decided
-    (``candidates.undecided``)."""
+    (``candidates.undecided``), and ``close_call_stopped`` those of them stopped on the fit samples once they could
+    not win (``candidates.measure_all``)."""
     section = {
         "applied": winner.compensated,
         "mode": winner.compensation.value,
@@ -84,18 +85,24 @@ def compensation(winner: Candidate, candidates: list[Candidate], split: str) -> 
         "decided_on": split,
         "candidates": {c.name: c.least_error for c in candidates},
         "close_call": {c.name: c.all_error for c in candidates if c.all_outputs is not None} or None,
-        "stopped": {
-            c.name: {"rel_mse_at_least": s.bound, "batches": s.batches, "of_batches": s.of, "beaten_by": s.by}
-            for c in candidates
-            if (s := c.stopped) is not None
-        },
+        "stopped": _stopped({c.name: c.stopped for c in candidates}),
     }
+    if any(c.all_stopped for c in candidates):
+        section["close_call_stopped"] = _stopped({c.name: c.all_stopped for c in candidates})
     compensated = [c for c in candidates if c.compensated]
     if compensated:
         without = [c for c in candidates if not c.compensated]
         section["output_rel_mse_without"], section["output_rel_mse_without_is_bound"] = least(without)
         section["output_rel_mse_with"], section["output_rel_mse_with_is_bound"] = least(compensated)
     return section
+
+
+def _stopped(stops: dict[str, Stopped | None]) -> dict[str, dict]:
+    return {
+        name: {"rel_mse_at_least": s.bound, "batches": s.batches, "of_batches": s.of, "beaten_by": s.by}
+        for name, s in stops.items()
+        if s is not None
+    }
 
 
 def layer_records(targets: Targets, decisions: Decisions, winner: Candidate) -> list[LayerRecord]:

@@ -165,6 +165,16 @@ def least_error(compensation: dict[str, Any], kind: str) -> str:
     return f"{bound}{compensation[f'output_rel_mse_{kind}']:.3e}"
 
 
+def close_call_errors(compensation: dict[str, Any]) -> str:
+    """A close call's candidates with their errors on every sample, in words; one stopped once it could not win
+    (``close_call_stopped``) with the least its error can be."""
+    stopped = compensation.get("close_call_stopped") or {}
+    return ", ".join(
+        [f"{name} {error:.3e}" for name, error in compensation["close_call"].items()]
+        + [f"{name} at least {s['rel_mse_at_least']:.3e}" for name, s in stopped.items()]
+    )
+
+
 def _plain(x: Any) -> Any:
     """JSON-ready: enums to values, numpy to Python, paths to strings."""
     if isinstance(x, dict):

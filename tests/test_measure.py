@@ -33,6 +33,7 @@ from onnxbc.compare import Reference, compare_sessions
 from onnxbc.options import BiasCorrection, CompressOptions, DataOptions, Device, WeightType
 from onnxbc.plan import QuantPlan
 from onnxbc.progress import Stages
+from onnxbc.report import close_call_errors
 
 FASHION = Path("models/fashion_cnn.onnx")
 FASHION_DATA = Path("models/data/fashion_calib.npz")
@@ -403,3 +404,31 @@ def test_a_compress_that_makes_a_close_call_saves_and_reports_the_best_on_every_
     assert comp["close_call"][comp["chosen"]] == pytest.approx(candidates.mean_rel_mse(stats), rel=1e-5)
     shown = " ".join(CliRunner().invoke(app, ["inspect", str(tmp_path / "q.report.json")]).output.split())
     assert f"{comp['chosen']} {comp['close_call'][comp['chosen']]:.3e}" in shown
+
+
+def test_a_close_call_finalist_that_cannot_win_stops_on_the_fit_samples(calib, monkeypatch):
+    """A finalist whose error on every sample can no longer be the least stops being measured on the fit samples:
+    the best is still measured to the end and saved, the bound lies between the best's error and the one it would
+    have had, and the report and the terminal give it as a bound."""
+    good, bad = candidate(1, 0.01), candidate(0, 0.2)
+    margin = candidates.MARGIN
+    monkeypatch.setattr(candidates, "MARGIN", math.inf)
+    reference, _ = measure([good, bad], calib)  # both measured on the held-out samples
+    monkeypatch.setattr(candidates, "MARGIN", margin)
+    candidates.measure_all([good, bad], reference, calib, SessionFactory(Device.CPU), Stages(enabled=False))
+    everything = X.astype(np.float64)
+
+    def all_error(c):
+        inits = c.model.graph.initializers
+        pairs = ((W, inits["w"].const_value.numpy()), (V, inits["v"].const_value.numpy()))
+        return float(np.mean([np.sum((everything @ (a - b)) ** 2) / np.sum((everything @ a) ** 2) for a, b in pairs]))
+
+    assert good.all_error == pytest.approx(all_error(good), rel=1e-5) and good.all_stopped is None
+    assert bad.all_outputs is None and bad.all_stopped.by == good.name
+    assert bad.all_stopped.of == 8 and bad.all_stopped.batches < 8
+    assert good.all_error < bad.all_stopped.bound <= all_error(bad) * (1 + 1e-5)
+    assert candidates.choose([good, bad], None, "holdout", [good, bad])[0] is good
+    section = records.compensation(good, [good, bad], "holdout")
+    assert list(section["close_call"]) == [good.name]
+    assert section["close_call_stopped"][bad.name]["rel_mse_at_least"] == bad.all_stopped.bound
+    assert f"{bad.name} at least {bad.all_stopped.bound:.3e}" in close_call_errors(section)
