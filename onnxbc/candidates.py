@@ -454,6 +454,28 @@ def _measure(
     advance: Callable[[], None],
 ) -> None:
     """``candidate`` (its ``session``) against ``reference`` batch by batch, stopped once it cannot beat ``best``."""
+
+    def beaten(stats: dict[str, OutputAgreement]) -> float | None:
+        bound = _bound(stats, best) if best is not None else None
+        return bound if bound is not None and bound > best.error * (1 + MARGIN) else None
+
+    stats, done, bound = _until_beaten(reference, session, total, advance, beaten)
+    if bound is not None:
+        candidate.stopped = Stopped(bound, done, total, best.name)
+    else:
+        candidate.outputs = measured(stats)
+
+
+def _until_beaten(
+    reference: Reference,
+    session,
+    total: int,
+    advance: Callable[[], None],
+    beaten: Callable[[dict[str, OutputAgreement]], float | None],
+) -> tuple[dict[str, OutputAgreement], int, float | None]:
+    """``session`` against ``reference`` batch by batch (``total`` of them); after each but the last, ``beaten`` gives
+    the lower bound of its error that shows it cannot win, or None. The agreement so far, the batches measured, and
+    the bound it stopped at (None: measured to the end)."""
     stats, done = reference.agreements(), 0
     for ends, feeds, outputs in reference.runs():
         reference.measure(stats, session, feeds, outputs)
@@ -461,10 +483,9 @@ def _measure(
             continue
         done += 1
         advance()
-        if best is not None and done < total and (bound := _bound(stats, best)) > best.error * (1 + MARGIN):
-            candidate.stopped = Stopped(bound, done, total, best.name)
-            return
-    candidate.outputs = measured(stats)
+        if done < total and (bound := beaten(stats)) is not None:
+            return stats, done, bound
+    return stats, done, None
 
 
 def _bound(stats: dict[str, OutputAgreement], best: Candidate) -> float:
@@ -540,24 +561,20 @@ def measure_all(
     ) as advance:
         for c in finalists:
             best = min((f for f in finalists if f.all_outputs is not None), key=_all_error, default=None)
-            session, stats, done = sessions.create(c.model), fit.agreements(), 0
-            for ends, feeds, outputs in fit.runs():
-                fit.measure(stats, session, feeds, outputs)
-                if not ends:
-                    continue
-                done += 1
-                advance()
-                if best is None or not fit.kept or done == batches:
-                    continue
+
+            def beaten(stats: dict[str, OutputAgreement], c=c, best=best) -> float | None:
+                if best is None or not fit.kept:  # the float outputs' sums on every sample not known yet
+                    return None
                 so_far = _merged(c.outputs, measured(stats))
                 bound = mean_rel_mse(
                     {n: dataclasses.replace(a, ref2=best.all_outputs[n].ref2) for n, a in so_far.items()}
                 )
-                if bound > best.all_error * (1 + MARGIN):
-                    c.all_stopped = Stopped(bound, done, batches, best.name)
-                    for _ in range(batches - done):
-                        advance()
-                    break
+                return bound if bound > best.all_error * (1 + MARGIN) else None
+
+            session = sessions.create(c.model)
+            stats, done, bound = _until_beaten(fit, session, batches, advance, beaten)
+            if bound is not None:
+                c.all_stopped = Stopped(bound, done, batches, best.name)
             else:
                 c.all_outputs = _merged(c.outputs, measured(stats))
             del session
