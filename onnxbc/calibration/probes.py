@@ -307,7 +307,7 @@ class LayerErrorProbe(ErrorProbe):
             x = inputs[i]
             smoothing, aq = self.plan.smoothing.get(x.name), self.plan.activations.get(x.name)
             if smoothing is not None or aq is not None:
-                # shared by every probe that reads x so (the shadows of x's readers, their trials)
+                # one per input and quantizer: the shadows of all its readers and their trials read it
                 key = ("quantized input", x.name, id(smoothing), aq)
                 inputs[i] = b.once(key, lambda x=x, sm=smoothing, aq=aq: _quantized_input(b, x, sm, aq))
         if t.weight is not None and t.weight.source.name in self.plan.weights:
