@@ -456,7 +456,7 @@ def _measure(
     """``candidate`` (its ``session``) against ``reference`` batch by batch, stopped once it cannot beat ``best``."""
 
     def beaten(stats: dict[str, OutputAgreement]) -> float | None:
-        bound = _bound(stats, best) if best is not None else None
+        bound = _bound(measured(stats), best.outputs) if best is not None else None
         return bound if bound is not None and bound > best.error * (1 + MARGIN) else None
 
     stats, done, bound = _until_beaten(reference, session, total, advance, beaten)
@@ -488,10 +488,10 @@ def _until_beaten(
     return stats, done, None
 
 
-def _bound(stats: dict[str, OutputAgreement], best: Candidate) -> float:
-    """The least the error of a candidate measured on some batches can be: its error sums so far over the whole
-    split's reference sums, which ``best`` has."""
-    return mean_rel_mse({n: dataclasses.replace(a, ref2=best.outputs[n].ref2) for n, a in measured(stats).items()})
+def _bound(so_far: dict[str, OutputAgreement], whole: dict[str, OutputAgreement]) -> float:
+    """The least the error of a candidate measured on some batches can be: its error sums ``so_far`` over the
+    reference sums of all the samples, which ``whole`` (a candidate measured on all of them) has."""
+    return mean_rel_mse({n: dataclasses.replace(a, ref2=whole[n].ref2) for n, a in so_far.items()})
 
 
 def _error(c: Candidate) -> float:
@@ -565,10 +565,7 @@ def measure_all(
             def beaten(stats: dict[str, OutputAgreement], c=c, best=best) -> float | None:
                 if best is None or not fit.kept:  # the float outputs' sums on every sample not known yet
                     return None
-                so_far = _merged(c.outputs, measured(stats))
-                bound = mean_rel_mse(
-                    {n: dataclasses.replace(a, ref2=best.all_outputs[n].ref2) for n, a in so_far.items()}
-                )
+                bound = _bound(_merged(c.outputs, measured(stats)), best.all_outputs)
                 return bound if bound > best.all_error * (1 + MARGIN) else None
 
             session = sessions.create(c.model)
