@@ -238,14 +238,14 @@ def _mse_clip(groups: np.ndarray, amax: np.ndarray, fmt: IntFormat, weights: np.
     (the same arithmetic row by row as on the whole array: the same choices)."""
     best = amax.copy()
     safe = np.where(amax > 0, amax, 1.0)
-    steps = [(safe * ratio / fmt.qmax)[:, None] for ratio in mse_grid(fmt)]  # float64: a float64 ratio
     ratios = mse_grid(fmt)
+    steps = [(safe * ratio / fmt.qmax)[:, None] for ratio in ratios]  # float64: a float64 ratio
     rows = max(1, MSE_BLOCK // max(groups.shape[1], 1))
     scratch = np.empty((min(rows, len(groups)), groups.shape[1]), np.result_type(groups, steps[0]))
     for start in range(0, len(groups), rows):
         block = slice(start, start + rows)
-        g, b = groups[block], scratch[: len(groups[block])]
-        best_err = np.full(len(g), np.inf)
+        g = groups[block]
+        b, best_err = scratch[: len(g)], np.full(len(g), np.inf)
         for ratio, step in zip(ratios, steps, strict=True):
             s = step[block]
             np.divide(g, s, out=b)
