@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache")
     parser.add_argument("--top", type=int, default=8, help="op types shown")
     args = parser.parse_args(argv)
+    folder = args.cache / args.model
+    if not (folder / "model.onnx").is_file() or not (folder / "calib.npz").is_file():
+        parser.error(f"no model.onnx and calib.npz in {folder} (python -m benchmarks.zoo prepare)")
     with tempfile.TemporaryDirectory(prefix="onnxbc-ort-profile-") as tmp:
-        folder = args.cache / args.model
         found = [summary(p) for p in profiles(folder / "model.onnx", folder / "calib.npz", Path(tmp))]
     largest = max(found, key=lambda s: s["nodes"])
     kernels = sum(o["seconds"] for o in largest["ops"].values())

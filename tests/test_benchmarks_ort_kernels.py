@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx
+import pytest
 
 from benchmarks import ort_kernels
 from benchmarks.zoo import MODELS
@@ -24,3 +25,10 @@ def test_the_largest_session_is_pass_two_with_a_shadow_per_layer(tmp_path, capsy
     assert largest["runs"] > 0 and largest["run_s"] > 0
     assert convs >= 2 * layers  # the model's layers and a shadow of each
     assert "the largest session" in capsys.readouterr().out
+
+
+def test_a_model_not_in_the_cache_is_a_one_line_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ort_kernels.main(["--model", "fashion", "--cache", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "no model.onnx and calib.npz in" in capsys.readouterr().err
