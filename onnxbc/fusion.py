@@ -50,6 +50,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxbc import model_io
+from onnxbc.calibration import memory, session
 from onnxbc.errors import OnnxbcError, one_line
 from onnxbc.passes.prepare import QUANTIZED_OPS
 from onnxbc.targets import CHAIN_OPS
@@ -246,9 +247,13 @@ class _Tokens:
 @contextlib.contextmanager
 def _optimized(model: ir.Model) -> Iterator[ir.Model]:
     """ONNX Runtime's optimized CPU graph of ``model`` (its weights are not loaded; valid inside the block)."""
-    with tempfile.TemporaryDirectory(prefix="onnxbc-fusion-") as folder, model_io.ort_source(model) as source:
+    options = ort.SessionOptions()
+    apart_up_to = int(session.APART_SHARE * memory.default_budget())
+    with (
+        tempfile.TemporaryDirectory(prefix="onnxbc-fusion-") as folder,
+        session.ort_input(model, options, apart_up_to) as source,
+    ):
         path = Path(folder) / "optimized.onnx"
-        options = ort.SessionOptions()
         options.graph_optimization_level = LEVEL
         options.optimized_model_filepath = str(path)
         # Weights go to a file beside it: the optimized model of a model over 2 GB cannot be one protobuf.

@@ -248,6 +248,44 @@ def ort_source(model: ir.Model, *, file_from: int = PROTO_LIMIT_BYTES) -> Iterat
         yield str(file)
 
 
+# ``weights_apart``: where a weight handed to ONNX Runtime apart from the graph says it is (no file is read)
+APART = "onnxbc-in-memory"
+# the element types ONNX Runtime takes from a numpy array (not int4, bfloat16, float8, string)
+APART_TYPES = frozenset(
+    ir.DataType[t]
+    for t in ("FLOAT", "DOUBLE", "FLOAT16", "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64")
+)
+
+
+def weights_apart(model: ir.Model, *, least: int = SPILL_FROM_BYTES) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The model as ONNX Runtime takes it with no copy of its weights made here: the graph serialized with each
+    main-graph weight of ``least`` bytes or more (of a type numpy holds) as a reference to external data, and
+    those weights' arrays, which ``SessionOptions.add_external_initializers`` copies into the session before
+    it optimizes the graph (its outputs are the same as from the serialized whole). The model is left as it
+    was. Measured on MiniLM's 90 MB: 0.01 s where writing it with external data took 0.19-0.37 s and
+    serializing it whole 0.23 s; the session is made from it in 0.11 s instead of 0.06 s from the file, and
+    holds one copy more of the weights while it is made (SmolLM2's 542 MB: 1635 MB peak against 1264 MB)."""
+    apart = {
+        name: value
+        for name, value in model.graph.initializers.items()
+        if value.const_value is not None
+        and value.const_value.dtype in APART_TYPES
+        and value.const_value.nbytes >= least
+    }
+    tensors = {name: value.const_value for name, value in apart.items()}
+    _set_ir_version(model)
+    try:
+        for name, value in apart.items():
+            t = tensors[name]
+            value.const_value = ir.ExternalTensor(APART, 0, t.nbytes, t.dtype, shape=t.shape, name=name)
+        graph = ir.serde.serialize_model(model).SerializeToString()
+    finally:
+        for name, value in apart.items():
+            value.const_value = tensors[name]
+            value.const_value.name = name  # as serializing it sets it (a tensor shared with clones takes their names)
+    return graph, {name: np.ascontiguousarray(t.numpy()) for name, t in tensors.items()}
+
+
 def release(model: ir.Model) -> None:
     """Unmap the weights of ``model`` read from external data so far: onnx_ir keeps a tensor's file mapped once it
     is read, and the mapped pages count as this process's memory (a 3 GB model read once for a session is 3 GB

@@ -18,7 +18,9 @@ would run, so the report can also say what ONNX Runtime's default kernels do wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx_ir as ir
@@ -36,6 +38,9 @@ ort.set_default_logger_severity(4)
 # ONNX Runtime keeps two copies of weights it reads from bytes and one of weights it reads from a file (measured
 # on SmolLM2's 542 MB: a session 1.35 GB from bytes, 0.54 GB from a temporary file with external data, made faster)
 FILE_FROM_BYTES = 32 * 2**20
+# Weights up to this share of the memory budget are handed to ONNX Runtime from memory (``create``): no copy of
+# them is serialized or written, and the session holds one copy more while it is made (``model_io.weights_apart``)
+APART_SHARE = 0.025
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -86,13 +91,17 @@ class SessionFactory:
     def create(
         self, model: ir.Model, *, exact: bool = True, prepack: bool = True, fold: bool = True
     ) -> ort.InferenceSession:
-        with model_io.ort_source(model, file_from=FILE_FROM_BYTES) as source:
-            return self.create_from(source, exact=exact, prepack=prepack, fold=fold)
+        """A session of ``model`` (``create_from`` says what the flags do); its weights handed over from memory
+        when they take at most ``APART_SHARE`` of the memory budget and none was given (``ort_input``)."""
+        options = self._options(exact, prepack, fold)
+        with ort_input(model, options, 0 if self.budget_given else int(APART_SHARE * self.max_memory)) as source:
+            return self._start(source, options)
 
     def create_from(
         self, source: bytes | str, *, exact: bool = True, prepack: bool = True, fold: bool = True
     ) -> ort.InferenceSession:
-        """``prepack=False``: the weights are not repacked for the CPU's matrix kernels, which holds a second
+        """A session of ``source`` (a serialized model or its file). ``prepack=False``: the weights are not
+        repacked for the CPU's matrix kernels, which holds a second
         copy of them, and more while the session is made (a W4 Llama-shaped model of 0.44 GB, its weights
         folded to float, on a quiet machine: 768 MB peak and 640 MB after, 1.1 s to make; without: 620 MB,
         0.5 s), for a run a little slower (3 runs of 2 samples: 1.46 s instead of 1.30 s; benchmarks/README.md).
@@ -101,6 +110,9 @@ class SessionFactory:
         int4 weight is held as it is stored, and one float copy at a time exists while a run uses it (an int4
         4096 x 8192 weight, then transposed: 425 MB peak and 169 MB held when folded, 178 MB peak and 24 MB held
         when not, a run of 128 tokens 0.16 -> 0.31 s on a busy 2-core machine; ``benchmarks/fold_memory.py``)."""
+        return self._start(source, self._options(exact, prepack, fold))
+
+    def _options(self, exact: bool, prepack: bool, fold: bool) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = self.threads
@@ -115,6 +127,9 @@ class SessionFactory:
             options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
             options.add_session_config_entry("session.disable_quant_qdq", "1")
             options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+        return options
+
+    def _start(self, source: bytes | str, options: ort.SessionOptions) -> ort.InferenceSession:
         try:
             session = ort.InferenceSession(source, options, providers=self._providers())
         except Exception as e:  # onnxruntime raises its own exception types
@@ -146,6 +161,22 @@ class SessionFactory:
         if CUDA in ort.get_available_providers():
             return [CUDA, CPU]
         return [CPU]
+
+
+@contextlib.contextmanager
+def ort_input(model: ir.Model, options: ort.SessionOptions, apart_up_to: int) -> Iterator[bytes | str]:
+    """``model`` as ONNX Runtime's session with ``options`` takes it: when its weights are held in memory and take
+    ``apart_up_to`` bytes at most, the graph with the weights handed over from memory (``model_io.weights_apart``,
+    added to ``options``: copied into the session while it is made), else bytes or a temporary file
+    (``model_io.ort_source``)."""
+    if model_io.initializer_bytes(model) <= apart_up_to and not model_io.has_external_tensors(model):
+        graph, apart = model_io.weights_apart(model)
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in apart.values()]  # alive until the session is made
+        options.add_external_initializers(list(apart), values)
+        yield graph
+        return
+    with model_io.ort_source(model, file_from=FILE_FROM_BYTES) as source:
+        yield source
 
 
 def cuda_works() -> bool:
