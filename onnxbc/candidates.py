@@ -40,7 +40,7 @@ from onnxbc.calibration import memory, segmented
 from onnxbc.calibration.data import CalibrationData
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe
 from onnxbc.calibration.session import SessionFactory
-from onnxbc.compare import OutputAgreement, Reference, measured
+from onnxbc.compare import FloatOutputs, OutputAgreement, Reference, measured
 from onnxbc.compensation import fold_for, sequential
 from onnxbc.options import BiasCorrection, CompressOptions
 from onnxbc.options import Target as Runtime
@@ -422,7 +422,8 @@ def measure(
 ) -> None:
     """Each candidate neither measured nor stopped: its outputs against FP32 on the held-out samples (the fit
     samples when none are held out). The float model runs once, alone, first (``Reference.store``: its outputs
-    kept, beyond ``KEEP_REFERENCE_BYTES`` in temporary files), then the candidates one session at a time, so
+    kept, beyond ``KEEP_REFERENCE_BYTES`` in temporary files; not at all when pass 2's outputs were taken,
+    ``Reference.take``), then the candidates one session at a time, so
     that no two models' sessions share memory; a model that does not fit the memory budget in one session runs
     segment by segment (``calibration.segmented``).
 
@@ -547,14 +548,17 @@ def measure_all(
     calib: CalibrationData,
     sessions: SessionFactory,
     stages: Stages,
+    outputs: FloatOutputs | None = None,
 ) -> None:
-    """Each finalist of a close call (``undecided``, best first) against FP32 (``reference``'s session) on the fit
-    samples too, one session at a time: ``all_outputs`` is its agreement over every sample. As in ``measure``, a
+    """Each finalist of a close call (``undecided``, best first) against FP32 (``reference``'s session, or the
+    float outputs pass 2 fetched: ``outputs``) on the fit samples too, one session at a time: ``all_outputs`` is its agreement over every sample. As in ``measure``, a
     finalist stops once its error on every sample can no longer be the least (``all_stopped``): its error so far
     over the float outputs' sums on every sample (known once the first finalist is measured) bounds it from below.
     At W8A8 the uncompensated finalist stops after 2 of PP-OCR's 4 fit batches (at least 3.07e-2 against the
     best's 2.06e-2) and after 6 of MiniLM's 7; the saved models are the same."""
     fit = Reference(reference.session, lambda: calib.batches("fit"), KEEP_REFERENCE_BYTES, reference.most)
+    if outputs is not None:
+        fit.take(outputs, "fit")  # pass 2 ran the float model on the fit samples too
     batches = calib.count_batches("fit")
     with stages.step(
         "Held-out samples too few to decide: checking the closest on the fit samples", batches * len(finalists)

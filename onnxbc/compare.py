@@ -6,7 +6,8 @@ absolute error, and for outputs of rank >= 2 the top-1 agreement of the argmax o
 the number of samples. ``onnxbc compare`` and ``onnxbc check --reference`` use the same numbers.
 
 ``Reference`` runs the reference model once per batch for any number of models compared against it: its float
-outputs are kept after the first pass when they are small enough, else it runs again on each pass.
+outputs are kept after the first pass when they are small enough, else it runs again on each pass; or it takes
+them from a collector run that fetched them on the same batches (``FloatOutputs``: compress's pass 2).
 """
 
 from __future__ import annotations
@@ -199,6 +200,20 @@ class Reference:
         else:
             self._stash, self._session = stash, None  # all kept: the session goes (``session`` makes it again)
 
+    def take(self, outputs: FloatOutputs, split: str) -> bool:
+        """The float outputs pass 2 fetched on ``split`` (``FloatOutputs``), kept as a completed pass would keep
+        them, when each of its runs was one of this reference's (every batch whole on both sides); else nothing
+        changes (False). With ``remake``, the session goes, as after a pass."""
+        runs, parts = outputs.runs.get(split), [ends for ends, _ in self._parts()]
+        if self.kept is not None or runs is None or not all(parts) or len(runs) != len(parts):
+            return False
+        where = {name: i for i, name in enumerate(outputs.names)}
+        self._outputs = [[run[where[n]] if n in where else None for n in self.names] for run in runs]
+        self.kept, self.bytes = True, outputs.bytes[split]
+        if self._remake is not None:
+            self._session = None
+        return True
+
     def store(self, advance: Callable[[], None] = lambda: None) -> None:
         """One pass of the reference alone (when none has completed), keeping its outputs; ``advance`` per batch."""
         if self.kept is None:
@@ -257,6 +272,31 @@ class Reference:
                 continue
             for i in range(0, n, self.most):
                 yield i + self.most >= n, {k: v[i : i + self.most] for k, v in feeds.items()}
+
+
+class FloatOutputs:
+    """A collector probe (``calibration.collector``): the model's float outputs on every run of each split, kept
+    while they total at most ``keep_bytes`` a split (beyond, that split's are dropped). Pass 2 runs the float
+    model beside the shadows, so the held-out check takes its outputs from there (``Reference.take``) instead of
+    running the float model again. Not mergeable: collected in one process only (no shards, no cache)."""
+
+    def __init__(self, names: list[str], keep_bytes: int) -> None:
+        self.names = names
+        self.keep_bytes = keep_bytes
+        self.runs: dict[str, list[list[np.ndarray]] | None] = {}
+        self.bytes: dict[str, int] = {}
+
+    def attach(self, builder) -> list:
+        return [builder.values[name] for name in self.names]
+
+    def update(self, arrays: list[np.ndarray], split: str) -> None:
+        runs = self.runs.setdefault(split, [])
+        size = self.bytes.get(split, 0) + sum(a.nbytes for a in arrays)
+        if runs is None or size > self.keep_bytes:
+            self.runs[split] = None
+            return
+        runs.append(list(arrays))
+        self.bytes[split] = size
 
 
 def measured(stats: dict[str, OutputAgreement]) -> dict[str, OutputAgreement]:

@@ -43,7 +43,7 @@ from onnxbc.calibration.data import CalibrationData, input_specs, open_data
 from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.candidates import Candidate, Trials
-from onnxbc.compare import Reference
+from onnxbc.compare import FloatOutputs, Reference
 from onnxbc.compensation import bias_skip_reason
 from onnxbc.errors import OnnxbcError, UsageError
 from onnxbc.flow import CompressResult, Run
@@ -57,7 +57,7 @@ from onnxbc.progress import Stages
 from onnxbc.quantizers import activation_quant, weight_granularity
 from onnxbc.sizing import FileSize
 from onnxbc.smoothing import channel_axis, smoothable
-from onnxbc.targets import Target, Targets, find_targets
+from onnxbc.targets import FLOAT_TYPES, Target, Targets, find_targets
 from onnxbc.variants import (
     VariantKind,
     foldable,
@@ -129,7 +129,7 @@ def compress(
             built = _candidates(job, stats, decided, errors)
             model_io.release(job.model)
             memory.release()
-            winner = _choose(job, built)
+            winner = _choose(job, built, errors.outputs)
         audit = _audit(job, winner)
         _memory(job)
         records.fill(run.report, job.targets, _decisions(options, decided, errors), winner, built, audit)
@@ -202,6 +202,7 @@ class _LayerErrors:
     unchosen_probes: dict[str, ErrorProbe]
     trials: Trials
     scores: dict[str, dict[str, dict[str, float]]]
+    outputs: FloatOutputs | None  # the float model's outputs pass 2 fetched (for the held-out check)
 
 
 def _open(
@@ -394,10 +395,13 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     shadows = [LayerErrorProbe(t, plan, per_position=per_position) for t in observed]
     trials = trial_probes(variants, by_name, per_position, {p.target.name: p for p in shadows})
     every = list(dict.fromkeys(shadows + [p for trial in trials.values() for p in trial]))  # a shadow once
+    outputs = _float_outputs(job)
     splits = ("fit", "holdout")
     total = sum(job.calib.count_batches(s) for s in splits)
     with run.timer("layer_errors"), run.stages.step("Measuring layer errors", total) as advance:
-        collect(job.model, every, job.calib, job.sessions, splits=splits, advance=advance)
+        collect(
+            job.model, every + ([outputs] if outputs else []), job.calib, job.sessions, splits=splits, advance=advance
+        )
     run.report.passes_over_data += 1
     probes: dict[str, ErrorProbe] = {p.target.name: p for p in shadows}
     unchosen, unchosen_probes = QuantPlan(weights=dict(plan.weights)), dict(probes)
@@ -405,7 +409,19 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     # the candidates are built from the other kinds: the smoothing variants' quantized weights go now
     kept = [i for i, v in enumerate(variants) if v.kind is not VariantKind.SMOOTHING]
     measured = Trials([variants[i] for i in kept], {k: trials[i] for k, i in enumerate(kept)})
-    return _LayerErrors(observed, compensate, bias_skips, probes, unchosen, unchosen_probes, measured, scores)
+    return _LayerErrors(observed, compensate, bias_skips, probes, unchosen, unchosen_probes, measured, scores, outputs)
+
+
+def _float_outputs(job: _Job) -> FloatOutputs | None:
+    """A probe of the model's float outputs for pass 2, where it runs in this process, whole and uncached, and
+    every output is a node's of a known type."""
+    sessions, outputs = job.sessions, job.model.graph.outputs
+    if not job.whole or sessions.ray is not None or sessions.cache_dir is not None:
+        return None
+    if any(v.producer() is None or v.dtype is None for v in outputs):
+        return None
+    names = list(dict.fromkeys(v.name for v in outputs if v.dtype in FLOAT_TYPES))
+    return FloatOutputs(names, candidates.KEEP_REFERENCE_BYTES) if names else None
 
 
 def _is_quantized(t: Target, plan: QuantPlan) -> bool:
@@ -461,7 +477,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
     return built
 
 
-def _choose(job: _Job, built: list[Candidate]) -> Candidate:
+def _choose(job: _Job, built: list[Candidate], outputs: FloatOutputs | None) -> Candidate:
     """Measure every candidate against FP32 and keep the best that fits the budget; then say what ONNX
     Runtime's default session (fused integer kernels) makes of it."""
     rep, calib, sessions = job.run.report, job.calib, job.sessions
@@ -474,11 +490,13 @@ def _choose(job: _Job, built: list[Candidate]) -> Candidate:
             "Runtime's default session) were left out"
         )
     with job.run.timer("verify"), contextlib.closing(_reference(job, whole)) as reference:  # runs once (measure)
+        if outputs is not None:
+            reference.take(outputs, split)  # pass 2 ran the float model on these samples
         budget = precision.budget_of(job.options, job.policy)[1]
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
         finalists = candidates.undecided(built, budget, reference, calib) if whole else []
         if finalists:
-            candidates.measure_all(finalists, reference, calib, sessions, job.run.stages)
+            candidates.measure_all(finalists, reference, calib, sessions, job.run.stages, outputs)
         winner, warnings = candidates.choose(built, budget, split, finalists)
         rep.warnings.extend(warnings + records.sequential_warning(winner, job.options.bias_correction))
         rep.device = sessions.device_name

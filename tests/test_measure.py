@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 import onnxbc
 from models import test_graphs
 from onnxbc import candidates, compare, model_io, records
+from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.candidates import Candidate, Weights
@@ -209,6 +210,28 @@ def test_reference_runs_once(calib, monkeypatch, keep):
     assert folder is None or not folder.exists()
 
 
+def test_the_float_outputs_of_pass_2_stand_for_the_reference_runs(calib):
+    """``Reference.take``: the float outputs a collector fetched on every batch, whole, are kept as a pass of the
+    float session would keep them (it never runs; the errors are the same); a reference that runs a batch in parts
+    (``most``), outputs fetched in other runs, or a split not fetched are refused, and it runs as before."""
+    sessions = SessionFactory(Device.CPU)
+    outputs = compare.FloatOutputs(["y", "z"], candidates.KEEP_REFERENCE_BYTES)
+    collect(two_outputs(W, V), [outputs], calib, sessions, splits=("holdout",))
+    assert len(outputs.runs["holdout"]) == 8 and outputs.bytes["holdout"] == 32 * (4 + 3) * 4
+    cands = [candidate(i, 0.01 * (3 - i)) for i in range(3)]
+    reference, counted = reference_of(calib, sessions)
+    assert reference.take(outputs, "holdout") and reference.kept
+    candidates.measure(cands, reference, calib, sessions, Stages(enabled=False))
+    assert counted.runs == 0
+    for c in cands:
+        assert c.error == pytest.approx(numpy_error(c), rel=1e-4)
+    parts = Reference(counted, lambda: calib.batches("holdout"), most=2)
+    assert not parts.take(outputs, "holdout") and parts.kept is None
+    assert not reference_of(calib, sessions)[0].take(outputs, "fit")
+    outputs.runs["holdout"].pop()
+    assert not reference_of(calib, sessions)[0].take(outputs, "holdout")
+
+
 def test_the_float_session_is_let_go_once_its_outputs_are_kept(calib):
     """No candidate's session shares memory with the float model's: that one goes after the first pass, and is
     made again only when asked for (the close-call check on the fit samples)."""
@@ -254,7 +277,8 @@ def old_errors(model: ir.Model, cands: list[Candidate], calib) -> dict[str, dict
 )
 def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, monkeypatch):
     """The errors equal the old per-candidate computation; the saved file is the one a run that measures every
-    candidate to the end saves; the float model ran once per held-out batch, the default session included."""
+    candidate to the end saves; the float model's session never ran: pass 2 fetched its outputs on the held-out
+    batches (``Reference.take``). With nothing kept (``KEEP_REFERENCE_BYTES`` 0) it runs, the same file saved."""
     if source == "fashion":
         model, data = FASHION, FASHION_DATA
     else:
@@ -278,7 +302,7 @@ def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, mo
     result = onnxbc.compress(model, tmp_path / "new.onnx", data=DataOptions(path=data), options=options)
     calib, cands = seen["calib"], seen["candidates"]
     holdout = calib.count_batches("holdout")
-    assert seen["session"].runs == holdout  # its outputs kept for every candidate
+    assert seen["session"].runs == 0 < holdout  # pass 2's float outputs kept for every candidate
     assert seen["reference"].kept is None  # and let go at the end
     old = old_errors(model_io.load(model), cands, calib)
     comp = result.report.compensation
@@ -295,6 +319,7 @@ def test_errors_and_saved_bytes_of_a_real_compress(source, options, tmp_path, mo
     monkeypatch.setattr(candidates, "MARGIN", math.inf)  # nothing stops: every candidate measured to the end
     monkeypatch.setattr(candidates, "KEEP_REFERENCE_BYTES", 0)  # and the float model's outputs kept in files
     full = onnxbc.compress(model, tmp_path / "full.onnx", data=DataOptions(path=data), options=options)
+    assert seen["session"].runs == holdout  # nothing of pass 2's kept: the float model ran once per batch
     digest = [hashlib.sha256(Path(r.output).read_bytes()).hexdigest() for r in (result, full)]
     assert digest[0] == digest[1]
     assert full.report.compensation["chosen"] == comp["chosen"]
