@@ -551,11 +551,12 @@ def measure_all(
     outputs: FloatOutputs | None = None,
 ) -> None:
     """Each finalist of a close call (``undecided``, best first) against FP32 (``reference``'s session, or the
-    float outputs pass 2 fetched: ``outputs``) on the fit samples too, one session at a time: ``all_outputs`` is its agreement over every sample. As in ``measure``, a
-    finalist stops once its error on every sample can no longer be the least (``all_stopped``): its error so far
-    over the float outputs' sums on every sample (known once the first finalist is measured) bounds it from below.
-    At W8A8 the uncompensated finalist stops after 2 of PP-OCR's 4 fit batches (at least 3.07e-2 against the
-    best's 2.06e-2) and after 6 of MiniLM's 7; the saved models are the same."""
+    float outputs pass 2 fetched: ``outputs``) on the fit samples too, one session at a time: ``all_outputs`` is
+    its agreement over every sample. As in ``measure``, a finalist stops once its error on every sample can no
+    longer be the least (``all_stopped``): its error so far over the float outputs' sums on every sample (known
+    once the first finalist is measured) bounds it from below. At W8A8 the uncompensated finalist stops after 2
+    of PP-OCR's 4 fit batches (at least 3.07e-2 against the best's 2.06e-2) and after 6 of MiniLM's 7; the
+    saved models are the same."""
     fit = Reference(reference.session, lambda: calib.batches("fit"), KEEP_REFERENCE_BYTES, reference.most)
     if outputs is not None:
         fit.take(outputs, "fit")  # pass 2 ran the float model on the fit samples too
