@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:] if render else argv)
     path = args.results_dir / f"{args.name}.json"
     if render:
+        if not path.is_file():
+            parser.error(f"no results at {path}: run 'python -m benchmarks.cost --name {args.name}' first")
         print(table(json.loads(path.read_text())))
         return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]

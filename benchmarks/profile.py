@@ -103,19 +103,20 @@ class _TimedSession:
 
 def timed_sessions(device: Any) -> Any:
     """A ``SessionFactory`` that records every session it creates (``.uses``)."""
-    from onnxbc import model_io
-    from onnxbc.calibration.session import SessionFactory
+    from onnxbc.calibration.session import SessionFactory, ort_input
 
     class TimedSessions(SessionFactory):
         def __init__(self) -> None:
             super().__init__(device)
             self.uses: list[SessionUse] = []
 
-        def create(self, model, *, exact: bool = True):  # SessionFactory.create, timed in two steps
+        def create(self, model, *, exact: bool = True, prepack: bool = True, fold: bool = True):
+            """``SessionFactory.create``, timed in two steps: the model as ONNX Runtime takes it, the session."""
             start = time.perf_counter()
-            with model_io.ort_source(model) as source:
+            options = self._options(exact, prepack, fold)
+            with ort_input(model, options, self.apart_up_to) as source:
                 serialized = time.perf_counter()
-                session = self.create_from(source, exact=exact)
+                session = self._start(source, options)
             done = time.perf_counter()
             use = SessionUse(
                 nodes=sum(1 for _ in model.graph),
@@ -389,15 +390,16 @@ def _whole_pass(job: Any, clock: UpdateClock, call: Callable[[], Any], timer: st
     return result, row
 
 
-def _verify(job: Any, built: list) -> tuple[dict[str, Any], Any]:
-    """``_choose``: the reference session, one session per candidate, ONNX Runtime's default session."""
+def _verify(job: Any, built: list, outputs: Any) -> tuple[dict[str, Any], Any]:
+    """``_choose``: the reference session (its outputs, where pass 2 fetched them, ``outputs``, taken from there),
+    one session per candidate, ONNX Runtime's default session."""
     from onnxbc import pipeline
 
     for c in built:
         c.outputs = c.stopped = None  # measure() skips measured and stopped candidates
     first = len(job.sessions.uses)
     begun = time.perf_counter()
-    winner = pipeline._choose(job, built)
+    winner = pipeline._choose(job, built, outputs)
     wall = time.perf_counter() - begun
     uses = job.sessions.uses[first:]
     reference, rest = uses[0], uses[1:]
@@ -456,7 +458,7 @@ def profile_model(name: str, repeats: int, cache: Path) -> dict[str, Any]:
         start = time.perf_counter()
         built = pipeline._candidates(job, stats, decided, errors)
         rewrite_s = time.perf_counter() - start
-        verify = [_verify(job, built) for _ in range(repeats)]
+        verify = [_verify(job, built, errors.outputs) for _ in range(repeats)]
         winner = verify[-1][1]
         start = time.perf_counter()
         records.fill(job.run.report, job.targets, pipeline._decisions(job.options, decided, errors), winner, built)

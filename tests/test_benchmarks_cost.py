@@ -49,3 +49,11 @@ def test_render(measured, capsys):
     ratio = results["models"]["fashion"]["ratios"]["wall"]
     assert "| fashion | 256 | " in text and f"| {ratio:.2f}x |" in text
     assert "| chargpt | skipped: " in text
+
+
+def test_render_of_a_run_not_made_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cost.main(["render", "--name", "nothing", "--results-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "no results at" in err and "nothing.json" in err and "Traceback" not in err

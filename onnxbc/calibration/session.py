@@ -94,8 +94,13 @@ class SessionFactory:
         """A session of ``model`` (``create_from`` says what the flags do); its weights handed over from memory
         when they take at most ``APART_SHARE`` of the memory budget and none was given (``ort_input``)."""
         options = self._options(exact, prepack, fold)
-        with ort_input(model, options, 0 if self.budget_given else int(APART_SHARE * self.max_memory)) as source:
+        with ort_input(model, options, self.apart_up_to) as source:
             return self._start(source, options)
+
+    @property
+    def apart_up_to(self) -> int:
+        """The most weight bytes ``create`` hands over from memory (``ort_input``)."""
+        return 0 if self.budget_given else int(APART_SHARE * self.max_memory)
 
     def create_from(
         self, source: bytes | str, *, exact: bool = True, prepack: bool = True, fold: bool = True
