@@ -26,6 +26,7 @@ where the rewrite passes put things. Everything reported about the saved model d
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -557,13 +558,16 @@ def measure_all(
     once the first finalist is measured) bounds it from below. At W8A8 the uncompensated finalist stops after 2
     of PP-OCR's 4 fit batches (at least 3.07e-2 against the best's 2.06e-2) and after 6 of MiniLM's 7; the
     saved models are the same."""
-    fit = Reference(reference.session, lambda: calib.batches("fit"), KEEP_REFERENCE_BYTES, reference.most)
+    fit = reference.over(lambda: calib.batches("fit"))
     if outputs is not None:
-        fit.take(outputs, "fit")  # pass 2 ran the float model on the fit samples too
+        fit.take(outputs, "fit")  # pass 2 ran the float model on the fit samples too: its session is not made
     batches = calib.count_batches("fit")
-    with stages.step(
-        "Held-out samples too few to decide: checking the closest on the fit samples", batches * len(finalists)
-    ) as advance:
+    with (
+        contextlib.closing(fit),
+        stages.step(
+            "Held-out samples too few to decide: checking the closest on the fit samples", batches * len(finalists)
+        ) as advance,
+    ):
         for c in finalists:
             best = min((f for f in finalists if f.all_outputs is not None), key=_all_error, default=None)
 

@@ -12,6 +12,7 @@ them from a collector run that fetched them on the same batches (``FloatOutputs`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -199,6 +200,13 @@ class Reference:
             self._outputs = kept
         else:
             self._stash, self._session = stash, None  # all kept: the session goes (``session`` makes it again)
+
+    def over(self, feeds: Callable[[], Iterable[Mapping[str, np.ndarray]]]) -> Reference:
+        """A reference of the same model over other ``feeds``: its session shared (with ``remake``, made again
+        only when it runs), nothing of this one's outputs kept."""
+        other = copy.copy(self)
+        other._feeds, other.kept, other.bytes, other.calls, other._outputs, other._stash = feeds, None, 0, 0, None, None
+        return other
 
     def take(self, outputs: FloatOutputs, split: str) -> bool:
         """The float outputs pass 2 fetched on ``split`` (``FloatOutputs``), kept as a completed pass would keep
