@@ -455,7 +455,7 @@ def _candidates(job: _Job, stats: _Statistics, decided: _Decided, errors: _Layer
         with run.timer("sequential_compensation"):
             if len(compensated) > 1:
                 budget = precision.budget_of(options, job.policy)[1]  # as _choose: a stopped one cannot win there
-                with contextlib.closing(_reference(job, job.whole)) as reference:
+                with contextlib.closing(_reference(job, job.whole, errors.outputs)) as reference:
                     candidates.measure(compensated, reference, job.calib, job.sessions, run.stages, budget)
                 start = min((c for c in compensated if c.outputs is not None), key=lambda c: c.error)  # not stopped
             else:
@@ -489,9 +489,7 @@ def _choose(job: _Job, built: list[Candidate], outputs: FloatOutputs | None) -> 
             "segment, and the checks that need a whole session (a close call re-checked on the fit samples, ONNX "
             "Runtime's default session) were left out"
         )
-    with job.run.timer("verify"), contextlib.closing(_reference(job, whole)) as reference:  # runs once (measure)
-        if outputs is not None:
-            reference.take(outputs, split)  # pass 2 ran the float model on these samples
+    with job.run.timer("verify"), contextlib.closing(_reference(job, whole, outputs)) as reference:
         budget = precision.budget_of(job.options, job.policy)[1]
         candidates.measure(built, reference, calib, sessions, job.run.stages, budget)
         finalists = candidates.undecided(built, budget, reference, calib) if whole else []
@@ -523,15 +521,19 @@ def _choose(job: _Job, built: list[Candidate], outputs: FloatOutputs | None) -> 
     return winner
 
 
-def _reference(job: _Job, whole: bool) -> Reference:
+def _reference(job: _Job, whole: bool, outputs: FloatOutputs | None) -> Reference:
     """The float model's outputs on the split candidates are measured on, its runs sized like the collector's with
     the outputs counted four times (a candidate's beside the float model's read back, and for padded text both
-    again at the real tokens); ``whole``: in one session, else segment by segment (``calibration.segmented``)."""
+    again at the real tokens); ``whole``: in one session, else segment by segment (``calibration.segmented``).
+    Those pass 2 fetched on the same runs (``outputs``) are taken: the float model does not run again."""
     split = candidates.evaluated_on(job.calib)
     most = samples_per_run(job.model, job.calib, split, job.sessions, outputs_held=CHECK_OUTPUTS_HELD)
-    return candidates.reference(
+    reference = candidates.reference(
         lambda: segmented.session(job.model, job.calib, split, job.sessions, whole), job.calib, most
     )
+    if outputs is not None:
+        reference.take(outputs, split)
+    return reference
 
 
 def _memory(job: _Job) -> None:
