@@ -74,7 +74,29 @@ def from_proto(proto: onnx.ModelProto, *, check: bool = True) -> ir.Model:
             onnx.checker.check_model(proto)
         except onnx.checker.ValidationError as e:
             raise OnnxbcError(f"the ModelProto fails onnx.checker: {one_line(e)}") from e
-    return ir.serde.deserialize_model(proto)
+    return _unaliased(ir.serde.deserialize_model(proto))
+
+
+def _unaliased(model: ir.Model) -> ir.Model:
+    """``model`` with each tensor read from a message (initializers, tensor attributes) behind a tensor of its own
+    that reads it on demand: onnx_ir writes a weight's new name into the tensor (the QDQ pass renames the float
+    weights it quantizes), which for one read from a message is the caller's ModelProto (a compress that failed
+    left it with its initializers renamed). The data is not copied."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.TensorProtoTensor):
+                value.const_value = _on_demand(value.const_value)
+        for node in graph:
+            for attr in list(node.attributes.values()):
+                if attr.type is ir.AttributeType.TENSOR and isinstance(attr.value, ir.TensorProtoTensor):
+                    node.attributes[attr.name] = ir.AttrTensor(attr.name, _on_demand(attr.value))
+    return model
+
+
+def _on_demand(tensor: ir.TensorProtoTensor) -> ir.LazyTensor:
+    return ir.LazyTensor(
+        lambda: tensor, dtype=tensor.dtype, shape=tensor.shape, name=tensor.name, doc_string=tensor.doc_string
+    )
 
 
 def check_model_file(path: str | os.PathLike, *, full_check: bool = False) -> None:

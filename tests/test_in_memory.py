@@ -142,3 +142,15 @@ def test_model_and_data_in_memory_match_the_files(kind, data_kind, tmp_path):
     for section in ("compensation", "outputs", "smoothing", "weight_ranges", "precision"):
         assert getattr(memory.report, section) == getattr(files.report, section), section
     assert [r.error for r in memory.report.layers] == [r.error for r in files.report.layers]
+
+
+def test_a_compress_that_fails_leaves_the_callers_proto_as_it_was():
+    """The working copy of a ModelProto reads its weights from the caller's message without copying them; renaming
+    a weight there (the float weights the QDQ pass quantizes become ``<name>_float``) must not rename the caller's:
+    a compress that fails after its candidates are built (here: no candidate fits --max-size) left the caller's
+    initializers renamed, and the proto broken."""
+    model = onnx.load(MODEL)
+    before = model.SerializeToString()
+    with pytest.raises(onnxbc.UsageError, match="--max-size"):
+        onnxbc.compress(model, data=DATA, options=onnxbc.CompressOptions(max_size=30_000))
+    assert model.SerializeToString() == before
