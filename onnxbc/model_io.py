@@ -282,10 +282,9 @@ APART_TYPES = frozenset(
 def weights_apart(model: ir.Model, *, least: int = SPILL_FROM_BYTES) -> tuple[bytes, dict[str, np.ndarray]]:
     """The model as ONNX Runtime takes it with no copy of its weights made here: the graph serialized with each
     main-graph weight a node reads of ``least`` bytes or more (of a type numpy holds) as a reference to external
-    data, and
-    those weights' arrays, which ``SessionOptions.add_external_initializers`` copies into the session before
-    it optimizes the graph (its outputs are the same as from the serialized whole). The model is left as it
-    was. Measured on MiniLM's 90 MB: 0.01 s where writing it with external data took 0.19-0.37 s and
+    data, and those weights' arrays, which ``SessionOptions.add_external_initializers`` copies into the session
+    before it optimizes the graph (its outputs are the same as from the serialized whole). The model is left as
+    it was. Measured on MiniLM's 90 MB: 0.01 s where writing it with external data took 0.19-0.37 s and
     serializing it whole 0.23 s; the session is made from it in 0.11 s instead of 0.06 s from the file, and
     holds one copy more of the weights while it is made (SmolLM2's 542 MB: 1635 MB peak against 1264 MB)."""
     apart = {
