@@ -40,7 +40,7 @@ from onnxbc import (
 from onnxbc.calibration import memory, segmented, tokens
 from onnxbc.calibration.collector import Probe, collect, fits_whole, samples_per_run
 from onnxbc.calibration.data import CalibrationData, input_specs, open_data
-from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
+from onnxbc.calibration.probes import ChannelTrialProbe, ErrorProbe, LayerErrorProbe, MomentsProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.candidates import Candidate, Trials
 from onnxbc.compare import FloatOutputs, Reference
@@ -403,6 +403,9 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
             job.model, every + ([outputs] if outputs else []), job.calib, job.sessions, splits=splits, advance=advance
         )
     run.report.passes_over_data += 1
+    for probe in every:
+        if isinstance(probe, ChannelTrialProbe):
+            probe.complete()
     probes: dict[str, ErrorProbe] = {p.target.name: p for p in shadows}
     unchosen, unchosen_probes = QuantPlan(weights=dict(plan.weights)), dict(probes)
     scores = choose_variants(variants, trials, probes, plan, compensate, foldable(job.model, variants))

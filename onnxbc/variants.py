@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxbc import model_io
-from onnxbc.calibration.probes import ErrorProbe, LayerErrorProbe, RangeProbe
+from onnxbc.calibration.probes import ChannelTrialProbe, ErrorProbe, LayerErrorProbe, RangeProbe, by_channel
 from onnxbc.options import CompressOptions, RangeMethod
 from onnxbc.passes.graph_utils import main_values
 from onnxbc.passes.smooth import fold_site
@@ -43,6 +43,7 @@ from onnxbc.solvers.smooth import per_input_channel
 from onnxbc.targets import Target, Targets, weight_array
 
 MUL_GAIN = 0.9  # a smoothing that adds a Mul must cut its readers' error by at least 10 %
+PARTIAL_MOST = 0.5  # a trial changing at most this share of a layer's output channels measures those alone
 
 
 Park = Callable[[WeightQuant], WeightQuant]
@@ -178,32 +179,49 @@ def trial_probes(
 ) -> dict[int, list[LayerErrorProbe]]:
     """The pass-2 probes of each variant (keyed by its index). A layer the variant quantizes exactly as its shadow
     in ``shadows`` does (min-max scales that the search also chose, channel for channel) gets that shadow: the same
-    numbers, measured once (char-GPT at W8A8: 10 of 17 min-max trials, PP-OCR 17 of 47)."""
-    result = {}
-    for i, v in enumerate(variants):
-        result[i] = [
-            shadows[layer]
-            if layer in shadows and _alike(by_name[layer], v.plan, shadows[layer].plan)
-            else LayerErrorProbe(by_name[layer], v.plan, per_position=per_position)
-            for layer in v.layers
-        ]
-    return result
+    numbers, measured once (char-GPT at W8A8: 10 of 17 min-max trials, PP-OCR 17 of 47); one it quantizes
+    otherwise on a few output channels only gets a trial of those channels (``ChannelTrialProbe``, completed from
+    the shadow after the pass: ``complete``)."""
+    return {
+        i: [_trial(by_name[layer], v.plan, shadows.get(layer), per_position) for layer in v.layers]
+        for i, v in enumerate(variants)
+    }
 
 
-def _alike(t: Target, a: QuantPlan, b: QuantPlan) -> bool:
-    """Whether ``a`` and ``b`` quantize ``t``'s inputs and weight alike: shadows of ``t`` computing the same numbers
-    (what ``LayerErrorProbe`` reads of a plan)."""
+def _trial(t: Target, plan: QuantPlan, shadow: LayerErrorProbe | None, per_position: bool) -> LayerErrorProbe:
+    """``t``'s probe in a variant that quantizes it as ``plan`` says: its ``shadow`` when that computes the same
+    numbers, a trial of the output channels whose weight scales differ alone (``ChannelTrialProbe``: at most
+    ``PARTIAL_MOST`` of them, on a layer ``by_channel`` can measure so), or a whole trial."""
+    if shadow is None or not _inputs_alike(t, plan, shadow.plan):
+        return LayerErrorProbe(t, plan, per_position=per_position)
+    channels = _changed_channels(t, plan, shadow.plan)
+    if channels is not None and not len(channels):
+        return shadow
+    if channels is not None and not per_position and by_channel(t):
+        if len(channels) <= PARTIAL_MOST * t.weight.source.const_value.shape[t.weight.channel_axis]:
+            return ChannelTrialProbe(t, plan, shadow, channels)
+    return LayerErrorProbe(t, plan, per_position=per_position)
+
+
+def _inputs_alike(t: Target, a: QuantPlan, b: QuantPlan) -> bool:
+    """Whether ``a`` and ``b`` quantize (and smooth) ``t``'s activation inputs alike."""
     for i in t.activation_inputs:
         name = t.node.inputs[i].name
         if a.activations.get(name) != b.activations.get(name) or a.smoothing.get(name) is not b.smoothing.get(name):
             return False
+    return True
+
+
+def _changed_channels(t: Target, a: QuantPlan, b: QuantPlan) -> np.ndarray | None:
+    """The output channels (indices) on which ``a`` and ``b`` quantize ``t``'s weight otherwise, when that follows
+    from their scales (rounded to nearest from the same float weight, per channel: equal scales give equal codes;
+    empty for none or the same quantizer); else None."""
     if t.weight is None:
-        return True
+        return np.zeros(0, np.int64)
     x, y = a.weights.get(t.weight.source.name), b.weights.get(t.weight.source.name)
     if x is y:
-        return True
-    # rounded to nearest from the same float weight: equal scales give equal codes
-    return (
+        return np.zeros(0, np.int64)
+    if not (
         x is not None
         and y is not None
         and (x.scheme, x.rounding) == (y.scheme, y.rounding) == ("uniform", "nearest")
@@ -212,8 +230,14 @@ def _alike(t: Target, a: QuantPlan, b: QuantPlan) -> bool:
         and x.emulated is None
         and y.emulated is None
         and (x.bits, x.granularity, x.codes.dtype) == (y.bits, y.granularity, y.codes.dtype)
-        and np.array_equal(x.scale, y.scale)
-    )
+    ):
+        return None
+    if np.array_equal(x.scale, y.scale):
+        return np.zeros(0, np.int64)
+    g = x.granularity
+    if g.block_size or g.axis is None or g.axis % x.codes.ndim != t.weight.channel_axis % x.codes.ndim:
+        return None
+    return np.flatnonzero(np.asarray(x.scale).reshape(-1) != np.asarray(y.scale).reshape(-1))
 
 
 def score(probes: list[ErrorProbe], biased: set[str]) -> float:

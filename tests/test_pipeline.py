@@ -16,12 +16,12 @@ from models import test_graphs
 from onnxbc import model_io, validate
 from onnxbc.calibration.collector import calibration_graph, collect
 from onnxbc.calibration.data import input_specs, open_data
-from onnxbc.calibration.probes import LayerErrorProbe, RangeProbe
+from onnxbc.calibration.probes import ChannelTrialProbe, LayerErrorProbe, RangeProbe, by_channel
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.options import ActivationType, BiasCorrection, CompressOptions, DataOptions, Rounding, WeightType
 from onnxbc.passes.prepare import prepare_passes
 from onnxbc.plan import ActivationQuant, QuantPlan, WeightQuant
-from onnxbc.solvers.quant import INT4, Granularity, dequantize, quantize, weight_scale
+from onnxbc.solvers.quant import INT4, INT8, Granularity, dequantize, quantize, weight_scale
 from onnxbc.targets import find_targets
 from onnxbc.variants import Variant, VariantKind, trial_probes
 
@@ -332,6 +332,49 @@ def test_a_trial_quantizing_a_layer_as_its_shadow_does_is_that_shadow(tmp_path):
     assert trials[0] == [shadow]
     assert all(trials[i][0] is not shadow and trials[i][0].plan is p for i, p in ((1, wider), (2, other_input)))
     assert trial_probes(variants, {"conv1": first}, False)[0][0] is not shadow  # no shadows given: its own
+
+
+@pytest.mark.parametrize("graph", ["conv", "gemm", "matmul_add", "hardswish_cnn"])
+def test_a_trial_changing_a_few_channels_measures_those_alone_with_the_whole_trials_sums(tmp_path, graph):
+    """A variant whose weight scales differ from the plan's on a third of a layer's output channels gets a trial
+    of those channels alone (``ChannelTrialProbe``); completed from the shadow, its sums on both splits are the
+    whole trial's (also after the activation the layer feeds); half the channels or more: a whole trial."""
+    g = test_graphs.build(graph)
+    model = prepare_passes(21)(model_io.load(test_graphs.save(g, tmp_path / "m.onnx"))).model
+    data = open_data(DataOptions(source=g.feeds(24, 0), batch_size=8, holdout_fraction=0.3), input_specs(model))
+    checked = 0
+    for t in find_targets(model).targets:
+        if t.weight is None or not by_channel(t):
+            continue
+        w, gran, source = t.weight.source.const_value.numpy(), Granularity(t.weight.channel_axis), t.weight.source.name
+        x = t.node.inputs[t.activation_inputs[0]].name
+
+        def plan(scale, w=w, gran=gran, source=source, x=x):
+            wq = WeightQuant(source, quantize(w, scale, INT8, gran), scale.copy(), gran, 8, "minmax")
+            return QuantPlan(weights={source: wq}, activations={x: ActivationQuant(x, 0.02, 0, np.dtype(np.int8), 2.54, "m")})
+
+        s = weight_scale(w, INT8, gran, "minmax")
+        few, most = s.copy(), s.copy()
+        few[: len(s) // 3] *= 0.7
+        most[: len(s) // 2 + 1] *= 0.7
+        shadow = LayerErrorProbe(t, plan(s))
+        variants = [Variant(VariantKind.WEIGHT_RANGE, source, "minmax", plan(v), (t.name,)) for v in (few, most)]
+        trials = trial_probes(variants, {t.name: t}, False, {t.name: shadow})
+        partial, whole_most = trials[0][0], trials[1][0]
+        assert isinstance(partial, ChannelTrialProbe) and list(partial.channels) == list(range(len(s) // 3))
+        assert type(whole_most) is LayerErrorProbe
+        whole = LayerErrorProbe(t, variants[0].plan)
+        collect(model, [shadow, partial, whole], data, SessionFactory(), splits=("fit", "holdout"))
+        partial.complete()
+        assert (partial.after is None) == (whole.after is None)
+        for mine, theirs in ((partial.moments, whole.moments), (partial.after, whole.after)):
+            for split in ("fit", "holdout") if mine is not None else ():
+                a, b = mine[split], theirs[split]
+                assert a.count == b.count > 0
+                for x_, y_ in ((a.sum_d, b.sum_d), (a.sum_d2, b.sum_d2), (a.sum_y2, b.sum_y2)):
+                    np.testing.assert_allclose(x_, y_, rtol=1e-5, atol=1e-6 * np.abs(y_).max())
+        checked += 1
+    assert checked
 
 
 def _conv2d(inp, weight, pad):

@@ -14,7 +14,7 @@ from onnxbc import compress
 from onnxbc.calibration import tokens
 from onnxbc.calibration.collector import collect
 from onnxbc.calibration.data import input_specs, open_data
-from onnxbc.calibration.probes import LayerErrorProbe, MomentsProbe, OutputPowerProbe, RangeProbe
+from onnxbc.calibration.probes import ChannelTrialProbe, LayerErrorProbe, MomentsProbe, OutputPowerProbe, RangeProbe
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.compare import compare_sessions
 from onnxbc.options import CompressOptions, DataOptions, Device
@@ -151,6 +151,35 @@ def test_statistics_do_not_see_what_is_at_padded_positions(tmp_path, segments):
     errors = runs["noise"][-1].moments
     assert errors["fit"].count == int(real[:fit].sum())
     assert errors["holdout"].count == int(real[fit:].sum())
+
+
+def test_a_trial_of_a_few_channels_counts_the_real_tokens_only(tmp_path):
+    """A trial measuring a third of a layer's output channels alone (``ChannelTrialProbe``) masks the padding as the
+    whole trial does: the same sums once completed from the shadow, counted at the real tokens."""
+    model = ir.serde.deserialize_model(_model())
+    feeds, real = _feeds("noise")
+    data = _data(tmp_path, model, feeds, "noise")
+    first = _probes(model)
+    collect(model, first, data, SessionFactory(Device.CPU))
+    shadows = _probes(model, {p.value: p for p in first if isinstance(p, RangeProbe)})
+    shadow = next(p for p in shadows if p.target.name == "mm1")
+    wq = shadow.plan.weights["w1"]
+    scale = wq.scale.copy()
+    scale[: D // 3] *= 0.7
+    w = shadow.target.weight.source.const_value.numpy()
+    trial = QuantPlan(
+        weights={"w1": WeightQuant("w1", quantize(w, scale, INT4, wq.granularity), scale, wq.granularity, 4, "minmax")},
+        activations=shadow.plan.activations,
+    )
+    partial = ChannelTrialProbe(shadow.target, trial, shadow, np.arange(D // 3))
+    whole = LayerErrorProbe(shadow.target, trial)
+    collect(model, [shadow, partial, whole], data, SessionFactory(Device.CPU), splits=("fit", "holdout"))
+    partial.complete()
+    for split in ("fit", "holdout"):
+        a, b = partial.moments[split], whole.moments[split]
+        assert a.count == b.count == int(real[:9].sum() if split == "fit" else real[9:].sum())
+        for x, y in ((a.sum_d, b.sum_d), (a.sum_d2, b.sum_d2), (a.sum_y2, b.sum_y2)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
 
 
 def test_without_a_recognized_mask_every_position_counts(tmp_path):

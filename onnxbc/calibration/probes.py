@@ -237,15 +237,24 @@ class ErrorProbe:
         """In-graph sums of d = y - y_quant, d^2 and y^2 (in float32) and the element count; again after
         the pointwise activation ``y`` flows into, if it flows into exactly one. The float model's own tensors
         (``y``, its activation's output) and their sums are shared by every probe of the layer."""
-        outputs = self._sums(b, y, y_quant)
-        uses = self.target.node.outputs[0].uses()  # in the model itself: probes add readers to the copy
-        if len(uses) == 1 and uses[0].node.op_type in POINTWISE and uses[0].idx == 0:
-            act = b.nodes[uses[0].node.name]
+        axis = self.target.output_channel_axis
+        outputs = self._sums(b, self._own_channels(b, y, axis), y_quant)
+        act = activation_after(self.target)
+        if act is not None:
+            act = b.nodes[act.name]
             with b.after(b.last(act, y_quant.producer())):
                 node = ir.Node(act.domain, act.op_type, [y_quant, *act.inputs[1:]], act.attributes.values())
                 self.after = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
-                outputs += self._sums(b, act.outputs[0], b.add(node, "act"))
+                outputs += self._sums(b, self._own_channels(b, act.outputs[0], axis), b.add(node, "act"))
         return outputs
+
+    def _own_channels(self, b: GraphBuilder, x: ir.Value, axis: int) -> ir.Value:
+        """``x`` (a float output, a weight or a bias) on the output channels this probe measures: all of them."""
+        return x
+
+    def _channel_count(self) -> int:
+        t = self.target
+        return t.weight.source.const_value.shape[t.weight.channel_axis]
 
     def _sums(self, b: GraphBuilder, y: ir.Value, y_quant: ir.Value) -> list[ir.Value]:
         # per position, each position has its own sums: padding only adds to its own positions'
@@ -276,7 +285,7 @@ class ErrorProbe:
             rank = 2
         elif rank is None and t.op in ("Conv", "ConvTranspose") and not t.weight.chain:
             rank = len(t.weight.source.const_value.shape)
-        channels = t.weight.source.const_value.shape[t.weight.channel_axis]
+        channels = self._channel_count()
         if rank is not None:
             axes = [i for i in range(rank) if i != axis % rank]
             return b.op("ReduceSum", [x, b.const(np.array(axes, np.int64), "axes")], {"keepdims": 0})
@@ -318,12 +327,80 @@ class LayerErrorProbe(ErrorProbe):
             for original in t.weight.chain:  # replay Transpose/Reshape/... on the dequantized weight
                 step = b.nodes[original.name]
                 w = b.add(ir.Node(step.domain, step.op_type, [w, *step.inputs[1:]], step.attributes.values()), "w")
-            inputs[t.weight.input_index] = w
+            inputs[t.weight.input_index] = self._own_channels(b, w, t.weight.channel_axis)
+            if t.op in ("Conv", "Gemm") and len(inputs) > 2 and inputs[2] is not None:
+                inputs[2] = self._own_channels(b, inputs[2], 0)  # the bias
         shadow = b.add(
             ir.Node(node.domain, node.op_type, inputs, node.attributes.values(), num_outputs=1),
             f"{t.name}_shadow",
         )
         return self._error_outputs(b, node.outputs[0], shadow)
+
+
+class ChannelTrialProbe(LayerErrorProbe):
+    """A trial that quantizes its layer's weight otherwise on some output ``channels`` only (min-max scales where
+    the search moved them: ``variants.trial_probes``; ``by_channel`` says which layers), and the rest of the layer
+    as ``base`` (its shadow) does: its shadow computes those channels alone (the weight, the bias and the float
+    output gathered), and ``complete`` takes the other channels' sums from ``base`` once both are collected. The
+    sums of the whole trial, to float rounding, for the share of the layer's work those channels are."""
+
+    def __init__(self, target: Target, plan: QuantPlan, base: LayerErrorProbe, channels: np.ndarray) -> None:
+        super().__init__(target, plan)
+        self.base, self.channels = base, channels
+
+    def _own_channels(self, b: GraphBuilder, x: ir.Value, axis: int) -> ir.Value:
+        index = b.once(("channels", id(self)), lambda: b.const(self.channels.astype(np.int64), "channels"))
+        out = b.op("Gather", [x, index], {"axis": axis})
+        out.dtype = x.dtype  # typed and shaped like ``x`` (the padding mask and the float32 casts go by them)
+        if x.shape is not None:
+            dims = list(x.shape)
+            dims[axis] = len(self.channels)
+            out.shape = ir.Shape(dims)
+        return out
+
+    def _channel_count(self) -> int:
+        return len(self.channels)
+
+    def complete(self) -> None:
+        """Every channel's sums: ``base``'s, with this trial's on its channels (after the collector ran both)."""
+        for mine, theirs in ((self.moments, self.base.moments), (self.after or {}, self.base.after or {})):
+            for split, own in mine.items():
+                whole = theirs[split]
+                if own.empty or whole.empty:
+                    continue
+                sums = [a.copy() for a in (whole.sum_d, whole.sum_d2, whole.sum_y2)]
+                for full, part in zip(sums, (own.sum_d, own.sum_d2, own.sum_y2)):
+                    full[self.channels] = part
+                mine[split] = ErrorMoments()
+                mine[split].update(*sums, whole.count)
+
+
+def by_channel(t: Target) -> bool:
+    """Whether ``t`` can be measured on some of its output channels alone (``ChannelTrialProbe``): a Conv of one
+    group, a Gemm or a MatMul reading its weight directly, with a bias (if any) of one value per channel, and no
+    per-channel constant in the activation its output flows into."""
+    w = t.weight
+    if w is None or w.chain or t.in_subgraph or t.op not in ("Conv", "Gemm", "MatMul"):
+        return False
+    if t.op == "Conv" and t.node.attributes.get_int("group", 1) != 1:
+        return False
+    bias = t.node.inputs[2] if t.op != "MatMul" and len(t.node.inputs) > 2 else None
+    if bias is not None and (bias.shape is None or list(bias.shape) != [w.source.const_value.shape[w.channel_axis]]):
+        return False
+    act = activation_after(t)
+    return act is None or all(v is None or _one_value(v) for v in act.inputs[1:])
+
+
+def _one_value(v: ir.Value) -> bool:
+    return v.shape is not None and v.shape.is_static() and int(np.prod(v.shape.numpy())) == 1
+
+
+def activation_after(t: Target) -> ir.Node | None:
+    """The pointwise activation (ReLU, Clip, ...) that alone reads ``t``'s output in the model, if any."""
+    uses = t.node.outputs[0].uses()  # in the model itself: probes add readers to the copy
+    if len(uses) == 1 and uses[0].node.op_type in POINTWISE and uses[0].idx == 0:
+        return uses[0].node
+    return None
 
 
 def _quantized_input(b: GraphBuilder, x: ir.Value, smoothing: Smoothing | None, aq: ActivationQuant | None) -> ir.Value:
@@ -359,7 +436,7 @@ def _detached(probe, **statistics):
     attaches from (``target``, ``plan``): what a worker folds batches into (``blank``)."""
     out = copy.copy(probe)
     vars(out).update(statistics)
-    for name in ("target", "plan"):
+    for name in ("target", "plan", "base"):
         if name in vars(out):
             setattr(out, name, None)
     return out
