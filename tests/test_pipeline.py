@@ -351,7 +351,8 @@ def test_a_trial_changing_a_few_channels_measures_those_alone_with_the_whole_tri
 
         def plan(scale, w=w, gran=gran, source=source, x=x):
             wq = WeightQuant(source, quantize(w, scale, INT8, gran), scale.copy(), gran, 8, "minmax")
-            return QuantPlan(weights={source: wq}, activations={x: ActivationQuant(x, 0.02, 0, np.dtype(np.int8), 2.54, "m")})
+            aq = ActivationQuant(x, 0.02, 0, np.dtype(np.int8), 2.54, "m")
+            return QuantPlan(weights={source: wq}, activations={x: aq})
 
         s = weight_scale(w, INT8, gran, "minmax")
         few, most = s.copy(), s.copy()
