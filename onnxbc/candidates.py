@@ -458,8 +458,7 @@ def _measure(
     """``candidate`` (its ``session``) against ``reference`` batch by batch, stopped once it cannot beat ``best``."""
 
     def beaten(stats: dict[str, OutputAgreement]) -> float | None:
-        bound = _bound(measured(stats), best.outputs) if best is not None else None
-        return bound if bound is not None and bound > best.error * (1 + MARGIN) else None
+        return None if best is None else _beyond(measured(stats), best.outputs, best.error)
 
     stats, done, bound = _until_beaten(reference, session, total, advance, beaten)
     if bound is not None:
@@ -488,6 +487,12 @@ def _until_beaten(
         if done < total and (bound := beaten(stats)) is not None:
             return stats, done, bound
     return stats, done, None
+
+
+def _beyond(so_far: dict[str, OutputAgreement], whole: dict[str, OutputAgreement], least: float) -> float | None:
+    """``_bound`` when it exceeds ``least`` (the best error, up to ``MARGIN``): the candidate cannot win; else None."""
+    bound = _bound(so_far, whole)
+    return bound if bound > least * (1 + MARGIN) else None
 
 
 def _bound(so_far: dict[str, OutputAgreement], whole: dict[str, OutputAgreement]) -> float:
@@ -574,8 +579,7 @@ def measure_all(
             def beaten(stats: dict[str, OutputAgreement], c=c, best=best) -> float | None:
                 if best is None or not fit.kept:  # the float outputs' sums on every sample not known yet
                     return None
-                bound = _bound(_merged(c.outputs, measured(stats)), best.all_outputs)
-                return bound if bound > best.all_error * (1 + MARGIN) else None
+                return _beyond(_merged(c.outputs, measured(stats)), best.all_outputs, best.all_error)
 
             session = sessions.create(c.model)
             stats, done, bound = _until_beaten(fit, session, batches, advance, beaten)

@@ -50,7 +50,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxbc import model_io
-from onnxbc.calibration import memory, session
+from onnxbc.calibration import session
 from onnxbc.errors import OnnxbcError, one_line
 from onnxbc.passes.prepare import QUANTIZED_OPS
 from onnxbc.targets import CHAIN_OPS
@@ -177,8 +177,9 @@ def _quantized(node: ir.Node) -> bool:
     return bool(dequantized) and len(dequantized) == len(activations)
 
 
-def audit(model: ir.Model) -> FusionAudit:
-    """Judge every quantized layer of ``model`` (left unchanged) by ONNX Runtime's optimized CPU graph.
+def audit(model: ir.Model, apart_up_to: int = 0) -> FusionAudit:
+    """Judge every quantized layer of ``model`` (left unchanged) by ONNX Runtime's optimized CPU graph; its weights
+    handed over from memory when they take ``apart_up_to`` bytes at most (``SessionFactory.apart_up_to``).
 
     Raises OnnxbcError (one line) when ONNX Runtime cannot build the session."""
     layers = quantized_layers(model)
@@ -191,7 +192,7 @@ def audit(model: ir.Model) -> FusionAudit:
         if original in index:
             node.name = tokens.name(index[original])
     try:
-        with _optimized(copy) as optimized:
+        with _optimized(copy, apart_up_to) as optimized:
             verdicts = _judge(layers, optimized, tokens)
     except OnnxbcError as e:
         raise OnnxbcError(tokens.restore(str(e))) from e
@@ -245,10 +246,9 @@ class _Tokens:
 
 
 @contextlib.contextmanager
-def _optimized(model: ir.Model) -> Iterator[ir.Model]:
+def _optimized(model: ir.Model, apart_up_to: int) -> Iterator[ir.Model]:
     """ONNX Runtime's optimized CPU graph of ``model`` (its weights are not loaded; valid inside the block)."""
     options = ort.SessionOptions()
-    apart_up_to = int(session.APART_SHARE * memory.default_budget())
     with (
         tempfile.TemporaryDirectory(prefix="onnxbc-fusion-") as folder,
         session.ort_input(model, options, apart_up_to) as source,

@@ -306,7 +306,6 @@ def weights_apart(model: ir.Model, *, least: int = SPILL_FROM_BYTES) -> tuple[by
     finally:
         for name, value in apart.items():
             value.const_value = tensors[name]
-            value.const_value.name = name  # as serializing it sets it (a tensor shared with clones takes their names)
     return graph, {name: np.ascontiguousarray(t.numpy()) for name, t in tensors.items()}
 
 

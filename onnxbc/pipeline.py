@@ -569,7 +569,7 @@ def _audit(job: _Job, winner: Candidate) -> dict[str, dict] | None:
         return None
     with job.run.timer("fusion_audit"):
         try:
-            audit = fusion.audit(winner.model)
+            audit = fusion.audit(winner.model, job.sessions.apart_up_to)
         except OnnxbcError as e:
             rep.warnings.append(f"fusion audit skipped: {e}")
             return None

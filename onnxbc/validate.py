@@ -513,7 +513,7 @@ def _ort_session(s: Subject) -> Iterator[Finding]:
 
 def _ort_fusion(s: Subject) -> Iterator[Finding]:
     try:
-        audit = fusion.audit(s.model)
+        audit = fusion.audit(s.model, s.sessions.apart_up_to)
     except OnnxbcError as e:  # ort.session, when not ignored, fails for the same reason
         yield Finding(f"cannot audit the fusions: {one_line(e)}", failed=False)
         return
