@@ -136,22 +136,25 @@ class UpdateClock:
     """Seconds spent in the probes' ``update`` (numpy, outside ONNX Runtime), by class, while installed."""
 
     def __init__(self) -> None:
-        from onnxbc.calibration import probes
+        from onnxbc.calibration import collector, probes
         from onnxbc.solvers import ranges
 
         # top level: everything a probe does with a fetched batch; nested: the histograms' counting within
-        # RangeProbe (ranges.observe calls each histogram's _count per block)
+        # RangeProbe (ranges.observe calls each histogram's _count per block), and the graphs collect builds
         self.top = {
             "RangeProbe": (probes.RangeProbe, "update"),
             "OutputPowerProbe": (probes.OutputPowerProbe, "update"),
             "MomentsProbe": (probes.MomentsProbe, "update"),
             "ErrorProbe": (probes.ErrorProbe, "update"),
+            "MeanErrorProbe": (probes.MeanErrorProbe, "update"),
         }
         self.nested = {
             "AbsHistogram": (ranges.AbsHistogram, "_count"),
             "ChannelHistograms": (ranges.ChannelHistograms, "_count"),
+            "build": (collector, "calibration_graph"),  # not an update: the graph each collect builds
         }
         self.seconds: dict[str, float] = {}
+        self.builds: list[float] = []  # each calibration_graph call's seconds
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[UpdateClock]:
@@ -172,29 +175,34 @@ class UpdateClock:
             try:
                 return original(probe, *args, **kwargs)
             finally:
-                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                self.seconds[key] = self.seconds.get(key, 0.0) + elapsed
+                if key == "build":
+                    self.builds.append(elapsed)
 
         return update
 
     def reset(self) -> None:
-        self.seconds = {}
+        self.seconds, self.builds = {}, []
 
     def total(self) -> float:
         return sum(self.seconds.get(k, 0.0) for k in self.top)
 
 
 def _breakdown(wall: float, uses: Sequence[SessionUse], clock: UpdateClock, begun: float) -> dict[str, Any]:
-    """One ``collect`` (one session): where its wall clock went."""
-    if len(uses) != 1:
-        raise RuntimeError(f"expected one calibration session, got {len(uses)}")
-    use = uses[0]
-    update_s = clock.total()
+    """One pass (its ``collect`` calls: pass 2 runs the fit samples apart where it can): where its wall clock went;
+    the graphs' node and output counts summed over its sessions."""
+    if not uses:
+        raise RuntimeError("expected a calibration session, got none")
+    total = lambda field: sum(getattr(u, field) for u in uses)  # noqa: E731
     parts = {
-        "build_s": use.started - begun,
-        "serialize_s": use.serialize_s,
-        "session_create_s": use.create_s,
-        "run_s": use.run_s,
-        "update_s": update_s,
+        # the first graph from the start; the later ones as timed (calibration_graph)
+        # up to the first session (making the variants, the first graph), then the later collects' graphs
+        "build_s": uses[0].started - begun + sum(clock.builds[1:]),
+        "serialize_s": total("serialize_s"),
+        "session_create_s": total("create_s"),
+        "run_s": total("run_s"),
+        "update_s": clock.total(),
     }
     return {
         "wall_s": wall,
@@ -202,10 +210,11 @@ def _breakdown(wall: float, uses: Sequence[SessionUse], clock: UpdateClock, begu
         "other_s": wall - sum(parts.values()),  # data loading, batch splitting, the loop
         "histogram_s": clock.seconds.get("AbsHistogram", 0.0),
         "channel_histogram_s": clock.seconds.get("ChannelHistograms", 0.0),
-        "runs": use.runs,
-        "graph_outputs": use.outputs,
-        "nodes": use.nodes,
-        "fetched_mb": use.fetched_bytes / 1e6,
+        "runs": total("runs"),
+        "sessions": len(uses),
+        "graph_outputs": total("outputs"),
+        "nodes": total("nodes"),
+        "fetched_mb": total("fetched_bytes") / 1e6,
     }
 
 
@@ -283,15 +292,23 @@ def unit(job: Any) -> dict[str, Any]:
 
 
 def _collect_kind(job: Any, kind: Kind, clock: UpdateClock) -> dict[str, Any]:
+    """One kind's probes collected as their pass collects them (layer errors: the fit samples apart where pass 2
+    runs them so, ``pipeline._error_passes``)."""
+    from onnxbc import pipeline
     from onnxbc.calibration.collector import collect
+    from onnxbc.calibration.probes import LayerErrorProbe
 
     probes = kind.build()
     if not probes:
         return {"probes": 0}
+    passes = [(probes, kind.splits)]
+    if all(isinstance(p, LayerErrorProbe) for p in probes):
+        passes = pipeline._error_passes(probes, job.calib.n_holdout > 0)
     clock.reset()
     first = len(job.sessions.uses)
     begun = time.perf_counter()
-    collect(job.model, probes, job.calib, job.sessions, splits=kind.splits)
+    for some, splits in passes:
+        collect(job.model, some, job.calib, job.sessions, splits=splits)
     wall = time.perf_counter() - begun
     return {"probes": len(probes), **_breakdown(wall, job.sessions.uses[first:], clock, begun)}
 

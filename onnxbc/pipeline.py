@@ -396,12 +396,17 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     trials = trial_probes(variants, by_name, per_position, {p.target.name: p for p in shadows})
     every = list(dict.fromkeys(shadows + [p for trial in trials.values() for p in trial]))  # a shadow once
     outputs = _float_outputs(job)
-    splits = ("fit", "holdout")
-    total = sum(job.calib.count_batches(s) for s in splits)
+    total = sum(job.calib.count_batches(s) for s in ("fit", "holdout"))
     with run.timer("layer_errors"), run.stages.step("Measuring layer errors", total) as advance:
-        collect(
-            job.model, every + ([outputs] if outputs else []), job.calib, job.sessions, splits=splits, advance=advance
-        )
+        for probes, splits in _error_passes(every, job.calib.n_holdout > 0):
+            collect(
+                job.model,
+                probes + ([outputs] if outputs else []),
+                job.calib,
+                job.sessions,
+                splits=splits,
+                advance=advance,
+            )
     run.report.passes_over_data += 1
     for probe in every:
         if isinstance(probe, ChannelTrialProbe):
@@ -413,6 +418,16 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     kept = [i for i, v in enumerate(variants) if v.kind is not VariantKind.SMOOTHING]
     measured = Trials([variants[i] for i in kept], {k: trials[i] for k, i in enumerate(kept)})
     return _LayerErrors(observed, compensate, bias_skips, probes, unchosen, unchosen_probes, measured, scores, outputs)
+
+
+def _error_passes(probes: list[LayerErrorProbe], held_out: bool) -> list[tuple[list[Probe], tuple[str, ...]]]:
+    """Pass 2's runs: with held-out samples, the fit samples apart, where a linear layer's probe needs only its
+    mean error (``LayerErrorProbe.means``: its input's sums instead of the layer again), then the held-out samples
+    with every probe whole; else one run over both splits."""
+    fit = [p.means() or p for p in probes]
+    if not held_out or all(a is b for a, b in zip(fit, probes)):
+        return [(probes, ("fit", "holdout"))]
+    return [(fit, ("fit",)), (probes, ("holdout",))]
 
 
 def _float_outputs(job: _Job) -> FloatOutputs | None:

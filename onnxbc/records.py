@@ -132,7 +132,7 @@ def layer_records(targets: Targets, decisions: Decisions, winner: Candidate) -> 
             rec.error = {
                 split: {"rel_mse_before": m.rel_mse(), "rel_mse_after": m.rel_mse(fold.delta) if fold else None}
                 for split, m in probe.moments.items()
-                if not m.empty
+                if not m.empty and not m.means_only  # the fit split gave a linear layer's mean error alone
             }
         if fold is not None:
             why = None if winner.compensated else "compensation as a whole did not lower the output error"

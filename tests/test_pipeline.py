@@ -16,7 +16,7 @@ from models import test_graphs
 from onnxbc import model_io, validate
 from onnxbc.calibration.collector import calibration_graph, collect
 from onnxbc.calibration.data import input_specs, open_data
-from onnxbc.calibration.probes import ChannelTrialProbe, LayerErrorProbe, RangeProbe, by_channel
+from onnxbc.calibration.probes import ChannelTrialProbe, LayerErrorProbe, RangeProbe, activation_after, by_channel
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.options import ActivationType, BiasCorrection, CompressOptions, DataOptions, Rounding, WeightType
 from onnxbc.passes.prepare import prepare_passes
@@ -144,8 +144,9 @@ def test_layer_error_probe_matches_numpy_at_padded_borders(tmp_path):
     assert moments.mse(moments.mean_error()) <= moments.mse()
 
 
-def test_compensation_is_measured_and_reported(zoo, tmp_path):
-    path, data, _ = zoo("gelu_mlp", samples=64)
+@pytest.mark.parametrize("graph, fitted", [("gelu_mlp", set()), ("gemm", {"fc1", "fc2"})])
+def test_compensation_is_measured_and_reported(zoo, tmp_path, graph, fitted):
+    path, data, _ = zoo(graph, samples=64)
     result = onnxbc.compress(
         path,
         tmp_path / "o.onnx",
@@ -157,9 +158,13 @@ def test_compensation_is_measured_and_reported(zoo, tmp_path):
     assert comp["decided_on"] == "holdout"
     assert comp["applied"] == (comp["output_rel_mse_with"] < comp["output_rel_mse_without"])
     assert comp["output_rel_mse"] == min(comp["candidates"].values())
+    # a layer no activation follows (gelu_mlp's: an Add comes first) gets its mean error alone from the fit samples
+    assert {layer.name for layer in result.report.layers if "fit" in layer.error} == fitted
     for layer in result.report.layers:
-        fit = layer.error["fit"]
-        assert fit["rel_mse_after"] <= fit["rel_mse_before"] * (1 + 1e-9)  # never worse on fitted data
+        assert layer.error["holdout"]["rel_mse_before"] > 0
+        if layer.name in fitted:
+            fit = layer.error["fit"]
+            assert fit["rel_mse_after"] <= fit["rel_mse_before"] * (1 + 1e-9)  # never worse on fitted data
 
 
 def test_attention_key_projection_gets_no_bias(zoo, tmp_path):
@@ -530,3 +535,51 @@ def test_smoothing_variants_are_parked_as_made_and_their_float_weights_unmapped(
     for a, b in zip(calls, calls[1:]):  # the variants of one activation are parked before the next's are made
         assert any(kind == "park" for kind, _ in events[a + 1 : b])
     assert max(mapped for kind, mapped in events if kind == "plans") <= 1  # without: the readers read so far
+
+
+@pytest.mark.parametrize(
+    "graph", ["matmul_add", "gemm_nobias", "batchnorm_conv", "conv_depthwise", "transpose_weight", "tied_embedding"]
+)
+def test_a_linear_layers_mean_error_comes_from_its_input_sums(tmp_path, graph):
+    """On the fit samples a MatMul, Gemm or 1x1 Conv that no activation follows is measured by its input's row sums
+    (``LayerErrorProbe.means``): the summed error and count of the whole shadow, to float rounding, without the
+    squares; a trial of a few channels completes from them. Layers with an activation after get no such probe."""
+    g = test_graphs.build(graph)
+    model = prepare_passes(21)(model_io.load(test_graphs.save(g, tmp_path / "m.onnx"))).model
+    data = open_data(DataOptions(source=g.feeds(24, 0), batch_size=8, holdout_fraction=0.3), input_specs(model))
+    checked = 0
+    for t in find_targets(model).targets:
+        if t.weight is None:
+            continue
+        w, gran, source = t.weight.source.const_value.numpy(), Granularity(t.weight.channel_axis), t.weight.source.name
+        s = weight_scale(w, INT4, gran, "minmax")
+        x = t.node.inputs[0].name
+        aq = ActivationQuant(x, 0.05, 0, np.dtype(np.int8), 6.35, "m")
+        plan = QuantPlan(weights={source: WeightQuant(source, quantize(w, s, INT4, gran), s, gran, 4, "minmax")})
+        plan.activations[x] = aq
+        whole, shadow = LayerErrorProbe(t, plan), LayerErrorProbe(t, plan)
+        means = shadow.means()
+        assert (means is None) == (activation_after(t) is not None or t.op == "Conv" and t.name != "pw"), t.name
+        if means is None:
+            continue
+        collect(model, [whole], data, SessionFactory(), splits=("fit",))
+        collect(model, [means], data, SessionFactory(), splits=("fit",))
+        a, b = shadow.moments["fit"], whole.moments["fit"]
+        assert a.means_only and a.count == b.count > 0
+        np.testing.assert_allclose(a.sum_d, b.sum_d, rtol=1e-4, atol=1e-5 * np.abs(b.sum_d).max())
+        assert a.sum_d2 is None and a.sum_y2 is None
+        with pytest.raises(ValueError, match="only the mean error"):
+            a.mse()
+        if by_channel(t):  # a trial of the first channels, completed from the shadow's sums
+            few = s.copy()
+            few[:1] *= 0.7
+            trial = QuantPlan(weights={source: WeightQuant(source, quantize(w, few, INT4, gran), few, gran, 4, "m")})
+            trial.activations[x] = aq
+            partial, full = ChannelTrialProbe(t, trial, shadow, np.arange(1)), LayerErrorProbe(t, trial)
+            collect(model, [partial.means(), full], data, SessionFactory(), splits=("fit",))
+            partial.complete()
+            np.testing.assert_allclose(
+                partial.moments["fit"].sum_d, full.moments["fit"].sum_d, rtol=1e-4, atol=1e-5 * np.abs(b.sum_d).max()
+            )
+        checked += 1
+    assert checked

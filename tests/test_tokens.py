@@ -18,7 +18,7 @@ from onnxbc.calibration.probes import ChannelTrialProbe, LayerErrorProbe, Moment
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.compare import compare_sessions
 from onnxbc.options import CompressOptions, DataOptions, Device
-from onnxbc.plan import QuantPlan, WeightQuant
+from onnxbc.plan import QuantPlan, Smoothing, WeightQuant
 from onnxbc.quantizers import activation_quant
 from onnxbc.solvers.quant import INT4, Granularity, quantize, weight_scale
 from onnxbc.targets import find_targets
@@ -180,6 +180,34 @@ def test_a_trial_of_a_few_channels_counts_the_real_tokens_only(tmp_path):
         assert a.count == b.count == int(real[:9].sum() if split == "fit" else real[9:].sum())
         for x, y in ((a.sum_d, b.sum_d), (a.sum_d2, b.sum_d2), (a.sum_y2, b.sum_y2)):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * np.abs(y).max())
+
+
+def test_mean_errors_from_input_sums_leave_out_the_padding_of_a_smoothed_input_too(tmp_path):
+    """A linear layer's fit-split error from its inputs' row sums (``LayerErrorProbe.means``) counts the real tokens of
+    the quantized input too when that input, divided by smoothing factors, has no known shape: the whole shadow's
+    summed error, with loud noise at the padding."""
+    model = ir.serde.deserialize_model(_model())
+    feeds, real = _feeds("noise")
+    data = _data(tmp_path, model, feeds, "noise")
+    first = _probes(model)
+    collect(model, first, data, SessionFactory(Device.CPU))
+    plain = _probes(model, {p.value: p for p in first if isinstance(p, RangeProbe)})
+    target = plain[0].target
+    factors = np.linspace(0.5, 2.0, D).astype(np.float32)
+    w = target.weight.source.const_value.numpy() * factors[:, None]
+    gran = Granularity(target.weight.channel_axis)
+    scale = weight_scale(w, INT4, gran, "minmax")
+    smoothed = QuantPlan(
+        weights={"w1": WeightQuant("w1", quantize(w, scale, INT4, gran), scale, gran, 4, "minmax")},
+        activations=plain[0].plan.activations,
+        smoothing={"x": Smoothing("x", factors, -1, 0.5)},
+    )
+    for plan in (plain[0].plan, smoothed):
+        shadow, whole = LayerErrorProbe(target, plan), LayerErrorProbe(target, plan)
+        collect(model, [shadow.means(), whole], data, SessionFactory(Device.CPU), splits=("fit",))
+        a, b = shadow.moments["fit"], whole.moments["fit"]
+        assert a.means_only and a.count == b.count == int(real[:9].sum())
+        np.testing.assert_allclose(a.sum_d, b.sum_d, rtol=1e-4, atol=1e-5 * np.abs(b.sum_d).max())
 
 
 def test_without_a_recognized_mask_every_position_counts(tmp_path):

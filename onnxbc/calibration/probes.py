@@ -311,6 +311,44 @@ class LayerErrorProbe(ErrorProbe):
     def _attach(self, b: GraphBuilder) -> list[ir.Value]:
         t = self.target
         node = b.nodes[t.name]
+        shadow = b.add(
+            ir.Node(node.domain, node.op_type, self._shadow_inputs(b), node.attributes.values(), num_outputs=1),
+            f"{t.name}_shadow",
+        )
+        return self._error_outputs(b, node.outputs[0], shadow)
+
+    def means(self) -> MeanErrorProbe | None:
+        """This probe's statistic on the fit split where only its mean error counts there (held-out samples
+        give the squared errors; ``score`` and the compensation bias take nothing else from the fit split),
+        for a layer whose output summed over rows is the layer applied to its input's row sums: a MatMul or
+        Gemm with its weight on the right, a 1x1 Conv of stride 1 and no padding, whose output reaches no
+        pointwise activation (``after``). None for any other layer, and per position."""
+        return MeanErrorProbe(self) if not self.per_position and _rows(self.target) is not None else None
+
+    def _attach_means(self, b: GraphBuilder) -> list[ir.Value]:
+        """The summed output error ``sum(y) - sum(y_shadow)`` from the row sums of the float and the shadow's
+        input (padded tokens left out), times the float and the shadow's weight, in float64; and the rows."""
+        t = self.target
+        node, w = b.nodes[t.name], t.weight.input_index
+        with b.after(node):
+            quantized = self._shadow_inputs(b)
+            weight = self._own_channels(b, node.inputs[w], t.weight.channel_axis)
+            real = _real_tokens(b, node.inputs[0])  # the quantized input's shape may be unknown: the same rows
+            (sum_x, rows), (sum_q, _) = (_row_sums(b, t, x, real) for x in (node.inputs[0], quantized[0]))
+            product = lambda s, weight: b.op("MatMul", [s, _as_matrix(b, t, weight)])  # noqa: E731
+            d = b.op("Sub", [product(sum_x, weight), product(sum_q, quantized[w])])
+            return [b.op("Reshape", [d, b.const(np.array([-1], np.int64), "shape")]), rows]
+
+    def _fold_means(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        sum_d, rows = arrays
+        self._check_shape(self.moments[split], sum_d)
+        self.moments[split].update(sum_d, None, None, int(rows))
+
+    def _shadow_inputs(self, b: GraphBuilder) -> list[ir.Value]:
+        """The layer's inputs as its shadow reads them: the input quantized (and smoothed) as ``plan`` says, the
+        weight dequantized (on this probe's channels, with the bias)."""
+        t = self.target
+        node = b.nodes[t.name]
         inputs = list(node.inputs)
         for i in t.activation_inputs:
             x = inputs[i]
@@ -330,11 +368,92 @@ class LayerErrorProbe(ErrorProbe):
             inputs[t.weight.input_index] = self._own_channels(b, w, t.weight.channel_axis)
             if t.op in ("Conv", "Gemm") and len(inputs) > 2 and inputs[2] is not None:
                 inputs[2] = self._own_channels(b, inputs[2], 0)  # the bias
-        shadow = b.add(
-            ir.Node(node.domain, node.op_type, inputs, node.attributes.values(), num_outputs=1),
-            f"{t.name}_shadow",
-        )
-        return self._error_outputs(b, node.outputs[0], shadow)
+        return inputs
+
+
+class MeanErrorProbe:
+    """A ``LayerErrorProbe`` in a pass over the fit split alone (``LayerErrorProbe.means``): the layer's summed
+    output error, with no squared sums, folded into that probe's fit moments."""
+
+    def __init__(self, probe: LayerErrorProbe) -> None:
+        self.probe = probe
+
+    def attach(self, b: GraphBuilder) -> list[ir.Value]:
+        return self.probe._attach_means(b)
+
+    def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
+        self.probe._fold_means(arrays, split)
+
+    def blank(self) -> MeanErrorProbe:
+        return MeanErrorProbe(self.probe.blank())
+
+    def merge(self, other: MeanErrorProbe) -> None:
+        self.probe.merge(other.probe)
+
+
+def _rows(t: Target) -> int | None:
+    """The input features of a layer whose output summed over its rows (tokens, positions) is the layer applied to
+    its input summed over them (``LayerErrorProbe.means``); None for any other layer."""
+    w = t.weight
+    if w is None or not t.observable or t.activation_inputs != (0,) or w.input_index != 1:
+        return None
+    if activation_after(t) is not None:
+        return None
+    shape = t.node.inputs[1].shape  # the weight as the layer reads it, after its chain
+    if shape is None or not shape.is_static():
+        return None
+    dims, attributes = [int(d) for d in shape], t.node.attributes
+    if t.op == "MatMul" and len(dims) == 2:
+        return dims[0]
+    if t.op == "Gemm" and len(dims) == 2 and not attributes.get_int("transA", 0):
+        if attributes.get_float("alpha", 1.0) == 1.0:
+            return dims[1] if attributes.get_int("transB", 0) else dims[0]
+    pointwise = (
+        len(dims) > 2
+        and all(d == 1 for d in dims[2:])
+        and attributes.get_int("group", 1) == 1
+        and all(s == 1 for s in attributes.get_ints("strides", []))
+        and not any(attributes.get_ints("pads", []))
+        and attributes.get_string("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    )
+    return dims[1] if t.op == "Conv" and pointwise else None
+
+
+def _row_sums(b: GraphBuilder, t: Target, x: ir.Value, real: _RealTokens | None) -> tuple[ir.Value, ir.Value]:
+    """``x`` (an input of ``t``) summed over its rows but the padded tokens ``real`` leaves out, in float64, as a
+    ``[1, features]`` matrix; and how many rows it summed. Once per input, right after it is made (every reader of
+    it shares them)."""
+    features = _rows(t)
+    channels_first = t.op == "Conv"
+    rank = len(t.node.inputs[1].shape) if channels_first else None
+
+    def make() -> ir.Value:
+        with b.after_producer(x):
+            x32 = x if x.dtype in (None, ir.DataType.FLOAT) else b.op("Cast", [x], {"to": ir.DataType.FLOAT})
+            masked, size = _masked(b, x32, real)
+            x64 = b.op("Cast", [masked], {"to": ir.DataType.DOUBLE})
+            if channels_first:  # [N, C, spatial...]: every axis but the channels
+                axes = [0, *range(2, rank)]
+                total = b.op("ReduceSum", [x64, b.const(np.array(axes, np.int64), "axes")], {"keepdims": 0})
+            else:
+                flat = b.op("Reshape", [x64, b.const(np.array([-1, features], np.int64), "shape")])
+                total = b.op("ReduceSum", [flat, b.const(np.array([0], np.int64), "axes")], {"keepdims": 0})
+            rows = b.op("Div", [size, b.const(np.array(features, np.int64), "features")])
+            return b.op("Reshape", [total, b.const(np.array([1, -1], np.int64), "shape")]), rows
+
+    sums, rows = b.once(("row sums", x.name, features, rank, real is None), make)
+    return sums, rows
+
+
+def _as_matrix(b: GraphBuilder, t: Target, weight: ir.Value) -> ir.Value:
+    """``t``'s weight (as the layer reads it) as a float64 ``[features, output channels]`` matrix."""
+    weight = b.op("Cast", [weight], {"to": ir.DataType.DOUBLE})
+    if t.op == "Gemm" and t.node.attributes.get_int("transB", 0):
+        return b.op("Transpose", [weight], {"perm": [1, 0]})
+    if t.op == "Conv":  # [k, C, 1, ...]
+        flat = b.op("Reshape", [weight, b.const(np.array([0, -1], np.int64), "shape")])
+        return b.op("Transpose", [flat], {"perm": [1, 0]})
+    return weight
 
 
 class ChannelTrialProbe(LayerErrorProbe):
@@ -368,9 +487,10 @@ class ChannelTrialProbe(LayerErrorProbe):
                 whole = theirs[split]
                 if own.empty or whole.empty:
                     continue
-                sums = [a.copy() for a in (whole.sum_d, whole.sum_d2, whole.sum_y2)]
+                sums = [None if a is None else a.copy() for a in (whole.sum_d, whole.sum_d2, whole.sum_y2)]
                 for full, part in zip(sums, (own.sum_d, own.sum_d2, own.sum_y2)):
-                    full[self.channels] = part
+                    if full is not None:
+                        full[self.channels] = part
                 mine[split] = ErrorMoments()
                 mine[split].update(*sums, whole.count)
 

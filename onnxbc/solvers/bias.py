@@ -18,7 +18,8 @@ import numpy as np
 
 
 class ErrorMoments:
-    """Running per-channel (or per-position) sums of a layer's output error ``d = y_float - y_quant``."""
+    """Running per-channel (or per-position) sums of a layer's output error ``d = y_float - y_quant``: of ``d``,
+    ``d^2`` and ``y_float^2``; or of ``d`` alone (``means_only``: samples that only fit a bias)."""
 
     def __init__(self) -> None:
         self.sum_d: np.ndarray | None = None
@@ -26,14 +27,17 @@ class ErrorMoments:
         self.sum_y2: np.ndarray | None = None
         self.count = 0  # elements summed per channel
 
-    def update(self, sum_d: np.ndarray, sum_d2: np.ndarray, sum_y2: np.ndarray, count: int) -> None:
-        sum_d, sum_d2, sum_y2 = (np.asarray(a, dtype=np.float64) for a in (sum_d, sum_d2, sum_y2))
+    def update(self, sum_d: np.ndarray, sum_d2: np.ndarray | None, sum_y2: np.ndarray | None, count: int) -> None:
+        sums = [None if a is None else np.asarray(a, dtype=np.float64) for a in (sum_d, sum_d2, sum_y2)]
         if self.sum_d is None:
-            self.sum_d, self.sum_d2, self.sum_y2 = sum_d, sum_d2, sum_y2
+            self.sum_d, self.sum_d2, self.sum_y2 = sums
+        elif (self.sum_d2 is None) != (sums[1] is None):
+            raise ValueError("error sums with and without squares cannot be added")
         else:
-            self.sum_d = self.sum_d + sum_d
-            self.sum_d2 = self.sum_d2 + sum_d2
-            self.sum_y2 = self.sum_y2 + sum_y2
+            self.sum_d, self.sum_d2, self.sum_y2 = (
+                None if mine is None else mine + theirs
+                for mine, theirs in zip((self.sum_d, self.sum_d2, self.sum_y2), sums)
+            )
         self.count += int(count)
 
     def merge(self, other: ErrorMoments) -> None:
@@ -45,11 +49,18 @@ class ErrorMoments:
     def empty(self) -> bool:
         return self.count == 0
 
+    @property
+    def means_only(self) -> bool:
+        """Only the error's sums were gathered: the mean error is known, not the squared error."""
+        return not self.empty and self.sum_d2 is None
+
     def mean_error(self) -> np.ndarray:
         return self.sum_d / self.count
 
     def mse(self, bias: np.ndarray | None = None) -> float:
         """Mean squared output error per element, after adding ``bias`` to the quantized output."""
+        if self.sum_d2 is None:
+            raise ValueError("only the mean error was gathered on these samples")
         s2 = self.sum_d2
         if bias is not None:
             s2 = s2 - 2.0 * bias * self.sum_d + bias * bias * self.count
