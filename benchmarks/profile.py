@@ -16,9 +16,11 @@ Per model: W8A8 with onnxbc's defaults and ``device=cpu``, as the benchmark's ``
    - *the unit*: the float model's plain inference over the same batches (fit and held-out splits) in the session
      onnxbc uses for statistics (``SessionFactory.create``, ``exact=True``), the session's creation apart;
    - pass 1 and pass 2 whole (``_first_pass``, ``_second_pass``), then each probe kind alone through
-     ``collect``; every ``collect`` split into building the calibration copy (clone, attach, prune), serializing
-     it, creating the session, ``session.run`` and the probes' ``update`` (numpy; histograms apart), the rest
-     being data loading and the loop;
+     ``collect`` (layer errors as pass 2 collects them: the held-out samples, then the fit samples apart in a
+     second session, ``pipeline._error_passes``); each pass split into building the calibration copies (clone,
+     attach, prune; pass 2's first also making the variants), serializing them, creating the sessions,
+     ``session.run`` and the probes' ``update`` (numpy; histograms apart), the rest being data loading, the
+     loop and the probes' ``finished`` (the fit samples' mean errors: weights times input sums, in numpy);
    - the held-out check (``_choose``): the reference and candidate sessions' creation and runs.
 
 Session timing wraps ``SessionFactory`` (the same two calls as ``SessionFactory.create``); update timing wraps the

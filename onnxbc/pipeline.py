@@ -421,13 +421,13 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
 
 
 def _error_passes(probes: list[LayerErrorProbe], held_out: bool) -> list[tuple[list[Probe], tuple[str, ...]]]:
-    """Pass 2's runs: with held-out samples, the fit samples apart, where a linear layer's probe needs only its
-    mean error (``LayerErrorProbe.means``: its input's sums instead of the layer again), then the held-out samples
-    with every probe whole; else one run over both splits."""
+    """Pass 2's runs: with held-out samples, those with every probe whole, then the fit samples apart, where a
+    linear layer's probe needs only its mean error (``LayerErrorProbe.means``: its input's sums instead of the layer
+    again); else one run over both splits."""
     fit = [p.means() or p for p in probes]
     if not held_out or all(a is b for a, b in zip(fit, probes)):
         return [(probes, ("fit", "holdout"))]
-    return [(fit, ("fit",)), (probes, ("holdout",))]
+    return [(probes, ("holdout",)), (fit, ("fit",))]  # the larger session first: what it leaves is not under it
 
 
 def _float_outputs(job: _Job) -> FloatOutputs | None:

@@ -56,14 +56,15 @@ def test_probe_kinds_are_the_ones_compress_builds(profiled):
     assert fashion["pass1"]["fetched_mb"] == pytest.approx(plain["fetched_mb"] + outputs.get("fetched_mb", 0))
     shadows = kinds["layer-error shadows of the plan"]
     # 4 outputs per layer (sums of d, d^2, y^2 and the size), 4 more after each of the 3 ReLUs; on the fit samples
-    # (a session of their own) the last Gemm, which no activation follows, gives its summed error and rows alone
+    # (a session of their own) the last Gemm, which no activation follows, gives its input's row sums (float and
+    # quantized) and rows alone
     whole = 4 * 4 + 3 * 4
-    assert shadows["probes"] == 4 and shadows["sessions"] == 2 and shadows["graph_outputs"] == whole - 4 + 2 + whole
+    assert shadows["probes"] == 4 and shadows["sessions"] == 2 and shadows["graph_outputs"] == whole - 4 + 3 + whole
     assert fashion["pass2"]["sessions"] == 2
     trials = [k for name, k in kinds.items() if name.startswith("variant trials")]
     pass2_outputs = shadows["graph_outputs"] + sum(k.get("graph_outputs", 0) for k in trials)
     # in one graph the probes of a layer share the float output's sums of y^2 (one, or two after a ReLU; the Gemm's
-    # mean errors on the fit samples share their rows), which each kind alone computes once per layer for itself:
+    # on the fit samples share its float input's sums and rows), which each kind alone computes once per layer:
     # each trial kind here measures each of the 4 layers, in each of the two sessions
     shared = 2 * 4 * sum(1 for k in trials if k["probes"])
     # and a min-max trial whose scales the search chose too is its layer's shadow there, measured once

@@ -7,6 +7,10 @@
   Compensation paper's code ("independent" mode). Only vectors leave the device. Zero padding, strides,
   groups and Gemm's alpha/beta are handled exactly because the shadow is the same op with the same
   attributes.
+- ``MeanErrorProbe``: a ``LayerErrorProbe`` on samples that only fit the compensation bias (pass 2's fit split,
+  when there are held-out samples), for a MatMul, Gemm or 1x1 Conv that no activation follows: the row sums of
+  its float and quantized input, whose products with the float and quantized weight (in numpy, float64) give the
+  summed output error, the bias, without computing the layer again.
 - ``PairedErrorProbe``: the same moments for a graph holding the float model beside the current
   quantized model ("sequential" mode: the layer reads the already compensated quantized upstream).
 
@@ -20,11 +24,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxbc import model_io
 from onnxbc.calibration import tokens
 from onnxbc.calibration.stash import Stash
 from onnxbc.errors import OnnxbcError
@@ -33,6 +38,7 @@ from onnxbc.passes.qdq import activation_qdq, weight_dequantize
 from onnxbc.plan import ActivationQuant, QuantPlan, Smoothing
 from onnxbc.solvers.bias import ErrorMoments
 from onnxbc.solvers.gptq import SecondMoments
+from onnxbc.solvers.quant import Granularity, chunks
 from onnxbc.solvers.ranges import AbsHistogram, ChannelHistograms, ChannelMoments, observe
 from onnxbc.targets import Target
 
@@ -244,7 +250,8 @@ class ErrorProbe:
             act = b.nodes[act.name]
             with b.after(b.last(act, y_quant.producer())):
                 node = ir.Node(act.domain, act.op_type, [y_quant, *act.inputs[1:]], act.attributes.values())
-                self.after = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
+                if self.after is None:  # attached once per collect: pass 2 collects its splits apart
+                    self.after = {"fit": ErrorMoments(), "holdout": ErrorMoments()}
                 outputs += self._sums(b, self._own_channels(b, act.outputs[0], axis), b.add(node, "act"))
         return outputs
 
@@ -320,43 +327,47 @@ class LayerErrorProbe(ErrorProbe):
     def means(self) -> MeanErrorProbe | None:
         """This probe's statistic on the fit split where only its mean error counts there (held-out samples
         give the squared errors; ``score`` and the compensation bias take nothing else from the fit split),
-        for a layer whose output summed over rows is the layer applied to its input's row sums: a MatMul or
-        Gemm with its weight on the right, a 1x1 Conv of stride 1 and no padding, whose output reaches no
-        pointwise activation (``after``). None for any other layer, and per position."""
-        return MeanErrorProbe(self) if not self.per_position and _rows(self.target) is not None else None
+        for a layer whose output summed over rows is its weight times its input's row sums: a MatMul or Gemm
+        with its weight on the right, a 1x1 Conv of stride 1 and no padding, reading an initializer directly,
+        whose output reaches no pointwise activation (``after``). None for any other layer, and per position."""
+        return MeanErrorProbe(self) if not self.per_position and _features(self.target) is not None else None
 
     def _attach_means(self, b: GraphBuilder) -> list[ir.Value]:
-        """The summed output error ``sum(y) - sum(y_shadow)`` from the row sums of the float and the shadow's
-        input (padded tokens left out), times the float and the shadow's weight, in float64; and the rows."""
+        """The row sums of the layer's float input and of its input as the shadow reads it (padded tokens left
+        out), in float64; and how many rows they sum."""
         t = self.target
-        node, w = b.nodes[t.name], t.weight.input_index
+        node = b.nodes[t.name]
         with b.after(node):
-            quantized = self._shadow_inputs(b)
-            weight = self._own_channels(b, node.inputs[w], t.weight.channel_axis)
-            real = _real_tokens(b, node.inputs[0])  # the quantized input's shape may be unknown: the same rows
-            (sum_x, rows), (sum_q, _) = (_row_sums(b, t, x, real) for x in (node.inputs[0], quantized[0]))
-            product = lambda s, weight: b.op("MatMul", [s, _as_matrix(b, t, weight)])  # noqa: E731
-            d = b.op("Sub", [product(sum_x, weight), product(sum_q, quantized[w])])
-            return [b.op("Reshape", [d, b.const(np.array([-1], np.int64), "shape")]), rows]
+            x = node.inputs[0]
+            real = _real_tokens(b, x)  # the quantized input's shape may be unknown: the same rows
+            (sum_x, rows), (sum_q, _) = (_row_sums(b, t, v, real) for v in (x, self._quantized_inputs(b)[0]))
+            return [sum_x, sum_q, rows]
 
-    def _fold_means(self, arrays: Sequence[np.ndarray], split: str) -> None:
-        sum_d, rows = arrays
+    def _fold_means(self, split: str, sum_x: np.ndarray, sum_q: np.ndarray, rows: int) -> None:
+        """The summed output error from the summed inputs: the float weight times ``sum_x`` less the shadow's
+        weight times ``sum_q`` (the float64 products of a chunk of output channels at a time)."""
+        w = self.target.weight
+        weight = w.source.const_value.numpy()
+        channels = w.channel_axis % weight.ndim
+        wq = self.plan.weights.get(w.source.name)
+        quantized = _parts(weight, channels) if wq is None else wq.dequantized_parts(channels)
+        sum_d = _product(sum_x, _parts(weight, channels), w.input_axis, channels)
+        sum_d -= _product(sum_q, quantized, w.input_axis, channels)
+        del weight, quantized
+        model_io.release_value(w.source)  # a mapped weight goes out of memory again
+        sum_d = self._own_sums(sum_d)
         self._check_shape(self.moments[split], sum_d)
-        self.moments[split].update(sum_d, None, None, int(rows))
+        self.moments[split].update(sum_d, None, None, rows)
+
+    def _own_sums(self, sums: np.ndarray) -> np.ndarray:
+        """Per-channel sums of every output channel on the channels this probe measures: all of them."""
+        return sums
 
     def _shadow_inputs(self, b: GraphBuilder) -> list[ir.Value]:
         """The layer's inputs as its shadow reads them: the input quantized (and smoothed) as ``plan`` says, the
         weight dequantized (on this probe's channels, with the bias)."""
         t = self.target
-        node = b.nodes[t.name]
-        inputs = list(node.inputs)
-        for i in t.activation_inputs:
-            x = inputs[i]
-            smoothing, aq = self.plan.smoothing.get(x.name), self.plan.activations.get(x.name)
-            if smoothing is not None or aq is not None:
-                # one per input and quantizer: the shadows of all its readers and their trials read it
-                key = ("quantized input", x.name, id(smoothing), aq)
-                inputs[i] = b.once(key, lambda x=x, sm=smoothing, aq=aq: _quantized_input(b, x, sm, aq))
+        inputs = self._quantized_inputs(b)
         if t.weight is not None and t.weight.source.name in self.plan.weights:
             wq = self.plan.weights[t.weight.source.name]
             initializers, dq = weight_dequantize(b.namer, wq, t.weight.source.const_value.dtype)
@@ -370,44 +381,79 @@ class LayerErrorProbe(ErrorProbe):
                 inputs[2] = self._own_channels(b, inputs[2], 0)  # the bias
         return inputs
 
+    def _quantized_inputs(self, b: GraphBuilder) -> list[ir.Value]:
+        """The layer's inputs, its activation inputs quantized (and smoothed) as ``plan`` says."""
+        t = self.target
+        inputs = list(b.nodes[t.name].inputs)
+        for i in t.activation_inputs:
+            x = inputs[i]
+            smoothing, aq = self.plan.smoothing.get(x.name), self.plan.activations.get(x.name)
+            if smoothing is not None or aq is not None:
+                # one per input and quantizer: the shadows of all its readers and their trials read it
+                key = ("quantized input", x.name, id(smoothing), aq)
+                inputs[i] = b.once(key, lambda x=x, sm=smoothing, aq=aq: _quantized_input(b, x, sm, aq))
+        return inputs
+
 
 class MeanErrorProbe:
-    """A ``LayerErrorProbe`` in a pass over the fit split alone (``LayerErrorProbe.means``): the layer's summed
-    output error, with no squared sums, folded into that probe's fit moments."""
+    """A ``LayerErrorProbe`` in a pass over the fit split alone (``LayerErrorProbe.means``): the row sums of the
+    layer's float and quantized input, per split; once all batches are in (``finished``), the layer's summed
+    output error from them, with no squared sums, in that probe's moments."""
 
     def __init__(self, probe: LayerErrorProbe) -> None:
         self.probe = probe
+        self.sums: dict[str, list[np.ndarray]] = {}  # split -> [float input's, quantized input's]
+        self.rows: dict[str, int] = {}
 
     def attach(self, b: GraphBuilder) -> list[ir.Value]:
         return self.probe._attach_means(b)
 
     def update(self, arrays: Sequence[np.ndarray], split: str) -> None:
-        self.probe._fold_means(arrays, split)
+        self._add(split, [np.asarray(a, np.float64) for a in arrays[:2]], int(arrays[2]))
+
+    def _add(self, split: str, sums: list[np.ndarray], rows: int) -> None:
+        mine = self.sums.get(split)
+        self.sums[split] = sums if mine is None else [a + b for a, b in zip(mine, sums)]
+        self.rows[split] = self.rows.get(split, 0) + rows
+
+    def finished(self) -> None:
+        for split, (sum_x, sum_q) in self.sums.items():
+            self.probe._fold_means(split, sum_x, sum_q, self.rows[split])
+        self.sums, self.rows = {}, {}
 
     def blank(self) -> MeanErrorProbe:
         return MeanErrorProbe(self.probe.blank())
 
     def merge(self, other: MeanErrorProbe) -> None:
-        self.probe.merge(other.probe)
+        for split, sums in other.sums.items():
+            self._add(split, sums, other.rows[split])
 
 
-def _rows(t: Target) -> int | None:
-    """The input features of a layer whose output summed over its rows (tokens, positions) is the layer applied to
-    its input summed over them (``LayerErrorProbe.means``); None for any other layer."""
+def _parts(weight: np.ndarray, axis: int) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+    """``weight`` in chunks along ``axis``, each with its index (as ``WeightQuant.dequantized_parts``)."""
+    return ((index, weight[index]) for index, _, _ in chunks(weight.shape, axis, Granularity(axis)))
+
+
+def _product(sums: np.ndarray, parts, input_axis: int, channels: int) -> np.ndarray:
+    """``sums`` (over a weight's input features) times the weight given as ``parts`` (index, values) that each
+    hold some output channels (along axis ``channels``), in float64: one value per output channel."""
+    products = (np.tensordot(sums, part.astype(np.float64), axes=([0], [input_axis])).reshape(-1) for _, part in parts)
+    return np.concatenate(list(products))  # the parts come in channel order
+
+
+def _features(t: Target) -> int | None:
+    """The input features of a layer whose output summed over its rows (tokens, positions) is its weight times its
+    input summed over them, plus its bias once a row (``LayerErrorProbe.means``); None for any other layer."""
     w = t.weight
-    if w is None or not t.observable or t.activation_inputs != (0,) or w.input_index != 1:
+    if w is None or not t.observable or w.chain or w.input_axis is None or activation_after(t) is not None:
         return None
-    if activation_after(t) is not None:
+    if t.activation_inputs != (0,) or w.input_index != 1:
         return None
-    shape = t.node.inputs[1].shape  # the weight as the layer reads it, after its chain
-    if shape is None or not shape.is_static():
-        return None
-    dims, attributes = [int(d) for d in shape], t.node.attributes
+    dims, attributes = w.source.const_value.shape, t.node.attributes
     if t.op == "MatMul" and len(dims) == 2:
-        return dims[0]
+        return dims[w.input_axis]
     if t.op == "Gemm" and len(dims) == 2 and not attributes.get_int("transA", 0):
-        if attributes.get_float("alpha", 1.0) == 1.0:
-            return dims[1] if attributes.get_int("transB", 0) else dims[0]
+        return dims[w.input_axis] if attributes.get_float("alpha", 1.0) == 1.0 else None
     pointwise = (
         len(dims) > 2
         and all(d == 1 for d in dims[2:])
@@ -416,44 +462,29 @@ def _rows(t: Target) -> int | None:
         and not any(attributes.get_ints("pads", []))
         and attributes.get_string("auto_pad", "NOTSET") in ("NOTSET", "VALID")
     )
-    return dims[1] if t.op == "Conv" and pointwise else None
+    return dims[w.input_axis] if t.op == "Conv" and pointwise else None
 
 
 def _row_sums(b: GraphBuilder, t: Target, x: ir.Value, real: _RealTokens | None) -> tuple[ir.Value, ir.Value]:
-    """``x`` (an input of ``t``) summed over its rows but the padded tokens ``real`` leaves out, in float64, as a
-    ``[1, features]`` matrix; and how many rows it summed. Once per input, right after it is made (every reader of
-    it shares them)."""
-    features = _rows(t)
-    channels_first = t.op == "Conv"
-    rank = len(t.node.inputs[1].shape) if channels_first else None
+    """``x`` (an input of ``t``) summed over its rows but the padded tokens ``real`` leaves out, in float64, one
+    value per feature; and how many rows it summed. Once per input, right after it is made (every reader of it
+    shares them)."""
+    features = _features(t)
+    rank = len(t.weight.source.const_value.shape) if t.op == "Conv" else None
 
-    def make() -> ir.Value:
+    def make() -> tuple[ir.Value, ir.Value]:
         with b.after_producer(x):
             x32 = x if x.dtype in (None, ir.DataType.FLOAT) else b.op("Cast", [x], {"to": ir.DataType.FLOAT})
             masked, size = _masked(b, x32, real)
             x64 = b.op("Cast", [masked], {"to": ir.DataType.DOUBLE})
-            if channels_first:  # [N, C, spatial...]: every axis but the channels
+            if rank is not None:  # [N, C, spatial...]: every axis but the channels
                 axes = [0, *range(2, rank)]
-                total = b.op("ReduceSum", [x64, b.const(np.array(axes, np.int64), "axes")], {"keepdims": 0})
             else:
-                flat = b.op("Reshape", [x64, b.const(np.array([-1, features], np.int64), "shape")])
-                total = b.op("ReduceSum", [flat, b.const(np.array([0], np.int64), "axes")], {"keepdims": 0})
-            rows = b.op("Div", [size, b.const(np.array(features, np.int64), "features")])
-            return b.op("Reshape", [total, b.const(np.array([1, -1], np.int64), "shape")]), rows
+                x64, axes = b.op("Reshape", [x64, b.const(np.array([-1, features], np.int64), "shape")]), [0]
+            total = b.op("ReduceSum", [x64, b.const(np.array(axes, np.int64), "axes")], {"keepdims": 0})
+            return total, b.op("Div", [size, b.const(np.array(features, np.int64), "features")])
 
-    sums, rows = b.once(("row sums", x.name, features, rank, real is None), make)
-    return sums, rows
-
-
-def _as_matrix(b: GraphBuilder, t: Target, weight: ir.Value) -> ir.Value:
-    """``t``'s weight (as the layer reads it) as a float64 ``[features, output channels]`` matrix."""
-    weight = b.op("Cast", [weight], {"to": ir.DataType.DOUBLE})
-    if t.op == "Gemm" and t.node.attributes.get_int("transB", 0):
-        return b.op("Transpose", [weight], {"perm": [1, 0]})
-    if t.op == "Conv":  # [k, C, 1, ...]
-        flat = b.op("Reshape", [weight, b.const(np.array([0, -1], np.int64), "shape")])
-        return b.op("Transpose", [flat], {"perm": [1, 0]})
-    return weight
+    return b.once(("row sums", x.name, features, rank, real is None), make)
 
 
 class ChannelTrialProbe(LayerErrorProbe):
@@ -479,6 +510,9 @@ class ChannelTrialProbe(LayerErrorProbe):
 
     def _channel_count(self) -> int:
         return len(self.channels)
+
+    def _own_sums(self, sums: np.ndarray) -> np.ndarray:
+        return sums[self.channels]
 
     def complete(self) -> None:
         """Every channel's sums: ``base``'s, with this trial's on its channels (after the collector ran both)."""
