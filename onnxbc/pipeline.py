@@ -396,17 +396,11 @@ def _second_pass(job: _Job, stats: _Statistics, decided: _Decided) -> _LayerErro
     trials = trial_probes(variants, by_name, per_position, {p.target.name: p for p in shadows})
     every = list(dict.fromkeys(shadows + [p for trial in trials.values() for p in trial]))  # a shadow once
     outputs = _float_outputs(job)
+    extra = [outputs] if outputs else []
     total = sum(job.calib.count_batches(s) for s in ("fit", "holdout"))
     with run.timer("layer_errors"), run.stages.step("Measuring layer errors", total) as advance:
         for probes, splits in _error_passes(every, job.calib.n_holdout > 0):
-            collect(
-                job.model,
-                probes + ([outputs] if outputs else []),
-                job.calib,
-                job.sessions,
-                splits=splits,
-                advance=advance,
-            )
+            collect(job.model, probes + extra, job.calib, job.sessions, splits=splits, advance=advance)
     run.report.passes_over_data += 1
     for probe in every:
         if isinstance(probe, ChannelTrialProbe):

@@ -153,15 +153,21 @@ def test_statistics_do_not_see_what_is_at_padded_positions(tmp_path, segments):
     assert errors["holdout"].count == int(real[fit:].sum())
 
 
-def test_a_trial_of_a_few_channels_counts_the_real_tokens_only(tmp_path):
-    """A trial measuring a third of a layer's output channels alone (``ChannelTrialProbe``) masks the padding as the
-    whole trial does: the same sums once completed from the shadow, counted at the real tokens."""
+def _shadows_at_noisy_padding(tmp_path):
+    """The model, its data with loud noise at the padding, the padding mask, and a shadow of each layer quantized
+    with ranges from the first pass."""
     model = ir.serde.deserialize_model(_model())
     feeds, real = _feeds("noise")
     data = _data(tmp_path, model, feeds, "noise")
     first = _probes(model)
     collect(model, first, data, SessionFactory(Device.CPU))
-    shadows = _probes(model, {p.value: p for p in first if isinstance(p, RangeProbe)})
+    return model, data, real, _probes(model, {p.value: p for p in first if isinstance(p, RangeProbe)})
+
+
+def test_a_trial_of_a_few_channels_counts_the_real_tokens_only(tmp_path):
+    """A trial measuring a third of a layer's output channels alone (``ChannelTrialProbe``) masks the padding as the
+    whole trial does: the same sums once completed from the shadow, counted at the real tokens."""
+    model, data, real, shadows = _shadows_at_noisy_padding(tmp_path)
     shadow = next(p for p in shadows if p.target.name == "mm1")
     wq = shadow.plan.weights["w1"]
     scale = wq.scale.copy()
@@ -186,12 +192,7 @@ def test_mean_errors_from_input_sums_leave_out_the_padding_of_a_smoothed_input_t
     """A linear layer's fit-split error from its inputs' row sums (``LayerErrorProbe.means``) counts the real tokens of
     the quantized input too when that input, divided by smoothing factors, has no known shape: the whole shadow's
     summed error, with loud noise at the padding."""
-    model = ir.serde.deserialize_model(_model())
-    feeds, real = _feeds("noise")
-    data = _data(tmp_path, model, feeds, "noise")
-    first = _probes(model)
-    collect(model, first, data, SessionFactory(Device.CPU))
-    plain = _probes(model, {p.value: p for p in first if isinstance(p, RangeProbe)})
+    model, data, real, plain = _shadows_at_noisy_padding(tmp_path)
     target = plain[0].target
     factors = np.linspace(0.5, 2.0, D).astype(np.float32)
     w = target.weight.source.const_value.numpy() * factors[:, None]
