@@ -418,7 +418,8 @@ def _error_passes(probes: list[LayerErrorProbe], held_out: bool) -> list[tuple[l
     """Pass 2's runs: with held-out samples, those with every probe whole, then the fit samples apart, where a
     linear layer's probe needs only its mean error (``LayerErrorProbe.means``: its input's sums instead of the layer
     again); else one run over both splits."""
-    fit = [p.means() or p for p in probes]
+    floats: dict = {}  # the float weights' products, made once per layer
+    fit = [p.means(floats) or p for p in probes]
     if not held_out or all(a is b for a, b in zip(fit, probes)):
         return [(probes, ("fit", "holdout"))]
     return [(probes, ("holdout",)), (fit, ("fit",))]  # the larger session first: what it leaves is not under it

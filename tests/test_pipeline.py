@@ -17,7 +17,14 @@ from models import test_graphs
 from onnxbc import model_io, pipeline, validate
 from onnxbc.calibration.collector import calibration_graph, collect
 from onnxbc.calibration.data import input_specs, open_data
-from onnxbc.calibration.probes import ChannelTrialProbe, LayerErrorProbe, RangeProbe, activation_after, by_channel
+from onnxbc.calibration.probes import (
+    ChannelTrialProbe,
+    LayerErrorProbe,
+    MeanErrorProbe,
+    RangeProbe,
+    activation_after,
+    by_channel,
+)
 from onnxbc.calibration.session import SessionFactory
 from onnxbc.options import ActivationType, BiasCorrection, CompressOptions, DataOptions, Rounding, WeightType
 from onnxbc.passes.prepare import prepare_passes
@@ -617,6 +624,8 @@ def test_pass_2_collected_split_by_split_keeps_every_probes_sums(tmp_path):
         collect(model, some, data, SessionFactory(), splits=splits)
     collect(model, together, data, SessionFactory(), splits=("fit", "holdout"))
     assert sum(p.after is not None for p in apart) == 2 and sum(p.means() is not None for p in apart) == 1
+    means = [p for p in passes[1][0] if isinstance(p, MeanErrorProbe)]
+    assert [list(m.floats) for m in means] == [[("fc", "fit")]]  # the float weight's product, shared by the pass
     for a, b in zip(apart, together):
         sums = [(a.moments, b.moments)] + ([(a.after, b.after)] if a.after is not None else [])
         for (mine, theirs), split in itertools.product(sums, ("fit", "holdout")):

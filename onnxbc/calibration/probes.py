@@ -324,13 +324,17 @@ class LayerErrorProbe(ErrorProbe):
         )
         return self._error_outputs(b, node.outputs[0], shadow)
 
-    def means(self) -> MeanErrorProbe | None:
+    def means(self, floats: dict | None = None) -> MeanErrorProbe | None:
         """This probe's statistic on the fit split where only its mean error counts there (held-out samples
         give the squared errors; ``score`` and the compensation bias take nothing else from the fit split),
         for a layer whose output summed over rows is its weight times its input's row sums: a MatMul or Gemm
         with its weight on the right, a 1x1 Conv of stride 1 and no padding, reading an initializer directly,
-        whose output reaches no pointwise activation (``after``). None for any other layer, and per position."""
-        return MeanErrorProbe(self) if not self.per_position and _features(self.target) is not None else None
+        whose output reaches no pointwise activation (``after``). None for any other layer, and per position.
+        ``floats``: the float weight's products, shared by the probes of one pass (a layer's shadow and trials
+        read the same float input: its product is made once)."""
+        if self.per_position or _features(self.target) is None:
+            return None
+        return MeanErrorProbe(self, {} if floats is None else floats)
 
     def _attach_means(self, b: GraphBuilder) -> list[ir.Value]:
         """The row sums of the layer's float input and of its input as the shadow reads it (padded tokens left
@@ -343,16 +347,19 @@ class LayerErrorProbe(ErrorProbe):
             (sum_x, rows), (sum_q, _) = (_row_sums(b, t, v, real) for v in (x, self._quantized_inputs(b)[0]))
             return [sum_x, sum_q, rows]
 
-    def _fold_means(self, split: str, sum_x: np.ndarray, sum_q: np.ndarray, rows: int) -> None:
-        """The summed output error from the summed inputs: the float weight times ``sum_x`` less the shadow's
-        weight times ``sum_q`` (the float64 products of a chunk of output channels at a time)."""
+    def _fold_means(self, split: str, sum_x: np.ndarray, sum_q: np.ndarray, rows: int, floats: dict) -> None:
+        """The summed output error from the summed inputs: the float weight times ``sum_x`` (from ``floats``, keyed
+        by layer and split, when another probe of the layer made it) less the shadow's weight times ``sum_q`` (the
+        float64 products of a chunk of output channels at a time)."""
         w = self.target.weight
         weight = w.source.const_value.numpy()
         channels = w.channel_axis % weight.ndim
         wq = self.plan.weights.get(w.source.name)
+        key = (self.target.name, split)
+        if key not in floats:
+            floats[key] = _product(sum_x, _parts(weight, channels), w.input_axis, channels)
         quantized = _parts(weight, channels) if wq is None else wq.dequantized_parts(channels)
-        sum_d = _product(sum_x, _parts(weight, channels), w.input_axis, channels)
-        sum_d -= _product(sum_q, quantized, w.input_axis, channels)
+        sum_d = floats[key] - _product(sum_q, quantized, w.input_axis, channels)
         del weight, quantized
         model_io.release_value(w.source)  # a mapped weight goes out of memory again
         sum_d = self._own_sums(sum_d)
@@ -400,8 +407,9 @@ class MeanErrorProbe:
     layer's float and quantized input, per split; once all batches are in (``finished``), the layer's summed
     output error from them, with no squared sums, in that probe's moments."""
 
-    def __init__(self, probe: LayerErrorProbe) -> None:
+    def __init__(self, probe: LayerErrorProbe, floats: dict) -> None:
         self.probe = probe
+        self.floats = floats  # (layer, split) -> the float weight's product, shared (``LayerErrorProbe.means``)
         self.sums: dict[str, list[np.ndarray]] = {}  # split -> [float input's, quantized input's]
         self.rows: dict[str, int] = {}
 
@@ -418,11 +426,11 @@ class MeanErrorProbe:
 
     def finished(self) -> None:
         for split, (sum_x, sum_q) in self.sums.items():
-            self.probe._fold_means(split, sum_x, sum_q, self.rows[split])
+            self.probe._fold_means(split, sum_x, sum_q, self.rows[split], self.floats)
         self.sums, self.rows = {}, {}
 
     def blank(self) -> MeanErrorProbe:
-        return MeanErrorProbe(self.probe.blank())
+        return MeanErrorProbe(self.probe.blank(), {})
 
     def merge(self, other: MeanErrorProbe) -> None:
         for split, sums in other.sums.items():
